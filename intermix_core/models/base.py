@@ -1,0 +1,88 @@
+"""Models as stage lists: mixing can happen on the waveform (layer 0) or after any stage m."""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import torch
+from torch import nn
+
+
+class Mix(Protocol):
+    """What a model needs from a mixer: the layer to mix at, and how to mix a hidden tensor."""
+
+    layer: int
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor: ...
+
+
+class StagedModel(nn.Module):
+    """A classifier written as `stages` (mixing points after each) plus a `head`.
+
+    Subclasses set `sample_rate`, `input_length`, `max_mix_layer` (M, the number of stages) and
+    `paper_layers` (the stages that make up the paper's L = {1, 2, 3, 4}) and build `stages` / `head`. The input is a batch of
+    waveforms shaped (B, T) in [-1, 1]; the output is logits (B, num_classes).
+    """
+
+    sample_rate: int = 16000
+    input_length: int = 24014
+    max_mix_layer: int = 0
+    paper_layers: tuple[int, ...] = (1, 2, 3, 4)
+
+    def __init__(self, stages: list[nn.Module], head: nn.Module) -> None:
+        super().__init__()
+        if len(stages) != self.max_mix_layer:
+            raise ValueError(f"{type(self).__name__}: {len(stages)} stages but max_mix_layer={self.max_mix_layer}")
+        self.stages = nn.ModuleList(stages)
+        self.head = head
+
+    @property
+    def num_stages(self) -> int:
+        """M: mixing is possible at layers 0..M (0 is the waveform)."""
+        return len(self.stages)
+
+    def forward(self, x: torch.Tensor, mix: Mix | None = None) -> torch.Tensor:
+        """Run the stages on waveforms (B, T), applying `mix` after stage `mix.layer`."""
+        h = x
+        if mix is not None and mix.layer == 0:
+            h = mix(h)
+        for m, stage in enumerate(self.stages, start=1):
+            h = stage(h)
+            if mix is not None and mix.layer == m:
+                h = mix(h)
+        return self.head(h)
+
+
+_REGISTRY: dict[str, type[StagedModel]] = {}
+
+
+def register_model(name: str) -> Callable[[type[StagedModel]], type[StagedModel]]:
+    """Class decorator adding a `StagedModel` subclass (built as `cls(num_classes)`) to the registry."""
+
+    def wrap(cls: type[StagedModel]) -> type[StagedModel]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def model_class(name: str) -> type[StagedModel]:
+    """The registered class for `name` (its sample_rate, input_length, paper_layers), unbuilt."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; expected one of: {', '.join(list_models())}")
+    return _REGISTRY[name]
+
+
+def list_models() -> list[str]:
+    """Names accepted by `create_model`, sorted."""
+    return sorted(_REGISTRY)
+
+
+def create_model(name: str, num_classes: int) -> StagedModel:
+    """Build a registered model by name for `num_classes` classes."""
+    cls = model_class(name)
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    return cls(num_classes)

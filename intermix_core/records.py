@@ -1,0 +1,70 @@
+"""What one fold produces: the record that training, attack, tracking and aggregation share."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class EpochRecord(BaseModel):
+    """One epoch of training: loss and error on the (mixed) training batches, and the test-fold error if evaluated."""
+
+    model_config = ConfigDict(extra="forbid")
+    epoch: int
+    lr: float
+    train_loss: float
+    train_error: float  # % of training samples whose argmax differs from the argmax of the (mixed) label
+    val_error: float | None = None  # % 10-crop error on the held-out fold (the reference code's practice)
+
+
+class FoldResult(BaseModel):
+    """One dataset x setup x strategy x fold: final 10-crop test error and FGSM errors, in percent."""
+
+    model_config = ConfigDict(extra="forbid")
+    dataset: str
+    setup: str  # model configuration label, e.g. "envnet_v2" or "envnet_v2_aug"
+    model: str
+    strategy: str
+    fold: int
+    seed: int = 0
+    status: Literal["ok", "failed"] = "ok"
+    error: str | None = None  # failure message when status == "failed"
+    test_error: float | None = None
+    fgsm: dict[str, float] = Field(default_factory=dict)  # str(epsilon) -> error %
+    history: list[EpochRecord] = Field(default_factory=list)
+    confusion: list[list[int]] | None = None  # rows: true class, cols: predicted
+    train_seconds: float | None = None
+    samples_per_second: float | None = None
+    config: dict[str, Any] = Field(default_factory=dict)  # the resolved ExperimentConfig
+
+    @property
+    def key(self) -> tuple[str, str, str, int]:
+        """(dataset, setup, strategy, fold): the cell this result fills."""
+        return (self.dataset, self.setup, self.strategy, self.fold)
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write JSON through a temporary file and rename, so readers never see half a file."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, p)
+
+
+def save_result(result: FoldResult, path: str | Path) -> None:
+    """Save a FoldResult as JSON (atomically)."""
+    write_json_atomic(path, result.model_dump(mode="json"))
+
+
+def load_result(path: str | Path) -> FoldResult:
+    """Load a FoldResult written by `save_result`, naming the file if it is not one."""
+    p = Path(path)
+    try:
+        return FoldResult.model_validate_json(p.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{p}: not a fold result ({err})") from None
