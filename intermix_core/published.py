@@ -1,0 +1,181 @@
+"""The paper's published numbers as data (Sawhney & Neerkaje, ICASSP 2022, Tables 1-3 and section 5.1).
+
+All values are error rates in percent, transcribed from `shared/paper/intermix-paper.txt`.
+Table 1 gives mean ± standard error over 5 folds for ESC-50 and ESC-10 and a bare mean for
+UrbanSound8K (its `se` is None). Table 2 (ablation) is on EnvNet-v2 + augmentation. Table 3 (FGSM)
+is on ESC-10; the paper does not say which model, so it is compared with every ESC-10 setup.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class PublishedValue(NamedTuple):
+    """One published number: mean error (%) and its standard error if the paper gives one."""
+
+    mean: float
+    se: float | None = None
+
+
+# Display names, in the paper's order.
+DATASET_NAMES: dict[str, str] = {"esc50": "ESC-50", "esc10": "ESC-10", "urbansound8k": "UrbanSound8K"}
+SETUP_NAMES: dict[str, str] = {
+    "m18": "M18",
+    "soundnet5": "SoundNet5",
+    "envnet": "EnvNet",
+    "piczak_cnn": "PiczakCNN",
+    "envnet_v2": "EnvNet-v2",
+    "envnet_v2_aug": "EnvNet-v2 + aug",
+}
+STRATEGY_NAMES: dict[str, str] = {
+    "standard": "Standard",
+    "mixup": "mixup",
+    "bc": "BC Learning",
+    "speechmix": "Speechmix",
+    "intermix": "InterMix",
+    "intermix_official": "InterMix (authors' code)",
+    "intermix_vanilla": "Vanilla InterMix",
+    "intermix_hidden": "+Hidden Mixup",
+}
+# Row order of the tables: the paper's methods, then the ablation variants before the full method.
+STRATEGY_ORDER = (
+    "standard", "mixup", "bc", "speechmix", "intermix_vanilla", "intermix_hidden", "intermix", "intermix_official"
+)
+# Table 2 names its rows cumulatively; the full method is "+ p-weighting".
+ABLATION_NAMES: dict[str, str] = {
+    "intermix_vanilla": "Vanilla InterMix",
+    "intermix_hidden": "+Hidden Mixup",
+    "intermix": "+p-weighting (InterMix)",
+}
+
+_T1_STRATEGIES = ("standard", "bc", "speechmix", "intermix")
+# setup -> rows in _T1_STRATEGIES order; each row: (ESC-50 mean, se), (ESC-10 mean, se), UrbanSound8K mean
+_T1_ROWS: dict[str, tuple[tuple[tuple[float, float], tuple[float, float], float], ...]] = {
+    "m18": (
+        ((31.5, 0.5), (18.2, 0.5), 28.8),
+        ((26.7, 0.1), (14.2, 0.9), 26.5),
+        ((24.3, 0.2), (12.4, 0.5), 25.1),
+        ((25.4, 0.5), (12.6, 0.5), 25.1),
+    ),
+    "soundnet5": (
+        ((33.8, 0.2), (16.4, 0.8), 33.3),
+        ((27.4, 0.3), (13.9, 0.4), 30.2),
+        ((25.6, 0.2), (11.6, 0.3), 27.4),
+        ((25.1, 0.3), (10.6, 0.3), 26.5),
+    ),
+    "envnet": (
+        ((29.2, 0.1), (12.8, 0.4), 33.7),
+        ((24.1, 0.2), (11.3, 0.6), 28.9),
+        ((22.5, 0.3), (9.3, 0.4), 26.5),
+        ((22.5, 0.3), (9.1, 0.2), 26.8),
+    ),
+    "piczak_cnn": (
+        ((27.6, 0.2), (13.2, 0.4), 25.3),
+        ((23.1, 0.3), (9.4, 0.4), 23.5),
+        ((22.1, 0.3), (8.4, 0.2), 22.1),
+        ((21.9, 0.2), (8.3, 0.4), 21.1),
+    ),
+    "envnet_v2": (
+        ((25.6, 0.3), (14.2, 0.8), 30.9),
+        ((18.2, 0.2), (10.6, 0.6), 23.4),
+        ((16.2, 0.3), (8.5, 0.4), 21.6),
+        ((15.8, 0.4), (8.2, 0.4), 21.4),
+    ),
+    "envnet_v2_aug": (
+        ((21.2, 0.3), (10.9, 0.6), 24.9),
+        ((15.1, 0.2), (8.6, 0.1), 21.7),
+        ((13.1, 0.2), (7.1, 0.1), 20.8),
+        ((12.9, 0.4), (7.2, 0.1), 20.5),
+    ),
+}
+
+
+def _build_table1() -> dict[tuple[str, str, str], PublishedValue]:
+    table: dict[tuple[str, str, str], PublishedValue] = {}
+    for setup, rows in _T1_ROWS.items():
+        for strategy, (esc50, esc10, us8k) in zip(_T1_STRATEGIES, rows, strict=True):
+            table[("esc50", setup, strategy)] = PublishedValue(*esc50)
+            table[("esc10", setup, strategy)] = PublishedValue(*esc10)
+            table[("urbansound8k", setup, strategy)] = PublishedValue(us8k)
+    return table
+
+
+# (dataset, setup, strategy) -> published error
+TABLE1: dict[tuple[str, str, str], PublishedValue] = _build_table1()
+
+# Table 2, EnvNet-v2 + augmentation: (dataset, strategy) -> error. "intermix" equals its Table 1 entry.
+TABLE2_SETUP = "envnet_v2_aug"
+TABLE2: dict[tuple[str, str], float] = {
+    ("esc50", "intermix_vanilla"): 13.6,
+    ("esc10", "intermix_vanilla"): 7.9,
+    ("urbansound8k", "intermix_vanilla"): 21.0,
+    ("esc50", "intermix_hidden"): 13.3,
+    ("esc10", "intermix_hidden"): 7.7,
+    ("urbansound8k", "intermix_hidden"): 20.8,
+    ("esc50", "intermix"): 12.9,
+    ("esc10", "intermix"): 7.2,
+    ("urbansound8k", "intermix"): 20.5,
+}
+
+# Table 3, FGSM on ESC-10 (model not stated): (strategy, epsilon) -> error
+TABLE3_DATASET = "esc10"
+TABLE3_EPSILONS = (1e-2, 1e-3, 1e-4, 1e-5)
+TABLE3: dict[tuple[str, float], float] = {
+    (strategy, eps): value
+    for strategy, values in {
+        "standard": (64.5, 37.7, 36.5, 36.2),
+        "bc": (47.2, 28.7, 26.9, 26.8),
+        "intermix": (42.9, 26.2, 25.1, 25.0),
+    }.items()
+    for eps, value in zip(TABLE3_EPSILONS, values, strict=True)
+}
+
+# Human error rates (Table 1, last row); the paper gives none for UrbanSound8K.
+HUMAN: dict[str, float] = {"esc50": 18.7, "esc10": 4.3}
+
+# Section 5.1's relative improvements (%) of InterMix, (e_base - e) / e_base, as printed:
+# (dataset, setup, baseline) -> value. The paper rounds from its own table values (2.47 is printed 2.4).
+RELATIVE_IMPROVEMENTS: dict[tuple[str, str, str], float] = {
+    ("esc10", "envnet_v2", "standard"): 42.2,
+    ("esc10", "envnet_v2", "bc"): 22.6,
+    ("esc50", "envnet_v2", "bc"): 13.2,
+    ("urbansound8k", "envnet_v2", "bc"): 8.5,
+    ("esc50", "envnet_v2", "speechmix"): 2.4,
+    ("urbansound8k", "envnet_v2", "speechmix"): 0.9,
+    ("esc50", "envnet_v2_aug", "bc"): 14.6,
+    ("esc10", "envnet_v2_aug", "bc"): 16.3,
+    ("urbansound8k", "envnet_v2_aug", "bc"): 5.5,
+}
+
+
+def display_name(kind: str, key: str) -> str:
+    """The paper's name for a dataset, setup or strategy key (the key itself when the paper has none)."""
+    names = {"dataset": DATASET_NAMES, "setup": SETUP_NAMES, "strategy": STRATEGY_NAMES}[kind]
+    return names.get(key, key)
+
+
+def published_error(dataset: str, setup: str, strategy: str) -> PublishedValue | None:
+    """The paper's test error for a cell (Table 1, else Table 2), or None if the paper has none."""
+    if (dataset, setup, strategy) in TABLE1:
+        return TABLE1[(dataset, setup, strategy)]
+    if setup == TABLE2_SETUP and (dataset, strategy) in TABLE2:
+        return PublishedValue(TABLE2[(dataset, strategy)])
+    return None
+
+
+def published_fgsm(dataset: str, strategy: str, epsilon: float) -> float | None:
+    """The paper's FGSM error (Table 3) for a strategy and epsilon, or None if the paper has none."""
+    if dataset != TABLE3_DATASET:
+        return None
+    for eps in TABLE3_EPSILONS:
+        if abs(epsilon - eps) <= 1e-9 * eps:
+            return TABLE3.get((strategy, eps))
+    return None
+
+
+def relative_improvement(baseline_error: float, error: float) -> float:
+    """Relative error reduction in percent, as the paper reports it: 100 * (e_base - e) / e_base."""
+    if baseline_error <= 0:
+        raise ValueError(f"relative improvement needs a positive baseline error, got {baseline_error}")
+    return 100.0 * (baseline_error - error) / baseline_error

@@ -1,0 +1,659 @@
+"""Aggregation: fold results -> the paper's tables (mean ± SE over folds), paired tests, reports, MLflow summary.
+
+Selection rule (reruns): results sharing (dataset, setup, strategy, fold) are resolved by input
+order, later items winning; a successful result always beats a failed one, so "failed, then ok" is
+ok and "ok, then failed" keeps the ok result (with a note). `collect_results` returns files
+oldest-first by modification time, so a rerun's newer file wins.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+from pydantic import BaseModel, computed_field
+from scipy import stats
+
+from intermix_core import published as pub
+from intermix_core.config import DATASETS
+from intermix_core.published import display_name as _name
+from intermix_core.records import FoldResult, load_result
+
+ALPHA = 0.05
+WILCOXON_MIN_N = 6  # below 6 non-zero pairs the exact two-sided p-value cannot go below 0.05 (2/2^5 = 0.0625)
+STRATEGY_ORDER = pub.STRATEGY_ORDER
+ABLATION_ONLY = ("intermix_vanilla", "intermix_hidden")
+ABLATION_ROWS = ("intermix_vanilla", "intermix_hidden", "intermix")
+# (baseline, strategies compared with it; None = every strategy after the baseline in STRATEGY_ORDER)
+BASELINES: tuple[tuple[str, tuple[str, ...] | None], ...] = (
+    ("standard", None), ("bc", None), ("speechmix", ("intermix", "intermix_official")),
+)
+ABLATION_STEPS = (("intermix_hidden", "intermix_vanilla"), ("intermix", "intermix_hidden"))  # (strategy, baseline)
+
+
+def _order(seq: Iterable[str], known: Sequence[str]) -> list[str]:
+    """Known names in their paper order, then the rest alphabetically."""
+    items = set(seq)
+    return [k for k in known if k in items] + sorted(items - set(known))
+
+
+def mean_se(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and standard error (sample SD with ddof=1 / sqrt(n)); SE is None for n < 2."""
+    n = len(values)
+    if n == 0:
+        return None, None
+    m = sum(values) / n
+    if n < 2:
+        return m, None
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
+    return m, sd / math.sqrt(n)
+
+
+def eps_label(eps: float) -> str:
+    """Epsilon as shown in tables and metric names: 0.01, 0.001, 0.0001, 1e-05."""
+    return f"{eps:g}"
+
+
+def _folds_text(folds: Sequence[int]) -> str:
+    return ("fold " if len(folds) == 1 else "folds ") + ", ".join(str(f) for f in folds)
+
+
+class Cell(BaseModel):
+    """Per-fold errors of one dataset x setup x strategy (x FGSM epsilon) and their summary."""
+
+    dataset: str
+    setup: str
+    model: str
+    strategy: str
+    epsilon: float | None = None  # None: clean test error; else FGSM error at this epsilon
+    expected: list[int]
+    values: dict[int, float]  # fold -> error %, successful folds only
+    failed: dict[int, str] = {}  # fold -> failure message
+    mean: float | None = None
+    se: float | None = None
+    published: float | None = None
+    published_se: float | None = None
+
+    @computed_field
+    @property
+    def n(self) -> int:
+        """Successful folds counted in the mean."""
+        return len(self.values)
+
+    @computed_field
+    @property
+    def missing(self) -> list[int]:
+        """Expected folds with no result at all."""
+        return [f for f in self.expected if f not in self.values and f not in self.failed]
+
+    @computed_field
+    @property
+    def diff(self) -> float | None:
+        """Measured mean minus the published value (percentage points)."""
+        return None if self.mean is None or self.published is None else self.mean - self.published
+
+    @property
+    def metric(self) -> str:
+        """'test_error' or 'fgsm@<eps>'."""
+        return "test_error" if self.epsilon is None else f"fgsm@{eps_label(self.epsilon)}"
+
+    def text(self) -> str:
+        """'12.3 ± 0.41', '12.3 (n=1)', with '(4/5 folds; fold 3 failed)' when folds are absent."""
+        if self.mean is None:
+            body = "failed" if self.failed else "—"
+        elif self.se is None:
+            body = f"{self.mean:.1f} (n=1)"
+        else:
+            body = f"{self.mean:.1f} ± {self.se:.2f}"
+        gaps = [f"{_folds_text(sorted(self.failed))} failed"] if self.failed else []
+        gaps += [f"{_folds_text(self.missing)} missing"] if self.missing else []
+        return f"{body} ({self.n}/{len(self.expected)} folds; {'; '.join(gaps)})" if gaps else body
+
+    def published_text(self) -> str:
+        """The paper's value beside this cell, '—' if it has none."""
+        if self.published is None:
+            return "—"
+        return f"{self.published:.1f}" + (f" ± {self.published_se:.1f}" if self.published_se is not None else "")
+
+
+class MissingFold(BaseModel):
+    """An expected fold without a successful result."""
+
+    dataset: str
+    setup: str
+    strategy: str
+    fold: int
+    reason: str  # "missing" or "failed"
+    error: str | None = None
+
+
+class Comparison(BaseModel):
+    """Strategy vs baseline on the folds both have: relative improvement and paired tests."""
+
+    dataset: str
+    setup: str
+    metric: str
+    strategy: str
+    baseline: str
+    folds: list[int]
+    baseline_mean: float | None = None
+    mean: float | None = None
+    diff: float | None = None  # baseline - strategy, points; > 0 means the strategy errs less
+    relative: float | None = None  # 100 (e_base - e) / e_base on the paired folds' means
+    published_relative: float | None = None  # the same from the paper's numbers
+    t: float | None = None
+    p_t: float | None = None
+    wilcoxon: float | None = None
+    p_wilcoxon: float | None = None
+    significant: bool = False
+    conclusion: str = ""
+
+
+class Summary(BaseModel):
+    """Everything the reports show: Table 1/2 cells, FGSM cells, comparisons, missing folds, notes."""
+
+    cells: list[Cell]
+    fgsm: list[Cell]
+    comparisons: list[Comparison]
+    missing: list[MissingFold]
+    notes: list[str]
+    n_results: int
+    n_superseded: int
+    alpha: float = ALPHA
+
+    def cell(self, dataset: str, setup: str, strategy: str, epsilon: float | None = None) -> Cell | None:
+        """The cell for these keys (an FGSM cell if epsilon is given), or None."""
+        pool = self.cells if epsilon is None else self.fgsm
+        for c in pool:
+            if (c.dataset, c.setup, c.strategy) == (dataset, setup, strategy) and (
+                epsilon is None or math.isclose(c.epsilon or 0.0, epsilon, rel_tol=1e-9)
+            ):
+                return c
+        return None
+
+
+def collect_results(paths_or_dir: str | Path | Sequence[str | Path]) -> list[FoldResult]:
+    """Read fold-result JSON files (directories recursively), oldest first by mtime, so newer reruns win."""
+    items = [paths_or_dir] if isinstance(paths_or_dir, (str, Path)) else list(paths_or_dir)
+    files: list[tuple[Path, bool]] = []  # (path, named explicitly)
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            files += [(f, False) for f in p.rglob("*.json") if f.is_file()]
+        elif p.is_file():
+            files.append((p, True))
+        else:
+            raise FileNotFoundError(f"{p}: no such result file or directory")
+    files.sort(key=lambda fe: (fe[0].stat().st_mtime, str(fe[0])))
+    results = []
+    for f, explicit in files:
+        try:
+            results.append(load_result(f))
+        except ValueError:
+            if explicit or _looks_like_result(f):
+                raise  # a fold result that does not validate is a problem, not noise
+    return results
+
+
+def _looks_like_result(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"dataset", "strategy", "fold"} <= data.keys()
+
+
+def _is_ok(r: FoldResult) -> bool:
+    return r.status == "ok" and r.test_error is not None and math.isfinite(r.test_error)
+
+
+def _failure(r: FoldResult) -> str:
+    if r.status == "ok":
+        return f"status ok but test_error is {r.test_error}"
+    return r.error or "failed without a message"
+
+
+def select_results(results: Sequence[FoldResult]) -> tuple[dict[tuple[str, str, str, int], FoldResult], list[str]]:
+    """One result per (dataset, setup, strategy, fold): the last ok one, else the last failed one; plus notes."""
+    last_ok: dict[tuple[str, str, str, int], FoldResult] = {}
+    last_any: dict[tuple[str, str, str, int], FoldResult] = {}
+    for r in results:
+        last_any[r.key] = r
+        if _is_ok(r):
+            last_ok[r.key] = r
+    notes = []
+    for key, r in last_any.items():
+        if key in last_ok and last_ok[key] is not r:
+            notes.append(f"{key[0]} / {key[1]} / {key[2]} fold {key[3]}: the latest attempt failed"
+                         f" ({_first_line(_failure(r))}); the earlier successful result is used")
+    return {k: last_ok.get(k, r) for k, r in last_any.items()}, notes
+
+
+def paired_test(baseline: Sequence[float], other: Sequence[float]) -> dict[str, float | None]:
+    """Paired t-test (and Wilcoxon signed-rank when >= 6 non-zero pairs) on d = baseline - other, two-sided."""
+    d = [b - o for b, o in zip(baseline, other, strict=True)]
+    n = len(d)
+    out: dict[str, float | None] = {"t": None, "p_t": None, "wilcoxon": None, "p_wilcoxon": None}
+    if n < 2:
+        return out
+    m = sum(d) / n
+    sd = math.sqrt(sum((x - m) ** 2 for x in d) / (n - 1))
+    if sd > 1e-12 * max(1.0, abs(m)):  # identical differences on every fold: t is undefined
+        out["t"] = m / (sd / math.sqrt(n))
+        out["p_t"] = float(2 * stats.t.sf(abs(out["t"]), n - 1))
+    nonzero = [x for x in d if x != 0.0]
+    if len(nonzero) >= WILCOXON_MIN_N:
+        w = stats.wilcoxon(nonzero, zero_method="wilcox", alternative="two-sided")
+        out["wilcoxon"], out["p_wilcoxon"] = float(w.statistic), float(w.pvalue)
+    return out
+
+
+def _context(c: Cell) -> str:
+    where = f"{_name('dataset', c.dataset)} / {_name('setup', c.setup)}"
+    return where if c.epsilon is None else f"{where}, FGSM eps={eps_label(c.epsilon)}"
+
+
+def _compare(cell: Cell, base: Cell, alpha: float) -> Comparison:
+    folds = sorted(set(cell.values) & set(base.values))
+    comp = Comparison(
+        dataset=cell.dataset, setup=cell.setup, metric=cell.metric, strategy=cell.strategy,
+        baseline=base.strategy, folds=folds,
+    )
+    if base.published is not None and cell.published is not None:
+        comp.published_relative = pub.relative_improvement(base.published, cell.published)
+    name, bname = _name("strategy", cell.strategy), _name("strategy", base.strategy)
+    pair = f"{name} vs {bname} on {_context(cell)}"
+    if not folds:
+        comp.conclusion = f"{pair}: no fold has both results; nothing to compare."
+        return comp
+    comp.baseline_mean = sum(base.values[f] for f in folds) / len(folds)
+    comp.mean = sum(cell.values[f] for f in folds) / len(folds)
+    comp.diff = comp.baseline_mean - comp.mean
+    if comp.baseline_mean > 0:
+        comp.relative = pub.relative_improvement(comp.baseline_mean, comp.mean)
+    comp = comp.model_copy(update=paired_test([base.values[f] for f in folds], [cell.values[f] for f in folds]))
+    both = comp.p_t is not None and comp.p_t < alpha and (comp.p_wilcoxon is None or comp.p_wilcoxon < alpha)
+    comp.significant = both
+    rel = f"{comp.relative:+.1f}% relative reduction" if comp.relative is not None else "relative n/a"
+    nums = f"{comp.mean:.1f}% vs {comp.baseline_mean:.1f}% error ({rel})"
+    tests = [f"paired t-test p={comp.p_t:.3g}"] if comp.p_t is not None else []
+    tests += [f"Wilcoxon p={comp.p_wilcoxon:.3g}"] if comp.p_wilcoxon is not None else []
+    tests_text = ", ".join([*tests, f"n={len(folds)} folds"])
+    if len(folds) < 2:
+        comp.conclusion = f"{pair}: {nums}; only {len(folds)} paired fold, no test possible."
+    elif comp.p_t is None:
+        comp.conclusion = f"{pair}: {nums}; the same difference on every fold, test undefined ({tests_text})."
+    elif both:
+        verb = "has lower error than" if comp.diff > 0 else "has higher error than"
+        comp.conclusion = f"{name} {verb} {bname} on {_context(cell)}: {nums}; {tests_text}."
+    else:
+        why = f"p >= {alpha}" if comp.p_t >= alpha else f"the t-test alone is below {alpha}, Wilcoxon is not"
+        comp.conclusion = f"{pair}: {nums} is within fold-to-fold noise ({tests_text}; {why})."
+    return comp
+
+
+def _pairs(strategies: Iterable[str]) -> list[tuple[str, str]]:
+    present = _order(strategies, STRATEGY_ORDER)
+    rank = {s: i for i, s in enumerate(present)}
+    pairs = [(s, b) for b, only in BASELINES if b in rank for s in present
+             if rank[s] > rank[b] and (only is None or s in only)]
+    return pairs + [(s, b) for s, b in ABLATION_STEPS if s in rank and b in rank]
+
+
+def aggregate(
+    results: list[FoldResult], expected_folds: dict[str, list[int]] | None = None, *, alpha: float = ALPHA
+) -> Summary:
+    """Turn fold results into cells (mean ± SE), FGSM cells, paired comparisons and the list of absent folds."""
+    chosen, notes = select_results(results)
+    groups: dict[tuple[str, str, str], list[FoldResult]] = {}
+    for (dataset, setup, strategy, _), r in chosen.items():
+        groups.setdefault((dataset, setup, strategy), []).append(r)
+    cells, fgsm_cells, missing = [], [], []
+    datasets = _order({k[0] for k in groups}, list(pub.DATASET_NAMES))
+    for dataset in datasets:
+        if expected_folds and dataset in expected_folds:
+            base_expected = set(expected_folds[dataset])
+        elif dataset in DATASETS:
+            base_expected = set(range(1, DATASETS[dataset]["num_folds"] + 1))
+        else:
+            base_expected = {k[3] for k in chosen if k[0] == dataset}
+        keys = [k for k in groups if k[0] == dataset]
+        for setup in _order({k[1] for k in keys}, list(pub.SETUP_NAMES)):
+            for strategy in _order({k[2] for k in keys if k[1] == setup}, STRATEGY_ORDER):
+                rs = sorted(groups[(dataset, setup, strategy)], key=lambda r: r.fold)
+                expected = sorted(base_expected | {r.fold for r in rs})
+                ok = [r for r in rs if _is_ok(r)]
+                failed = {r.fold: _failure(r) for r in rs if not _is_ok(r)}
+                head = dict(dataset=dataset, setup=setup, model=rs[-1].model, strategy=strategy, expected=expected)
+                values = {r.fold: float(r.test_error) for r in ok}
+                p = pub.published_error(dataset, setup, strategy)
+                cell = Cell(**head, values=values, failed=failed, published=p.mean if p else None,
+                            published_se=p.se if p else None)
+                cell.mean, cell.se = mean_se(list(values.values()))
+                cells.append(cell)
+                where = dict(dataset=dataset, setup=setup, strategy=strategy)
+                missing += [MissingFold(**where, fold=f, reason="failed", error=e) for f, e in sorted(failed.items())]
+                missing += [MissingFold(**where, fold=f, reason="missing") for f in cell.missing]
+                fgsm_cells += _fgsm_cells(head, ok, failed)
+    comparisons = []
+    for pool in (cells, fgsm_cells):
+        index = {(c.dataset, c.setup, c.metric, c.strategy): c for c in pool}
+        for dataset, setup, metric in dict.fromkeys((c.dataset, c.setup, c.metric) for c in pool):
+            strategies = [s for (d, su, m, s) in index if (d, su, m) == (dataset, setup, metric)]
+            for s, b in _pairs(strategies):
+                new, base = index[(dataset, setup, metric, s)], index[(dataset, setup, metric, b)]
+                comparisons.append(_compare(new, base, alpha))
+    return Summary(
+        cells=cells, fgsm=fgsm_cells, comparisons=comparisons, missing=missing, notes=notes,
+        n_results=len(results), n_superseded=len(results) - len(chosen), alpha=alpha,
+    )
+
+
+def _fgsm_cells(head: dict, ok: list[FoldResult], failed: dict[int, str]) -> list[Cell]:
+    per_eps: dict[float, dict[int, float]] = {}
+    for r in ok:
+        for key, err in r.fgsm.items():
+            try:
+                eps = float(key)
+            except ValueError:
+                raise ValueError(f"{'/'.join(map(str, r.key))}: fgsm key {key!r} is not an epsilon") from None
+            if math.isfinite(err):
+                per_eps.setdefault(eps, {})[r.fold] = float(err)
+    out = []
+    for eps in sorted(per_eps, reverse=True):
+        values = per_eps[eps]
+        c = Cell(**head, epsilon=eps, values=values, failed=failed,
+                 published=pub.published_fgsm(head["dataset"], head["strategy"], eps))
+        c.mean, c.se = mean_se(list(values.values()))
+        out.append(c)
+    return out
+
+
+# ---------------------------------------------------------------- reports: Markdown, CSV, LaTeX, terminal
+
+
+class _Table(NamedTuple):
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    notes: list[str]
+
+
+def _signed(x: float | None, fmt: str = "+.1f") -> str:
+    return "—" if x is None else format(x, fmt)
+
+
+def _absent_notes(summary: Summary, strategies: Sequence[str]) -> list[str]:
+    notes = [
+        f"{m.dataset} / {m.setup} / {m.strategy} fold {m.fold}: "
+        + ("no result" if m.reason == "missing" else f"failed ({_first_line(m.error)})")
+        for m in summary.missing if m.strategy in strategies
+    ]
+    if summary.n_superseded:
+        notes.append(f"{summary.n_superseded} older result(s) superseded by reruns of the same fold.")
+    return notes + summary.notes
+
+
+def _first_line(msg: str | None) -> str:
+    return (msg or "no message").strip().splitlines()[0][:160] if (msg or "").strip() else "no message"
+
+
+def _grid_table(
+    title: str, summary: Summary, strategies: Sequence[str], names: dict[str, str], row_label: str = "Learning"
+) -> _Table:
+    cells = [c for c in summary.cells if c.strategy in strategies]
+    index = {(c.dataset, c.setup, c.strategy): c for c in cells}
+    datasets = _order({c.dataset for c in cells}, list(pub.DATASET_NAMES))
+    header = ["Model", row_label] + [h for d in datasets for h in (_name("dataset", d), "paper", "Δ")]
+    rows = []
+    for setup in _order({c.setup for c in cells}, list(pub.SETUP_NAMES)):
+        present = {c.strategy for c in cells if c.setup == setup}
+        for i, strategy in enumerate(s for s in _order(present, STRATEGY_ORDER) if s in strategies):
+            row = [_name("setup", setup) if i == 0 else "", names.get(strategy, strategy)]
+            for d in datasets:
+                c = index.get((d, setup, strategy))
+                paper = pub.published_error(d, setup, strategy)
+                ptext = c.published_text() if c else ("—" if paper is None else f"{paper.mean:.1f}")
+                row += [c.text() if c else "—", ptext, _signed(c.diff) if c else "—"]
+            rows.append(row)
+    human = ", ".join(f"{_name('dataset', d)} {v}" for d, v in pub.HUMAN.items() if d in datasets)
+    notes = [
+        "Error rate (%): mean ± standard error over folds (sample SD, ddof=1, / sqrt(n)); n=1 has no SE.",
+        "paper: the published value (UrbanSound8K without ±); Δ = measured − paper, in points.",
+    ] + ([f"Human error (paper): {human}."] if human else [])
+    return _Table(title, header, rows, notes + _absent_notes(summary, strategies))
+
+
+def _table3(summary: Summary) -> _Table:
+    epsilons = sorted({c.epsilon for c in summary.fgsm if c.epsilon is not None}, reverse=True)
+    index = {(c.dataset, c.setup, c.strategy, c.epsilon): c for c in summary.fgsm}
+    header = ["Dataset", "Model", "Learning"] + [h for e in epsilons for h in (f"ε={eps_label(e)}", "paper")]
+    rows = []
+    for d, s, st in dict.fromkeys((c.dataset, c.setup, c.strategy) for c in summary.fgsm):
+        row = [_name("dataset", d), _name("setup", s), _name("strategy", st)]
+        for e in epsilons:
+            c = index.get((d, s, st, e))
+            row += [c.text(), c.published_text()] if c else ["—", "—"]
+        rows.append(row)
+    notes = [
+        "FGSM error (%) on the test fold, mean ± standard error over folds.",
+        "paper: Table 3 (ESC-10; the paper does not state the model, so it is shown beside every ESC-10 model).",
+    ]
+    return _Table("Table 3: FGSM error rates (%)", header, rows, notes)
+
+
+def _verdict(c: Comparison) -> str:
+    if c.significant:
+        return "lower error" if (c.diff or 0) > 0 else "higher error"
+    return "noise" if c.p_t is not None else "untestable"
+
+
+def _comparisons_table(summary: Summary, compact: bool = False) -> _Table:
+    if compact:  # terminal: clean test error only, fewer columns
+        header = ["Dataset / Model", "Learning", "vs", "n", "e vs e_base", "rel. %", "t-test p", "Wilcoxon p",
+                  "verdict"]
+        rows = [[f"{_name('dataset', c.dataset)} / {_name('setup', c.setup)}", _name("strategy", c.strategy),
+                 _name("strategy", c.baseline), str(len(c.folds)),
+                 f"{_signed(c.mean, '.1f')} vs {_signed(c.baseline_mean, '.1f')}", _signed(c.relative),
+                 _signed(c.p_t, ".3g"), _signed(c.p_wilcoxon, ".3g"), _verdict(c)]
+                for c in summary.comparisons if c.metric == "test_error"]
+        return _Table("Comparisons (paired across folds)", header, rows, [])
+    header = ["Dataset", "Model", "Metric", "Learning", "vs", "n", "e_base", "e", "Δ pts", "rel. %",
+              "paper rel. %", "t-test p", "Wilcoxon p", "verdict"]
+    rows = [[
+        _name("dataset", c.dataset), _name("setup", c.setup), c.metric, _name("strategy", c.strategy),
+        _name("strategy", c.baseline), str(len(c.folds)), _signed(c.baseline_mean, ".1f"), _signed(c.mean, ".1f"),
+        _signed(c.diff), _signed(c.relative), _signed(c.published_relative), _signed(c.p_t, ".3g"),
+        _signed(c.p_wilcoxon, ".3g") if len(c.folds) >= WILCOXON_MIN_N else f"n/a (n<{WILCOXON_MIN_N})", _verdict(c),
+    ] for c in summary.comparisons]
+    notes = [
+        "Δ pts = e_base − e and rel. % = 100 (e_base − e) / e_base on the folds both strategies completed;"
+        " > 0 means fewer errors than the baseline. paper rel. %: the same from the paper's tables.",
+        f"A difference is called only when the paired t-test gives p < {summary.alpha} and, where it is computed"
+        f" (>= {WILCOXON_MIN_N} non-zero pairs), the Wilcoxon signed-rank test agrees; p-values are not corrected"
+        " for the number of comparisons.",
+    ]
+    notes += [c.conclusion for c in summary.comparisons]
+    return _Table("Comparisons (paired across folds)", header, rows, notes)
+
+
+def _markdown(t: _Table) -> str:
+    esc = [[x.replace("|", "\\|") for x in r] for r in [t.header, *t.rows]]
+    lines = [f"## {t.title}", "", "| " + " | ".join(esc[0]) + " |", "|" + "---|" * len(t.header)]
+    lines += ["| " + " | ".join(r) + " |" for r in esc[1:]]
+    return "\n".join(lines + [""] + [f"- {n}" for n in t.notes]) + "\n"
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "Δ": r"$\Delta$",
+        "ε": r"$\epsilon$", "—": "--", "−": "-"}
+
+
+def _tex_escape(s: str) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in s)
+
+
+def _latex(t: _Table) -> str:
+    spec = "ll" + "r" * (len(t.header) - 2)
+    lines = [f"% {_tex_escape(t.title)} (needs \\usepackage{{booktabs}})", f"\\begin{{tabular}}{{{spec}}}", r"\toprule"]
+    lines += [" & ".join(map(_tex_escape, t.header)) + r" \\", r"\midrule"]
+    lines += [" & ".join(map(_tex_escape, r)) + r" \\" for r in t.rows]
+    lines += [r"\bottomrule", r"\end{tabular}"] + [f"% {_tex_escape(n)}" for n in t.notes]
+    return "\n".join(lines) + "\n"
+
+
+def _plain(t: _Table, notes: bool = True) -> str:
+    widths = [max(len(r[i]) for r in [t.header, *t.rows]) for i in range(len(t.header))]
+    fmt = lambda r: "  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip()  # noqa: E731
+    lines = [t.title, fmt(t.header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in t.rows]
+    return "\n".join(lines + ([f"  * {n}" for n in t.notes] if notes else [])) + "\n"
+
+
+_STEMS = ("table1", "table2", "table3", "comparisons")
+REPORT_FILES = {f"{stem}.{ext}" for stem in _STEMS for ext in ("md", "csv", "tex")}
+REPORT_FILES |= {"summary.json", "learning_curves.png", "fgsm.png", "fold_spread.png"}
+CELL_FIELDS = ["dataset", "setup", "model", "strategy", "epsilon", "n", "n_expected", "mean", "se", "folds_ok",
+               "folds_failed", "folds_missing", "per_fold", "published", "published_se", "diff"]
+COMPARISON_FIELDS = ["dataset", "setup", "metric", "strategy", "baseline", "n", "folds", "baseline_mean", "mean",
+                     "diff", "relative", "published_relative", "t", "p_t", "wilcoxon", "p_wilcoxon", "significant",
+                     "conclusion"]
+
+
+def _num(x: float | None) -> str:
+    return "" if x is None else repr(round(x, 6))
+
+
+def _cell_row(c: Cell) -> dict[str, str]:
+    return {
+        "dataset": c.dataset, "setup": c.setup, "model": c.model, "strategy": c.strategy, "epsilon": _num(c.epsilon),
+        "n": str(c.n), "n_expected": str(len(c.expected)), "mean": _num(c.mean), "se": _num(c.se),
+        "folds_ok": " ".join(map(str, sorted(c.values))), "folds_failed": " ".join(map(str, sorted(c.failed))),
+        "folds_missing": " ".join(map(str, c.missing)),
+        "per_fold": " ".join(f"{f}:{_num(v)}" for f, v in sorted(c.values.items())),
+        "published": _num(c.published), "published_se": _num(c.published_se), "diff": _num(c.diff),
+    }
+
+
+def _comparison_row(c: Comparison) -> dict[str, str]:
+    nums = ("baseline_mean", "mean", "diff", "relative", "published_relative", "t", "p_t", "wilcoxon", "p_wilcoxon")
+    return {k: _num(getattr(c, k)) for k in nums} | {
+        "dataset": c.dataset, "setup": c.setup, "metric": c.metric, "strategy": c.strategy, "baseline": c.baseline,
+        "n": str(len(c.folds)), "folds": " ".join(map(str, c.folds)), "significant": str(c.significant).lower(),
+        "conclusion": c.conclusion,
+    }
+
+
+def _write_csv(path: Path, fields: list[str], rows: Iterable[dict[str, str]]) -> None:
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def write_reports(summary: Summary, out_dir: str | Path, results: list[FoldResult] | None = None) -> dict[str, Path]:
+    """Write tables (.md/.csv/.tex), summary.json and PNG plots to out_dir; return file name -> path."""
+    from intermix_core import plots
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t1_strategies = [s for s in _order({c.strategy for c in summary.cells}, STRATEGY_ORDER) if s not in ABLATION_ONLY]
+    ablation_setups = {c.setup for c in summary.cells if c.strategy in ABLATION_ONLY}
+    tables: dict[str, tuple[_Table, list[str], list[dict[str, str]]]] = {
+        "table1": (_grid_table("Table 1: error rates (%)", summary, t1_strategies, pub.STRATEGY_NAMES),
+                   CELL_FIELDS, [_cell_row(c) for c in summary.cells if c.strategy in t1_strategies]),
+    }
+    if ablation_setups:
+        abl = summary.model_copy(update={"cells": [c for c in summary.cells if c.setup in ablation_setups]})
+        t2 = _grid_table("Table 2: ablation, error rates (%)", abl, ABLATION_ROWS, pub.ABLATION_NAMES, "Variant")
+        tables["table2"] = (t2, CELL_FIELDS, [_cell_row(c) for c in abl.cells if c.strategy in ABLATION_ROWS])
+    if summary.fgsm:
+        tables["table3"] = (_table3(summary), CELL_FIELDS, [_cell_row(c) for c in summary.fgsm])
+    tables["comparisons"] = (_comparisons_table(summary), COMPARISON_FIELDS,
+                             [_comparison_row(c) for c in summary.comparisons])
+    written: dict[str, Path] = {}
+    for stem, (table, fields, rows) in tables.items():
+        for ext, text in (("md", _markdown(table)), ("tex", _latex(table))):
+            (out / f"{stem}.{ext}").write_text(text)
+            written[f"{stem}.{ext}"] = out / f"{stem}.{ext}"
+        _write_csv(out / f"{stem}.csv", fields, rows)
+        written[f"{stem}.csv"] = out / f"{stem}.csv"
+    (out / "summary.json").write_text(summary.model_dump_json(indent=2))
+    written["summary.json"] = out / "summary.json"
+    chosen = list(select_results(results)[0].values()) if results else []
+    for name, path in (
+        ("learning_curves.png", plots.plot_learning_curves(chosen, out / "learning_curves.png")),
+        ("fgsm.png", plots.plot_fgsm(summary, out / "fgsm.png")),
+        ("fold_spread.png", plots.plot_fold_spread(summary, out / "fold_spread.png")),
+    ):
+        if path is not None:
+            written[name] = path
+    for name in REPORT_FILES - written.keys():  # drop what an earlier aggregation wrote and this one did not
+        (out / name).unlink(missing_ok=True)
+    return written
+
+
+def format_terminal(summary: Summary) -> str:
+    """Table 1 with its absent folds, then the test-error comparisons, as compact plain text for the CLI."""
+    t1_strategies = [s for s in _order({c.strategy for c in summary.cells}, STRATEGY_ORDER) if s not in ABLATION_ONLY]
+    parts = [_plain(_grid_table("Table 1: error rates (%)", summary, t1_strategies, pub.STRATEGY_NAMES))]
+    if any(c.metric == "test_error" for c in summary.comparisons):
+        parts.append(_plain(_comparisons_table(summary, compact=True)))
+        parts.append(f"A difference is called only at p < {summary.alpha} (paired t-test, and Wilcoxon where"
+                     f" n >= {WILCOXON_MIN_N}); otherwise it is within fold-to-fold noise.\n")
+        parts.append("".join(f"  - {c.conclusion}\n" for c in summary.comparisons
+                             if c.metric == "test_error" and c.significant))
+    n_fgsm = sum(c.metric != "test_error" for c in summary.comparisons)
+    if n_fgsm:
+        parts.append(f"{n_fgsm} FGSM comparison(s), Tables 2-3 and plots: see the report directory.\n")
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------- MLflow summary run
+
+
+def log_summary_to_mlflow(
+    out_dir: str | Path, tracking_uri: str | None = None, experiment: str = "intermix", grid_id: str | None = None
+) -> str:
+    """Log the report files in out_dir to the grid's summary run (created once, updated after); return its run id."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    out = Path(out_dir)
+    if not (out / "table1.csv").is_file():
+        raise FileNotFoundError(f"{out}: no table1.csv; run write_reports first")
+    grid_id = grid_id or out.resolve().name
+    if "'" in grid_id or "\\" in grid_id:
+        raise ValueError(f"grid_id must not contain quotes or backslashes: {grid_id!r}")
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    found = client.search_runs(
+        [exp_id], f"tags.`intermix.kind` = 'summary' and tags.`intermix.grid_id` = '{grid_id}'", max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )
+    if found:
+        run_id = found[0].info.run_id
+        revision = int(found[0].data.tags.get("intermix.summary_revision", "0")) + 1
+    else:
+        tags = {"intermix.kind": "summary", "intermix.grid_id": grid_id, "mlflow.runName": f"summary-{grid_id}"}
+        run_id, revision = client.create_run(exp_id, tags=tags).info.run_id, 0
+    client.set_tag(run_id, "intermix.summary_revision", str(revision))
+    with (out / "table1.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    now = int(time.time() * 1000)
+    metrics = []
+    for r in rows:
+        key = f"test_error/{r['dataset']}/{r['setup']}/{r['strategy']}"
+        if r["mean"]:
+            metrics.append(Metric(key, float(r["mean"]), now, revision))
+        metrics.append(Metric(f"{key}/n_folds", float(r["n"]), now, revision))
+    for i in range(0, len(metrics), 900):  # log_batch takes at most 1000 metrics
+        client.log_batch(run_id, metrics=metrics[i : i + 900])
+    client.log_artifacts(run_id, str(out))
+    client.set_terminated(run_id)
+    return run_id

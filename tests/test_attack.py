@@ -1,0 +1,49 @@
+"""FGSM (eq. 7): cross-checked against foolbox on the same inputs, and run on a trained fold."""
+
+import numpy as np
+import pytest
+import torch
+
+from intermix_core.attack import attack_fold, fgsm
+from intermix_core.models import create_model, model_class
+from intermix_core.train import train_fold
+
+from test_train import FAST_MODEL, needs_esc10, tiny_cfg, tiny_data  # noqa: F401  (fixture)
+
+
+@pytest.mark.parametrize("clip", [True, False])
+def test_fgsm_matches_foolbox(clip):
+    fb = pytest.importorskip("foolbox")
+    torch.manual_seed(0)
+    model = create_model(FAST_MODEL, 10).eval()
+    x = (torch.rand(4, model_class(FAST_MODEL).input_length) * 2 - 1) * 0.99
+    y = torch.tensor([0, 3, 5, 9])
+    eps = [1e-2, 1e-3]
+    ours = fgsm(model, x, y, eps, clip=clip)
+    fmodel = fb.PyTorchModel(model, bounds=(-1.0, 1.0) if clip else (-10.0, 10.0))
+    raw, _, _ = fb.attacks.FGSM()(fmodel, x, y, epsilons=eps)
+    for a, b, e in zip(ours, raw, eps):
+        agree = (a - b).abs() <= 1e-6
+        assert agree.float().mean() > 0.999, f"eps={e}: {(~agree).sum()} samples differ"
+        assert ((a - x).abs() <= e + 1e-7).all()
+    if clip:
+        assert all(a.abs().max() <= 1.0 for a in ours)
+
+
+def test_fgsm_without_clipping_can_leave_the_range():
+    model = create_model(FAST_MODEL, 10).eval()
+    x = torch.full((2, model_class(FAST_MODEL).input_length), 0.999)
+    (adv,) = fgsm(model, x, torch.tensor([1, 2]), [0.01], clip=False)
+    assert adv.abs().max() > 1.0
+
+
+@needs_esc10
+def test_attack_fold_zero_epsilon_is_the_clean_error(tiny_data, tmp_path):
+    cfg = tiny_cfg("bc", epochs=2).model_copy(
+        update={"attack": tiny_cfg().attack.model_copy(update={"epsilons": (0.0, 0.1)})}
+    )
+    result = train_fold(cfg, tiny_data, 1, tmp_path, progress=False)
+    errors = attack_fold(tmp_path / "checkpoint.pt", tiny_data)
+    assert set(errors) == {"0.0", "0.1"}
+    assert errors["0.0"] == pytest.approx(result.test_error)
+    assert 0.0 <= errors["0.1"] <= 100.0 and np.isfinite(errors["0.1"])
