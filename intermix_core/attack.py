@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from intermix_core.models import StagedModel
-from intermix_core.train import error_rate, load_checkpoint, model_from_checkpoint, test_crops
+from intermix_core.train import error_rate, load_checkpoint, model_from_checkpoint, eval_crops
 from intermix_core.models import model_class
 
 
@@ -42,7 +42,7 @@ def fgsm_error(
     probs: dict[float, list[np.ndarray]] = {e: [] for e in epsilons}
     for i in range(0, len(clips), batch_clips):
         group = clips[i : i + batch_clips]
-        crops = torch.from_numpy(np.concatenate([test_crops(c, length, n_crops) for c in group])).to(device)
+        crops = torch.from_numpy(np.concatenate([eval_crops(c, length, n_crops) for c in group])).to(device)
         y = torch.from_numpy(np.repeat(np.asarray(labels[i : i + batch_clips], dtype=np.int64), n_crops)).to(device)
         for eps, adv in zip(epsilons, fgsm(model, crops, y, epsilons, clip)):
             with torch.no_grad():

@@ -73,7 +73,7 @@ def train_crop(sound: np.ndarray, length: int, rng: np.random.Generator) -> np.n
     return padded[start : start + length]
 
 
-def test_crops(sound: np.ndarray, length: int, n_crops: int) -> np.ndarray:
+def eval_crops(sound: np.ndarray, length: int, n_crops: int) -> np.ndarray:
     """Pad length/2 each side, then `n_crops` evenly strided crops (n_crops, length), in [-1, 1]."""
     pad = length // 2
     padded = np.pad(sound.astype(np.float32) / 32768.0, (pad, pad))
@@ -110,7 +110,7 @@ def predict_clips(
     model.eval()
     probs = []
     for i in range(0, len(clips), batch_clips):
-        crops = np.concatenate([test_crops(c, length, n_crops) for c in clips[i : i + batch_clips]])
+        crops = np.concatenate([eval_crops(c, length, n_crops) for c in clips[i : i + batch_clips]])
         out = F.softmax(model(torch.from_numpy(crops).to(device)), dim=1)
         probs.append(out.reshape(-1, n_crops, out.shape[1]).mean(dim=1).cpu().numpy())
     return np.concatenate(probs)
@@ -262,7 +262,7 @@ def train_fold(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss_sum += float(loss) * len(idx)
+            loss_sum += float(loss.detach()) * len(idx)
             wrong += int((logits.argmax(1) != targets.argmax(1)).sum())
             n_seen += len(idx)
         elapsed += time.perf_counter() - t0

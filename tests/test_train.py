@@ -11,7 +11,7 @@ from intermix_core.config import parse_config
 from intermix_core.data import prepare_dataset
 from intermix_core.models import model_class
 from intermix_core.records import load_result
-from intermix_core.train import learning_rate, test_crops, train_crop, train_fold
+from intermix_core.train import learning_rate, eval_crops, train_crop, train_fold
 
 ESC10 = Path(__file__).resolve().parents[2] / "shared" / "data" / "esc10"
 needs_esc10 = pytest.mark.skipif(not ESC10.is_dir(), reason=f"{ESC10} (real ESC-10 clips) not present")
@@ -65,7 +65,7 @@ def test_learning_rate_schedule_by_hand():
 
 def test_crops_follow_the_reference():
     sound = (np.arange(1000) % 7 * 1000).astype(np.int16)
-    crops = test_crops(sound, 400, 10)
+    crops = eval_crops(sound, 400, 10)
     assert crops.shape == (10, 400)
     padded = np.pad(sound / 32768.0, (200, 200))
     stride = (1400 - 400) // 9
