@@ -1,0 +1,108 @@
+"""PiczakCNN (Piczak, MLSP 2015), short-segment variant, as a stage list with an in-model log-mel front end.
+
+The model takes waveforms like every other model here: stage 1 computes the features (60-band
+log-mel spectrogram and its deltas as two channels; 1024-sample window, 512 hop, 22.05 kHz), so
+layer 0 stays the waveform and BC/InterMix input-space mixing works unchanged.
+
+Input: 21,504 samples at 22.05 kHz (0.975 s) -> exactly 41 frames with `center=False`
+(1 + (21504 - 1024) / 512 = 41). Piczak computed features on whole clips and cut 41-frame
+segments, so every frame of a segment is a full window of real audio; `center=False` on a crop of
+40 * 512 + 1024 samples reproduces that, with no reflection padding at the crop edges.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchaudio import transforms
+
+from intermix_core.models.base import StagedModel, register_model
+
+N_MELS = 60
+N_FFT = 1024
+HOP = 512
+N_FRAMES = 41
+DROPOUT = 0.5
+
+
+class LogMelDeltas(nn.Module):
+    """Waveforms (B, T) -> (B, 2, 60, frames): log-mel (dB) and its deltas, standardized per channel.
+
+    Always computed in float32 (autocast off): the power spectrum of quiet audio underflows in
+    float16. Silence is safe: power is floored at 1e-10 (-100 dB) before the log, so the log of 0
+    never happens and values stay finite with finite gradients.
+    """
+
+    def __init__(self, sample_rate: int) -> None:
+        super().__init__()
+        # librosa-style mel filters (Slaney scale, area-normalized) and power spectrum, as Piczak used.
+        self.melspec = transforms.MelSpectrogram(
+            sample_rate=sample_rate, n_fft=N_FFT, win_length=N_FFT, hop_length=HOP, n_mels=N_MELS,
+            power=2.0, center=False, norm="slaney", mel_scale="slaney",
+        )
+        # 10 log10(max(power, 1e-10)), clipped to 80 dB below each example's peak (librosa's default).
+        self.to_db = transforms.AmplitudeToDB(stype="power", top_db=80.0)
+        self.deltas = transforms.ComputeDeltas(win_length=9)  # librosa.feature.delta's default width
+        # Not in the paper: raw dB values (about -100..+40) blow up activations of an unnormalized
+        # network; a non-affine batch norm standardizes each channel with running dataset statistics.
+        self.norm = nn.BatchNorm2d(2, affine=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Compute standardized log-mel + delta channels from waveforms."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            # (B, 1, T): the channel axis keeps AmplitudeToDB's top_db clipping per example, not per batch.
+            x = x.float().unsqueeze(1)
+            logmel = self.to_db(self.melspec(x))  # (B, 1, 60, 41)
+            feats = torch.cat([logmel, self.deltas(logmel)], dim=1)  # (B, 2, 60, 41)
+            return self.norm(feats)
+
+
+def he_init(layer: nn.Conv2d | nn.Linear) -> nn.Conv2d | nn.Linear:
+    """He-normal weights (ReLU follows) and zero bias."""
+    nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def fc_relu_dropout(in_features: int, out_features: int, flatten: bool = False) -> nn.Sequential:
+    """(Flatten ->) fc -> ReLU -> dropout 0.5."""
+    layers: list[nn.Module] = [nn.Flatten()] if flatten else []
+    layers += [he_init(nn.Linear(in_features, out_features)), nn.ReLU(inplace=True), nn.Dropout(DROPOUT)]
+    return nn.Sequential(*layers)
+
+
+@register_model("piczak_cnn")
+class PiczakCNN(StagedModel):
+    """PiczakCNN (Piczak 2015), short segments: 22.05 kHz, T = 21,504 (41 frames); M = 4, L = {1, 2, 3, 4}.
+
+    1 = log-mel + deltas, conv 80 x (57x6), pool 4x3 stride 1x3; 2 = conv 80 x (1x3), pool 1x3;
+    3 = fc 5000; 4 = fc 5000; head = fc. The feature extraction sits inside stage 1 (layer 0 is
+    the waveform), so mixing at 1 mixes the first convolutional feature maps. Every stage ends
+    in ReLU (or max pooling of ReLU outputs), so hidden features are >= 0.
+    """
+
+    sample_rate = 22050
+    input_length = (N_FRAMES - 1) * HOP + N_FFT  # 21504
+    max_mix_layer = 4
+    paper_layers = (1, 2, 3, 4)
+
+    def __init__(self, num_classes: int) -> None:
+        stages: list[nn.Module] = [
+            nn.Sequential(
+                LogMelDeltas(self.sample_rate),  # (B, 2, 60, 41): channels x mel bands x frames
+                he_init(nn.Conv2d(2, 80, (57, 6))),  # (B, 80, 4, 36): nearly full-height filters
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d((4, 3), stride=(1, 3)),  # (B, 80, 1, 12)
+            ),
+            nn.Sequential(
+                he_init(nn.Conv2d(80, 80, (1, 3))),  # (B, 80, 1, 10)
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d((1, 3), stride=(1, 3)),  # (B, 80, 1, 3)
+            ),
+            fc_relu_dropout(80 * 1 * 3, 5000, flatten=True),  # (B, 5000)
+            fc_relu_dropout(5000, 5000),  # (B, 5000)
+        ]
+        head = nn.Linear(5000, num_classes)  # (B, num_classes); softmax lives in the loss
+        nn.init.normal_(head.weight, std=5000**-0.5)
+        nn.init.zeros_(head.bias)
+        super().__init__(stages, head)
