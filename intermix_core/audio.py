@@ -35,10 +35,10 @@ def _a_weight_db(sample_rate: int, n_fft: int, min_db: float = MIN_DB) -> torch.
 
 @functools.lru_cache(maxsize=16)
 def _weights(sample_rate: int, n_fft: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(periodic Hann window, linear A-weights) as float32 on `device`, cached."""
+    """(periodic Hann window, linear A-weights repeated for (re, im) pairs) as float32 on `device`, cached."""
     window = torch.hann_window(n_fft, periodic=True, dtype=torch.float32, device=device)
     linear = (10.0 ** (_a_weight_db(sample_rate, n_fft) / 10.0)).to(torch.float32).to(device)
-    return window, linear
+    return window, linear.repeat_interleave(2)
 
 
 @torch.no_grad()
@@ -57,7 +57,6 @@ def a_weighted_level_db(x: torch.Tensor, sample_rate: int, n_fft: int | None = N
         x = torch.nn.functional.pad(x, (0, n_fft - x.shape[1]))
     window, linear = _weights(sample_rate, n_fft, str(x.device))
     frames = x.unfold(1, n_fft, n_fft // 2) * window  # (B, F, n_fft)
-    spec = torch.fft.rfft(frames)  # (B, F, n_fft/2 + 1)
-    power = spec.real.square() + spec.imag.square()
-    gain = (power @ linear).clamp(min=10.0 ** (MIN_DB / 10.0))  # (B, F)
+    spec = torch.view_as_real(torch.fft.rfft(frames)).flatten(2)  # (B, F, 2 (n_fft/2 + 1)): re, im, re, ...
+    gain = (spec.square() @ linear).clamp(min=10.0 ** (MIN_DB / 10.0))  # (B, F): sum |X|^2 10^(w/10)
     return 10.0 * torch.log10(gain).amax(dim=1)

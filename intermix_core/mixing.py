@@ -48,6 +48,39 @@ def safe_sqrt(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return torch.where(x > eps, torch.sqrt(x.clamp(min=eps)), x / math.sqrt(eps))
 
 
+class _InterferenceTerm(torch.autograd.Function):
+    """out = a + b + c * s(ab), s = the convention's square root; fused forward and analytic backward.
+
+    s(x) = x / sqrt(max(|x|, eps)): sign(x) sqrt(|x|) for |x| >= eps, x / sqrt(eps) below (continuous
+    at eps, slope at most 1/sqrt(eps)); with `signed` False, s is clamped at 0 (no term where ab < 0).
+    Autograd through the plain expression costs about 3x more time and memory on large hidden maps.
+    """
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, eps: float, signed: bool, detach: bool):
+        prod = a * b
+        s = prod * prod.abs().clamp_(min=eps).rsqrt_()
+        if not signed:
+            s.clamp_(min=0.0)
+        ctx.save_for_backward(a, b, c)
+        ctx.eps, ctx.signed, ctx.detach = eps, signed, detach
+        return (a + b).addcmul_(s, c)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        a, b, c = ctx.saved_tensors
+        if ctx.detach:
+            return grad, grad, None, None, None, None
+        prod = a * b
+        mag = prod.abs()
+        # ds/dprod: 1/(2 sqrt|ab|) above eps, 1/sqrt(eps) below it, 0 where the term is clamped off
+        slope = torch.where(mag >= ctx.eps, 0.5, 1.0) * mag.clamp_(min=ctx.eps).rsqrt_()
+        if not ctx.signed:
+            slope.masked_fill_(prod < 0, 0.0)
+        gcs = slope.mul_(c).mul_(grad)  # grad * c * ds/dprod
+        return torch.addcmul(grad, gcs, b), torch.addcmul(grad, gcs, a), None, None, None, None
+
+
 def interfere(
     h_i: torch.Tensor,
     h_j: torch.Tensor,
@@ -67,20 +100,13 @@ def interfere(
     backward stay finite at every ReLU zero. `detach_term` stops the gradient through the term
     (the authors' code does this).
     """
+    if negative_product not in ("zero", "signed"):
+        raise ValueError(f"negative_product must be 'zero' or 'signed', got {negative_product!r}")
     wi, wj = _weights(p, normalize)
     a = _expand(wi, h_i) * h_i
     b = _expand(wj, h_j) * h_j
-    prod = a * b
-    if negative_product == "zero":
-        root = safe_sqrt(torch.relu(prod), sqrt_eps)
-    elif negative_product == "signed":
-        root = torch.sign(prod) * safe_sqrt(prod.abs(), sqrt_eps)
-    else:
-        raise ValueError(f"negative_product must be 'zero' or 'signed', got {negative_product!r}")
-    term = 2.0 * root * _expand(torch.cos(phi), h_i)
-    if detach_term:
-        term = term.detach()
-    return a + b + term
+    c = _expand(2.0 * torch.cos(phi), h_i)
+    return _InterferenceTerm.apply(a, b, c, sqrt_eps, negative_product == "signed", detach_term)
 
 
 def rotate_phase(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:

@@ -151,3 +151,41 @@ def test_bc_mix_at_input_matches_eq3_by_hand():
     p = 1 / (1 + 10 ** ((g[0] - g[1]) / 20) * (1 - b.r[0]) / b.r[0])
     want = (p * x[0] + (1 - p) * x[1]) / torch.sqrt(p**2 + (1 - p) ** 2)
     torch.testing.assert_close(b(x)[0], want, atol=1e-5, rtol=1e-5)
+
+
+def reference_interfere(h_i, h_j, p, phi, negative_product="zero", eps=1e-6):
+    """Eqs. 4-5 written plainly, with autograd doing the backward pass (the fused version must agree)."""
+    n = torch.sqrt(p**2 + (1 - p) ** 2)
+    a, b = (p / n)[:, None] * h_i, ((1 - p) / n)[:, None] * h_j
+    prod = a * b
+    if negative_product == "zero":
+        root = safe_sqrt(torch.relu(prod), eps)
+    else:
+        root = torch.sign(prod) * safe_sqrt(prod.abs(), eps)
+    return a + b + 2 * root * torch.cos(phi)[:, None]
+
+
+@pytest.mark.parametrize("negative_product", ["zero", "signed"])
+def test_fused_interference_matches_plain_autograd(negative_product):
+    torch.manual_seed(0)
+    # values spanning negative, tiny (below eps) and ordinary products
+    h_i = (torch.randn(3, 200, dtype=torch.float64) * torch.logspace(-5, 0, 200, dtype=torch.float64))
+    h_j = torch.randn(3, 200, dtype=torch.float64)
+    p, phi = torch.rand(3, dtype=torch.float64), torch.rand(3, dtype=torch.float64) * 3 - 1.5
+    hi1, hj1 = h_i.clone().requires_grad_(True), h_j.clone().requires_grad_(True)
+    hi2, hj2 = h_i.clone().requires_grad_(True), h_j.clone().requires_grad_(True)
+    out1 = interfere(hi1, hj1, p, phi, negative_product=negative_product)
+    out2 = reference_interfere(hi2, hj2, p, phi, negative_product)
+    torch.testing.assert_close(out1, out2)
+    g = torch.randn_like(out1)
+    (out1 * g).sum().backward()
+    (out2 * g).sum().backward()
+    torch.testing.assert_close(hi1.grad, hi2.grad)
+    torch.testing.assert_close(hj1.grad, hj2.grad)
+
+
+def test_detached_interference_passes_only_the_linear_gradient():
+    h_i = torch.rand(2, 10, requires_grad=True)
+    out = interfere(h_i, torch.rand(2, 10), torch.full((2,), 0.5), torch.zeros(2), normalize=False, detach_term=True)
+    out.sum().backward()
+    torch.testing.assert_close(h_i.grad, torch.full((2, 10), 0.5))

@@ -1,0 +1,214 @@
+"""`intermix`: prepare data, train/attack one fold, run a grid locally, compile/submit it to Kubeflow, rerun a fold.
+
+User mistakes (a bad grid or config, a missing file, an unknown name) print one line per problem
+naming the file/field/value and exit with status 2; a failed run exits with 1.
+"""
+
+import argparse
+import os
+import sys
+
+from intermix_core.config import DATASETS, STRATEGIES, ConfigError
+from pipelines.commands import (
+    UsageError, cmd_attack, cmd_compile, cmd_prepare, cmd_rerun, cmd_results, cmd_run, cmd_show, cmd_submit, cmd_train,
+)
+
+EXAMPLES = """examples:
+  intermix run                                   # the demo grid, locally, then its results table
+  intermix show paper                            # grid id, cells and KFP runs of the paper grid
+  intermix compile paper -o compiled/            # one IR YAML per dataset x setup
+  intermix submit paper --host https://kfp.example.org --store s3://bucket/intermix \\
+      --tracking-uri http://mlflow:5000 --source esc10=s3://bucket/raw/ESC-50 ...
+  intermix rerun --grid demo --dataset esc10 --setup piczak_cnn --strategy bc --fold 2
+  intermix results --grid demo                   # tables of the demo grid from ./intermix-work
+"""
+
+
+# ------------------------------------------------------------------------------------------ parser
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name) or default
+
+
+def _grid_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("grid_pos", nargs="?", metavar="GRID", help="grid file, or a packaged grid: demo, paper (default: demo)")
+    p.add_argument("--grid", help="the same as GRID")
+    p.add_argument("--name", help="grid name to use instead of the file's (it is part of the grid id)")
+
+
+def _source_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", action="append", metavar="DATASET=LOCATION",
+                   help="raw data of a dataset: a folder, an s3:// URI or 'demo' (repeatable; overrides the grid's sources)")
+
+
+def _local_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", default=_env("INTERMIX_WORKDIR", "intermix-work"),
+                   help="local work directory: store, MLflow, KFP outputs, logs (default: ./intermix-work, env INTERMIX_WORKDIR)")
+    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--verbose", action="store_true", help="stream the local runner's task logs instead of a progress bar")
+
+
+def _cluster_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("cluster placement (compiled into the pipeline; ignored by the local runner)")
+    g.add_argument("--cluster-options", metavar="FILE", help="ClusterOptions YAML, e.g. cluster-options.yaml of the Helm "
+                   "chart's ConfigMap (flags below add to / override it; its env also gives --store, --tracking-uri)")
+    g.add_argument("--gpu-type", help="accelerator resource of train/FGSM tasks (default: nvidia.com/gpu)")
+    g.add_argument("--gpus", type=int, help="GPUs per train/FGSM task; 0 for CPU-only nodes (default: 1)")
+    g.add_argument("--node-selector", action="append", metavar="KEY=VALUE", help="node selector of GPU tasks (repeatable)")
+    g.add_argument("--toleration", action="append", metavar="KEY[=VALUE][:EFFECT]", help="toleration of GPU tasks (repeatable)")
+    g.add_argument("--retries", type=int, help="retries of a failed task (default: 2)")
+    g.add_argument("--parallelism", type=int, help="fold iterations at once per strategy loop (default: 0, unlimited)")
+    g.add_argument("--cpu-limit", help="CPU limit of GPU tasks, e.g. 8")
+    g.add_argument("--memory-limit", help="memory limit of GPU tasks, e.g. 32G")
+    g.add_argument("--secret-env", action="append", metavar="SECRET:KEY[,KEY]", help="expose Secret keys as env vars on every task (repeatable)")
+    g.add_argument("--env", action="append", metavar="NAME=VALUE", help="env var on every task, e.g. MLFLOW_S3_ENDPOINT_URL=... (repeatable)")
+
+
+def _kfp_args(p: argparse.ArgumentParser, required_host: bool) -> None:
+    g = p.add_argument_group("Kubeflow Pipelines endpoint")
+    g.add_argument("--host", default=_env("KFP_HOST"), help="KFP API URL, e.g. https://kfp.example.org/pipeline (env KFP_HOST)"
+                   + ("" if required_host else "; without it the rerun runs locally"))
+    g.add_argument("--namespace", default=_env("KFP_NAMESPACE"), help="Kubernetes namespace of a multi-user KFP (env KFP_NAMESPACE)")
+    g.add_argument("--existing-token", default=_env("KFP_EXISTING_TOKEN"), help="bearer token for the KFP API (env KFP_EXISTING_TOKEN)")
+    g.add_argument("--ssl-ca-cert", default=_env("KFP_SSL_CA_CERT"), help="CA bundle to verify the KFP endpoint (env KFP_SSL_CA_CERT)")
+    g.add_argument("--experiment", default=_env("KFP_EXPERIMENT"), help="KFP experiment (default: the grid id; env KFP_EXPERIMENT)")
+    g.add_argument("--service-account", help="Kubernetes service account of the runs")
+    g.add_argument("--store", help="grid store the tasks use, s3://bucket/prefix (default: INTERMIX_STORAGE_ROOT "
+                   "from --cluster-options, else from this shell)")
+    g.add_argument("--tracking-uri", help="MLflow URI as the tasks reach it (default: MLFLOW_TRACKING_URI from "
+                   "--cluster-options; this shell's is not used, it is often a port-forward)")
+
+
+def _fold_cell_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", choices=list(DATASETS), help="dataset")
+    p.add_argument("--model", help="model name, e.g. envnet_v2 (an unknown name is rejected with the list of models)")
+    p.add_argument("--strategy", choices=list(STRATEGIES), help="strategy preset")
+    p.add_argument("--setup", help="setup label in tables (default: the model name)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `intermix` argument parser."""
+    from intermix_core import __version__
+
+    parser = argparse.ArgumentParser(prog="intermix", description=__doc__.splitlines()[0],
+                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"intermix {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("prepare", help="prepare a raw dataset into per-fold arrays")
+    p.add_argument("--dataset", required=True, choices=list(DATASETS))
+    p.add_argument("--source", required=True, help="raw dataset: a folder (ESC-50 / UrbanSound8K layout), s3:// URI, or 'demo'")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--model", help="take the sample rate of this model")
+    p.add_argument("--sample-rate", type=int, help="sample rate in Hz")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train one fold")
+    p.add_argument("--config", help="ExperimentConfig YAML (optional; flags below override it)")
+    _fold_cell_args(p)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. optim.epochs=2 (repeatable)")
+    p.add_argument("--data", required=True, help="prepared dataset folder (from `intermix prepare`)")
+    p.add_argument("--fold", type=int, required=True, help="test fold (the others train)")
+    p.add_argument("--out", required=True, help="output folder: checkpoint.pt, result.json (resumes from a checkpoint there)")
+    p.add_argument("--restart", action="store_true", help="ignore a checkpoint in --store and start over")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("attack", help="FGSM evaluation of one trained fold")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--trained", help="folder written by `intermix train` (checkpoint.pt, result.json)")
+    g.add_argument("--checkpoint", help="a checkpoint.pt (with result.json beside it, that result is updated)")
+    p.add_argument("--data", required=True, help="prepared dataset folder")
+    p.add_argument("--fold", type=int, help="test fold (default: the trained fold)")
+    p.add_argument("--out", help="where to write the updated result.json (default: --trained)")
+    p.set_defaults(func=cmd_attack)
+
+    for name in ("train", "attack"):
+        p = sub.choices[name]
+        p.add_argument("--grid-id", default="local", help="grid id for tracking and the store (default: local)")
+        p.add_argument("--store", help="grid store root (folder or s3://) to sync the fold with")
+        p.add_argument("--tracking-uri", default=_env("MLFLOW_TRACKING_URI"), help="MLflow URI (env MLFLOW_TRACKING_URI)")
+        p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+
+    for name in ("results", "aggregate"):
+        p = sub.add_parser(name, help="aggregate a grid's results and print its tables" + (" (alias of results)" if name == "aggregate" else ""))
+        p.add_argument("paths", nargs="*", help="result files or folders (instead of a grid)")
+        p.add_argument("--grid", help="grid file or packaged grid (default: demo)")
+        p.add_argument("--grid-id", help="a grid id from the store (instead of --grid)")
+        p.add_argument("--store", help="grid store root (default: <workdir>/store)")
+        p.add_argument("--workdir", default=_env("INTERMIX_WORKDIR", "intermix-work"), help="local work directory (default: ./intermix-work)")
+        p.add_argument("--out", help="report folder (default: <workdir>/reports/<grid id>)")
+        p.add_argument("--tracking-uri", help="also log the summary to this MLflow")
+        p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser("show", help="print a grid's id, cells and KFP runs")
+    _grid_args(p)
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("run", help="run a grid locally with KFP's local runner (default: the demo grid)")
+    _grid_args(p)
+    _source_args(p)
+    _local_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("compile", help="compile a grid to IR YAML, one pipeline per dataset x setup")
+    _grid_args(p)
+    p.add_argument("-o", "--output", default="compiled", help="output folder (default: ./compiled)")
+    _cluster_args(p)
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("submit", help="submit a grid to Kubeflow Pipelines (one run per dataset x setup)")
+    _grid_args(p)
+    _source_args(p)
+    _kfp_args(p, required_host=True)
+    p.add_argument("--no-cache", action="store_true", help="recompute every task (default: finished tasks come from the cache)")
+    _cluster_args(p)
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("rerun", help="rerun one fold of an earlier grid, locally or on --host, and update its tables")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--grid", help="grid file or packaged grid (default: demo)")
+    g.add_argument("--grid-id", help="id of a grid saved in the store (instead of --grid)")
+    _fold_cell_args(p)
+    p.add_argument("--fold", type=int, required=True)
+    p.add_argument("--restart", action="store_true", help="train from scratch instead of resuming from the stored checkpoint")
+    _source_args(p)
+    _local_args(p)
+    _kfp_args(p, required_host=False)
+    _cluster_args(p)
+    p.set_defaults(func=cmd_rerun)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `intermix` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if args.command == "rerun" and (args.dataset is None or args.strategy is None or (args.setup or args.model) is None):
+        print("intermix rerun: error: give --dataset, --strategy, --fold and --setup (or --model)", file=sys.stderr)
+        return 2
+    from intermix_core.data import DataError
+    from intermix_core.storage import StorageError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, StorageError, UsageError, FileNotFoundError, ValueError) as err:
+        # ValueError: what the core raises for inputs that do not fit (e.g. a fold the prepared data lacks)
+        if args.debug:
+            raise
+        for line in str(err).strip().splitlines() or [type(err).__name__]:
+            print(f"intermix: error: {line}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("intermix: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,365 @@
+"""The `intermix` subcommands: each parses its arguments into typed settings and calls intermix_core.steps or pipelines.
+
+Errors a user can fix raise UsageError, ConfigError, DataError, StorageError or FileNotFoundError;
+`pipelines.cli.main` prints them as one line per problem and exits with status 2.
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from intermix_core.config import DATASETS, ConfigError, format_validation_error
+
+
+class UsageError(Exception):
+    """A mistake in the command line that argparse cannot see (e.g. a value that fits no grid cell)."""
+
+
+def _pairs(items: list[str] | None, flag: str) -> dict[str, str]:
+    """['a=b', ...] -> {'a': 'b'}; the error names the flag."""
+    out = {}
+    for item in items or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise UsageError(f"{flag} {item!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def _sources(args: argparse.Namespace) -> dict[str, str]:
+    sources = _pairs(args.source, "--source")
+    for d in sources:
+        if d not in DATASETS:
+            raise UsageError(f"--source {d}=...: unknown dataset {d!r}; expected one of: {', '.join(DATASETS)}")
+    return sources
+
+
+def _load_grid(args: argparse.Namespace) -> Any:
+    from intermix_core.grid import load_grid
+
+    pos, opt = getattr(args, "grid_pos", None), args.grid
+    if pos and opt and pos != opt:
+        raise UsageError(f"two grids given: {pos} and --grid {opt}")
+    return load_grid(pos or opt or "demo", name=getattr(args, "name", None))
+
+
+def _workdir(args: argparse.Namespace) -> Any:
+    from pipelines.local import Workdir
+
+    return Workdir(Path(args.workdir))
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Prepare one dataset."""
+    from intermix_core.models import model_class
+    from intermix_core.steps import preprocess_step
+
+    if args.sample_rate is None and args.model is None:
+        raise UsageError("prepare: give --model (its sample rate is used) or --sample-rate")
+    rate = args.sample_rate or model_class(args.model).sample_rate
+    manifest = preprocess_step(args.source, args.dataset, rate, args.out, progress=True)
+    print(f"prepared {args.dataset} at {rate} Hz: {len(manifest.clips)} clips in folds {manifest.folds} -> {args.out}")
+    return 0
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        data = data.setdefault(k, {})
+        if not isinstance(data, dict):
+            raise UsageError(f"--set {dotted}: {k} is not a section")
+    data[keys[-1]] = value
+
+
+def build_config(args: argparse.Namespace) -> Any:
+    """ExperimentConfig from --config plus --dataset/--model/--strategy/--setup/--seed and --set KEY=VALUE."""
+    import yaml
+
+    from intermix_core.config import load_yaml, parse_config
+
+    data = load_yaml(args.config) if args.config else {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{args.config}: expected a mapping of settings")
+    for key in ("dataset", "model", "strategy", "setup", "seed"):
+        if getattr(args, key, None) is not None:
+            data[key] = getattr(args, key)
+    for dotted, text in _pairs(args.set, "--set").items():
+        _set_dotted(data, dotted, yaml.safe_load(text))
+    return parse_config(data, source=args.config or "command line")
+
+
+def _check_fold(dataset: str, fold: int) -> None:
+    n = DATASETS[dataset]["num_folds"]
+    if not 1 <= fold <= n:
+        raise UsageError(f"--fold {fold}: not a fold of {dataset}; expected one of: {', '.join(map(str, range(1, n + 1)))}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train one fold."""
+    from intermix_core.steps import train_step
+
+    cfg = build_config(args)
+    _check_fold(cfg.dataset, args.fold)
+    result = train_step(
+        cfg.model_dump_json(), args.data, args.fold, args.out, args.grid_id, args.tracking_uri, args.store,
+        restart=args.restart, progress=True, device=args.device,
+    )
+    print(f"{cfg.dataset}/{cfg.setup_name}/{cfg.strategy.name}/fold{args.fold}: test error {result.test_error:.2f}% -> {args.out}")
+    return 0
+
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    """FGSM on one trained fold."""
+    from intermix_core.records import load_result
+    from intermix_core.steps import CHECKPOINT, RESULT, attack_step
+
+    if args.checkpoint:
+        checkpoint = Path(args.checkpoint)
+        if not checkpoint.is_file():
+            raise UsageError(f"--checkpoint {checkpoint}: no such file")
+        if not (checkpoint.parent / RESULT).is_file() or checkpoint.name != CHECKPOINT:
+            from intermix_core.attack import attack_fold
+
+            fgsm = attack_fold(checkpoint, args.data, args.fold, device=args.device)
+            print(f"{checkpoint}: FGSM error " + ", ".join(f"eps={e}: {v:.2f}%" for e, v in fgsm.items()))
+            return 0
+        args.trained = str(checkpoint.parent)
+    trained = Path(args.trained)
+    if not (trained / RESULT).is_file():
+        raise UsageError(f"--trained {trained}: no {RESULT} there (expected a folder written by `intermix train`)")
+    fold = args.fold or load_result(trained / RESULT).fold
+    r = attack_step(trained, args.data, fold, args.out or trained, args.grid_id, args.tracking_uri, args.store,
+                    device=args.device)
+    print(f"{r.dataset}/{r.setup}/{r.strategy}/fold{fold}: FGSM error " + ", ".join(f"eps={e}: {v:.2f}%" for e, v in r.fgsm.items()))
+    return 0
+
+
+def _grid_for_results(args: argparse.Namespace, store_root: str) -> Any:
+    """The grid named by --grid-id (from the store) or --grid."""
+    from intermix_core.grid import parse_grid
+    from intermix_core.steps import load_grid_spec
+
+    if args.grid_id:
+        return parse_grid(load_grid_spec(store_root, args.grid_id), source=f"{store_root}/{args.grid_id}/grid.json")
+    return _load_grid(args)
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    """Aggregate and print a grid's tables (or those of result files given as paths)."""
+    from intermix_core.grid import expand, grid_id
+    from intermix_core.results import format_terminal
+    from intermix_core.steps import aggregate_step, describe_absent
+
+    if args.paths:
+        out = Path(args.out or "intermix-reports")
+        summary = aggregate_step(args.paths, out, tracking_uri=args.tracking_uri)
+    else:
+        store = args.store or str(_workdir(args).store)
+        grid = _grid_for_results(args, store)
+        gid = grid_id(grid)
+        out = Path(args.out or Path(args.workdir) / "reports" / gid)
+        expected = [c.key for c in expand(grid)]
+        summary = aggregate_step([], out, expected, args.tracking_uri, gid, store_root=store)
+        print(f"grid {gid}")
+    print(format_terminal(summary))
+    if describe_absent(summary):
+        print(describe_absent(summary))
+    print(f"reports: {out}")
+    return 0
+
+
+def _print_summary(store: Path, gid: str) -> None:
+    from intermix_core.results import Summary, format_terminal
+    from intermix_core.steps import describe_absent
+
+    path = store / gid / "reports" / "summary.json"
+    if path.is_file():
+        summary = Summary.model_validate_json(path.read_text())
+        print(format_terminal(summary))
+        if describe_absent(summary):
+            print(describe_absent(summary))
+        print(f"reports: {path.parent}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run a grid locally with KFP's local runner."""
+    from intermix_core.grid import expand, grid_id
+    from pipelines.local import run_grid_local
+
+    grid = _load_grid(args)
+    sources = _sources(args)
+    _require_sources(grid, sources)
+    work = _workdir(args)
+    gid = grid_id(grid)
+    print(f"grid {gid}: {len(expand(grid))} fold trainings, work directory {work.root.resolve()}", file=sys.stderr)
+    report = run_grid_local(grid, work, sources, tracking=not args.no_tracking, progress=not args.no_progress,
+                            verbose=args.verbose)
+    _print_summary(work.store, gid)
+    return _report(report, work, not args.no_tracking)
+
+
+def _report(report: Any, work: Any, tracking: bool) -> int:
+    for label, error in report.outcomes.items():
+        if error:
+            print(f"intermix: {label} failed: {error}", file=sys.stderr)
+    if not report.ok:
+        print(f"task logs: {', '.join(str(p) for p in report.logs)}", file=sys.stderr)
+        print("fix the cause, then rerun the same command (finished folds come from the cache) "
+              "or `intermix rerun` for one fold", file=sys.stderr)
+        return 1
+    if tracking:
+        print(f"MLflow: mlflow ui --backend-store-uri {work.tracking_uri}", file=sys.stderr)
+    return 0
+
+
+def _require_sources(grid: Any, sources: dict[str, str]) -> None:
+    missing = [d for d in grid.datasets if not ({**grid.sources, **sources}.get(d))]
+    if missing:
+        raise UsageError(f"no data source for {', '.join(missing)}: add sources: to the grid or --source {missing[0]}=FOLDER|s3://...|demo")
+
+
+def cluster_options(args: argparse.Namespace) -> Any:
+    """ClusterOptions: --cluster-options FILE (e.g. the Helm chart's), then the flags given on top of it."""
+    from pipelines.options import ClusterOptions, Toleration, load_cluster_options
+
+    base = load_cluster_options(args.cluster_options) if args.cluster_options else ClusterOptions()
+    secret_env = dict(base.secret_env)
+    for item in args.secret_env or []:
+        name, colon, keys = item.partition(":")
+        if not colon or not name or not keys:
+            raise UsageError(f"--secret-env {item!r}: expected SECRET:KEY[,KEY...]")
+        secret_env[name] = keys.split(",")
+    update: dict[str, Any] = {
+        "node_selector": {**base.node_selector, **_pairs(args.node_selector, "--node-selector")},
+        "tolerations": [*base.tolerations, *(_toleration(t, Toleration) for t in args.toleration or [])],
+        "secret_env": secret_env, "env": {**base.env, **_pairs(args.env, "--env")},
+    }
+    for key in ("gpu_type", "gpus", "retries", "parallelism", "cpu_limit", "memory_limit"):
+        if getattr(args, key) is not None:
+            update[key] = getattr(args, key)
+    try:
+        return ClusterOptions.model_validate({**base.model_dump(), **update})
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, "cluster options")) from None
+
+
+def _toleration(text: str, cls: Any) -> Any:
+    try:
+        return cls.parse(text)
+    except ValueError:
+        raise UsageError(f"--toleration {text!r}: expected KEY[=VALUE][:EFFECT], EFFECT one of NoSchedule, "
+                         "PreferNoSchedule, NoExecute") from None
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """Print a grid's id, cells and the KFP runs it becomes."""
+    from intermix_core.grid import expand, grid_id, shards
+
+    grid = _load_grid(args)
+    cells = expand(grid)
+    print(f"grid {grid_id(grid)}: {len(cells)} fold trainings (+ FGSM each)")
+    for sh in shards(grid):
+        print(f"  run {sh.label} @ {sh.sample_rate} Hz: {len(sh.configs)} strategies x folds {list(sh.folds)}"
+              f" = {len(sh.configs) * len(sh.folds)} folds")
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    """Compile a grid to one IR YAML per dataset x setup."""
+    from intermix_core.grid import grid_id
+    from pipelines.grid_pipeline import compile_grid
+
+    grid = _load_grid(args)
+    paths = compile_grid(grid, args.output, cluster_options(args))
+    print(f"grid {grid_id(grid)}: {len(paths)} pipeline(s), {sum(p.stat().st_size for p in paths) // 1024} KiB")
+    for p in paths:
+        print(f"  {p}")
+    return 0
+
+
+def endpoint(args: argparse.Namespace) -> Any:
+    """KfpEndpoint from --host and the auth flags."""
+    from pipelines.submit import KfpEndpoint
+
+    if not args.host:
+        raise UsageError("--host (or KFP_HOST) is required to talk to Kubeflow Pipelines")
+    if args.ssl_ca_cert and not Path(args.ssl_ca_cert).is_file():
+        raise UsageError(f"--ssl-ca-cert {args.ssl_ca_cert}: no such file")
+    return KfpEndpoint(host=args.host, namespace=args.namespace, existing_token=args.existing_token,
+                       ssl_ca_cert=args.ssl_ca_cert, experiment=args.experiment, service_account=args.service_account)
+
+
+def _require_store(args: argparse.Namespace, opts: Any) -> str:
+    store = args.store or opts.env.get("INTERMIX_STORAGE_ROOT") or os.environ.get("INTERMIX_STORAGE_ROOT")
+    if not store:
+        raise UsageError("--store is required on a cluster (or INTERMIX_STORAGE_ROOT in --cluster-options or the "
+                         "environment): an s3:// root the tasks can reach")
+    return store
+
+
+def _tracking(args: argparse.Namespace, opts: Any) -> str:
+    return args.tracking_uri or opts.env.get("MLFLOW_TRACKING_URI") or ""
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Submit a grid to Kubeflow Pipelines: one run per dataset x setup under one experiment."""
+    from intermix_core.grid import grid_id
+    from pipelines.submit import submit_grid
+
+    grid = _load_grid(args)
+    sources = _sources(args)
+    _require_sources(grid, sources)
+    ep, opts = endpoint(args), cluster_options(args)
+    store = _require_store(args, opts)
+    runs = submit_grid(grid, ep, store, _tracking(args, opts), sources, opts,
+                       enable_caching=False if args.no_cache else None)
+    print(f"grid {grid_id(grid)}: {len(runs)} run(s) in experiment {ep.experiment or grid_id(grid)}")
+    for r in runs:
+        print(f"  {r.run_id}  {r.run_name}")
+    return 0
+
+
+def _rerun_cell(args: argparse.Namespace, grid: Any) -> Any:
+    from intermix_core.grid import find_cell
+
+    setup = args.setup
+    if setup is None:  # --model: the setup named after it, else the only setup using it
+        matches = [s.name for s in grid.setups if s.name == args.model] or [s.name for s in grid.setups if s.model == args.model]
+        if len(matches) != 1:
+            choices = ", ".join(f"{s.name} ({s.model})" for s in grid.setups)
+            raise UsageError(f"--model {args.model}: {'no' if not matches else 'more than one'} setup of this grid uses it; "
+                             f"give --setup, one of: {choices}")
+        setup = matches[0]
+    return find_cell(grid, args.dataset, setup, args.strategy, args.fold, source="rerun")
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    """Rerun one fold of an earlier grid (same grid id) and re-aggregate its tables."""
+    from intermix_core.grid import grid_id
+
+    if args.host:
+        from pipelines.submit import submit_rerun
+
+        ep, opts = endpoint(args), cluster_options(args)
+        store = _require_store(args, opts)
+        grid = _grid_for_results(args, store)
+        cell = _rerun_cell(args, grid)
+        _require_sources(grid.model_copy(update={"datasets": [cell.dataset]}), _sources(args))
+        run = submit_rerun(grid, cell, ep, store, _tracking(args, opts), _sources(args).get(cell.dataset),
+                           args.restart, opts)
+        print(f"grid {grid_id(grid)}: rerun {cell.label} as run {run.run_id}")
+        return 0
+    from pipelines.local import rerun_fold_local
+
+    work = _workdir(args)
+    grid = _grid_for_results(args, str(work.store))
+    cell = _rerun_cell(args, grid)
+    _require_sources(grid.model_copy(update={"datasets": [cell.dataset]}), _sources(args))
+    report = rerun_fold_local(grid, cell, work, _sources(args).get(cell.dataset), restart=args.restart,
+                              tracking=not args.no_tracking, progress=not args.no_progress, verbose=args.verbose)
+    _print_summary(work.store, grid_id(grid))
+    return _report(report, work, not args.no_tracking)

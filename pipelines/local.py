@@ -1,0 +1,228 @@
+"""Run grid and rerun pipelines with KFP's local runner: no cluster, everything under one work directory.
+
+    <workdir>/store/       the grid store (checkpoints, results, reports, grid.json)
+    <workdir>/mlflow.db    the MLflow tracking store (sqlite); artifacts in <workdir>/mlartifacts/
+    <workdir>/kfp/         KFP's local pipeline root (task outputs) and its cache (kfp/.kfp_cache)
+    <workdir>/logs/        the local runner's task logs, one file per pipeline run
+
+Tasks run as subprocesses of this Python (`SubprocessRunner(use_venv=False)`), at most two fold
+iterations at once; retries apply, GPU, placement and Kubernetes settings are ignored locally.
+"""
+
+import builtins
+import contextlib
+import io
+import logging
+import os
+import re
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from intermix_core.grid import Cell, GridSpec, expand, grid_id
+from intermix_core.steps import RESULT, save_grid_spec
+from pipelines.grid_pipeline import grid_pipelines
+from pipelines.options import ClusterOptions
+from pipelines.rerun_pipeline import rerun_pipeline
+
+DEFAULT_WORKDIR = Path("intermix-work")
+EXPERIMENT = "intermix"  # the MLflow experiment Tracker logs to by default
+LOCAL_PARALLELISM = 2  # loop iterations kfp 2.17.3's local runner runs at once (hard-coded there)
+
+
+@dataclass(frozen=True)
+class Workdir:
+    """Paths of a local work directory."""
+
+    root: Path
+
+    @property
+    def store(self) -> Path:
+        """The grid store root."""
+        return self.root / "store"
+
+    @property
+    def tracking_uri(self) -> str:
+        """The local MLflow store."""
+        return f"sqlite:///{(self.root / 'mlflow.db').resolve()}"
+
+    @property
+    def kfp_root(self) -> Path:
+        """KFP's local pipeline root."""
+        return self.root / "kfp"
+
+    @property
+    def logs(self) -> Path:
+        """Task logs of local runs."""
+        return self.root / "logs"
+
+
+@dataclass
+class LocalRun:
+    """What a local run did: per pipeline, None for success or the failure message; and where its log is."""
+
+    grid_id: str
+    outcomes: dict[str, str | None] = field(default_factory=dict)
+    logs: list[Path] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True if every pipeline succeeded."""
+        return all(v is None for v in self.outcomes.values())
+
+
+def init_local(work: Workdir, tracking: bool = True) -> None:
+    """Initialise KFP's local runner (subprocesses, caching on) and create the MLflow store once, up front."""
+    from kfp import local
+
+    work.root.mkdir(parents=True, exist_ok=True)
+    work.store.mkdir(parents=True, exist_ok=True)
+    work.logs.mkdir(parents=True, exist_ok=True)
+    # two loop iterations run at once: give each task half the cores instead of letting torch oversubscribe
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // LOCAL_PARALLELISM)))
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(work.kfp_root.resolve()),
+               enable_caching=True, raise_on_error=True)
+    if tracking:  # create the sqlite schema and the experiment once: two fold tasks doing it at once would race
+        import mlflow
+
+        from intermix_core.tracking import EXPERIMENT_KIND
+
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" chatter on the terminal
+        client = mlflow.MlflowClient(tracking_uri=work.tracking_uri)
+        if client.get_experiment_by_name(EXPERIMENT) is None:
+            artifacts = (work.root / "mlartifacts").resolve().as_uri()
+            client.create_experiment(EXPERIMENT, artifact_location=artifacts, tags=dict([EXPERIMENT_KIND]))
+
+
+class _LogStream(io.TextIOBase):
+    """A thread-safe text sink for the runner's output: a log file, optionally echoed to the terminal."""
+
+    def __init__(self, path: Path, echo: Any | None = None) -> None:
+        self._file = path.open("a", buffering=1)
+        self._echo = echo
+        self._lock = threading.Lock()
+
+    def write(self, s: str) -> int:
+        with self._lock:
+            self._file.write(s)
+            if self._echo is not None:
+                self._echo.write(s)
+        return len(s)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _count_results(store: Path, gid: str, keys: set[tuple[str, str, str, int]], since: float) -> int:
+    """How many of `keys` have a result file (written after `since`) with FGSM numbers or a failure."""
+    from intermix_core.records import load_result
+
+    done = 0
+    for d, s, st, f in keys:
+        path = store / gid / d / s / st / f"fold{f}" / RESULT
+        with contextlib.suppress(OSError, ValueError):
+            if path.stat().st_mtime < since:
+                continue
+            r = load_result(path)
+            done += bool(r.fgsm) or r.status == "failed"
+    return done
+
+
+@contextlib.contextmanager
+def _progress(desc: str, store: Path, gid: str, cells: list[Cell], enabled: bool, since: float = 0.0) -> Iterator[None]:
+    """A tqdm bar of finished folds, polled from the store while a pipeline runs."""
+    keys = {c.key for c in cells}
+    bar = tqdm(total=len(keys), desc=desc, unit="fold", disable=not enabled, dynamic_ncols=True)
+    stop = threading.Event()
+
+    def poll() -> None:
+        while True:
+            bar.n = _count_results(store, gid, keys, since)
+            bar.refresh()
+            if stop.wait(2.0):
+                return
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        bar.n = _count_results(store, gid, keys, since)
+        bar.close()
+
+
+def _run_pipeline(pipeline: Any, args: dict[str, Any], log: Path, verbose: bool) -> str | None:
+    """Run one pipeline locally with its output in `log`; None on success, else the failure message."""
+    stream = _LogStream(log, echo=sys.stdout if verbose else None)
+    # kfp 2.17.3 indents task output by swapping builtins.print per task, not thread-safely: with two
+    # parallel iterations an indenting print can be left behind, so put the real one back afterwards
+    real_print = builtins.print
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(stream):
+            warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
+            warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+            pipeline(**args)
+        return None
+    except RuntimeError as err:
+        return _plain(str(err))
+    finally:
+        builtins.print = real_print
+        stream.close()
+
+
+def _plain(text: str) -> str:
+    """Text without ANSI colour codes."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def run_grid_local(
+    grid: GridSpec, work: Workdir, sources: dict[str, str] | None = None, *, tracking: bool = True,
+    progress: bool = True, verbose: bool = False, opts: ClusterOptions | None = None,
+) -> LocalRun:
+    """Run every shard pipeline of `grid` locally, in order; failures are recorded, not raised."""
+    gid = grid_id(grid)
+    init_local(work, tracking)
+    save_grid_spec(str(work.store), gid, grid.model_dump(mode="json"))
+    sources = {**grid.sources, **(sources or {})}
+    report = LocalRun(gid)
+    cells = expand(grid)
+    for shard, pipe in grid_pipelines(grid, opts):
+        log = work.logs / f"{gid}-{shard.dataset}-{shard.setup}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        args = {"store_root": str(work.store.resolve()), "tracking_uri": work.tracking_uri if tracking else "",
+                "source": sources.get(shard.dataset, "")}
+        shard_cells = [c for c in cells if (c.dataset, c.setup) == (shard.dataset, shard.setup)]
+        with _progress(shard.label, work.store, gid, shard_cells, progress and not verbose):
+            report.outcomes[shard.label] = _run_pipeline(pipe, args, log, verbose)
+        report.logs.append(log)
+    return report
+
+
+def rerun_fold_local(
+    grid: GridSpec, cell: Cell, work: Workdir, source: str | None = None, *, restart: bool = False,
+    tracking: bool = True, progress: bool = True, verbose: bool = False, opts: ClusterOptions | None = None,
+) -> LocalRun:
+    """Rerun one fold of `grid` locally with the rerun pipeline, then re-aggregate the grid."""
+    gid = grid_id(grid)
+    init_local(work, tracking)
+    save_grid_spec(str(work.store), gid, grid.model_dump(mode="json"))
+    report = LocalRun(gid)
+    log = work.logs / f"{gid}-rerun-{cell.label.replace('/', '-')}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    args = {"store_root": str(work.store.resolve()), "tracking_uri": work.tracking_uri if tracking else "",
+            "source": source or grid.sources.get(cell.dataset, ""), "restart": restart}
+    with _progress(f"rerun {cell.label}", work.store, gid, [cell], progress and not verbose, since=time.time()):
+        report.outcomes[cell.label] = _run_pipeline(rerun_pipeline(grid, cell, opts), args, log, verbose)
+    report.logs.append(log)
+    return report
+

@@ -1,0 +1,60 @@
+"""The one-fold rerun pipeline: retrain one dataset x setup x strategy x fold of an earlier grid.
+
+Same grid id, same store: the fold's checkpoint and result are replaced in the store, then the
+grid is re-aggregated from every result there, so its tables update. Training and FGSM are
+never served from the cache (a rerun is a request to compute); preprocessing is.
+`python -m pipelines.rerun_pipeline GRID DATASET SETUP STRATEGY FOLD [OUT.yaml]` compiles it.
+"""
+
+import sys
+
+from kfp import compiler, dsl
+
+from components import aggregate, fgsm_attack, preprocess, train_fold
+from intermix_core.grid import Cell, GridSpec, find_cell, grid_id, load_grid
+from intermix_core.models import model_class
+from pipelines.grid_pipeline import grid_json
+from pipelines.options import ClusterOptions, configure_task
+
+
+def rerun_pipeline(grid: GridSpec, cell: Cell, opts: ClusterOptions | None = None) -> dsl.graph_component.GraphComponent:
+    """Pipeline that retrains `cell` (resuming from its stored checkpoint unless restart) and re-aggregates the grid."""
+    opts = opts or ClusterOptions()
+    gid = grid_id(grid)
+    spec = grid_json(grid)
+    sample_rate = model_class(cell.config.model).sample_rate
+    labels = {"grid-id": gid, "dataset": cell.dataset, "setup": cell.setup, "strategy": cell.strategy,
+              "fold": str(cell.fold)}
+    name = f"intermix-rerun-{gid}-{cell.dataset}-{cell.setup}-{cell.strategy}-fold{cell.fold}".replace("_", "-")
+
+    @dsl.pipeline(name=name, description=f"intermix grid {gid}: rerun {cell.label}")
+    def rerun_fold(store_root: str, tracking_uri: str = "", source: str = grid.sources.get(cell.dataset, ""),
+                   restart: bool = False):
+        agg = aggregate(grid_json=spec, store_root=store_root, tracking_uri=tracking_uri)
+        configure_task(agg.set_display_name(f"aggregate {gid}"), opts, gpu=False, cache=False, labels=labels)
+        with dsl.ExitHandler(agg, name=f"rerun {cell.label}"):
+            prep = preprocess(source=source, dataset=cell.dataset, sample_rate=sample_rate)
+            prep.set_display_name(f"preprocess {cell.dataset}@{sample_rate}")
+            configure_task(prep, opts, gpu=False, cache=True, labels=labels)
+            train = train_fold(
+                config_json=cell.config.model_dump_json(), fold=cell.fold, grid_id=gid, tracking_uri=tracking_uri,
+                store_root=store_root, data=prep.outputs["prepared"], restart=restart,
+            )
+            configure_task(train.set_display_name(f"train {cell.label}"), opts, gpu=True, cache=False, labels=labels)
+            attack = fgsm_attack(
+                fold=cell.fold, grid_id=gid, tracking_uri=tracking_uri, store_root=store_root,
+                data=prep.outputs["prepared"], trained=train.outputs["trained"],
+            )
+            configure_task(attack.set_display_name(f"fgsm {cell.label}"), opts, gpu=True, cache=False, labels=labels)
+
+    return rerun_fold
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 6:
+        sys.exit("usage: python -m pipelines.rerun_pipeline GRID DATASET SETUP STRATEGY FOLD [OUT.yaml]")
+    g = load_grid(sys.argv[1])
+    c = find_cell(g, sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
+    out = sys.argv[6] if len(sys.argv) > 6 else "rerun.yaml"
+    compiler.Compiler().compile(rerun_pipeline(g, c), out)
+    print(out)
