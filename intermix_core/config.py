@@ -189,21 +189,19 @@ class ExperimentConfig(_Strict):
     @field_validator("strategy", mode="before")
     @classmethod
     def _strategy(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            return strategy_preset(v)
-        if isinstance(v, dict) and "name" in v and set(v) != {"name"} and v["name"] in STRATEGIES:
+        # a preset by name, a preset with some fields overridden, or (any other name) a custom strategy
+        if isinstance(v, str) or (isinstance(v, dict) and set(v) == {"name"}):
+            return strategy_preset(v if isinstance(v, str) else v["name"])
+        if isinstance(v, dict) and v.get("name") in STRATEGIES:
             return {**STRATEGIES[v["name"]].model_dump(), **v}
-        if isinstance(v, dict) and set(v) == {"name"}:
-            return strategy_preset(v["name"])
         return v
 
     @field_validator("model")
     @classmethod
     def _model(cls, v: str) -> str:
-        from intermix_core.models import list_models
+        from intermix_core.models import model_class
 
-        if v not in list_models():
-            raise ValueError(f"unknown model {v!r}; expected one of: {', '.join(list_models())}")
+        model_class(v)  # raises, listing the valid names
         return v
 
     @model_validator(mode="after")

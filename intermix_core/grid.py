@@ -62,10 +62,9 @@ class SetupSpec(_Strict):
     @field_validator("model")
     @classmethod
     def _model(cls, v: str) -> str:
-        from intermix_core.models import list_models
+        from intermix_core.models import model_class
 
-        if v not in list_models():
-            raise ValueError(f"unknown model {v!r}; expected one of: {', '.join(list_models())}")
+        model_class(v)  # raises, listing the valid names
         return v
 
     @field_validator("overrides")

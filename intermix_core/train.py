@@ -52,6 +52,22 @@ def kl_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.kl_div(F.log_softmax(logits, dim=1), targets, reduction="batchmean")
 
 
+def training_step(
+    model: StagedModel, opt: torch.optim.Optimizer, mixer: Mixer, x: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One SGD step on a batch (x: (B, T), y: (B,)) with the mixer's draw; returns (loss, logits, targets)."""
+    batch = mixer.draw(x, y)
+    if batch is None:
+        logits, targets = model(x), mixer.targets(y).to(x.device)
+    else:
+        logits, targets = model(batch.input_transform(x), mix=batch), batch.targets
+    loss = kl_loss(logits, targets)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach(), logits.detach(), targets
+
+
 # --- data: crops and augmentation (numpy, per sample: this is data loading, not mixing) ---------
 
 
@@ -253,16 +269,8 @@ def train_fold(
                 continue
             x = torch.from_numpy(make_train_batch([train_clips[k] for k in idx], cfg, length, rng)).to(dev)
             y = torch.from_numpy(train_labels[idx].astype(np.int64)).to(dev)
-            batch = mixer.draw(x, y)
-            if batch is None:
-                logits, targets = model(x), mixer.targets(y).to(dev)
-            else:
-                logits, targets = model(batch.input_transform(x), mix=batch), batch.targets
-            loss = kl_loss(logits, targets)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += float(loss.detach()) * len(idx)
+            loss, logits, targets = training_step(model, opt, mixer, x, y)
+            loss_sum += float(loss) * len(idx)
             wrong += int((logits.argmax(1) != targets.argmax(1)).sum())
             n_seen += len(idx)
         elapsed += time.perf_counter() - t0

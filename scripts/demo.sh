@@ -4,12 +4,6 @@
 # go to `intermix run` (e.g. --workdir DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3.11}
-command -v "$PYTHON" >/dev/null || PYTHON=python3
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 11), "intermix needs Python 3.11"'
-  "$PYTHON" -m venv .venv
-fi
-.venv/bin/pip install -q --upgrade pip
+source scripts/venv.sh
 .venv/bin/pip install -q -e .
 exec .venv/bin/intermix run "$@"

@@ -4,13 +4,7 @@
 # MLflow servers on 127.0.0.1. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3.11}
-command -v "$PYTHON" >/dev/null || PYTHON=python3
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 11), "intermix needs Python 3.11"'
-  "$PYTHON" -m venv .venv
-fi
-.venv/bin/pip install -q --upgrade pip
+source scripts/venv.sh
 .venv/bin/pip install -q -e ".[test]"
 bash .ci/install_browser.sh
 bash .ci/cluster_tools.sh

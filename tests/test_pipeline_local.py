@@ -93,6 +93,10 @@ def test_grid_failure_cached_resubmit_and_rerun(tmp_path: Path, monkeypatch: pyt
         assert sorted(summary.cell("esc10", "piczak_cnn", strategy, 0.01).values) == [1, 2]
     table = (work.store / gid / "reports" / "table1.csv").read_text().splitlines()
     assert len(table) == 3 and all(",2,2," in row for row in table[1:])  # n = n_expected = 2
+    # the plots of this real (tiny) grid
+    for plot in ("learning_curves.png", "fgsm.png", "fold_spread.png"):
+        png = (work.store / gid / "reports" / plot).read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 5000, plot
 
 
 def test_steps_on_an_s3_store_with_an_mlflow_server(tmp_path: Path, s3_server, mlflow_tracking, monkeypatch):
