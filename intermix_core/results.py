@@ -1,7 +1,5 @@
 """Aggregation: fold results -> the paper's tables (mean ± SE over folds), paired tests, MLflow summary.
-
-The report writers (`write_reports`, `format_terminal`, `REPORT_FILES`, `CELL_FIELDS`, `COMPARISON_FIELDS`)
-live in `intermix_core.reports` and are importable from here as well.
+The report writers live in `intermix_core.reports`.
 
 Selection rule (reruns): results sharing (dataset, setup, strategy, fold) are resolved by input
 order, later items winning; a successful result always beats a failed one, so "failed, then ok" is
@@ -17,7 +15,6 @@ import math
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, computed_field
 from scipy import stats
@@ -26,9 +23,6 @@ from intermix_core import published as pub
 from intermix_core.config import DATASETS
 from intermix_core.published import display_name as _name
 from intermix_core.records import FoldResult, load_result
-
-if TYPE_CHECKING:  # for type checkers; at run time these come from __getattr__ below
-    from intermix_core.reports import CELL_FIELDS, COMPARISON_FIELDS, REPORT_FILES, format_terminal, write_reports
 
 ALPHA = 0.05
 WILCOXON_MIN_N = 6  # below 6 non-zero pairs the exact two-sided p-value cannot go below 0.05 (2/2^5 = 0.0625)
@@ -382,24 +376,6 @@ def _fgsm_cells(head: dict, ok: list[FoldResult], failed: dict[int, str]) -> lis
         c.mean, c.se = mean_se(list(values.values()))
         out.append(c)
     return out
-
-
-# ---------------------------------------------------------------- reports (defined in intermix_core.reports)
-
-_REPORT_NAMES = frozenset({"write_reports", "format_terminal", "REPORT_FILES", "CELL_FIELDS", "COMPARISON_FIELDS"})
-
-
-def __getattr__(name: str) -> object:
-    """Keep the report API importable from here; loaded on first use, since reports imports this module."""
-    if name in _REPORT_NAMES:
-        from intermix_core import reports
-
-        return getattr(reports, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | _REPORT_NAMES)
 
 
 # ---------------------------------------------------------------- MLflow summary run

@@ -280,7 +280,8 @@ def aggregate_step(
     `expected` lists the grid's cells as [dataset, setup, strategy, fold]; cells without any result
     are reported as missing. With store_root, the reports are also published to `<root>/<grid_id>/reports/`.
     """
-    from intermix_core.results import MissingFold, aggregate, collect_results, write_reports
+    from intermix_core.reports import write_reports
+    from intermix_core.results import MissingFold, aggregate, collect_results
 
     items = [results] if isinstance(results, (str, Path)) else list(results)
     with tempfile.TemporaryDirectory(prefix="intermix-results-") as tmp:

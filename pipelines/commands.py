@@ -151,7 +151,7 @@ def _grid_for_results(args: argparse.Namespace, store_root: str) -> Any:
 def cmd_results(args: argparse.Namespace) -> int:
     """Aggregate and print a grid's tables (or those of result files given as paths)."""
     from intermix_core.grid import expand, grid_id
-    from intermix_core.results import format_terminal
+    from intermix_core.reports import format_terminal
     from intermix_core.steps import aggregate_step, describe_absent
 
     if args.paths:
@@ -173,7 +173,8 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def _print_summary(store: Path, gid: str) -> None:
-    from intermix_core.results import Summary, format_terminal
+    from intermix_core.reports import format_terminal
+    from intermix_core.results import Summary
     from intermix_core.steps import describe_absent
 
     path = store / gid / "reports" / "summary.json"

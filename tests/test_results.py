@@ -14,15 +14,8 @@ from scipy import stats
 
 from intermix_core import published as pub
 from intermix_core.records import EpochRecord, FoldResult, save_result
-from intermix_core.results import (
-    aggregate,
-    collect_results,
-    format_terminal,
-    log_summary_to_mlflow,
-    mean_se,
-    paired_test,
-    write_reports,
-)
+from intermix_core.reports import format_terminal, write_reports
+from intermix_core.results import aggregate, collect_results, log_summary_to_mlflow, mean_se, paired_test
 
 
 def fr(
