@@ -90,6 +90,14 @@ PAPER_STRATEGIES = ("standard", "bc", "speechmix", "intermix")
 ABLATION_STRATEGIES = ("intermix_vanilla", "intermix_hidden", "intermix")
 
 
+def known_model(name: str) -> str:
+    """`name` if it is a registered model; otherwise a ValueError listing the registered ones."""
+    from intermix_core.models import model_class
+
+    model_class(name)
+    return name
+
+
 def strategy_preset(name: str) -> StrategyConfig:
     """The named strategy preset; the error lists the valid names."""
     if name not in STRATEGIES:
@@ -196,13 +204,7 @@ class ExperimentConfig(_Strict):
             return {**STRATEGIES[v["name"]].model_dump(), **v}
         return v
 
-    @field_validator("model")
-    @classmethod
-    def _model(cls, v: str) -> str:
-        from intermix_core.models import model_class
-
-        model_class(v)  # raises, listing the valid names
-        return v
+    _model = field_validator("model")(classmethod(lambda cls, v: known_model(v)))
 
     @model_validator(mode="after")
     def _layers_fit_model(self) -> "ExperimentConfig":

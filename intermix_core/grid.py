@@ -27,6 +27,7 @@ from intermix_core.config import (
     ConfigError,
     ExperimentConfig,
     format_validation_error,
+    known_model,
     load_yaml,
     parse_config,
 )
@@ -59,13 +60,7 @@ class SetupSpec(_Strict):
             raise ValueError(f"setup name {v!r} must be lower-case letters, digits and '_' (at most 40)")
         return v
 
-    @field_validator("model")
-    @classmethod
-    def _model(cls, v: str) -> str:
-        from intermix_core.models import model_class
-
-        model_class(v)  # raises, listing the valid names
-        return v
+    _model = field_validator("model")(classmethod(lambda cls, v: known_model(v)))
 
     @field_validator("overrides")
     @classmethod

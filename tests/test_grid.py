@@ -47,7 +47,7 @@ def test_demo_grid_is_small_and_uses_the_shipped_data():
     assert len(cells) == 12
     assert {c.strategy for c in cells} == {"standard", "bc", "speechmix", "intermix"}
     assert grid.sources == {"esc10": "demo"}
-    assert all(c.config.optim.epochs is not None and c.config.optim.epochs <= 10 for c in cells)
+    assert all(c.config.optim.epochs is not None and c.config.optim.epochs <= 12 for c in cells)
 
 
 def test_expand_merges_overrides_and_axes():
