@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator, Sequence
@@ -164,8 +165,13 @@ def train_step(
 
 def _pull_fold(store: Any, prefix: str, out: Path) -> None:
     """Fetch the fold's stored checkpoint and, if it is an ok one, its result (training then resumes or returns)."""
+    from intermix_core.storage import StorageError
+
     if store.exists(f"{prefix}/{CHECKPOINT}"):
-        store.download_file(f"{prefix}/{CHECKPOINT}", out / CHECKPOINT)
+        try:
+            store.download_file(f"{prefix}/{CHECKPOINT}", out / CHECKPOINT)
+        except StorageError as err:  # e.g. killed between a checkpoint's upload and its marker's
+            print(f"warning: stored checkpoint unusable, training {prefix} from the start: {err}", file=sys.stderr)
     if store.exists(f"{prefix}/{RESULT}"):
         with tempfile.TemporaryDirectory() as tmp:
             fetched = store.download_file(f"{prefix}/{RESULT}", Path(tmp) / RESULT)

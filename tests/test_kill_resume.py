@@ -57,11 +57,13 @@ def test_killed_fold_resumes_from_the_store(tmp_path: Path, s3_server, mlflow_tr
     whole = start("uninterrupted", tmp_path / "a")
     assert whole.wait(timeout=600) == 0, whole.stderr.read()
 
+    store = open_storage(STORE)
+    ckpt = "killed/esc10/soundnet5/intermix/fold1/checkpoint.pt"
     victim = start("killed", tmp_path / "b")
     deadline = time.monotonic() + 600
-    while True:  # wait until two epochs are logged (and so checkpointed and pushed)
+    while True:  # wait until two epochs are logged and a checkpoint has reached the store
         runs = fold_runs(client, "killed")
-        if runs and len(client.get_metric_history(runs[0].info.run_id, "train_loss")) >= 2:
+        if runs and len(client.get_metric_history(runs[0].info.run_id, "train_loss")) >= 2 and store.exists(ckpt):
             break
         assert victim.poll() is None and time.monotonic() < deadline, "training ended before it could be killed"
         time.sleep(0.2)
@@ -69,8 +71,6 @@ def test_killed_fold_resumes_from_the_store(tmp_path: Path, s3_server, mlflow_tr
     victim.wait()
     subprocess.run(["rm", "-rf", str(tmp_path / "b")], check=True)  # the node and its disk are gone
 
-    store = open_storage(STORE)
-    assert store.exists("killed/esc10/soundnet5/intermix/fold1/checkpoint.pt")
     assert not store.exists("killed/esc10/soundnet5/intermix/fold1/result.json")
     again = start("killed", tmp_path / "b-elsewhere")
     assert again.wait(timeout=600) == 0, again.stderr.read()
@@ -88,3 +88,21 @@ def test_killed_fold_resumes_from_the_store(tmp_path: Path, s3_server, mlflow_tr
     steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss")]
     assert sorted(steps) == list(range(1, EPOCHS + 1)), f"epoch metrics duplicated or missing: {steps}"
     assert runs[0].data.metrics["test_error"] == pytest.approx(a.test_error)
+
+
+def test_a_checkpoint_whose_upload_did_not_finish_is_not_resumed_from(tmp_path: Path, capfd):
+    """Killed between a checkpoint's upload and its checksum marker's: the fold starts again, same result."""
+    from intermix_core.steps import train_step
+
+    data = tmp_path / "prepared"
+    prepare_dataset(demo_data_dir(), "esc10", data, 22050, progress=False)
+    cfg = json.dumps({**CONFIG, "optim": {**CONFIG["optim"], "epochs": 1}})
+    root = tmp_path / "store"
+    first = train_step(cfg, data, 1, tmp_path / "a", "g", None, str(root))
+    prefix = "g/esc10/soundnet5/intermix/fold1"
+    (root / prefix / "result.json").unlink()
+    with open(root / prefix / "checkpoint.pt", "ab") as f:  # new bytes, old marker
+        f.write(b"a newer checkpoint, half written")
+    again = train_step(cfg, data, 1, tmp_path / "b", "g", None, str(root))
+    assert "stored checkpoint unusable" in capfd.readouterr().err
+    assert again.history == first.history and again.test_error == first.test_error
