@@ -17,12 +17,14 @@ from torch import nn
 from torchaudio import transforms
 
 from intermix_core.models.base import StagedModel, register_model
+# LeCun-normal fc layers (Chainer default): He-normal ones on top of the max-pooled, un-normalised
+# conv features gave initial logits with a standard deviation of about 6 and diverging training
+from intermix_core.models.envnet import fc_relu_dropout
 
 N_MELS = 60
 N_FFT = 1024
 HOP = 512
 N_FRAMES = 41
-DROPOUT = 0.5
 
 
 class LogMelDeltas(nn.Module):
@@ -62,21 +64,6 @@ def he_init(layer: nn.Conv2d | nn.Linear) -> nn.Conv2d | nn.Linear:
     nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
     nn.init.zeros_(layer.bias)
     return layer
-
-
-def fc_relu_dropout(in_features: int, out_features: int, flatten: bool = False) -> nn.Sequential:
-    """(Flatten ->) fc -> ReLU -> dropout 0.5; LeCun-normal fc weights.
-
-    He-normal fc weights on top of max-pooled, un-normalised conv features gave initial logits with
-    a standard deviation of about 6 and diverging mixed-label training at LR 0.01; LeCun-normal
-    (the Chainer default the EnvNets use for their fc layers) keeps them near 1.
-    """
-    layers: list[nn.Module] = [nn.Flatten()] if flatten else []
-    fc = nn.Linear(in_features, out_features)
-    nn.init.normal_(fc.weight, std=in_features**-0.5)
-    nn.init.zeros_(fc.bias)
-    layers += [fc, nn.ReLU(inplace=True), nn.Dropout(DROPOUT)]
-    return nn.Sequential(*layers)
 
 
 @register_model("piczak_cnn")
