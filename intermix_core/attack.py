@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from intermix_core.models import StagedModel
-from intermix_core.train import error_rate, load_checkpoint, model_from_checkpoint, eval_crops
-from intermix_core.models import model_class
+from intermix_core.train import error_rate, eval_crops, load_checkpoint, model_from_checkpoint
 
 
 def fgsm(
@@ -62,8 +61,7 @@ def attack_fold(
     fold = state["fold"] if fold is None else fold
     data = load_prepared(data_dir)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    length = cfg.input_length or model_class(cfg.model).input_length
     return fgsm_error(
-        model, data.clips(fold), np.asarray(data.labels(fold)), length, cfg.num_crops,
+        model, data.clips(fold), np.asarray(data.labels(fold)), cfg.crop_length, cfg.num_crops,
         cfg.attack.epsilons, cfg.attack.clip, dev,
     )

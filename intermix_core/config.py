@@ -230,6 +230,13 @@ class ExperimentConfig(_Strict):
         return DATASETS[self.dataset]["num_folds"]
 
     @property
+    def crop_length(self) -> int:
+        """Input length T in samples: the override, else the model's own."""
+        from intermix_core.models import model_class
+
+        return self.input_length or model_class(self.model).input_length
+
+    @property
     def setup_name(self) -> str:
         """The model-configuration label used in tables and run names."""
         return self.setup or self.model

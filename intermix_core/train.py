@@ -209,7 +209,7 @@ def train_fold(
         raise ValueError(f"fold {fold} is not in {data_dir}; folds there: {sorted(data.folds)}")
     if data.num_classes != cfg.num_classes:
         raise ValueError(f"{data_dir}: {data.num_classes} classes, but {cfg.dataset} has {cfg.num_classes}")
-    length = cfg.input_length or cls.input_length
+    length = cfg.crop_length
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     train_clips = [c for f in sorted(data.folds) if f != fold for c in data.clips(f)]
