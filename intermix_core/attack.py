@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from intermix_core.devices import resolve_device
 from intermix_core.models import StagedModel
 from intermix_core.train import error_rate, eval_crops, load_checkpoint, model_from_checkpoint
 
@@ -60,7 +61,7 @@ def attack_fold(
     model, cfg = model_from_checkpoint(state)
     fold = state["fold"] if fold is None else fold
     data = load_prepared(data_dir)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device)
     return fgsm_error(
         model, data.clips(fold), np.asarray(data.labels(fold)), cfg.crop_length, cfg.num_crops,
         cfg.attack.epsilons, cfg.attack.clip, dev,

@@ -9,6 +9,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# the two files a trained fold leaves in its folder (and under its store prefix)
+CHECKPOINT = "checkpoint.pt"
+RESULT = "result.json"
+
 
 class EpochRecord(BaseModel):
     """One epoch of training: loss and error on the (mixed) training batches, and the test-fold error if evaluated."""

@@ -24,10 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from intermix_core.config import parse_config
-from intermix_core.records import FoldResult, load_result, save_result
+from intermix_core.records import CHECKPOINT, RESULT, FoldResult, load_result, save_result
 
-CHECKPOINT = "checkpoint.pt"
-RESULT = "result.json"
 GRID_FILE = "grid.json"
 REPORTS = "reports"
 

@@ -19,12 +19,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from intermix_core.config import ExperimentConfig, OptimConfig
+from intermix_core.devices import resolve_device
 from intermix_core.mixing import Mixer
 from intermix_core.models import StagedModel, create_model, model_class
-from intermix_core.records import EpochRecord, FoldResult, save_result
-
-CHECKPOINT = "checkpoint.pt"
-RESULT = "result.json"
+from intermix_core.records import CHECKPOINT, RESULT, EpochRecord, FoldResult, save_result
 
 
 class FoldTracker(Protocol):
@@ -194,6 +192,7 @@ def train_fold(
     """
     from intermix_core.data import load_prepared
 
+    dev = resolve_device(device)  # first: a GPU task without a usable GPU stops before any work
     cfg = cfg.resolved()
     optim = cfg.optim
     assert optim.epochs is not None
@@ -210,7 +209,6 @@ def train_fold(
     if data.num_classes != cfg.num_classes:
         raise ValueError(f"{data_dir}: {data.num_classes} classes, but {cfg.dataset} has {cfg.num_classes}")
     length = cfg.crop_length
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     train_clips = [c for f in sorted(data.folds) if f != fold for c in data.clips(f)]
     train_labels = np.concatenate([data.labels(f) for f in sorted(data.folds) if f != fold])

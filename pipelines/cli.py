@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--grid-id", default="local", help="grid id for tracking and the store (default: local)")
         p.add_argument("--store", help="grid store root (folder or s3://) to sync the fold with")
         p.add_argument("--tracking-uri", default=_env("MLFLOW_TRACKING_URI"), help="MLflow URI (env MLFLOW_TRACKING_URI)")
-        p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+        p.add_argument("--device", help="auto (default: cuda when usable, else cpu), cpu, cuda or cuda:N; an explicit cuda that is not usable is an error")
 
     for name in ("results", "aggregate"):
         p = sub.add_parser(name, help="aggregate a grid's results and print its tables" + (" (alias of results)" if name == "aggregate" else ""))
