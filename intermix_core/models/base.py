@@ -19,15 +19,14 @@ class Mix(Protocol):
 class StagedModel(nn.Module):
     """A classifier written as `stages` (mixing points after each) plus a `head`.
 
-    Subclasses set `sample_rate`, `input_length`, `max_mix_layer` (M, the number of stages) and
-    `paper_layers` (the stages that make up the paper's L = {1, 2, 3, 4}) and build `stages` / `head`. The input is a batch of
-    waveforms shaped (B, T) in [-1, 1]; the output is logits (B, num_classes).
+    Subclasses set `sample_rate`, `input_length` and `max_mix_layer` (M, the number of stages) and
+    build `stages` / `head`. The input is a batch of waveforms shaped (B, T) in [-1, 1]; the output is
+    logits (B, num_classes). A strategy's layer set L (config.StrategyConfig.layers) picks stages by index.
     """
 
     sample_rate: int = 16000
     input_length: int = 24014
     max_mix_layer: int = 0
-    paper_layers: tuple[int, ...] = (1, 2, 3, 4)
 
     def __init__(self, stages: list[nn.Module], head: nn.Module) -> None:
         super().__init__()
@@ -69,7 +68,7 @@ def register_model(name: str) -> Callable[[type[StagedModel]], type[StagedModel]
 
 
 def model_class(name: str) -> type[StagedModel]:
-    """The registered class for `name` (its sample_rate, input_length, paper_layers), unbuilt."""
+    """The registered class for `name` (its sample_rate, input_length, max_mix_layer), unbuilt."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; expected one of: {', '.join(list_models())}")
     return _REGISTRY[name]

@@ -75,7 +75,6 @@ class EnvNet(StagedModel):
     sample_rate = 16000
     input_length = 24014
     max_mix_layer = 5
-    paper_layers = (1, 2, 3, 4)
 
     def __init__(self, num_classes: int) -> None:
         stages: list[nn.Module] = [

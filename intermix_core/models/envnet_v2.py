@@ -25,7 +25,6 @@ class EnvNetV2(StagedModel):
     sample_rate = 44100
     input_length = 66650
     max_mix_layer = 7
-    paper_layers = (1, 2, 3, 4)
 
     def __init__(self, num_classes: int) -> None:
         stages: list[nn.Module] = [

@@ -48,7 +48,6 @@ class M18(StagedModel):
     sample_rate = 8000
     input_length = 32000
     max_mix_layer = 5
-    paper_layers = (1, 2, 3, 4)
 
     def __init__(self, num_classes: int) -> None:
         stages: list[nn.Module] = [

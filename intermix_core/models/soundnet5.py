@@ -51,7 +51,6 @@ class SoundNet5(StagedModel):
     sample_rate = 22050
     input_length = 88200
     max_mix_layer = 4
-    paper_layers = (1, 2, 3, 4)
 
     def __init__(self, num_classes: int) -> None:
         stages: list[nn.Module] = [
