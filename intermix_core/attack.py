@@ -65,8 +65,8 @@ def fgsm_errors(
     clip_err, crop_err = {}, {}
     for eps in eps_all:
         p = torch.cat(probs[eps])
-        clip_err[str(eps)] = float(clip_error(p, bank.labels))
-        crop_err[str(eps)] = float(crop_error(p, bank.labels))
+        clip_err[str(eps)] = clip_error(p, bank.labels)
+        crop_err[str(eps)] = crop_error(p, bank.labels)
     return clip_err, crop_err
 
 

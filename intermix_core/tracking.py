@@ -78,10 +78,30 @@ def standard_error(values: list[float]) -> float:
     return statistics.stdev(values) / math.sqrt(len(values)) if len(values) >= 2 else float("nan")
 
 
+EXPERIMENT = "intermix"  # the MLflow experiment every run of the project goes to by default
+
+
+def ensure_experiment(client: MlflowClient, name: str = EXPERIMENT, artifact_location: str | None = None) -> str:
+    """The id of the active experiment `name`, created (with `artifact_location`, if given) when missing."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location, tags=dict([EXPERIMENT_KIND]))
+        except MlflowException:  # created concurrently by another fold
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp.lifecycle_stage != "active":
+        raise ValueError(f"MLflow experiment {name!r} is deleted at {client.tracking_uri}; restore it or use another")
+    if exp.tags.get(EXPERIMENT_KIND[0]) is None:
+        client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
+    return exp.experiment_id
+
+
 class Tracker:
     """Logs folds of a grid to MLflow; `tracking_uri` None means $MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db."""
 
-    def __init__(self, tracking_uri: str | None = None, experiment: str = "intermix") -> None:
+    def __init__(self, tracking_uri: str | None = None, experiment: str = EXPERIMENT) -> None:
         self.tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
         self.experiment_id = self._experiment(experiment)
@@ -89,19 +109,7 @@ class Tracker:
 
     # -- experiment, search ---------------------------------------------------------------------
     def _experiment(self, name: str) -> str:
-        exp = self.client.get_experiment_by_name(name)
-        if exp is None:
-            try:
-                return self.client.create_experiment(name, tags=dict([EXPERIMENT_KIND]))
-            except MlflowException:  # created concurrently by another fold
-                exp = self.client.get_experiment_by_name(name)
-                if exp is None:
-                    raise
-        if exp.lifecycle_stage != "active":
-            raise ValueError(f"MLflow experiment {name!r} is deleted at {self.tracking_uri}; restore it or use another")
-        if exp.tags.get(EXPERIMENT_KIND[0]) is None:
-            self.client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
-        return exp.experiment_id
+        return ensure_experiment(self.client, name)
 
     def _search(self, filter_string: str) -> list[Run]:
         runs, token = [], None

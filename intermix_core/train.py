@@ -101,14 +101,14 @@ def predict_crops(
     return torch.cat(out)
 
 
-def clip_error(crop_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """10-crop clip error (%): argmax of the mean softmax over a clip's crops, as a 0-d device tensor."""
-    return 100.0 * (crop_probs.mean(dim=1).argmax(dim=1) != labels).float().mean()
+def clip_error(crop_probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """10-crop clip error (%): argmax of the mean softmax over a clip's crops (wrong clips x 100 / clips)."""
+    return 100.0 * int((crop_probs.mean(dim=1).argmax(dim=1) != labels).sum()) / len(labels)
 
 
-def crop_error(crop_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Single-crop error (%): every crop judged alone, as a 0-d device tensor."""
-    return 100.0 * (crop_probs.argmax(dim=2) != labels.unsqueeze(1)).float().mean()
+def crop_error(crop_probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Single-crop error (%): every crop judged alone (wrong crops x 100 / crops)."""
+    return 100.0 * int((crop_probs.argmax(dim=2) != labels.unsqueeze(1)).sum()) / crop_probs[..., 0].numel()
 
 
 def confusion_matrix(crop_probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[list[int]]:
@@ -141,15 +141,16 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 _REQUIRED = {"format": int, "config": dict, "fold": int, "epoch": int, "model": dict, "history": list}
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     """Load a checkpoint written by `save_checkpoint`, as tensors and plain values only: it never runs code.
 
     `torch.load(weights_only=True)` refuses any pickled object other than tensors, containers and
     plain scalars, so a crafted file is refused instead of executed; missing or mistyped keys are
-    refused too. Every refusal is a ValueError naming the file.
+    refused too. Every refusal is a ValueError naming the file. `mmap` maps the tensors instead of
+    reading them (to look at the epoch of a large checkpoint).
     """
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise ValueError(f"{path}: no such checkpoint") from None
     except Exception as err:  # noqa: BLE001 - unpickling refusals and damaged files alike
@@ -222,18 +223,21 @@ def train_fold(
     device: str | None = None,
     stop_after_epoch: int | None = None,
     eval_clips: int | None = None,
+    deadline: float | None = None,
 ) -> FoldResult:
     """Train on every fold but `fold`, test on `fold`; checkpoint to `out_dir` and resume from it.
 
-    `stop_after_epoch` ends the run early after that epoch's checkpoint (to test resumption);
-    the returned result then has no test error. The final checkpoint keeps only what evaluation
+    `stop_after_epoch` ends the run early after that epoch's checkpoint (to test resumption), and
+    `deadline` (a `time.time()` value) after the first epoch that ends past it; the returned result
+    then has no test error, and the resumable checkpoint lets a later call finish the fold. The final checkpoint keeps only what evaluation
     and FGSM need (weights, config, history), not the optimizer and generator states.
     """
     dev = resolve_device(device)  # first: a GPU task without a usable GPU stops before any work
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with fold_lock(out):
-        return _train_fold(cfg, data_dir, fold, out, tracker, grid_id, progress, dev, stop_after_epoch, eval_clips)
+        return _train_fold(cfg, data_dir, fold, out, tracker, grid_id, progress, dev, stop_after_epoch, eval_clips,
+                           deadline)
 
 
 def _open_fold(cfg: ExperimentConfig, data_dir: str | Path, fold: int, dev: torch.device) -> tuple[ClipBank, ClipBank]:
@@ -257,6 +261,7 @@ def _open_fold(cfg: ExperimentConfig, data_dir: str | Path, fold: int, dev: torc
 def _train_fold(
     cfg: ExperimentConfig, data_dir: str | Path, fold: int, out: Path, tracker: FoldTracker | None, grid_id: str,
     progress: bool, dev: torch.device, stop_after_epoch: int | None, eval_clips: int | None,
+    deadline: float | None,
 ) -> FoldResult:
     cfg = cfg.resolved()
     optim = cfg.optim
@@ -348,15 +353,16 @@ def _train_fold(
         crop_probs = None
         if last or epoch % optim.eval_every == 0:
             crop_probs = predict_crops(model, test_bank, length, cfg.num_crops, eval_clips, optim.precision)
-            record.val_error = float(clip_error(crop_probs, test_bank.labels))
+            record.val_error = clip_error(crop_probs, test_bank.labels)
         history.append(record)
         if tracker is not None and run_id is not None:
             tracker.log_epoch(run_id, record)
         bar.set_postfix(loss=f"{record.train_loss:.3f}", err=f"{record.train_error:.1f}",
                         val=f"{record.val_error:.1f}" if record.val_error is not None else "-")
-        if last or epoch % optim.checkpoint_every == 0 or epoch == stop_after_epoch:
+        stop = epoch == stop_after_epoch or (deadline is not None and time.time() >= deadline)
+        if last or epoch % optim.checkpoint_every == 0 or stop:
             checkpoint(epoch, final=last)
-        if epoch == stop_after_epoch and not last:
+        if stop and not last:
             bar.close()
             return _result(cfg, fold, history, None, None, elapsed, seen)
     bar.close()
@@ -364,7 +370,7 @@ def _train_fold(
     if crop_probs is None:  # resumed after the last epoch's checkpoint, before the result was written
         crop_probs = predict_crops(model, test_bank, length, cfg.num_crops, eval_clips, optim.precision)
     result = _result(
-        cfg, fold, history, float(clip_error(crop_probs, test_bank.labels)),
+        cfg, fold, history, clip_error(crop_probs, test_bank.labels),
         confusion_matrix(crop_probs, test_bank.labels, cfg.num_classes), elapsed, seen,
     )
     if tracker is not None and run_id is not None:

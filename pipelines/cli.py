@@ -11,7 +11,7 @@ import sys
 from intermix_core.config import DATASETS, STRATEGIES, ConfigError
 from pipelines.commands import (
     UsageError, cmd_attack, cmd_compile, cmd_estimate, cmd_prepare, cmd_rerun, cmd_results, cmd_run, cmd_show,
-    cmd_submit, cmd_train,
+    cmd_study, cmd_submit, cmd_train,
 )
 
 EXAMPLES = """examples:
@@ -44,9 +44,14 @@ def _source_args(p: argparse.ArgumentParser) -> None:
                    help="raw data of a dataset: a folder, an s3:// URI or 'demo' (repeatable; overrides the grid's sources)")
 
 
-def _local_args(p: argparse.ArgumentParser) -> None:
+def _local_args(p: argparse.ArgumentParser, servers: bool = True) -> None:
     p.add_argument("--workdir", default=_env("INTERMIX_WORKDIR", "intermix-work"),
                    help="local work directory: store, MLflow, KFP outputs, logs (default: ./intermix-work, env INTERMIX_WORKDIR)")
+    if servers:  # rerun has them from _kfp_args, with the same local meaning
+        p.add_argument("--store", help="grid store: a folder or s3://bucket/prefix (default: <workdir>/store; S3 endpoint "
+                       "and credentials from INTERMIX_S3_ENDPOINT_URL / AWS_* as elsewhere)")
+        p.add_argument("--tracking-uri", help="MLflow tracking URI, e.g. http://mlflow:5000 (default: MLFLOW_TRACKING_URI, "
+                       "else sqlite in <workdir>)")
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--verbose", action="store_true", help="stream the local runner's task logs instead of a progress bar")
@@ -78,9 +83,10 @@ def _kfp_args(p: argparse.ArgumentParser, required_host: bool) -> None:
     g.add_argument("--experiment", default=_env("KFP_EXPERIMENT"), help="KFP experiment (default: the grid id; env KFP_EXPERIMENT)")
     g.add_argument("--service-account", help="Kubernetes service account of the runs")
     g.add_argument("--store", help="grid store the tasks use, s3://bucket/prefix (default: INTERMIX_STORAGE_ROOT "
-                   "from --cluster-options, else from this shell)")
+                   "from --cluster-options, else from this shell; locally: <workdir>/store)")
     g.add_argument("--tracking-uri", help="MLflow URI as the tasks reach it (default: MLFLOW_TRACKING_URI from "
-                   "--cluster-options; this shell's is not used, it is often a port-forward)")
+                   "--cluster-options; this shell's is not used, it is often a port-forward; locally: "
+                   "MLFLOW_TRACKING_URI, else sqlite in <workdir>)")
 
 
 def _fold_cell_args(p: argparse.ArgumentParser) -> None:
@@ -140,15 +146,26 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("paths", nargs="*", help="result files or folders (instead of a grid)")
         p.add_argument("--grid", help="grid file or packaged grid (default: demo)")
         p.add_argument("--grid-id", help="a grid id from the store (instead of --grid)")
-        p.add_argument("--store", help="grid store root (default: <workdir>/store)")
+        p.add_argument("--store", help="grid store root: a folder or s3:// (default: <workdir>/store)")
         p.add_argument("--workdir", default=_env("INTERMIX_WORKDIR", "intermix-work"), help="local work directory (default: ./intermix-work)")
         p.add_argument("--out", help="report folder (default: <workdir>/reports/<grid id>)")
-        p.add_argument("--tracking-uri", help="also log the summary to this MLflow")
+        p.add_argument("--tracking-uri", default=_env("MLFLOW_TRACKING_URI"),
+                       help="also log the summary to this MLflow (default: MLFLOW_TRACKING_URI)")
         p.set_defaults(func=cmd_results)
 
     p = sub.add_parser("show", help="print a grid's id, cells and KFP runs")
     _grid_args(p)
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("study", help="train one dataset x setup's folds concurrently on one device inside a time budget")
+    _grid_args(p)
+    p.add_argument("--data", required=True, help="prepared dataset folder at the setup's sample rate (intermix prepare)")
+    p.add_argument("--out", default="study", help="output folder: fold results, reports/, study.json (default: ./study)")
+    p.add_argument("--budget", type=float, default=540.0, help="seconds; workers stop after the epoch that passes it")
+    p.add_argument("--concurrency", type=int, default=4, help="folds trained at once (worker processes)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
+    p.add_argument("--throughput", metavar="FILE", help="bench_throughput.py --save records for the time estimate")
+    p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("estimate", help="training samples and device-hours of a grid, from measured throughput")
     _grid_args(p)
@@ -186,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fold", type=int, required=True)
     p.add_argument("--restart", action="store_true", help="train from scratch instead of resuming from the stored checkpoint")
     _source_args(p)
-    _local_args(p)
+    _local_args(p, servers=False)
     _kfp_args(p, required_host=False)
     _cluster_args(p)
     p.set_defaults(func=cmd_rerun)

@@ -7,6 +7,7 @@ Errors a user can fix raise UsageError, ConfigError, DataError, StorageError or 
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +49,11 @@ def _load_grid(args: argparse.Namespace) -> Any:
 
 
 def _workdir(args: argparse.Namespace) -> Any:
+    """The local work directory, with --store and --tracking-uri (else MLFLOW_TRACKING_URI) when given."""
     from pipelines.local import Workdir
 
-    return Workdir(Path(args.workdir))
+    tracking = getattr(args, "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI") or None
+    return Workdir(Path(args.workdir), store_uri=getattr(args, "store", None) or None, tracking=tracking)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -165,7 +168,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         out = Path(args.out or "intermix-reports")
         summary = aggregate_step(args.paths, out, tracking_uri=args.tracking_uri)
     else:
-        store = args.store or str(_workdir(args).store)
+        store = _workdir(args).store
         grid = _grid_for_results(args, store)
         gid = grid_id(grid)
         out = Path(args.out or Path(args.workdir) / "reports" / gid)
@@ -179,18 +182,22 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(store: Path, gid: str) -> None:
+def _print_summary(store: str, gid: str) -> None:
+    """Print the grid's published tables from the store (nothing if it has none yet)."""
     from intermix_core.reports import format_terminal
     from intermix_core.results import Summary
-    from intermix_core.steps import describe_absent
+    from intermix_core.steps import REPORTS, describe_absent
+    from intermix_core.storage import open_storage
 
-    path = store / gid / "reports" / "summary.json"
-    if path.is_file():
-        summary = Summary.model_validate_json(path.read_text())
+    storage = open_storage(store)
+    key = f"{gid}/{REPORTS}/summary.json"
+    if storage.exists(key):
+        with tempfile.TemporaryDirectory() as tmp:
+            summary = Summary.model_validate_json(storage.download_file(key, Path(tmp) / "summary.json").read_text())
         print(format_terminal(summary))
         if describe_absent(summary):
             print(describe_absent(summary))
-        print(f"reports: {path.parent}")
+        print(f"reports: {storage.uri(f'{gid}/{REPORTS}')}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -219,8 +226,10 @@ def _report(report: Any, work: Any, tracking: bool) -> int:
         print("fix the cause, then rerun the same command (finished folds come from the cache) "
               "or `intermix rerun` for one fold", file=sys.stderr)
         return 1
-    if tracking:
+    if tracking and work.local_tracking:
         print(f"MLflow: mlflow ui --backend-store-uri {work.tracking_uri}", file=sys.stderr)
+    elif tracking:
+        print(f"MLflow: runs logged to {work.tracking_uri}", file=sys.stderr)
     return 0
 
 
@@ -283,6 +292,27 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     grid = _load_grid(args)
     print(format_estimate(grid.name, estimate_grid(grid, load_throughput(args.throughput), args.device)))
     return 0
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    """Train one dataset x setup's folds concurrently on one device inside a time budget."""
+    from intermix_core.estimate import load_throughput
+    from intermix_core.grid import shards
+    from intermix_core.study import run_study
+
+    if args.concurrency < 1 or args.budget <= 0:
+        raise UsageError("--concurrency must be >= 1 and --budget > 0 seconds")
+    grid = _load_grid(args)
+    rate = None
+    if args.throughput:
+        shard = shards(grid)[0]
+        cfg = next(iter(shard.configs.values()))
+        hits = [r for r in load_throughput(args.throughput) if r["model"] == cfg.model
+                and r["precision"] == cfg.optim.precision and r["device"] == ("cpu" if args.device == "cpu" else r["device"])]
+        rate = max((r["full_samples_per_s"] for r in hits), default=None)
+    report = run_study(grid, args.data, args.out, budget_seconds=args.budget, concurrency=args.concurrency,
+                       device=args.device, samples_per_s=rate)
+    return 0 if report.finished == len(report.folds) else 1
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -373,7 +403,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     from pipelines.local import rerun_fold_local
 
     work = _workdir(args)
-    grid = _grid_for_results(args, str(work.store))
+    grid = _grid_for_results(args, work.store)
     cell = _rerun_cell(args, grid)
     _require_sources(grid.model_copy(update={"datasets": [cell.dataset]}), _sources(args))
     report = rerun_fold_local(grid, cell, work, _sources(args).get(cell.dataset), restart=args.restart,

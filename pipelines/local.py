@@ -1,12 +1,15 @@
-"""Run grid and rerun pipelines with KFP's local runner: no cluster, everything under one work directory.
+"""Run grid and rerun pipelines with KFP's local runner: no cluster, by default everything under one work directory.
 
-    <workdir>/store/       the grid store (checkpoints, results, reports, grid.json)
-    <workdir>/mlflow.db    the MLflow tracking store (sqlite); artifacts in <workdir>/mlartifacts/
+    <workdir>/store/       the grid store (checkpoints, results, reports, grid.json), unless a store is given
+    <workdir>/mlflow.db    the MLflow tracking store (sqlite), unless a tracking URI is given;
+                           artifacts in <workdir>/mlartifacts/
     <workdir>/kfp/         KFP's local pipeline root (task outputs) and its cache (kfp/.kfp_cache)
     <workdir>/logs/        the local runner's task logs, one file per pipeline run
 
-Tasks run as subprocesses of this Python (`SubprocessRunner(use_venv=False)`), at most two fold
-iterations at once; retries apply, GPU, placement and Kubernetes settings are ignored locally.
+With a store (a folder or s3://, endpoint and credentials from the usual environment) and a tracking
+URI (an MLflow server), the same local run writes to those servers instead. Tasks run as subprocesses
+of this Python (`SubprocessRunner(use_venv=False)`), at most two fold iterations at once; retries
+apply, GPU, placement and Kubernetes settings are ignored locally.
 """
 
 import builtins
@@ -16,6 +19,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -27,31 +31,38 @@ from typing import Any
 from tqdm import tqdm
 
 from intermix_core.grid import Cell, GridSpec, expand, grid_id
-from intermix_core.steps import RESULT, save_grid_spec
+from intermix_core.records import RESULT
+from intermix_core.steps import cell_prefix, save_grid_spec
 from pipelines.grid_pipeline import grid_pipelines
 from pipelines.options import ClusterOptions
 from pipelines.rerun_pipeline import rerun_pipeline
 
 DEFAULT_WORKDIR = Path("intermix-work")
-EXPERIMENT = "intermix"  # the MLflow experiment Tracker logs to by default
 LOCAL_PARALLELISM = 2  # loop iterations kfp 2.17.3's local runner runs at once (hard-coded there)
 
 
 @dataclass(frozen=True)
 class Workdir:
-    """Paths of a local work directory."""
+    """A local work directory, and the store and MLflow it uses (by default inside it)."""
 
     root: Path
+    store_uri: str | None = None  # a folder or s3:// root; None: <root>/store
+    tracking: str | None = None  # an MLflow tracking URI; None: sqlite <root>/mlflow.db
 
     @property
-    def store(self) -> Path:
-        """The grid store root."""
-        return self.root / "store"
+    def store(self) -> str:
+        """The grid store root: the given one, else <root>/store (absolute)."""
+        return self.store_uri or str((self.root / "store").resolve())
+
+    @property
+    def local_tracking(self) -> bool:
+        """True when tracking goes to the work directory's own sqlite store."""
+        return self.tracking is None
 
     @property
     def tracking_uri(self) -> str:
-        """The local MLflow store."""
-        return f"sqlite:///{(self.root / 'mlflow.db').resolve()}"
+        """The MLflow tracking URI: the given one, else the work directory's sqlite store."""
+        return self.tracking or f"sqlite:///{(self.root / 'mlflow.db').resolve()}"
 
     @property
     def kfp_root(self) -> Path:
@@ -79,26 +90,25 @@ class LocalRun:
 
 
 def init_local(work: Workdir, tracking: bool = True) -> None:
-    """Initialise KFP's local runner (subprocesses, caching on) and create the MLflow store once, up front."""
+    """Initialise KFP's local runner (subprocesses, caching on) and the MLflow experiment once, up front."""
     from kfp import local
 
     work.root.mkdir(parents=True, exist_ok=True)
-    work.store.mkdir(parents=True, exist_ok=True)
     work.logs.mkdir(parents=True, exist_ok=True)
+    if not work.store_uri:
+        Path(work.store).mkdir(parents=True, exist_ok=True)
     # two loop iterations run at once: give each task half the cores instead of letting torch oversubscribe
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // LOCAL_PARALLELISM)))
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(work.kfp_root.resolve()),
                enable_caching=True, raise_on_error=True)
-    if tracking:  # create the sqlite schema and the experiment once: two fold tasks doing it at once would race
-        import mlflow
+    if tracking:  # create the store's schema and the experiment once: two fold tasks doing it at once would race
+        from mlflow import MlflowClient
 
-        from intermix_core.tracking import EXPERIMENT_KIND
+        from intermix_core.tracking import ensure_experiment
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" chatter on the terminal
-        client = mlflow.MlflowClient(tracking_uri=work.tracking_uri)
-        if client.get_experiment_by_name(EXPERIMENT) is None:
-            artifacts = (work.root / "mlartifacts").resolve().as_uri()
-            client.create_experiment(EXPERIMENT, artifact_location=artifacts, tags=dict([EXPERIMENT_KIND]))
+        artifacts = (work.root / "mlartifacts").resolve().as_uri() if work.local_tracking else None
+        ensure_experiment(MlflowClient(tracking_uri=work.tracking_uri), artifact_location=artifacts)
 
 
 class _LogStream(io.TextIOBase):
@@ -123,43 +133,53 @@ class _LogStream(io.TextIOBase):
         self._file.close()
 
 
-def _count_results(store: Path, gid: str, keys: set[tuple[str, str, str, int]], since: float) -> int:
-    """How many of `keys` have a result file (written after `since`) with FGSM numbers or a failure."""
+def _result_state(storage: Any, key: str) -> tuple[str | None, bool]:
+    """(checksum, done) of a fold's result in the store: done once it has FGSM numbers or is a failure."""
     from intermix_core.records import load_result
 
-    done = 0
-    for d, s, st, f in keys:
-        path = store / gid / d / s / st / f"fold{f}" / RESULT
-        with contextlib.suppress(OSError, ValueError):
-            if path.stat().st_mtime < since:
-                continue
-            r = load_result(path)
-            done += bool(r.fgsm) or r.status == "failed"
-    return done
+    sha = storage.checksum(key)
+    if sha is None:
+        return None, False
+    with contextlib.suppress(Exception), tempfile.TemporaryDirectory() as tmp:
+        r = load_result(storage.download_file(key, Path(tmp) / RESULT))
+        return sha, bool(r.fgsm) or r.status == "failed"
+    return sha, False
 
 
 @contextlib.contextmanager
-def _progress(desc: str, store: Path, gid: str, cells: list[Cell], enabled: bool, since: float = 0.0) -> Iterator[None]:
-    """A tqdm bar of finished folds, polled from the store while a pipeline runs."""
-    keys = {c.key for c in cells}
+def _progress(desc: str, store: str, gid: str, cells: list[Cell], enabled: bool, fresh: bool = False) -> Iterator[None]:
+    """A tqdm bar of finished folds, polled from the store while a pipeline runs (`fresh`: only results written now)."""
+    from intermix_core.storage import open_storage
+
+    storage = open_storage(store)
+    keys = [f"{cell_prefix(gid, *c.key)}/{RESULT}" for c in cells]
+    before = {k: _result_state(storage, k)[0] for k in keys} if fresh else {}
     bar = tqdm(total=len(keys), desc=desc, unit="fold", disable=not enabled, dynamic_ncols=True)
     stop = threading.Event()
 
+    def count() -> int:
+        states = [(k, _result_state(storage, k)) for k in keys]
+        return sum(done and (not fresh or sha != before.get(k)) for k, (sha, done) in states)
+
     def poll() -> None:
         while True:
-            bar.n = _count_results(store, gid, keys, since)
-            bar.refresh()
+            with contextlib.suppress(Exception):  # a store hiccup only delays the bar
+                bar.n = count()
+                bar.refresh()
             if stop.wait(2.0):
                 return
 
     thread = threading.Thread(target=poll, daemon=True)
-    thread.start()
+    if enabled:
+        thread.start()
     try:
         yield
     finally:
         stop.set()
-        thread.join()
-        bar.n = _count_results(store, gid, keys, since)
+        if enabled:
+            thread.join()
+            with contextlib.suppress(Exception):
+                bar.n = count()
         bar.close()
 
 
@@ -194,13 +214,13 @@ def run_grid_local(
     """Run every shard pipeline of `grid` locally, in order; failures are recorded, not raised."""
     gid = grid_id(grid)
     init_local(work, tracking)
-    save_grid_spec(str(work.store), gid, grid.model_dump(mode="json"))
+    save_grid_spec(work.store, gid, grid.model_dump(mode="json"))
     sources = {**grid.sources, **(sources or {})}
     report = LocalRun(gid)
     cells = expand(grid)
     for shard, pipe in grid_pipelines(grid, opts):
         log = work.logs / f"{gid}-{shard.dataset}-{shard.setup}-{time.strftime('%Y%m%d-%H%M%S')}.log"
-        args = {"store_root": str(work.store.resolve()), "tracking_uri": work.tracking_uri if tracking else "",
+        args = {"store_root": work.store, "tracking_uri": work.tracking_uri if tracking else "",
                 "source": sources.get(shard.dataset, "")}
         shard_cells = [c for c in cells if (c.dataset, c.setup) == (shard.dataset, shard.setup)]
         with _progress(shard.label, work.store, gid, shard_cells, progress and not verbose):
@@ -216,12 +236,12 @@ def rerun_fold_local(
     """Rerun one fold of `grid` locally with the rerun pipeline, then re-aggregate the grid."""
     gid = grid_id(grid)
     init_local(work, tracking)
-    save_grid_spec(str(work.store), gid, grid.model_dump(mode="json"))
+    save_grid_spec(work.store, gid, grid.model_dump(mode="json"))
     report = LocalRun(gid)
     log = work.logs / f"{gid}-rerun-{cell.label.replace('/', '-')}-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    args = {"store_root": str(work.store.resolve()), "tracking_uri": work.tracking_uri if tracking else "",
+    args = {"store_root": work.store, "tracking_uri": work.tracking_uri if tracking else "",
             "source": source or grid.sources.get(cell.dataset, ""), "restart": restart}
-    with _progress(f"rerun {cell.label}", work.store, gid, [cell], progress and not verbose, since=time.time()):
+    with _progress(f"rerun {cell.label}", work.store, gid, [cell], progress and not verbose, fresh=True):
         report.outcomes[cell.label] = _run_pipeline(rerun_pipeline(grid, cell, opts), args, log, verbose)
     report.logs.append(log)
     return report

@@ -39,3 +39,10 @@ def mlflow_tracking(s3_server: S3Server, server_dir: Path) -> Iterator[MlflowSer
     """An MLflow server (SQLite backend) whose artifacts go to s3://intermix-mlflow/mlflow on SeaweedFS."""
     with mlflow_server(server_dir / "mlflow", s3_server, bucket="intermix-mlflow") as server:
         yield server
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that start servers (SeaweedFS, MLflow) are slow: the fast lane (-m "not slow") leaves them out."""
+    for item in items:
+        if {"s3_server", "mlflow_tracking"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -51,7 +51,7 @@ def test_bad_model_exits_2_with_choices_and_no_traceback(tmp_path: Path):
 @pytest.mark.parametrize(
     "argv, expected",
     [
-        (["run", "no-such-grid.yaml"], "no-such-grid.yaml: no such grid file; packaged grids: demo, paper"),
+        (["run", "no-such-grid.yaml"], "no-such-grid.yaml: no such grid file; packaged grids: demo, gpu-study, paper"),
         (["rerun", "--grid", "demo", "--dataset", "esc10", "--setup", "piczak_cnn", "--strategy", "bc", "--fold", "4"],
          "fold 4 is not in the grid for esc10; expected one of: 1, 2, 3"),
         (["rerun", "--grid", "demo", "--dataset", "esc10", "--model", "m18", "--strategy", "bc", "--fold", "1"],

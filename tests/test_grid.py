@@ -94,7 +94,7 @@ def test_load_grid_names_the_file(tmp_path: Path):
     bad.write_text("datasets: [esc10\n")
     with pytest.raises(GridError, match="bad.yaml: not valid YAML"):
         load_grid(bad)
-    with pytest.raises(GridError, match="no such grid file; packaged grids: demo, paper"):
+    with pytest.raises(GridError, match="no such grid file; packaged grids: demo, gpu-study, paper"):
         load_grid(tmp_path / "missing.yaml")
     typo = tmp_path / "typo.yaml"
     typo.write_text(yaml.safe_dump({**BASE, "strategies": ["bcc"]}))

@@ -30,6 +30,7 @@ CONFIG = {
     "num_crops": 3, "optim": {"epochs": EPOCHS, "batch_size": 16, "eval_every": 2, "checkpoint_every": 1},
 }
 STORE = "s3://intermix-data/kill-resume"
+pytestmark = pytest.mark.slow  # subprocess training against real servers
 
 
 def fold_runs(client: MlflowClient, grid_id: str) -> list:

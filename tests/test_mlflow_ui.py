@@ -13,6 +13,8 @@ from servers import MlflowServer
 from intermix_core.tracking import Tracker
 from test_tracking import TEST_ERROR, run_fold
 
+pytestmark = pytest.mark.slow  # a browser against an MLflow server
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]

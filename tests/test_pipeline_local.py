@@ -1,5 +1,6 @@
 """End to end through KFP's real local runner: a tiny grid, a failed fold, a cached resubmission, a one-fold rerun;
-and the steps' cluster path (S3 store on SeaweedFS, MLflow server) without KFP.
+the same local run against real servers (S3 store on SeaweedFS, an MLflow server); and the steps' cluster
+path without KFP.
 
 The failure is a real one: a corrupt checkpoint left in the grid store for one fold (what a node
 killed mid-write on a non-atomic filesystem leaves behind) makes that fold's training refuse to
@@ -44,7 +45,7 @@ def _executed(log: Path) -> list[str]:
 
 
 def _summary(work: Workdir, gid: str) -> Summary:
-    return Summary.model_validate_json((work.store / gid / "reports" / "summary.json").read_text())
+    return Summary.model_validate_json((Path(work.store) / gid / "reports" / "summary.json").read_text())
 
 
 def test_grid_failure_cached_resubmit_and_rerun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -64,7 +65,7 @@ def test_grid_failure_cached_resubmit_and_rerun(tmp_path: Path, monkeypatch: pyt
     assert "train-fold" in first.outcomes["esc10/piczak_cnn"]
     finished = ["esc10/piczak_cnn/standard/fold1", "esc10/piczak_cnn/standard/fold2", "esc10/piczak_cnn/bc/fold1"]
     assert _executed(first.logs[-1]) == sorted(finished * 2)  # trained + FGSM of each
-    failed = load_result(work.store / broken / RESULT)
+    failed = load_result(Path(work.store) / broken / RESULT)
     assert failed.status == "failed" and "not a loadable intermix checkpoint, refused" in failed.error
     bc = _summary(work, gid).cell("esc10", "piczak_cnn", "bc")
     assert set(bc.values) == {1} and set(bc.failed) == {2}
@@ -77,11 +78,11 @@ def test_grid_failure_cached_resubmit_and_rerun(tmp_path: Path, monkeypatch: pyt
 
     # 3) a one-fold rerun (same grid id) recomputes that fold only and re-aggregates the grid
     cell = find_cell(grid, "esc10", "piczak_cnn", "standard", 1)
-    before = load_result(work.store / cell_prefix(gid, *cell.key[:3], 1) / RESULT)
+    before = load_result(Path(work.store) / cell_prefix(gid, *cell.key[:3], 1) / RESULT)
     third = rerun_fold_local(grid, cell, work, restart=True, tracking=False, progress=False, opts=NO_RETRY)
     assert third.ok, third.outcomes
     assert _executed(third.logs[-1]) == ["esc10/piczak_cnn/standard/fold1"] * 2
-    after = load_result(work.store / cell_prefix(gid, *cell.key[:3], 1) / RESULT)
+    after = load_result(Path(work.store) / cell_prefix(gid, *cell.key[:3], 1) / RESULT)
     assert after.fgsm and after.train_seconds != before.train_seconds  # retrained from scratch
 
     # the final table has every fold exactly once, each with its FGSM error
@@ -91,12 +92,43 @@ def test_grid_failure_cached_resubmit_and_rerun(tmp_path: Path, monkeypatch: pyt
         c = summary.cell("esc10", "piczak_cnn", strategy)
         assert sorted(c.values) == [1, 2] and not c.failed
         assert sorted(summary.cell("esc10", "piczak_cnn", strategy, 0.01).values) == [1, 2]
-    table = (work.store / gid / "reports" / "table1.csv").read_text().splitlines()
+    table = (Path(work.store) / gid / "reports" / "table1.csv").read_text().splitlines()
     assert len(table) == 3 and all(",2,2," in row for row in table[1:])  # n = n_expected = 2
     # the plots of this real (tiny) grid
     for plot in ("learning_curves.png", "fgsm.png", "fold_spread.png"):
-        png = (work.store / gid / "reports" / plot).read_bytes()
+        png = (Path(work.store) / gid / "reports" / plot).read_bytes()
         assert png.startswith(b"\x89PNG") and len(png) > 5000, plot
+
+
+def test_local_run_uses_the_configured_store_and_mlflow_server(tmp_path: Path, s3_server, mlflow_tracking, monkeypatch,
+                                                             capsys):
+    """`intermix run --store s3://... --tracking-uri http://...`: the embedded default's commands on real servers."""
+    import mlflow
+
+    from pipelines.cli import main
+
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.chdir(tmp_path)
+    grid_file = tmp_path / "grid.yaml"
+    grid_file.write_text(str({**TINY, "strategies": ["standard"], "folds": [1]}).replace("'", '"'))
+    root = f"s3://intermix-data/local-run-{tmp_path.name}"
+    code = main(["run", str(grid_file), "--store", root, "--tracking-uri", mlflow_tracking.url, "--no-progress"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    gid = grid_id(parse_grid({**TINY, "strategies": ["standard"], "folds": [1]}))
+    store = open_storage(root)
+    assert store.exists(f"{cell_prefix(gid, 'esc10', 'piczak_cnn', 'standard', 1)}/{RESULT}")
+    assert store.exists(f"{gid}/reports/summary.json") and "Table 1" in out.out
+    assert not (tmp_path / "intermix-work" / "store").exists() and not (tmp_path / "intermix-work" / "mlflow.db").exists()
+    client = mlflow.MlflowClient(tracking_uri=mlflow_tracking.url)
+    exp = client.get_experiment_by_name("intermix")
+    runs = client.search_runs([exp.experiment_id], f"tags.`intermix.grid_id` = '{gid}' and tags.`intermix.kind` = 'fold'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    # results from the same store and server, as the laptop would read them after a cluster run
+    assert main(["results", "--grid", str(grid_file), "--store", root]) == 0
+    assert "Standard" in capsys.readouterr().out
 
 
 def test_steps_on_an_s3_store_with_an_mlflow_server(tmp_path: Path, s3_server, mlflow_tracking, monkeypatch):
