@@ -154,7 +154,11 @@ def reference_schedule(dataset: str, model: str) -> tuple[int, float, tuple[floa
 class OptimConfig(_Strict):
     """Nesterov SGD and the step schedule. None means: take the reference value."""
 
+    # epochs of this run as given; None: standard_epochs (else the reference value), doubled for mixing
     epochs: int | None = Field(default=None, ge=1)
+    # Standard learning's epochs for a shorter schedule than the reference; mixing strategies then train
+    # twice as many (with double_epochs_for_mixing), as the paper does. Ignored when `epochs` is set.
+    standard_epochs: int | None = Field(default=None, ge=1)
     lr: float | None = Field(default=None, gt=0.0)
     schedule: tuple[float, ...] | None = None
     warmup: int | None = Field(default=None, ge=0)
@@ -274,7 +278,8 @@ class ExperimentConfig(_Strict):
         o = self.optim
         rule = o.update_rule or STRATEGY_OPTIM_DEFAULTS.get(self.strategy.name, {}).get("update_rule", "pytorch")
         if o.epochs is None:
-            epochs = epochs * (2 if (self.strategy.mix and o.double_epochs_for_mixing) else 1)
+            base = o.standard_epochs or epochs
+            epochs = base * (2 if (self.strategy.mix and o.double_epochs_for_mixing) else 1)
         else:
             epochs = o.epochs
         return o.model_copy(

@@ -22,6 +22,12 @@ def test_reference_schedule_and_doubled_epochs():
     assert (us.epochs, us.lr) == (400, 0.01)
     fixed = parse_config({"strategy": "intermix", "optim": {"epochs": 7}}).resolved_optim()
     assert fixed.epochs == 7
+    # a shorter schedule keeps the paper's ratio: mixing strategies train twice Standard's epochs
+    short = {"optim": {"standard_epochs": 18}}
+    assert parse_config({"strategy": "standard", **short}).resolved_optim().epochs == 18
+    assert parse_config({"strategy": "intermix", **short}).resolved_optim().epochs == 36
+    same = {"optim": {"standard_epochs": 18, "double_epochs_for_mixing": False}}
+    assert parse_config({"strategy": "bc", **same}).resolved_optim().epochs == 18
 
 
 @pytest.mark.parametrize(
