@@ -382,9 +382,15 @@ def _fgsm_cells(head: dict, ok: list[FoldResult], failed: dict[int, str]) -> lis
 
 
 def log_summary_to_mlflow(
-    out_dir: str | Path, tracking_uri: str | None = None, experiment: str = "intermix", grid_id: str | None = None
+    out_dir: str | Path, tracking_uri: str | None = None, experiment: str = "intermix", grid_id: str | None = None,
+    version: str | None = None,
 ) -> str:
-    """Log the report files in out_dir to the grid's summary run (created once, updated after); return its run id."""
+    """Log the report files in out_dir to the grid's one summary run (created once, updated in place); return its id.
+
+    Concurrent aggregations of one grid converge on one run (the oldest; a duplicate created in a
+    race is deleted), and with `version` (see intermix_core.publish) an older version never
+    overwrites a newer one: it is skipped and the run id returned.
+    """
     import mlflow
     from mlflow.entities import Metric
 
@@ -397,17 +403,16 @@ def log_summary_to_mlflow(
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    found = client.search_runs(
-        [exp_id], f"tags.`intermix.kind` = 'summary' and tags.`intermix.grid_id` = '{grid_id}'", max_results=1,
-        order_by=["attributes.start_time DESC"],
-    )
-    if found:
-        run_id = found[0].info.run_id
-        revision = int(found[0].data.tags.get("intermix.summary_revision", "0")) + 1
-    else:
-        tags = {"intermix.kind": "summary", "intermix.grid_id": grid_id, "mlflow.runName": f"summary-{grid_id}"}
-        run_id, revision = client.create_run(exp_id, tags=tags).info.run_id, 0
+    from intermix_core.publish import one_summary_run
+
+    run = one_summary_run(client, exp_id, grid_id)
+    run_id = run.info.run_id
+    if version is not None and run.data.tags.get("intermix.summary_version", "") > version:
+        return run_id  # a newer aggregation already logged its tables here
+    revision = int(run.data.tags.get("intermix.summary_revision", "-1")) + 1
     client.set_tag(run_id, "intermix.summary_revision", str(revision))
+    if version is not None:
+        client.set_tag(run_id, "intermix.summary_version", version)
     with (out / "table1.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     now = int(time.time() * 1000)

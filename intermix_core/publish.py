@@ -1,0 +1,111 @@
+"""Publishing a grid's reports when several aggregations run at once (up to 18 KFP runs of one grid).
+
+Each aggregation is one version, named by when it started reading the store (a later start has
+seen at least as many results) plus a random suffix:
+
+    <grid>/reports/versions/<version>/   one complete upload (Storage.upload_dir: manifest last)
+    <grid>/reports/LATEST.json           {"version": ..., "prefix": ...}: the newest complete version
+    <grid>/reports/*                     a copy of the newest version, for browsing; it may lag
+
+A version is never rewritten, and LATEST only moves forward: a writer re-reads it after writing
+and restores the newer version if an older aggregation overwrote it meanwhile (S3 has no
+compare-and-swap; the re-check makes the newest version win). Readers go through LATEST.
+Old versions beyond `keep` are removed by the winner.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+REPORTS = "reports"
+VERSIONS = "versions"
+LATEST = "LATEST.json"
+KEEP_VERSIONS = 10
+
+
+def new_version(now: float | None = None) -> str:
+    """A sortable, unique version name: UTC time to the microsecond, then 8 random hex digits."""
+    stamp = datetime.fromtimestamp(time.time() if now is None else now, tz=timezone.utc)
+    return f"{stamp:%Y%m%dT%H%M%S.%fZ}-{uuid.uuid4().hex[:8]}"
+
+
+def latest_version(store: Any, grid_id: str) -> dict[str, Any] | None:
+    """The LATEST pointer of a grid's reports ({"version", "prefix", ...}), or None if nothing was published."""
+    key = f"{grid_id}/{REPORTS}/{LATEST}"
+    if not store.exists(key):
+        return None
+    with tempfile.TemporaryDirectory(prefix="intermix-latest-") as tmp:
+        return json.loads(store.download_file(key, Path(tmp) / LATEST).read_text())
+
+
+def _point(store: Any, grid_id: str, pointer: dict[str, Any]) -> None:
+    with tempfile.TemporaryDirectory(prefix="intermix-latest-") as tmp:
+        path = Path(tmp) / LATEST
+        path.write_text(json.dumps(pointer, indent=1, sort_keys=True))
+        store.upload_file(path, f"{grid_id}/{REPORTS}/{LATEST}")
+
+
+def publish_reports(store: Any, grid_id: str, out_dir: str | Path, version: str, *, keep: int = KEEP_VERSIONS,
+                    rechecks: int = 3, settle_seconds: float = 0.5) -> bool:
+    """Upload out_dir as one version and move LATEST to it unless a newer one is there; True if it is the latest."""
+    prefix = f"{grid_id}/{REPORTS}/{VERSIONS}/{version}"
+    store.upload_dir(out_dir, prefix)
+    mine = {"version": version, "prefix": prefix, "published": time.time()}
+    for _ in range(rechecks):
+        current = latest_version(store, grid_id)
+        if current is not None and current["version"] > version:
+            return False
+        if current is None or current["version"] != version:
+            _point(store, grid_id, mine)
+        time.sleep(settle_seconds)  # let a concurrent writer's pointer land, then look again
+        current = latest_version(store, grid_id)
+        if current is not None and current["version"] == version:
+            break
+    else:
+        return False
+    store.upload_dir(out_dir, f"{grid_id}/{REPORTS}")  # the browsable copy, written by the newest only
+    _prune(store, grid_id, keep, version)
+    return True
+
+
+def _prune(store: Any, grid_id: str, keep: int, latest: str) -> None:
+    base = f"{grid_id}/{REPORTS}/{VERSIONS}"
+    names = sorted({k[len(base) + 1:].split("/", 1)[0] for k in store.list(base)})
+    for name in names[:-keep] if keep > 0 else []:
+        if name != latest:
+            store.delete(f"{base}/{name}")
+
+
+def fetch_latest_reports(store: Any, grid_id: str, dest: str | Path) -> str | None:
+    """Download the newest complete version of a grid's reports into dest; return its version (None if none)."""
+    pointer = latest_version(store, grid_id)
+    if pointer is None:
+        return None
+    store.download_dir(pointer["prefix"], dest)
+    return str(pointer["version"])
+
+
+def one_summary_run(client: Any, experiment_id: str, grid_id: str) -> Any:
+    """The grid's single MLflow summary run: found, or created; of runs created in a race the oldest wins, others are deleted."""
+    query = f"tags.`intermix.kind` = 'summary' and tags.`intermix.grid_id` = '{grid_id}'"
+    order = ["attributes.start_time ASC", "attributes.run_id ASC"]
+
+    def search() -> list[Any]:
+        return client.search_runs([experiment_id], query, max_results=50, order_by=order)
+
+    found = search()
+    if not found:
+        tags = {"intermix.kind": "summary", "intermix.grid_id": grid_id, "mlflow.runName": f"summary-{grid_id}"}
+        mine = client.create_run(experiment_id, tags=tags).info.run_id
+        found = search()
+        if found and found[0].info.run_id != mine:
+            client.delete_run(mine)  # another aggregation created the grid's run first
+    for duplicate in found[1:]:  # left by an earlier race: fold them away
+        client.delete_run(duplicate.info.run_id)
+    return found[0]
