@@ -35,20 +35,46 @@ def new_version(now: float | None = None) -> str:
     return f"{stamp:%Y%m%dT%H%M%S.%fZ}-{uuid.uuid4().hex[:8]}"
 
 
+def read_pointer(store: Any, key: str, attempts: int = 6) -> str | None:
+    """The text of a small object that other writers may be replacing right now; None if absent.
+
+    While a writer replaces it (marker removed, object written, marker written: storage.py) a reader
+    can find it absent for a moment, or pair one writer's object with another's marker, which reads
+    as damaged: both are read again, with short waits.
+    """
+    from intermix_core.storage import StorageError
+
+    for attempt in range(attempts):
+        last = attempt == attempts - 1
+        try:
+            if store.exists(key):
+                with tempfile.TemporaryDirectory(prefix="intermix-ptr-") as tmp:
+                    return store.download_file(key, Path(tmp) / "pointer").read_text()
+            if attempt >= 2:  # absent three times in a row: it is not being rewritten, it is not there
+                return None
+        except StorageError:
+            if last:
+                raise
+        time.sleep(0.05 * 2**attempt)
+    return None
+
+
+def write_pointer(store: Any, key: str, text: str) -> None:
+    """Write a small object (object first, checksum marker last)."""
+    with tempfile.TemporaryDirectory(prefix="intermix-ptr-") as tmp:
+        path = Path(tmp) / "pointer"
+        path.write_text(text)
+        store.upload_file(path, key)
+
+
 def latest_version(store: Any, grid_id: str) -> dict[str, Any] | None:
     """The LATEST pointer of a grid's reports ({"version", "prefix", ...}), or None if nothing was published."""
-    key = f"{grid_id}/{REPORTS}/{LATEST}"
-    if not store.exists(key):
-        return None
-    with tempfile.TemporaryDirectory(prefix="intermix-latest-") as tmp:
-        return json.loads(store.download_file(key, Path(tmp) / LATEST).read_text())
+    text = read_pointer(store, f"{grid_id}/{REPORTS}/{LATEST}")
+    return json.loads(text) if text else None
 
 
 def _point(store: Any, grid_id: str, pointer: dict[str, Any]) -> None:
-    with tempfile.TemporaryDirectory(prefix="intermix-latest-") as tmp:
-        path = Path(tmp) / LATEST
-        path.write_text(json.dumps(pointer, indent=1, sort_keys=True))
-        store.upload_file(path, f"{grid_id}/{REPORTS}/{LATEST}")
+    write_pointer(store, f"{grid_id}/{REPORTS}/{LATEST}", json.dumps(pointer, indent=1, sort_keys=True))
 
 
 def publish_reports(store: Any, grid_id: str, out_dir: str | Path, version: str, *, keep: int = KEEP_VERSIONS,

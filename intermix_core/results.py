@@ -403,27 +403,40 @@ def log_summary_to_mlflow(
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    from mlflow.exceptions import MlflowException
+
     from intermix_core.publish import one_summary_run
 
-    run = one_summary_run(client, exp_id, grid_id)
-    run_id = run.info.run_id
-    if version is not None and run.data.tags.get("intermix.summary_version", "") > version:
-        return run_id  # a newer aggregation already logged its tables here
-    revision = int(run.data.tags.get("intermix.summary_revision", "-1")) + 1
-    client.set_tag(run_id, "intermix.summary_revision", str(revision))
-    if version is not None:
-        client.set_tag(run_id, "intermix.summary_version", version)
-    with (out / "table1.csv").open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    now = int(time.time() * 1000)
-    metrics = []
-    for r in rows:
-        key = f"test_error/{r['dataset']}/{r['setup']}/{r['strategy']}"
-        if r["mean"]:
-            metrics.append(Metric(key, float(r["mean"]), now, revision))
-        metrics.append(Metric(f"{key}/n_folds", float(r["n"]), now, revision))
-    for i in range(0, len(metrics), 900):  # log_batch takes at most 1000 metrics
-        client.log_batch(run_id, metrics=metrics[i : i + 900])
-    client.log_artifacts(run_id, str(out))
-    client.set_terminated(run_id)
-    return run_id
+    for attempt in range(4):  # a racing aggregation can delete the run we picked, or collide on a tag write
+        try:
+            run = one_summary_run(client, exp_id, grid_id)
+            run_id = run.info.run_id
+            if version is not None and run.data.tags.get("intermix.summary_version", "") > version:
+                return run_id  # a newer aggregation already logged its tables here
+            revision = int(run.data.tags.get("intermix.summary_revision", "-1")) + 1
+            client.set_tag(run_id, "intermix.summary_revision", str(revision))
+            with (out / "table1.csv").open(newline="") as fh:
+                rows = list(csv.DictReader(fh))
+            now = int(time.time() * 1000)
+            metrics = []
+            for r in rows:
+                key = f"test_error/{r['dataset']}/{r['setup']}/{r['strategy']}"
+                if r["mean"]:
+                    metrics.append(Metric(key, float(r["mean"]), now, revision))
+                metrics.append(Metric(f"{key}/n_folds", float(r["n"]), now, revision))
+            for i in range(0, len(metrics), 900):  # log_batch takes at most 1000 metrics
+                client.log_batch(run_id, metrics=metrics[i : i + 900])
+            client.log_artifacts(run_id, str(out))
+            if version is not None:  # last: the tables are in place before the run says which version they are
+                client.set_tag(run_id, "intermix.summary_version", version)
+                time.sleep(0.2)  # an older aggregation finishing at the same moment: look again, put ours back
+                if client.get_run(run_id).data.tags.get("intermix.summary_version", "") < version:
+                    client.log_artifacts(run_id, str(out))
+                    client.set_tag(run_id, "intermix.summary_version", version)
+            client.set_terminated(run_id)
+            return run_id
+        except MlflowException:
+            if attempt == 3:
+                raise
+            time.sleep(0.2 * 2**attempt)
+    raise AssertionError("unreachable")

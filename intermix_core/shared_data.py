@@ -96,17 +96,16 @@ def source_fingerprint(source: str) -> str:
 
 
 def _read_text(store: Any, key: str) -> str | None:
-    if not store.exists(key):
-        return None
-    with tempfile.TemporaryDirectory(prefix="intermix-ptr-") as tmp:
-        return store.download_file(key, Path(tmp) / "x").read_text().strip()
+    from intermix_core.publish import read_pointer
+
+    text = read_pointer(store, key)
+    return None if text is None else text.strip()
 
 
 def _write_text(store: Any, key: str, text: str) -> None:
-    with tempfile.TemporaryDirectory(prefix="intermix-ptr-") as tmp:
-        path = Path(tmp) / "x"
-        path.write_text(text)
-        store.upload_file(path, key)
+    from intermix_core.publish import write_pointer
+
+    write_pointer(store, key, text)
 
 
 def current_prepared(store: Any, prefix: str) -> str | None:

@@ -1,0 +1,116 @@
+"""Concurrent aggregations of one grid (up to 18 KFP runs finish at about the same time): one atomic,
+versioned report publication where the newest wins, and one MLflow summary run per grid.
+Real stores (a local folder and SeaweedFS S3), a real MLflow store, real threads."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from intermix_core.publish import (
+    LATEST, KEEP_VERSIONS, fetch_latest_reports, latest_version, new_version, publish_reports,
+)
+from intermix_core.reports import write_reports
+from intermix_core.results import aggregate, log_summary_to_mlflow
+from intermix_core.storage import open_storage
+from test_results import MIX, STD, grid
+
+GID = "paper-0123456789"
+
+
+def _report(folder: Path, marker: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "table1.md").write_text(f"table of {marker}\n")
+    (folder / "summary.json").write_text(json.dumps({"marker": marker}))
+    return folder
+
+
+def test_versions_sort_by_time():
+    assert new_version(1000.0) < new_version(1000.5) < new_version(2000.0)
+    assert new_version(1000.0) != new_version(1000.0)  # unique even at the same instant
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_newest_version_wins_whatever_order_they_finish(backend: str, tmp_path: Path, request, monkeypatch):
+    if backend == "s3":
+        for k, v in request.getfixturevalue("s3_server").env().items():
+            monkeypatch.setenv(k, v)
+        store = open_storage(f"s3://intermix-data/publish-{time.time_ns()}")
+    else:
+        store = open_storage(tmp_path / "store")
+    older, newer = new_version(1000.0), new_version(2000.0)
+    assert publish_reports(store, GID, _report(tmp_path / "b", "newer"), newer, settle_seconds=0)
+    # the aggregation that started earlier finishes later: it must not replace the newer tables
+    assert not publish_reports(store, GID, _report(tmp_path / "a", "older"), older, settle_seconds=0)
+    assert latest_version(store, GID)["version"] == newer
+    got = tmp_path / "got"
+    assert fetch_latest_reports(store, GID, got) == newer
+    assert (got / "table1.md").read_text() == "table of newer\n"
+    mirror = tmp_path / "mirror"
+    store.download_file(f"{GID}/reports/table1.md", mirror / "table1.md")  # the browsable copy: the newest too
+    assert (mirror / "table1.md").read_text() == "table of newer\n"
+    assert store.exists(f"{GID}/reports/versions/{older}")  # complete, just not the latest
+
+
+def test_concurrent_publications_converge_on_the_newest(tmp_path: Path):
+    store = open_storage(tmp_path / "store")
+    versions = [new_version(1000.0 + i) for i in range(8)]
+    threads = [threading.Thread(target=publish_reports, args=(store, GID, _report(tmp_path / v, v), v),
+                                kwargs={"settle_seconds": 0.2}) for v in reversed(versions)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert latest_version(store, GID)["version"] == versions[-1]
+    pointer = json.loads((tmp_path / "store" / GID / "reports" / LATEST).read_text())
+    assert (tmp_path / "store" / pointer["prefix"] / "table1.md").read_text() == f"table of {versions[-1]}\n"
+
+
+def test_old_versions_are_pruned(tmp_path: Path):
+    store = open_storage(tmp_path / "store")
+    versions = [new_version(1000.0 + i) for i in range(KEEP_VERSIONS + 3)]
+    for v in versions:
+        publish_reports(store, GID, _report(tmp_path / v, v), v, settle_seconds=0)
+    base = f"{GID}/reports/versions/"
+    kept = sorted({k[len(base):].split("/")[0] for k in store.list(base.rstrip("/"))})
+    assert kept == versions[-KEEP_VERSIONS:]
+
+
+def test_one_summary_run_per_grid_under_concurrent_aggregations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path}/m.db"
+    out = tmp_path / "report"
+    write_reports(aggregate(grid({"standard": STD, "intermix": MIX})), out)
+    client = mlflow.MlflowClient(uri)
+    client.create_experiment("intermix")  # as init_local / the first fold run would
+    versions = [new_version(1000.0 + i) for i in range(6)]
+    ids: list[str] = []
+    errors: list[BaseException] = []
+
+    def log(version: str) -> None:
+        try:
+            ids.append(log_summary_to_mlflow(out, tracking_uri=uri, grid_id=GID, version=version))
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=log, args=(v,)) for v in reversed(versions)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    exp = client.get_experiment_by_name("intermix").experiment_id
+    runs = client.search_runs([exp], f"tags.`intermix.kind` = 'summary' and tags.`intermix.grid_id` = '{GID}'")
+    assert len(runs) == 1 and set(ids) == {runs[0].info.run_id}
+    assert runs[0].data.tags["intermix.summary_version"] == versions[-1]  # the newest, whatever the order
+    # an older aggregation arriving late leaves the newer tables alone
+    before = client.get_run(runs[0].info.run_id).data.tags["intermix.summary_revision"]
+    assert log_summary_to_mlflow(out, tracking_uri=uri, grid_id=GID, version=versions[0]) == runs[0].info.run_id
+    after = client.get_run(runs[0].info.run_id).data.tags
+    assert after["intermix.summary_revision"] == before and after["intermix.summary_version"] == versions[-1]
