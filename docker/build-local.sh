@@ -11,7 +11,8 @@
 #   TORCH_CPU_INDEX_URL   torch index of the cpu target (default empty: PyPI; the PyPI wheel is the
 #                         CUDA build, so the local cpu image is larger than one from the CPU index)
 #   TARGETS               targets to build (default "cpu cuda")
-# Prints the image names and sizes at the end. Re-running reuses the base, wheelhouse and layers.
+# Prints the image names and sizes at the end. Re-running reuses the base and the wheelhouse; build
+# stages are pruned after each target (disk), so a rebuild re-runs the offline pip installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -65,6 +66,13 @@ PY
   touch "$WHEELS/.complete-$VERSION"
 fi
 
+# disk: each target is ~6 GB (torch with its CUDA wheels) plus as much again for its build stage
+# while it builds; older builds of these images and finished build stages are removed
+for old in $(podman images --format '{{.Repository}}:{{.Tag}}' | grep '^localhost/intermix:' | grep -v ":$TAG-" || true); do
+  podman rmi --force "$old" > /dev/null
+done
+podman image prune --force > /dev/null
+
 for target in $TARGETS; do
   index_arg=()
   if [ "$target" = cpu ]; then
@@ -76,6 +84,7 @@ for target in $TARGETS; do
     "${index_arg[@]}" --build-arg PIP_FIND_LINKS=/wheelhouse --build-arg PIP_NO_INDEX=1 \
     --volume "$WHEELS:/wheelhouse:ro" --network none \
     --tag "localhost/intermix:$TAG-$target" .
+  podman image prune --force > /dev/null   # the stage images (the venv alone is ~6 GB)
 done
 
 podman images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E "^localhost/intermix(-base)?:" || true
