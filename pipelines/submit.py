@@ -10,6 +10,7 @@ experiment is reported, not created again; a failure midway says which runs exis
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import ssl
@@ -111,7 +112,8 @@ def _headers(endpoint: KfpEndpoint) -> dict[str, str]:
 
 def _get(endpoint: KfpEndpoint, path: str) -> tuple[int, str, dict[str, str]]:
     """(status, body, headers) of GET host+path; redirects are not followed."""
-    url = endpoint.host.rstrip("/") + path
+    host = endpoint.host if endpoint.host.startswith(("http://", "https://")) else f"https://{endpoint.host}"  # as kfp.Client
+    url = host.rstrip("/") + path
     context = ssl.create_default_context(cafile=endpoint.ssl_ca_cert) if endpoint.ssl_ca_cert else None
     handlers: list[Any] = [_NoRedirect()]
     if context is not None:
@@ -122,7 +124,7 @@ def _get(endpoint: KfpEndpoint, path: str) -> tuple[int, str, dict[str, str]]:
             return resp.status, resp.read().decode(errors="replace"), dict(resp.headers)
     except urllib.error.HTTPError as err:
         return err.code, err.read().decode(errors="replace"), dict(err.headers or {})
-    except (urllib.error.URLError, OSError, ValueError) as err:
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as err:
         reason = getattr(err, "reason", err)
         raise KfpServerError(f"--host {endpoint.host}: cannot reach the KFP API ({reason})") from None
 
