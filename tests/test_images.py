@@ -52,11 +52,11 @@ def images() -> dict[str, str]:
             pytest.skip(f"{tool} not installed: apt-get install podman runc debootstrap")
     if os.geteuid() != 0:
         pytest.skip("debootstrap and rootful podman need root")
+    refs = {t: f"localhost/intermix:{code_tag()}-{t}" for t in ("cpu", "cuda")}  # the script tags HEAD
     started = time.time()
     build = subprocess.run(["bash", "docker/build-local.sh"], cwd=ROOT, capture_output=True, text=True, timeout=3 * 3600)
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     print(f"docker/build-local.sh: {time.time() - started:.0f} s")
-    refs = {t: f"localhost/intermix:{code_tag()}-{t}" for t in ("cpu", "cuda")}
     for target, ref in refs.items():
         size = subprocess.run(["podman", "image", "inspect", "--format", "{{.Size}}", ref], env=_podman_env(),
                               capture_output=True, text=True, check=True).stdout.strip()
@@ -142,5 +142,8 @@ def test_every_component_runs_in_the_cpu_image(images: dict[str, str], docker_ap
     runs = mlflow.MlflowClient(tracking).search_runs(
         [mlflow.MlflowClient(tracking).get_experiment_by_name("intermix").experiment_id],
         "tags.`intermix.kind` = 'fold'")
-    assert len(runs) == 1 and runs[0].data.tags["intermix.git_commit"] == subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    revision = subprocess.run(["podman", "image", "inspect", "--format",
+                               '{{index .Labels "org.opencontainers.image.revision"}}', images["cpu"]],
+                              env=_podman_env(), capture_output=True, text=True, check=True).stdout.strip()
+    assert revision[:12] in images["cpu"]
+    assert len(runs) == 1 and runs[0].data.tags["intermix.git_commit"] == revision  # the image's commit, in MLflow
