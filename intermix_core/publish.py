@@ -15,18 +15,21 @@ Old versions beyond `keep` are removed by the winner.
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 REPORTS = "reports"
 VERSIONS = "versions"
 LATEST = "LATEST.json"
 KEEP_VERSIONS = 10
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def new_version(now: float | None = None) -> str:
@@ -135,3 +138,31 @@ def one_summary_run(client: Any, experiment_id: str, grid_id: str) -> Any:
     for duplicate in found[1:]:  # left by an earlier race: fold them away
         client.delete_run(duplicate.info.run_id)
     return found[0]
+
+
+def mark_summary_version(client: Any, run_id: str, version: str, out_dir: str | Path) -> None:
+    """Tag the summary run with the version its tables are; if an older aggregation overwrote them meanwhile, put ours back."""
+    client.set_tag(run_id, "intermix.summary_version", version)
+    time.sleep(0.2)  # an older aggregation finishing at the same moment: look again
+    if client.get_run(run_id).data.tags.get("intermix.summary_version", "") < version:
+        client.log_artifacts(run_id, str(out_dir))
+        client.set_tag(run_id, "intermix.summary_version", version)
+
+
+def retry_mlflow_races(fn: F) -> F:
+    """Retry an MLflow update a few times: a racing aggregation can delete the run it picked or collide on a tag."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        for attempt in range(4):
+            try:
+                return fn(*args, **kwargs)
+            except MlflowException:
+                if attempt == 3:
+                    raise
+                time.sleep(0.2 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    return wrapper  # type: ignore[return-value]

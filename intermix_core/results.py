@@ -21,6 +21,7 @@ from scipy import stats
 
 from intermix_core import published as pub
 from intermix_core.config import DATASETS
+from intermix_core.publish import mark_summary_version, one_summary_run, retry_mlflow_races
 from intermix_core.published import display_name as _name
 from intermix_core.records import FoldResult, load_result
 
@@ -381,15 +382,16 @@ def _fgsm_cells(head: dict, ok: list[FoldResult], failed: dict[int, str]) -> lis
 # ---------------------------------------------------------------- MLflow summary run
 
 
+@retry_mlflow_races
 def log_summary_to_mlflow(
     out_dir: str | Path, tracking_uri: str | None = None, experiment: str = "intermix", grid_id: str | None = None,
     version: str | None = None,
 ) -> str:
     """Log the report files in out_dir to the grid's one summary run (created once, updated in place); return its id.
 
-    Concurrent aggregations of one grid converge on one run (the oldest; a duplicate created in a
-    race is deleted), and with `version` (see intermix_core.publish) an older version never
-    overwrites a newer one: it is skipped and the run id returned.
+    Concurrent aggregations of one grid converge on one run (intermix_core.publish.one_summary_run),
+    and with `version` (intermix_core.publish.new_version) an older version never overwrites a
+    newer one: it is skipped and the run id returned.
     """
     import mlflow
     from mlflow.entities import Metric
@@ -403,40 +405,25 @@ def log_summary_to_mlflow(
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    from mlflow.exceptions import MlflowException
-
-    from intermix_core.publish import one_summary_run
-
-    for attempt in range(4):  # a racing aggregation can delete the run we picked, or collide on a tag write
-        try:
-            run = one_summary_run(client, exp_id, grid_id)
-            run_id = run.info.run_id
-            if version is not None and run.data.tags.get("intermix.summary_version", "") > version:
-                return run_id  # a newer aggregation already logged its tables here
-            revision = int(run.data.tags.get("intermix.summary_revision", "-1")) + 1
-            client.set_tag(run_id, "intermix.summary_revision", str(revision))
-            with (out / "table1.csv").open(newline="") as fh:
-                rows = list(csv.DictReader(fh))
-            now = int(time.time() * 1000)
-            metrics = []
-            for r in rows:
-                key = f"test_error/{r['dataset']}/{r['setup']}/{r['strategy']}"
-                if r["mean"]:
-                    metrics.append(Metric(key, float(r["mean"]), now, revision))
-                metrics.append(Metric(f"{key}/n_folds", float(r["n"]), now, revision))
-            for i in range(0, len(metrics), 900):  # log_batch takes at most 1000 metrics
-                client.log_batch(run_id, metrics=metrics[i : i + 900])
-            client.log_artifacts(run_id, str(out))
-            if version is not None:  # last: the tables are in place before the run says which version they are
-                client.set_tag(run_id, "intermix.summary_version", version)
-                time.sleep(0.2)  # an older aggregation finishing at the same moment: look again, put ours back
-                if client.get_run(run_id).data.tags.get("intermix.summary_version", "") < version:
-                    client.log_artifacts(run_id, str(out))
-                    client.set_tag(run_id, "intermix.summary_version", version)
-            client.set_terminated(run_id)
-            return run_id
-        except MlflowException:
-            if attempt == 3:
-                raise
-            time.sleep(0.2 * 2**attempt)
-    raise AssertionError("unreachable")
+    run = one_summary_run(client, exp_id, grid_id)
+    run_id = run.info.run_id
+    if version is not None and run.data.tags.get("intermix.summary_version", "") > version:
+        return run_id  # a newer aggregation already logged its tables here
+    revision = int(run.data.tags.get("intermix.summary_revision", "-1")) + 1
+    client.set_tag(run_id, "intermix.summary_revision", str(revision))
+    with (out / "table1.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    now = int(time.time() * 1000)
+    metrics = []
+    for r in rows:
+        key = f"test_error/{r['dataset']}/{r['setup']}/{r['strategy']}"
+        if r["mean"]:
+            metrics.append(Metric(key, float(r["mean"]), now, revision))
+        metrics.append(Metric(f"{key}/n_folds", float(r["n"]), now, revision))
+    for i in range(0, len(metrics), 900):  # log_batch takes at most 1000 metrics
+        client.log_batch(run_id, metrics=metrics[i : i + 900])
+    client.log_artifacts(run_id, str(out))
+    if version is not None:  # the tables are in place before the run says which version they are
+        mark_summary_version(client, run_id, version, out)
+    client.set_terminated(run_id)
+    return run_id
