@@ -111,6 +111,17 @@ def _prune(store: Any, grid_id: str, keep: int, latest: str) -> None:
             store.delete(f"{base}/{name}")
 
 
+def publish_aggregation(store: Any, grid_id: str, out_dir: str | Path, version: str,
+                        tracking_uri: str | None = None) -> bool:
+    """Publish one aggregation's reports; only if it is the newest, update the grid's MLflow summary run. True if newest."""
+    newest = publish_reports(store, grid_id, out_dir, version)
+    if newest and tracking_uri:
+        from intermix_core.results import log_summary_to_mlflow
+
+        log_summary_to_mlflow(out_dir, tracking_uri=tracking_uri, grid_id=grid_id, version=version)
+    return newest
+
+
 def fetch_latest_reports(store: Any, grid_id: str, dest: str | Path) -> str | None:
     """Download the newest complete version of a grid's reports into dest; return its version (None if none)."""
     pointer = latest_version(store, grid_id)
@@ -120,8 +131,12 @@ def fetch_latest_reports(store: Any, grid_id: str, dest: str | Path) -> str | No
     return str(pointer["version"])
 
 
-def one_summary_run(client: Any, experiment_id: str, grid_id: str) -> Any:
-    """The grid's single MLflow summary run: found, or created; of runs created in a race the oldest wins, others are deleted."""
+def one_summary_run(client: Any, experiment_id: str, grid_id: str, settle_seconds: float = 0.3) -> Any:
+    """The grid's single MLflow summary run: found, or created; of runs created in a race the oldest wins.
+
+    A creator that finds an older summary run after creating its own deletes its own; finished
+    duplicates left by an earlier race are deleted too (a running one may be in use by its creator).
+    """
     query = f"tags.`intermix.kind` = 'summary' and tags.`intermix.grid_id` = '{grid_id}'"
     order = ["attributes.start_time ASC", "attributes.run_id ASC"]
 
@@ -132,21 +147,26 @@ def one_summary_run(client: Any, experiment_id: str, grid_id: str) -> Any:
     if not found:
         tags = {"intermix.kind": "summary", "intermix.grid_id": grid_id, "mlflow.runName": f"summary-{grid_id}"}
         mine = client.create_run(experiment_id, tags=tags).info.run_id
+        time.sleep(settle_seconds)  # let racing creators' runs land before choosing
         found = search()
         if found and found[0].info.run_id != mine:
-            client.delete_run(mine)  # another aggregation created the grid's run first
-    for duplicate in found[1:]:  # left by an earlier race: fold them away
-        client.delete_run(duplicate.info.run_id)
+            client.delete_run(mine)
+    for duplicate in found[1:]:
+        if duplicate.info.status == "FINISHED":
+            client.delete_run(duplicate.info.run_id)
     return found[0]
 
 
 def mark_summary_version(client: Any, run_id: str, version: str, out_dir: str | Path) -> None:
     """Tag the summary run with the version its tables are; if an older aggregation overwrote them meanwhile, put ours back."""
-    client.set_tag(run_id, "intermix.summary_version", version)
-    time.sleep(0.2)  # an older aggregation finishing at the same moment: look again
-    if client.get_run(run_id).data.tags.get("intermix.summary_version", "") < version:
-        client.log_artifacts(run_id, str(out_dir))
+    for _ in range(3):
+        if client.get_run(run_id).data.tags.get("intermix.summary_version", "") > version:
+            return  # a newer aggregation's tables are there: never go back
         client.set_tag(run_id, "intermix.summary_version", version)
+        time.sleep(0.2)  # an older aggregation finishing at the same moment: look again
+        if client.get_run(run_id).data.tags.get("intermix.summary_version", "") >= version:
+            return
+        client.log_artifacts(run_id, str(out_dir))  # an older one overwrote ours: put ours back
 
 
 def retry_mlflow_races(fn: F) -> F:

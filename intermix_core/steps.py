@@ -309,16 +309,15 @@ def aggregate_step(
     absent = [MissingFold(dataset=d, setup=s, strategy=st, fold=f, reason="missing") for d, s, st, f in keys if (d, s, st) not in have]
     summary = summary.model_copy(update={"missing": summary.missing + absent})
     write_reports(summary, out_dir, found)
-    newest = True
     if store_root:
-        from intermix_core.publish import publish_reports
+        from intermix_core.publish import publish_aggregation
 
         # one atomic version; the newest wins, and only it goes on to update the MLflow summary run
-        newest = publish_reports(_storage(store_root), grid_id, out_dir, version)
-    if tracking_uri and newest:
+        publish_aggregation(_storage(store_root), grid_id, out_dir, version, tracking_uri)
+    elif tracking_uri:
         from intermix_core.results import log_summary_to_mlflow
 
-        log_summary_to_mlflow(out_dir, tracking_uri=tracking_uri, grid_id=grid_id, version=version)
+        log_summary_to_mlflow(out_dir, tracking_uri=tracking_uri, grid_id=grid_id)
     return summary
 
 

@@ -13,7 +13,8 @@ import mlflow
 import pytest
 
 from intermix_core.publish import (
-    LATEST, KEEP_VERSIONS, fetch_latest_reports, latest_version, new_version, publish_reports,
+    KEEP_VERSIONS, LATEST, fetch_latest_reports, latest_version, new_version, one_summary_run, publish_aggregation,
+    publish_reports,
 )
 from intermix_core.reports import write_reports
 from intermix_core.results import aggregate, log_summary_to_mlflow
@@ -81,36 +82,59 @@ def test_old_versions_are_pruned(tmp_path: Path):
     assert kept == versions[-KEEP_VERSIONS:]
 
 
-def test_one_summary_run_per_grid_under_concurrent_aggregations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_concurrent_aggregations_leave_one_summary_run_with_the_newest_tables(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch):
+    """Six aggregations of one grid finish at once, in reverse order of their versions (what
+    steps.aggregate_step does: publish to the store, then the newest updates MLflow)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = f"sqlite:///{tmp_path}/m.db"
-    out = tmp_path / "report"
-    write_reports(aggregate(grid({"standard": STD, "intermix": MIX})), out)
+    store = open_storage(tmp_path / "store")
     client = mlflow.MlflowClient(uri)
     client.create_experiment("intermix")  # as init_local / the first fold run would
     versions = [new_version(1000.0 + i) for i in range(6)]
-    ids: list[str] = []
+    folders = {}
+    for i, v in enumerate(versions):  # each aggregation saw one more result than the one before
+        folders[v] = tmp_path / v
+        write_reports(aggregate(grid({"standard": STD, "intermix": MIX[: 2 + min(i, 3)] + [None] * (3 - min(i, 3))})), folders[v])
     errors: list[BaseException] = []
 
-    def log(version: str) -> None:
+    def finish(version: str) -> None:
         try:
-            ids.append(log_summary_to_mlflow(out, tracking_uri=uri, grid_id=GID, version=version))
+            publish_aggregation(store, GID, folders[version], version, uri)
         except BaseException as err:  # noqa: BLE001 - reported below
             errors.append(err)
 
-    threads = [threading.Thread(target=log, args=(v,)) for v in reversed(versions)]
+    threads = [threading.Thread(target=finish, args=(v,)) for v in reversed(versions)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert not errors, errors
+    assert latest_version(store, GID)["version"] == versions[-1]
     exp = client.get_experiment_by_name("intermix").experiment_id
     runs = client.search_runs([exp], f"tags.`intermix.kind` = 'summary' and tags.`intermix.grid_id` = '{GID}'")
-    assert len(runs) == 1 and set(ids) == {runs[0].info.run_id}
-    assert runs[0].data.tags["intermix.summary_version"] == versions[-1]  # the newest, whatever the order
-    # an older aggregation arriving late leaves the newer tables alone
+    assert len(runs) == 1
+    assert runs[0].data.tags["intermix.summary_version"] == versions[-1]
+    # an older aggregation arriving late changes neither the store's latest nor the run
     before = client.get_run(runs[0].info.run_id).data.tags["intermix.summary_revision"]
-    assert log_summary_to_mlflow(out, tracking_uri=uri, grid_id=GID, version=versions[0]) == runs[0].info.run_id
+    assert not publish_aggregation(store, GID, folders[versions[0]], versions[0], uri)
+    assert log_summary_to_mlflow(folders[versions[0]], tracking_uri=uri, grid_id=GID, version=versions[0]) == runs[0].info.run_id
     after = client.get_run(runs[0].info.run_id).data.tags
     assert after["intermix.summary_revision"] == before and after["intermix.summary_version"] == versions[-1]
+
+
+def test_racing_creators_share_one_summary_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Without the store in front (e.g. `intermix results --tracking-uri` from two shells at once)."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = mlflow.MlflowClient(uri)
+    exp = client.create_experiment("intermix")
+    chosen: list[str] = []
+    threads = [threading.Thread(target=lambda: chosen.append(one_summary_run(client, exp, GID).info.run_id)) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    active = client.search_runs([exp], f"tags.`intermix.grid_id` = '{GID}'")
+    assert len(set(chosen)) == 1 and [r.info.run_id for r in active] == chosen[:1]
