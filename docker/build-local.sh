@@ -11,6 +11,7 @@
 #   TORCH_CPU_INDEX_URL   torch index of the cpu target (default empty: PyPI; the PyPI wheel is the
 #                         CUDA build, so the local cpu image is larger than one from the CPU index)
 #   TARGETS               targets to build (default "cpu cuda")
+#   REBUILD               set to rebuild a target whose image for this commit exists
 # Prints the image names and sizes at the end. Re-running reuses the base and the wheelhouse; build
 # stages are pruned after each target (disk), so a rebuild re-runs the offline pip installs.
 set -euo pipefail
@@ -74,6 +75,10 @@ done
 podman image prune --force > /dev/null
 
 for target in $TARGETS; do
+  if podman image exists "localhost/intermix:$TAG-$target" && [ -z "${REBUILD:-}" ]; then
+    echo "== localhost/intermix:$TAG-$target exists (REBUILD=1 builds it again)"
+    continue
+  fi
   index_arg=()
   if [ "$target" = cpu ]; then
     index_arg=(--build-arg "TORCH_CPU_INDEX_URL=${TORCH_CPU_INDEX_URL:-}")

@@ -122,7 +122,7 @@ def test_every_component_runs_in_the_cpu_image(images: dict[str, str], docker_ap
     (cell,) = expand(grid)
 
     prep = comps.preprocess(source="demo", dataset="esc10", sample_rate=22050, store_root=str(store))
-    data_uri = prep.output
+    data_uri = prep.outputs["Output"]
     assert data_uri.startswith(str(store / "prepared" / "esc10" / "22050hz"))
     train = comps.train_fold(config_json=cell.config.model_dump_json(), fold=1, grid_id=gid, tracking_uri=tracking,
                              store_root=str(store), data_uri=data_uri, device="cpu")
