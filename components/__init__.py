@@ -1,8 +1,49 @@
-"""Thin KFP components: each parses its inputs, calls one `intermix_core.steps` function, writes its outputs."""
+"""Thin KFP components: each parses its inputs, calls one `intermix_core.steps` function, writes its outputs.
 
-from components.aggregate import aggregate
-from components.attack import fgsm_attack
-from components.preprocess import preprocess
-from components.train import train_fold
+The functions are turned into components per image set (`component_set`), so that a compiled
+pipeline names its images by commit or digest (components/image.py). The module attributes
+`preprocess`, `train_fold`, `fgsm_attack`, `aggregate` are the components with the version-only
+images, for the local runner.
+"""
 
-__all__ = ["aggregate", "fgsm_attack", "preprocess", "train_fold"]
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+from kfp import dsl
+
+from components import aggregate as _aggregate
+from components import attack as _attack
+from components import preprocess as _preprocess
+from components import train as _train
+from components.image import IMAGE_CPU, IMAGE_GPU
+
+
+class ComponentSet(NamedTuple):
+    """The four components built on one pair of images."""
+
+    preprocess: Any
+    train_fold: Any
+    fgsm_attack: Any
+    aggregate: Any
+
+
+@functools.cache
+def component_set(cpu_image: str = IMAGE_CPU, gpu_image: str = IMAGE_GPU) -> ComponentSet:
+    """The components on these images: preprocess and aggregate on the CPU image, train and FGSM on the CUDA one."""
+
+    def make(func: Any, image: str) -> Any:
+        return dsl.component(base_image=image, install_kfp_package=False)(func)
+
+    return ComponentSet(
+        preprocess=make(_preprocess.preprocess, cpu_image),
+        train_fold=make(_train.train_fold, gpu_image),
+        fgsm_attack=make(_attack.fgsm_attack, gpu_image),
+        aggregate=make(_aggregate.aggregate, cpu_image),
+    )
+
+
+preprocess, train_fold, fgsm_attack, aggregate = component_set()
+
+__all__ = ["ComponentSet", "aggregate", "component_set", "fgsm_attack", "preprocess", "train_fold"]

@@ -1,12 +1,8 @@
 """Component: every fold result of a grid (read from the grid store) -> tables, plots, MLflow summary."""
 
-from kfp import dsl
 from kfp.dsl import Artifact, Markdown, Output
 
-from components.image import IMAGE_CPU
 
-
-@dsl.component(base_image=IMAGE_CPU, install_kfp_package=False)
 def aggregate(grid_json: str, store_root: str, tracking_uri: str, reports: Output[Artifact], table: Output[Markdown]):
     """Aggregate every result of the grid in the store (intermix_core.steps.grid_aggregate_step); Table 1 as Markdown."""
     import shutil

@@ -1,25 +1,27 @@
-"""Component: FGSM evaluation of one trained fold (GPU); the completed result is an Artifact."""
+"""Component: FGSM evaluation of one trained fold; the completed result is an Artifact."""
 
-from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Model, Output
-
-from components.image import IMAGE_GPU
+from kfp.dsl import Artifact, Input, Model, Output
 
 
-@dsl.component(base_image=IMAGE_GPU, install_kfp_package=False)
 def fgsm_attack(
     fold: int,
     grid_id: str,
     tracking_uri: str,
     store_root: str,
-    data: Input[Dataset],
+    data_uri: str,
     trained: Input[Model],
     result: Output[Artifact],
+    device: str = "auto",
 ):
-    """FGSM error per epsilon of a trained fold (intermix_core.steps.attack_step)."""
-    from intermix_core.steps import attack_step
+    """FGSM error per epsilon of a trained fold (intermix_core.steps.attack_step); device as in train_fold."""
+    import os
 
-    r = attack_step(trained.path, data.path, fold, result.path, grid_id, tracking_uri or None, store_root or None)
+    from intermix_core.steps import attack_step, prepared_data
+
+    cache_gb = float(os.environ.get("INTERMIX_DATA_CACHE_MAX_GB") or 0)
+    with prepared_data(data_uri, os.environ.get("INTERMIX_DATA_CACHE") or None, int(cache_gb * 2**30) or None) as data:
+        r = attack_step(trained.path, data, fold, result.path, grid_id, tracking_uri or None, store_root or None,
+                        device=device)
     cell = f"{r.dataset}/{r.setup}/{r.strategy}/fold{fold}"
     print(f"FGSM {cell}: {r.fgsm}")
     result.metadata.update({"cell": cell, "grid_id": grid_id, "test_error": r.test_error, "fgsm": r.fgsm})

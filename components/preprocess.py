@@ -1,15 +1,21 @@
-"""Component: raw dataset -> prepared per-fold arrays (a Dataset artifact)."""
+"""Component: raw dataset -> prepared per-fold arrays, written once into the grid store; returns their URI.
 
-from kfp import dsl
-from kfp.dsl import Dataset, Output
+No dataset travels as a KFP artifact: train and FGSM tasks get the URI (a string, part of their
+cache key, naming dataset, sample rate, source fingerprint and format) and read it through the
+node's cache. The small `manifest` artifact is for lineage only; no task consumes it.
+"""
 
-from components.image import IMAGE_CPU
+from kfp.dsl import Artifact, Output
 
 
-@dsl.component(base_image=IMAGE_CPU, install_kfp_package=False)
-def preprocess(source: str, dataset: str, sample_rate: int, prepared: Output[Dataset]):
-    """Prepare `dataset` from `source` (folder, s3:// URI or 'demo') at `sample_rate` Hz."""
-    from intermix_core.steps import preprocess_step
+def preprocess(source: str, dataset: str, sample_rate: int, store_root: str, manifest: Output[Artifact]) -> str:
+    """Prepare `dataset` from `source` (folder, s3:// URI or 'demo') at `sample_rate` Hz into the store; its URI."""
+    from intermix_core.steps import prepare_shared_step
 
-    manifest = preprocess_step(source, dataset, sample_rate, prepared.path)
-    prepared.metadata.update({"dataset": dataset, "sample_rate": sample_rate, "clips": len(manifest.clips)})
+    uri, prepared = prepare_shared_step(source, dataset, sample_rate, store_root)
+    with open(manifest.path, "w") as f:
+        f.write(prepared.model_dump_json(indent=1))
+    manifest.metadata.update({"dataset": dataset, "sample_rate": sample_rate, "clips": len(prepared.clips),
+                              "data_uri": uri, "source_fingerprint": prepared.source_fingerprint})
+    print(f"prepared {dataset} at {sample_rate} Hz: {len(prepared.clips)} clips -> {uri}")
+    return uri

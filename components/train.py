@@ -1,30 +1,36 @@
-"""Component: train one fold (GPU); its result (and, without a grid store, its checkpoint) is a Model artifact."""
+"""Component: train one fold; its result (and, without a grid store, its checkpoint) is a Model artifact.
 
-from kfp import dsl
-from kfp.dsl import Dataset, Input, Model, Output
+With a store the checkpoint lives there only (it can be hundreds of MB). `device` is 'cuda' on GPU
+tasks (no silent CPU fallback: intermix_core.devices), 'cpu' on CPU-only nodes, 'auto' locally.
+INTERMIX_DATA_CACHE, set by the pipeline when a cache volume is mounted, is the node's dataset
+cache. (The function's source travels in every compiled task: its comments stay here.)
+"""
 
-from components.image import IMAGE_GPU
+from kfp.dsl import Model, Output
 
 
-@dsl.component(base_image=IMAGE_GPU, install_kfp_package=False)
 def train_fold(
     config_json: str,
     fold: int,
     grid_id: str,
     tracking_uri: str,
     store_root: str,
-    data: Input[Dataset],
+    data_uri: str,
     trained: Output[Model],
     restart: bool = False,
+    device: str = "auto",
 ):
     """Train one fold of one grid cell (intermix_core.steps.train_step); empty strings mean 'not set'."""
-    from intermix_core.steps import train_step
+    import os
 
-    # with a store the checkpoint lives there only (it can be hundreds of MB); the artifact keeps the result
-    result = train_step(
-        config_json, data.path, fold, trained.path, grid_id, tracking_uri or None, store_root or None,
-        restart=restart, keep_checkpoint=not store_root,
-    )
+    from intermix_core.steps import prepared_data, train_step
+
+    cache_gb = float(os.environ.get("INTERMIX_DATA_CACHE_MAX_GB") or 0)
+    with prepared_data(data_uri, os.environ.get("INTERMIX_DATA_CACHE") or None, int(cache_gb * 2**30) or None) as data:
+        result = train_step(
+            config_json, data, fold, trained.path, grid_id, tracking_uri or None, store_root or None,
+            restart=restart, keep_checkpoint=not store_root, device=device,
+        )
     cell = f"{result.dataset}/{result.setup}/{result.strategy}/fold{fold}"
     print(f"trained {cell}: test error {result.test_error}")
     trained.metadata.update({"cell": cell, "grid_id": grid_id, "test_error": result.test_error})

@@ -22,6 +22,7 @@ from scipy import stats
 
 from intermix_core import published as pub
 from intermix_core.config import DATASETS
+from intermix_core.publish import mark_summary_version, one_summary_run, retry_mlflow_races
 from intermix_core.published import display_name as _name
 from intermix_core.records import FoldResult, load_result
 
@@ -401,10 +402,17 @@ def _fgsm_cells(head: dict, ok: list[FoldResult], failed: dict[int, str]) -> lis
 # ---------------------------------------------------------------- MLflow summary run
 
 
+@retry_mlflow_races
 def log_summary_to_mlflow(
-    out_dir: str | Path, tracking_uri: str | None = None, experiment: str = "intermix", grid_id: str | None = None
+    out_dir: str | Path, tracking_uri: str | None = None, experiment: str = "intermix", grid_id: str | None = None,
+    version: str | None = None,
 ) -> str:
-    """Log the report files in out_dir to the grid's summary run (created once, updated after); return its run id."""
+    """Log the report files in out_dir to the grid's one summary run (created once, updated in place); return its id.
+
+    Concurrent aggregations of one grid converge on one run (intermix_core.publish.one_summary_run),
+    and with `version` (intermix_core.publish.new_version) an older version never overwrites a
+    newer one: it is skipped and the run id returned.
+    """
     import mlflow
     from mlflow.entities import Metric
 
@@ -417,16 +425,11 @@ def log_summary_to_mlflow(
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    found = client.search_runs(
-        [exp_id], f"tags.`intermix.kind` = 'summary' and tags.`intermix.grid_id` = '{grid_id}'", max_results=1,
-        order_by=["attributes.start_time DESC"],
-    )
-    if found:
-        run_id = found[0].info.run_id
-        revision = int(found[0].data.tags.get("intermix.summary_revision", "0")) + 1
-    else:
-        tags = {"intermix.kind": "summary", "intermix.grid_id": grid_id, "mlflow.runName": f"summary-{grid_id}"}
-        run_id, revision = client.create_run(exp_id, tags=tags).info.run_id, 0
+    run = one_summary_run(client, exp_id, grid_id)
+    run_id = run.info.run_id
+    if version is not None and run.data.tags.get("intermix.summary_version", "") > version:
+        return run_id  # a newer aggregation already logged its tables here
+    revision = int(run.data.tags.get("intermix.summary_revision", "-1")) + 1
     client.set_tag(run_id, "intermix.summary_revision", str(revision))
     with (out / "table1.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -440,5 +443,7 @@ def log_summary_to_mlflow(
     for i in range(0, len(metrics), 900):  # log_batch takes at most 1000 metrics
         client.log_batch(run_id, metrics=metrics[i : i + 900])
     client.log_artifacts(run_id, str(out))
+    if version is not None:  # the tables are in place before the run says which version they are
+        mark_summary_version(client, run_id, version, out)
     client.set_terminated(run_id)
     return run_id

@@ -4,7 +4,8 @@ The grid store (a local directory or s3:// root) keeps what outlives one KFP run
 
     <root>/<grid_id>/grid.json                                   the grid spec (for reruns by id)
     <root>/<grid_id>/<dataset>/<setup>/<strategy>/fold<k>/       checkpoint.pt, result.json
-    <root>/<grid_id>/reports/                                    the latest aggregated tables
+    <root>/<grid_id>/reports/                                    the latest aggregated tables (LATEST.json, versions/)
+    <root>/prepared/<dataset>/<rate>hz/v<format>/<fingerprint>/  prepared datasets, shared by grids (shared_data)
 
 A fold's checkpoint is pulled before training and pushed while it trains (every `sync_seconds`
 once it changes) and at the end, so a task retried on another node resumes where it stopped.
@@ -329,12 +330,18 @@ def aggregate_step(
     """Aggregate fold results (files/dirs, plus the grid's store when store_root is set) into reports in out_dir.
 
     `expected` lists the grid's cells as [dataset, setup, strategy, fold]; cells without any result
-    are reported as missing. With store_root, the reports are also published to `<root>/<grid_id>/reports/`.
+    are reported as missing. With store_root, the reports are also published as one version under
+    `<root>/<grid_id>/reports/` (intermix_core.publish: concurrent aggregations, the newest wins).
     """
     from intermix_core.reports import write_reports
     from intermix_core.results import MissingFold, aggregate, collect_results
 
     items = [results] if isinstance(results, (str, Path)) else list(results)
+    version = None
+    if store_root:
+        from intermix_core.publish import new_version
+
+        version = new_version()  # taken before reading: a later version has seen at least these results
     with tempfile.TemporaryDirectory(prefix="intermix-results-") as tmp:
         if store_root:
             items.append(Path(tmp))
@@ -350,8 +357,11 @@ def aggregate_step(
     summary = summary.model_copy(update={"missing": summary.missing + absent})
     write_reports(summary, out_dir, found)
     if store_root:
-        _storage(store_root).upload_dir(out_dir, f"{grid_id}/{REPORTS}")
-    if tracking_uri:
+        from intermix_core.publish import publish_aggregation
+
+        # one atomic version; the newest wins, and only it goes on to update the MLflow summary run
+        publish_aggregation(_storage(store_root), grid_id, out_dir, version, tracking_uri)
+    elif tracking_uri:
         from intermix_core.results import log_summary_to_mlflow
 
         log_summary_to_mlflow(out_dir, tracking_uri=tracking_uri, grid_id=grid_id)
@@ -370,3 +380,17 @@ def grid_aggregate_step(
     save_grid_spec(store_root, gid, spec)
     expected = [c.key for c in expand(grid)]
     return gid, aggregate_step([], out_dir, expected, tracking_uri, gid, store_root)
+
+
+def prepare_shared_step(source: str, dataset: str, sample_rate: int, store_root: str, progress: bool = False) -> tuple[str, Any]:
+    """Prepare `dataset` once into the store, keyed by dataset, sample rate, source fingerprint and format; (URI, Manifest)."""
+    from intermix_core.shared_data import publish_prepared
+
+    return publish_prepared(source, dataset, sample_rate, store_root, progress=progress)
+
+
+def prepared_data(data_uri: str, cache_dir: str | None = None, max_cache_bytes: int | None = None) -> Any:
+    """Context manager: a local folder with the prepared dataset at data_uri (via the node's cache_dir when given)."""
+    from intermix_core.shared_data import cached_prepared
+
+    return cached_prepared(data_uri, cache_dir, max_cache_bytes)

@@ -66,9 +66,17 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--node-selector", action="append", metavar="KEY=VALUE", help="node selector of GPU tasks (repeatable)")
     g.add_argument("--toleration", action="append", metavar="KEY[=VALUE][:EFFECT]", help="toleration of GPU tasks (repeatable)")
     g.add_argument("--retries", type=int, help="retries of a failed task (default: 2)")
-    g.add_argument("--parallelism", type=int, help="fold iterations at once per strategy loop (default: 0, unlimited)")
-    g.add_argument("--cpu-limit", help="CPU limit of GPU tasks, e.g. 8")
-    g.add_argument("--memory-limit", help="memory limit of GPU tasks, e.g. 32G")
+    g.add_argument("--retry-max-duration", metavar="DURATION", help="how long after a task's first start it may "
+                   "still be retried, e.g. 72h (default: from each task's expected duration)")
+    g.add_argument("--parallelism", type=int, help="fold iterations at once per strategy loop (default: 2; 0: unlimited)")
+    g.add_argument("--cpu-limit", help="CPU limit of train/FGSM tasks, e.g. 8")
+    g.add_argument("--memory-limit", help="memory request and limit of train/FGSM tasks, e.g. 32Gi")
+    g.add_argument("--image-repository", help="repository of the intermix images (default: ghcr.io/intermix-project/intermix)")
+    g.add_argument("--image-tag", help="image tag prefix instead of <version>-<git commit>: <TAG>-cpu, <TAG>-cuda")
+    g.add_argument("--image-digest", action="append", metavar="TARGET=sha256:DIGEST",
+                   help="pin the cpu or cuda image by digest (repeatable)")
+    g.add_argument("--no-exit-handler", action="store_true", help="aggregate as a plain last task (only after every "
+                   "fold succeeded) instead of an exit handler; `intermix results` gives the tables either way")
     g.add_argument("--secret-env", action="append", metavar="SECRET:KEY[,KEY]", help="expose Secret keys as env vars on every task (repeatable)")
     g.add_argument("--env", action="append", metavar="NAME=VALUE", help="env var on every task, e.g. MLFLOW_S3_ENDPOINT_URL=... (repeatable)")
 
@@ -79,6 +87,10 @@ def _kfp_args(p: argparse.ArgumentParser, required_host: bool) -> None:
                    + ("" if required_host else "; without it the rerun runs locally"))
     g.add_argument("--namespace", default=_env("KFP_NAMESPACE"), help="Kubernetes namespace of a multi-user KFP (env KFP_NAMESPACE)")
     g.add_argument("--existing-token", default=_env("KFP_EXISTING_TOKEN"), help="bearer token for the KFP API (env KFP_EXISTING_TOKEN)")
+    g.add_argument("--cookies", default=_env("KFP_COOKIES"), help="session cookies for a KFP behind a login, e.g. "
+                   "'oauth2_proxy_kubeflow=...' (env KFP_COOKIES)")
+    g.add_argument("--skip-version-check", action="store_true",
+                   help="submit even to a KFP backend older than intermix supports (it warns instead of refusing)")
     g.add_argument("--ssl-ca-cert", default=_env("KFP_SSL_CA_CERT"), help="CA bundle to verify the KFP endpoint (env KFP_SSL_CA_CERT)")
     g.add_argument("--experiment", default=_env("KFP_EXPERIMENT"), help="KFP experiment (default: the grid id; env KFP_EXPERIMENT)")
     g.add_argument("--service-account", help="Kubernetes service account of the runs")

@@ -254,10 +254,20 @@ def cluster_options(args: argparse.Namespace) -> Any:
         "node_selector": {**base.node_selector, **_pairs(args.node_selector, "--node-selector")},
         "tolerations": [*base.tolerations, *(_toleration(t, Toleration) for t in args.toleration or [])],
         "secret_env": secret_env, "env": {**base.env, **_pairs(args.env, "--env")},
+        "image_digests": {**base.image_digests, **_pairs(args.image_digest, "--image-digest")},
     }
-    for key in ("gpu_type", "gpus", "retries", "parallelism", "cpu_limit", "memory_limit"):
+    for key in ("gpu_type", "gpus", "retries", "retry_max_duration", "parallelism", "image_repository", "image_tag"):
         if getattr(args, key) is not None:
             update[key] = getattr(args, key)
+    if args.no_exit_handler:
+        update["exit_handler"] = False
+    gpu_tasks = {k: r.model_dump() for k, r in base.resources.items() if k in ("train", "fgsm")}
+    for res in gpu_tasks.values():
+        if args.cpu_limit is not None:
+            res["cpu_limit"] = args.cpu_limit
+        if args.memory_limit is not None:
+            res["memory_request"] = res["memory_limit"] = args.memory_limit
+    update["resources"] = {**{k: r.model_dump() for k, r in base.resources.items()}, **gpu_tasks}
     try:
         return ClusterOptions.model_validate({**base.model_dump(), **update})
     except ValidationError as err:
@@ -321,7 +331,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from pipelines.grid_pipeline import compile_grid
 
     grid = _load_grid(args)
-    paths = compile_grid(grid, args.output, cluster_options(args))
+    paths = _submission(lambda: compile_grid(grid, args.output, cluster_options(args)))
     print(f"grid {grid_id(grid)}: {len(paths)} pipeline(s), {sum(p.stat().st_size for p in paths) // 1024} KiB")
     for p in paths:
         print(f"  {p}")
@@ -337,7 +347,25 @@ def endpoint(args: argparse.Namespace) -> Any:
     if args.ssl_ca_cert and not Path(args.ssl_ca_cert).is_file():
         raise UsageError(f"--ssl-ca-cert {args.ssl_ca_cert}: no such file")
     return KfpEndpoint(host=args.host, namespace=args.namespace, existing_token=args.existing_token,
-                       ssl_ca_cert=args.ssl_ca_cert, experiment=args.experiment, service_account=args.service_account)
+                       cookies=args.cookies, ssl_ca_cert=args.ssl_ca_cert, experiment=args.experiment,
+                       service_account=args.service_account, skip_version_check=args.skip_version_check)
+
+
+def _server_notes(info: Any) -> None:
+    """Print what the KFP server said that the user should know (version warnings) to stderr."""
+    for line in info.warnings:
+        print(f"intermix: warning: {line}", file=sys.stderr)
+
+
+def _submission(call: Any) -> Any:
+    """Run a submission; server refusals and image naming problems become one-line usage errors."""
+    from components.image import ImageError
+    from pipelines.submit import KfpServerError
+
+    try:
+        return call()
+    except (KfpServerError, ImageError) as err:
+        raise UsageError(str(err)) from None
 
 
 def _require_store(args: argparse.Namespace, opts: Any) -> str:
@@ -355,18 +383,25 @@ def _tracking(args: argparse.Namespace, opts: Any) -> str:
 def cmd_submit(args: argparse.Namespace) -> int:
     """Submit a grid to Kubeflow Pipelines: one run per dataset x setup under one experiment."""
     from intermix_core.grid import grid_id
-    from pipelines.submit import submit_grid
+    from pipelines.submit import PartialSubmitError, submit_grid
 
     grid = _load_grid(args)
     sources = _sources(args)
     _require_sources(grid, sources)
     ep, opts = endpoint(args), cluster_options(args)
     store = _require_store(args, opts)
-    runs = submit_grid(grid, ep, store, _tracking(args, opts), sources, opts,
-                       enable_caching=False if args.no_cache else None)
-    print(f"grid {grid_id(grid)}: {len(runs)} run(s) in experiment {ep.experiment or grid_id(grid)}")
+    try:
+        runs = _submission(lambda: submit_grid(grid, ep, store, _tracking(args, opts), sources, opts,
+                                               enable_caching=False if args.no_cache else None, on_server=_server_notes))
+    except PartialSubmitError as err:
+        for line in str(err).splitlines():
+            print(f"intermix: {line}", file=sys.stderr)
+        return 1
+    created = sum(r.status == "created" for r in runs)
+    print(f"grid {grid_id(grid)}: {len(runs)} run(s) in experiment {ep.experiment or grid_id(grid)} "
+          f"({created} created, {len(runs) - created} already there)")
     for r in runs:
-        print(f"  {r.run_id}  {r.run_name}")
+        print(f"  {r.run_id}  {r.run_name}" + (f"  (existing, {r.state})" if r.status == "existing" else ""))
     return 0
 
 
@@ -389,16 +424,25 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     from intermix_core.grid import grid_id
 
     if args.host:
-        from pipelines.submit import submit_rerun
+        from pipelines.submit import PartialSubmitError, submit_rerun
 
         ep, opts = endpoint(args), cluster_options(args)
         store = _require_store(args, opts)
         grid = _grid_for_results(args, store)
         cell = _rerun_cell(args, grid)
         _require_sources(grid.model_copy(update={"datasets": [cell.dataset]}), _sources(args))
-        run = submit_rerun(grid, cell, ep, store, _tracking(args, opts), _sources(args).get(cell.dataset),
-                           args.restart, opts)
-        print(f"grid {grid_id(grid)}: rerun {cell.label} as run {run.run_id}")
+        try:
+            run = _submission(lambda: submit_rerun(grid, cell, ep, store, _tracking(args, opts),
+                                                   _sources(args).get(cell.dataset), args.restart, opts,
+                                                   on_server=_server_notes))
+        except PartialSubmitError as err:
+            for line in str(err).splitlines():
+                print(f"intermix: {line}", file=sys.stderr)
+            return 1
+        if run.status == "existing":
+            print(f"grid {grid_id(grid)}: a rerun of {cell.label} is already {run.state.lower()}: run {run.run_id}")
+        else:
+            print(f"grid {grid_id(grid)}: rerun {cell.label} as run {run.run_id}")
         return 0
     from pipelines.local import rerun_fold_local
 

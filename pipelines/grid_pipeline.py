@@ -2,14 +2,18 @@
 
 Inside a shard run:
 
-    preprocess (dataset at the setup's sample rate)
-    for each strategy (static, named "folds <dataset>/<setup>/<strategy>"):
-        ParallelFor fold: train "train <dataset>/<setup>/<strategy>" -> FGSM "fgsm <...>"
     exit handler: aggregate "<grid id>" (all results in the grid store, even if a fold failed)
+    preprocess "<dataset>@<rate>"  -> data URI (a string: the dataset is prepared once into the store)
+    "folds <dataset>/<setup>" (a sub-pipeline taking the URI as input):
+        for each strategy (static, named "folds <dataset>/<setup>/<strategy>"):
+            ParallelFor fold: train "train <dataset>/<setup>/<strategy>" -> FGSM "fgsm <...>"
 
 The paper grid becomes 18 runs of at most 4 x 10 folds, submitted under one KFP experiment;
 each run's aggregation reads every result of the grid from the store, so the last one to
-finish shows the whole table. `python -m pipelines.grid_pipeline [GRID] [OUT_DIR]` compiles.
+finish shows the whole table. The fold loops sit in a sub-pipeline because kfp 2.17.3's local
+runner replaces a *task output* parameter entering a ParallelFor with the loop item; a
+sub-pipeline input is a component input and passes intact (on the cluster both work).
+`python -m pipelines.grid_pipeline [GRID] [OUT_DIR]` compiles.
 """
 
 
@@ -18,9 +22,10 @@ from pathlib import Path
 
 from kfp import compiler, dsl
 
-from components import aggregate, fgsm_attack, preprocess, train_fold
+from components import ComponentSet, component_set
+from components.image import resolve_images
 from intermix_core.grid import GridSpec, Shard, grid_id, load_grid, shards
-from pipelines.options import ClusterOptions, configure_task
+from pipelines.options import ClusterOptions, configure_task, expected_train_seconds, retry_seconds
 
 
 def pipeline_name(gid: str, shard: Shard) -> str:
@@ -33,43 +38,78 @@ def grid_json(grid: GridSpec) -> str:
     return grid.model_dump_json()
 
 
-def shard_pipeline(grid: GridSpec, shard: Shard, opts: ClusterOptions | None = None) -> dsl.graph_component.GraphComponent:
-    """The pipeline of one shard: preprocess, a fold loop per strategy (train -> FGSM), aggregation on exit."""
+def pipeline_components(opts: ClusterOptions, local: bool = False) -> ComponentSet:
+    """The components with the images a compiled pipeline names (by commit or digest); version tags locally."""
+    if local:
+        return component_set()
+    images = resolve_images(opts.image_repository, opts.image_tag, dict(opts.image_digests))
+    return component_set(images.cpu, images.cuda)
+
+
+def shard_pipeline(grid: GridSpec, shard: Shard, opts: ClusterOptions | None = None, *,
+                   local: bool = False) -> dsl.graph_component.GraphComponent:
+    """The pipeline of one shard: preprocess, a fold loop per strategy (train -> FGSM), aggregation on exit.
+
+    local=True builds it for KFP's local runner: version-tagged images and device 'auto'.
+    """
     opts = opts or ClusterOptions()
+    comps = pipeline_components(opts, local)
+    device = "auto" if local else opts.device()
     gid = grid_id(grid)
     spec = grid_json(grid)
     default_source = grid.sources.get(shard.dataset, "")
     base_labels = {"grid-id": gid, "dataset": shard.dataset, "setup": shard.setup}
+    short_window = retry_seconds(opts)
+    pname = pipeline_name(gid, shard)
 
-    @dsl.pipeline(name=pipeline_name(gid, shard), description=f"intermix grid {gid}: {shard.label}, every strategy x fold")
+    @dsl.pipeline(name=f"{pname}-folds", description=f"every strategy x fold of {shard.label}")
+    def folds(data_uri: str, store_root: str, tracking_uri: str):
+        for strategy, cfg in shard.configs.items():
+            name = f"{shard.label}/{strategy}"
+            labels = {**base_labels, "strategy": strategy}
+            window = retry_seconds(opts, expected_train_seconds(cfg, opts))
+            with dsl.ParallelFor(list(shard.folds), parallelism=opts.parallelism, name=f"folds {name}") as fold:
+                train = comps.train_fold(
+                    config_json=cfg.model_dump_json(), fold=fold, grid_id=gid, tracking_uri=tracking_uri,
+                    store_root=store_root, data_uri=data_uri, device=device,
+                )
+                configure_task(train.set_display_name(f"train {name}"), opts, kind="train", cache=True,
+                               labels=labels, retry_window_s=window, local=local)
+                attack = comps.fgsm_attack(
+                    fold=fold, grid_id=gid, tracking_uri=tracking_uri, store_root=store_root, data_uri=data_uri,
+                    trained=train.outputs["trained"], device=device,
+                )
+                configure_task(attack.set_display_name(f"fgsm {name}"), opts, kind="fgsm", cache=True,
+                               labels=labels, retry_window_s=short_window, local=local)
+
+    @dsl.pipeline(name=pname, description=f"intermix grid {gid}: {shard.label}, every strategy x fold")
     def run_shard(store_root: str, tracking_uri: str = "", source: str = default_source):
-        agg = aggregate(grid_json=spec, store_root=store_root, tracking_uri=tracking_uri)
-        configure_task(agg.set_display_name(f"aggregate {gid}"), opts, gpu=False, cache=False, labels=base_labels)
-        with dsl.ExitHandler(agg, name=f"cells {shard.label}"):
-            prep = preprocess(source=source, dataset=shard.dataset, sample_rate=shard.sample_rate)
-            prep.set_display_name(f"preprocess {shard.dataset}@{shard.sample_rate}")
-            configure_task(prep, opts, gpu=False, cache=True, labels=base_labels)
-            for strategy, cfg in shard.configs.items():
-                name = f"{shard.label}/{strategy}"
-                labels = {**base_labels, "strategy": strategy}
-                with dsl.ParallelFor(list(shard.folds), parallelism=opts.parallelism, name=f"folds {name}") as fold:
-                    train = train_fold(
-                        config_json=cfg.model_dump_json(), fold=fold, grid_id=gid, tracking_uri=tracking_uri,
-                        store_root=store_root, data=prep.outputs["prepared"],
-                    )
-                    configure_task(train.set_display_name(f"train {name}"), opts, gpu=True, cache=True, labels=labels)
-                    attack = fgsm_attack(
-                        fold=fold, grid_id=gid, tracking_uri=tracking_uri, store_root=store_root,
-                        data=prep.outputs["prepared"], trained=train.outputs["trained"],
-                    )
-                    configure_task(attack.set_display_name(f"fgsm {name}"), opts, gpu=True, cache=True, labels=labels)
+        agg = comps.aggregate(grid_json=spec, store_root=store_root, tracking_uri=tracking_uri)
+        configure_task(agg.set_display_name(f"aggregate {gid}"), opts, kind="aggregate", cache=False,
+                       labels=base_labels, retry_window_s=short_window, local=local)
+
+        def cells() -> dsl.PipelineTask:
+            # never cached: it re-fingerprints the raw data (cheap) and finds the prepared copy in the store
+            prep = comps.preprocess(source=source, dataset=shard.dataset, sample_rate=shard.sample_rate,
+                                    store_root=store_root)
+            configure_task(prep.set_display_name(f"preprocess {shard.dataset}@{shard.sample_rate}"), opts,
+                           kind="preprocess", cache=False, labels=base_labels, retry_window_s=short_window, local=local)
+            loops = folds(data_uri=prep.outputs["Output"], store_root=store_root, tracking_uri=tracking_uri)
+            return loops.set_display_name(f"folds {shard.label}")
+
+        if opts.exit_handler:
+            with dsl.ExitHandler(agg, name=f"cells {shard.label}"):
+                cells()
+        else:
+            agg.after(cells())
 
     return run_shard
 
 
-def grid_pipelines(grid: GridSpec, opts: ClusterOptions | None = None) -> list[tuple[Shard, dsl.graph_component.GraphComponent]]:
+def grid_pipelines(grid: GridSpec, opts: ClusterOptions | None = None, *,
+                   local: bool = False) -> list[tuple[Shard, dsl.graph_component.GraphComponent]]:
     """One (shard, pipeline) per dataset x setup of the grid, in file order."""
-    return [(sh, shard_pipeline(grid, sh, opts)) for sh in shards(grid)]
+    return [(sh, shard_pipeline(grid, sh, opts, local=local)) for sh in shards(grid)]
 
 
 def compile_grid(grid: GridSpec, out_dir: str | Path, opts: ClusterOptions | None = None) -> list[Path]:

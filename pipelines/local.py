@@ -9,7 +9,8 @@
 With a store (a folder or s3://, endpoint and credentials from the usual environment) and a tracking
 URI (an MLflow server), the same local run writes to those servers instead. Tasks run as subprocesses
 of this Python (`SubprocessRunner(use_venv=False)`), at most two fold iterations at once; retries
-apply, GPU, placement and Kubernetes settings are ignored locally.
+apply, GPU, placement and Kubernetes settings are ignored locally (the pipelines are built with
+`local=True`: version-tagged images, device 'auto').
 """
 
 import builtins
@@ -218,7 +219,7 @@ def run_grid_local(
     sources = {**grid.sources, **(sources or {})}
     report = LocalRun(gid)
     cells = expand(grid)
-    for shard, pipe in grid_pipelines(grid, opts):
+    for shard, pipe in grid_pipelines(grid, opts, local=True):
         log = work.logs / f"{gid}-{shard.dataset}-{shard.setup}-{time.strftime('%Y%m%d-%H%M%S')}.log"
         args = {"store_root": work.store, "tracking_uri": work.tracking_uri if tracking else "",
                 "source": sources.get(shard.dataset, "")}
@@ -242,7 +243,7 @@ def rerun_fold_local(
     args = {"store_root": work.store, "tracking_uri": work.tracking_uri if tracking else "",
             "source": source or grid.sources.get(cell.dataset, ""), "restart": restart}
     with _progress(f"rerun {cell.label}", work.store, gid, [cell], progress and not verbose, fresh=True):
-        report.outcomes[cell.label] = _run_pipeline(rerun_pipeline(grid, cell, opts), args, log, verbose)
+        report.outcomes[cell.label] = _run_pipeline(rerun_pipeline(grid, cell, opts, local=True), args, log, verbose)
     report.logs.append(log)
     return report
 

@@ -1,7 +1,24 @@
-"""Submit grid and rerun pipelines to a Kubeflow Pipelines endpoint: one run per shard, one KFP experiment."""
+"""Submit grid and rerun pipelines to a Kubeflow Pipelines endpoint: one run per shard, one KFP experiment.
 
+Before anything is created the server is asked what it is (`GET /apis/v2beta1/healthz`: `tag_name`
+and `multi_user`, kubeflow/pipelines backend/src/apiserver/main.go): a backend older than
+MIN_KFP_BACKEND is refused, a multi-user one needs --namespace, and a login page instead of the API
+says the credentials are missing. Every pipeline is compiled before the first run is created.
+Submission is idempotent: a run of the same name that is pending, running or succeeded in the
+experiment is reported, not created again; a failure midway says which runs exist.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import ssl
 import tempfile
-from dataclasses import dataclass
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +30,36 @@ from pipelines.grid_pipeline import grid_pipelines
 from pipelines.options import ClusterOptions
 from pipelines.rerun_pipeline import rerun_pipeline
 
+# The oldest backend the compiled pipelines work on (docs/cluster.md, "Minimum versions"):
+#   2.3  scratch emptyDirs at /gcs, /minio, /s3 (needed by the non-root images)
+#   2.4.1/2.5  execution-level retries on Argo (#11673), upstream artifacts inside ParallelFor (#11520,
+#        fixed by #11627), DAG status after all tasks (#11651, 2.5.0 only); exit handler as an
+#        Argo lifecycle hook since 2.4 (#11470)
+MIN_KFP_BACKEND = (2, 5, 0)
+# ParallelFor status propagation to the ExitHandler group (#13321, #11979; fixed by #13322 in 2.17.0)
+RECOMMENDED_KFP_BACKEND = (2, 17, 0)
+# runs in these states are not created again by a second submit (a failed or canceled one is)
+KEEP_STATES = {"PENDING", "RUNNING", "SUCCEEDED", "PAUSED", "CANCELING", "RUNTIME_STATE_UNSPECIFIED"}
+ACTIVE_STATES = {"PENDING", "RUNNING", "PAUSED", "CANCELING", "RUNTIME_STATE_UNSPECIFIED"}
+_VERSION = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)")
+
+
+class KfpServerError(Exception):
+    """The KFP endpoint cannot take this submission (unreachable, refused credentials, too old, needs a namespace)."""
+
+
+class PartialSubmitError(Exception):
+    """Some runs of a grid were created (or existed) before a failure; the message lists them."""
+
+    def __init__(self, done: list["SubmittedRun"], failed: str, reason: str, pending: list[str]) -> None:
+        self.done, self.failed, self.reason, self.pending = done, failed, reason, pending
+        lines = [f"creating the run of {failed} failed: {reason}"]
+        lines += [f"  {r.status}: {r.run_id}  {r.run_name}" for r in done]
+        if pending:
+            lines.append(f"  not created: {failed}" + "".join(f", {p}" for p in pending))
+        lines.append("submit the same command again: existing runs are kept, only the missing ones are created")
+        super().__init__("\n".join(lines))
+
 
 class KfpEndpoint(BaseModel):
     """Where and how to reach the KFP API (the CLI fills it from flags and KFP_* environment variables)."""
@@ -21,68 +68,237 @@ class KfpEndpoint(BaseModel):
     host: str
     namespace: str | None = None
     existing_token: str | None = None
+    cookies: str | None = None  # e.g. "oauth2_proxy_kubeflow=..." from a browser session (multi-user Kubeflow)
     ssl_ca_cert: str | None = None
     experiment: str | None = None  # default: the grid id
     service_account: str | None = None
+    skip_version_check: bool = False
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What the KFP API server says about itself."""
+
+    version: tuple[int, int, int] | None
+    tag_name: str
+    multi_user: bool
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class SubmittedRun:
-    """One created KFP run."""
+    """One KFP run of a submission: created now, or found in the experiment ('existing')."""
 
     label: str
     run_id: str
     run_name: str
+    status: str = "created"
+    state: str = ""
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:  # a redirect is reported, not followed
+        return None
+
+
+def _headers(endpoint: KfpEndpoint) -> dict[str, str]:
+    headers = {"Accept": "application/json"}
+    if endpoint.existing_token:
+        headers["Authorization"] = f"Bearer {endpoint.existing_token}"
+    if endpoint.cookies:
+        headers["Cookie"] = endpoint.cookies
+    return headers
+
+
+def _get(endpoint: KfpEndpoint, path: str) -> tuple[int, str, dict[str, str]]:
+    """(status, body, headers) of GET host+path; redirects are not followed."""
+    host = endpoint.host if endpoint.host.startswith(("http://", "https://")) else f"https://{endpoint.host}"  # as kfp.Client
+    url = host.rstrip("/") + path
+    context = ssl.create_default_context(cafile=endpoint.ssl_ca_cert) if endpoint.ssl_ca_cert else None
+    handlers: list[Any] = [_NoRedirect()]
+    if context is not None:
+        handlers.append(urllib.request.HTTPSHandler(context=context))
+    opener = urllib.request.build_opener(*handlers)
+    try:
+        with opener.open(urllib.request.Request(url, headers=_headers(endpoint)), timeout=30) as resp:
+            return resp.status, resp.read().decode(errors="replace"), dict(resp.headers)
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode(errors="replace"), dict(err.headers or {})
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as err:
+        reason = getattr(err, "reason", err)
+        raise KfpServerError(f"--host {endpoint.host}: cannot reach the KFP API ({reason})") from None
+
+
+def parse_version(tag: str) -> tuple[int, int, int] | None:
+    """(major, minor, patch) of a KFP release tag such as '2.5.0' or 'v2.14.3'; None for 'unknown' or a dev build."""
+    m = _VERSION.match(tag.strip())
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else None
+
+
+def _text(version: tuple[int, int, int]) -> str:
+    return ".".join(map(str, version))
+
+
+def probe_server(endpoint: KfpEndpoint) -> ServerInfo:
+    """Ask the KFP API for its version and mode; KfpServerError with one line naming what is wrong."""
+    host = endpoint.host
+    status, body, headers = _get(endpoint, "/apis/v2beta1/healthz")
+    if status in (301, 302, 303, 307, 308):
+        raise KfpServerError(f"--host {host}: the KFP API redirected to {headers.get('Location', '?')} (a login page?): "
+                             "authenticate with --existing-token TOKEN or --cookies 'NAME=VALUE'")
+    if status in (401, 403):
+        raise KfpServerError(f"--host {host}: the KFP API refused the credentials (HTTP {status}): "
+                             "give a valid --existing-token or --cookies")
+    if status == 404:
+        old_status, old_body, _ = _get(endpoint, "/apis/v1beta1/healthz")
+        tag = _healthz(old_body).get("tag_name", "") if old_status == 200 else ""
+        if old_status == 200:
+            raise KfpServerError(f"--host {host}: KFP backend {tag or '(version unknown)'} has no v2 API; "
+                                 f"intermix needs KFP {_text(MIN_KFP_BACKEND)} or newer")
+        raise KfpServerError(f"--host {host}: no KFP API there (HTTP 404 on /apis/v2beta1/healthz); expected the "
+                             "KFP endpoint, e.g. http://localhost:8080 (port-forward of svc/ml-pipeline-ui) or "
+                             "https://KUBEFLOW/pipeline")
+    data = _healthz(body)
+    if status != 200 or "multi_user" not in data:
+        what = "a web page (a login page?)" if "<html" in body[:500].lower() else f"HTTP {status}"
+        raise KfpServerError(f"--host {host}: expected the KFP API's healthz answer, got {what}; "
+                             "check --host and authenticate with --existing-token or --cookies")
+    tag = str(data.get("tag_name") or "unknown")
+    version = parse_version(tag)
+    warnings = []
+    if version is None:
+        warnings.append(f"KFP backend version {tag!r} is not a release tag; intermix needs "
+                        f"{_text(MIN_KFP_BACKEND)} or newer and cannot check it")
+    elif version < MIN_KFP_BACKEND:
+        message = (f"--host {host}: KFP backend {_text(version)} is too old; intermix needs "
+                   f"{_text(MIN_KFP_BACKEND)} or newer (retries, ParallelFor inputs; docs/cluster.md)")
+        if not endpoint.skip_version_check:
+            raise KfpServerError(message + "; --skip-version-check submits anyway")
+        warnings.append(message.split(": ", 1)[1] + " (submitting anyway: --skip-version-check)")
+    elif version < RECOMMENDED_KFP_BACKEND:
+        warnings.append(f"KFP backend {_text(version)}: before {_text(RECOMMENDED_KFP_BACKEND)} the UI can show a "
+                        "finished fold loop as running (kubeflow/pipelines #13321); runs and results are unaffected, "
+                        "and `intermix results --store ...` gives the tables from the store")
+    multi_user = bool(data["multi_user"])
+    if multi_user and not endpoint.namespace:
+        raise KfpServerError(f"--host {host}: this KFP is multi-user: give --namespace (or KFP_NAMESPACE), your "
+                             "profile namespace, e.g. kubeflow-user-example-com")
+    return ServerInfo(version=version, tag_name=tag, multi_user=multi_user, warnings=warnings)
+
+
+def _healthz(body: str) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def kfp_client(endpoint: KfpEndpoint) -> Any:
-    """A kfp.Client for the endpoint."""
+    """A kfp.Client for the endpoint (bearer token or cookies)."""
     import kfp
 
     return kfp.Client(
         host=endpoint.host, namespace=endpoint.namespace or "kubeflow", existing_token=endpoint.existing_token,
-        ssl_ca_cert=endpoint.ssl_ca_cert,
+        cookies=endpoint.cookies, ssl_ca_cert=endpoint.ssl_ca_cert,
     )
 
 
-def _create_run(client: Any, pipeline: Any, endpoint: KfpEndpoint, experiment: str, run_name: str,
-                arguments: dict[str, Any], enable_caching: bool | None) -> str:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "pipeline.yaml"
-        compiler.Compiler().compile(pipeline, str(path))
-        run = client.create_run_from_pipeline_package(
-            str(path), arguments=arguments, run_name=run_name, experiment_name=experiment,
-            namespace=endpoint.namespace, enable_caching=enable_caching, service_account=endpoint.service_account,
-        )
+def _experiment_id(client: Any, endpoint: KfpEndpoint, name: str) -> str:
+    return client.create_experiment(name=name, namespace=endpoint.namespace).experiment_id  # get or create
+
+
+def existing_runs(client: Any, experiment_id: str) -> dict[str, Any]:
+    """display name -> the newest non-archived run of that name in the experiment."""
+    found: dict[str, Any] = {}
+    token = ""
+    while True:
+        page = client.list_runs(experiment_id=experiment_id, page_size=100, page_token=token, sort_by="created_at desc")
+        for run in page.runs or []:
+            if str(getattr(run, "storage_state", "") or "").upper() == "ARCHIVED":
+                continue
+            found.setdefault(run.display_name, run)
+        token = page.next_page_token or ""
+        if not token:
+            return found
+
+
+def _state(run: Any) -> str:
+    return str(getattr(run, "state", "") or "RUNTIME_STATE_UNSPECIFIED").upper()
+
+
+def _compile(pipeline: Any, folder: Path, name: str) -> Path:
+    path = folder / f"{name}.yaml"
+    compiler.Compiler().compile(pipeline, str(path))
+    return path
+
+
+def _create(client: Any, endpoint: KfpEndpoint, experiment_id: str, path: Path, run_name: str,
+            arguments: dict[str, Any], enable_caching: bool | None) -> str:
+    run = client.create_run_from_pipeline_package(
+        str(path), arguments=arguments, run_name=run_name, experiment_id=experiment_id,
+        namespace=endpoint.namespace, enable_caching=enable_caching, service_account=endpoint.service_account,
+    )
     return run.run_id
+
+
+def _submit(client: Any, endpoint: KfpEndpoint, experiment: str,
+            jobs: list[tuple[str, str, Path, dict[str, Any]]], keep: set[str],
+            enable_caching: bool | None) -> list[SubmittedRun]:
+    """Create the runs of `jobs` (label, run name, package, arguments) that are not already there in a `keep` state."""
+    exp_id = _experiment_id(client, endpoint, experiment)
+    there = existing_runs(client, exp_id)
+    done: list[SubmittedRun] = []
+    for i, (label, name, path, args) in enumerate(jobs):
+        old = there.get(name)
+        if old is not None and _state(old) in keep:
+            done.append(SubmittedRun(label, old.run_id, name, "existing", _state(old)))
+            continue
+        try:
+            run_id = _create(client, endpoint, exp_id, path, name, args, enable_caching)
+        except Exception as err:  # the API client raises many types; all end the submission the same way
+            reason = str(getattr(err, "body", "") or err).strip().splitlines()[0][:300]
+            raise PartialSubmitError(done, label, reason, [j[0] for j in jobs[i + 1:]]) from None
+        done.append(SubmittedRun(label, run_id, name))
+    return done
 
 
 def submit_grid(
     grid: GridSpec, endpoint: KfpEndpoint, store_root: str, tracking_uri: str = "",
     sources: dict[str, str] | None = None, opts: ClusterOptions | None = None, enable_caching: bool | None = None,
-    client: Any = None,
+    client: Any = None, on_server: Callable[[ServerInfo], None] | None = None,
 ) -> list[SubmittedRun]:
-    """Create one KFP run per dataset x setup of `grid` under one experiment (default: the grid id)."""
+    """Create one KFP run per dataset x setup of `grid` under one experiment (default: the grid id), at most once."""
     gid = grid_id(grid)
-    client = client or kfp_client(endpoint)
     sources = {**grid.sources, **(sources or {})}
-    runs = []
-    for shard, pipe in grid_pipelines(grid, opts):
-        name = f"{gid} {shard.label}"
-        args = {"store_root": store_root, "tracking_uri": tracking_uri, "source": sources.get(shard.dataset, "")}
-        runs.append(SubmittedRun(shard.label, _create_run(client, pipe, endpoint, endpoint.experiment or gid, name, args, enable_caching), name))
-    return runs
+    with tempfile.TemporaryDirectory(prefix="intermix-submit-") as tmp:
+        jobs = []
+        for shard, pipe in grid_pipelines(grid, opts):  # everything compiles before anything is created
+            name = f"{gid} {shard.label}"
+            args = {"store_root": store_root, "tracking_uri": tracking_uri, "source": sources.get(shard.dataset, "")}
+            jobs.append((shard.label, name, _compile(pipe, Path(tmp), f"{shard.dataset}-{shard.setup}"), args))
+        info = probe_server(endpoint)
+        if on_server:
+            on_server(info)
+        client = client or kfp_client(endpoint)
+        return _submit(client, endpoint, endpoint.experiment or gid, jobs, KEEP_STATES, enable_caching)
 
 
 def submit_rerun(
     grid: GridSpec, cell: Cell, endpoint: KfpEndpoint, store_root: str, tracking_uri: str = "",
     source: str | None = None, restart: bool = False, opts: ClusterOptions | None = None, client: Any = None,
+    on_server: Callable[[ServerInfo], None] | None = None,
 ) -> SubmittedRun:
-    """Create the KFP run that retrains one fold of `grid` and re-aggregates it."""
+    """Create the KFP run that retrains one fold of `grid` and re-aggregates it (not while one is in progress)."""
     gid = grid_id(grid)
-    client = client or kfp_client(endpoint)
     name = f"{gid} rerun {cell.label}"
     args = {"store_root": store_root, "tracking_uri": tracking_uri,
             "source": source or grid.sources.get(cell.dataset, ""), "restart": restart}
-    run_id = _create_run(client, rerun_pipeline(grid, cell, opts), endpoint, endpoint.experiment or gid, name, args, None)
-    return SubmittedRun(cell.label, run_id, name)
+    with tempfile.TemporaryDirectory(prefix="intermix-submit-") as tmp:
+        path = _compile(rerun_pipeline(grid, cell, opts), Path(tmp), "rerun")
+        info = probe_server(endpoint)
+        if on_server:
+            on_server(info)
+        client = client or kfp_client(endpoint)
+        return _submit(client, endpoint, endpoint.experiment or gid, [(cell.label, name, path, args)],
+                       ACTIVE_STATES, None)[0]

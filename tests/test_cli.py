@@ -62,6 +62,11 @@ def test_bad_model_exits_2_with_choices_and_no_traceback(tmp_path: Path):
          "--fold 9: not a fold of esc10; expected one of: 1, 2, 3, 4, 5"),
         (["submit", "demo", "--host", ""], "--host (or KFP_HOST) is required"),
         (["run", "demo", "--source", "esc100=/x"], "unknown dataset 'esc100'"),
+        (["compile", "demo", "--image-digest", "cuda=sha256:12ab"],
+         "image digest cuda='sha256:12ab': expected sha256:<64 hex digits>"),
+        (["compile", "demo", "--image-digest", "gpu=sha256:" + "0" * 64], "cluster options: image_digests.gpu.[key]: Input should be 'cpu' or 'cuda'"),
+        (["compile", "demo", "--retry-max-duration", "3days"],
+         "cluster options: retry_max_duration: '3days' is not a duration; expected a number and a unit s, m, h, d or w"),
     ],
 )
 def test_user_mistakes_are_one_line_errors(argv, expected, capsys, tmp_path, monkeypatch):
@@ -98,13 +103,14 @@ def test_show_prints_grid_id_and_runs(capsys: pytest.CaptureFixture):
 
 
 def test_submit_to_kfp_api_test_double(capsys: pytest.CaptureFixture):
-    with kfp_api_double() as api:
+    with kfp_api_double(multi_user=True, tag_name="2.17.0") as api:
         code, out, err = _run([
             "submit", "demo", "--host", api.url, "--namespace", "team-a", "--existing-token", "secret-token",
             "--experiment", "intermix-demo", "--store", "s3://intermix-data/grids", "--tracking-uri", "http://mlflow:5000",
             "--node-selector", "nvidia.com/gpu.present=true", "--toleration", "nvidia.com/gpu:NoSchedule",
         ], capsys)
         assert code == 0, err
+        assert "warning" not in err  # a current backend: nothing to warn about
         exp_posts = [r for r in api.requests if r.method == "POST" and r.path.endswith("/experiments")]
         assert [r.body["display_name"] for r in exp_posts] == ["intermix-demo"]
         assert exp_posts[0].body["namespace"] == "team-a"
@@ -126,15 +132,95 @@ def test_submit_to_kfp_api_test_double(capsys: pytest.CaptureFixture):
         assert api.runs and next(iter(api.runs)) in out
 
         # a one-fold rerun of the same grid goes to the same experiment
-        code, out, err = _run([
+        rerun_args = [
             "rerun", "--grid", "demo", "--dataset", "esc10", "--setup", "piczak_cnn", "--strategy", "bc", "--fold", "2",
             "--restart", "--host", api.url, "--namespace", "team-a", "--existing-token", "secret-token",
             "--experiment", "intermix-demo", "--store", "s3://intermix-data/grids",
-        ], capsys)
+        ]
+        code, out, err = _run(rerun_args, capsys)
         assert code == 0, err
         rerun = api.created_runs()[-1]
         assert rerun["runtime_config"]["parameters"]["restart"] is True
         assert "rerun esc10/piczak_cnn/bc/fold2" in rerun["display_name"]
+        assert len(api.experiments) == 1
+        # the same rerun again while the first one is still pending: reported, not duplicated
+        code, out, err = _run(rerun_args, capsys)
+        assert code == 0, err
+        assert "already pending" in out and len(api.runs) == 2
+
+
+@pytest.mark.parametrize(
+    "behaviour, argv, expected",
+    [
+        (dict(multi_user=True), [], "this KFP is multi-user: give --namespace"),
+        (dict(tag_name="2.4.1"), [], "KFP backend 2.4.1 is too old; intermix needs 2.5.0 or newer"),
+        (dict(v2=False), [], "KFP backend 1.8.5 has no v2 API; intermix needs KFP 2.5.0 or newer"),
+        (dict(auth={"cookie": "oauth2_proxy_kubeflow=abc"}), [], "redirected to /dex/auth?client_id=kubeflow (a login page?)"),
+    ],
+    ids=["multi-user-without-namespace", "old-backend", "kfp-v1", "login-page"],
+)
+def test_submit_refuses_a_server_it_cannot_use(behaviour, argv, expected, capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("KFP_NAMESPACE", raising=False)
+    with kfp_api_double(**behaviour) as api:
+        code, out, err = _run(["submit", "demo", "--host", api.url, "--store", "s3://b/p", *argv], capsys)
+        assert code == 2, out + err
+        assert expected in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert not api.experiments and not api.runs  # refused before anything was created
+
+
+@pytest.mark.parametrize(
+    "behaviour, argv, warning",
+    [
+        (dict(tag_name="2.17.0"), [], None),
+        (dict(tag_name="2.14.3"), [], "before 2.17.0 the UI can show a finished fold loop as running"),
+        (dict(tag_name="unknown"), [], "KFP backend version 'unknown' is not a release tag"),
+        (dict(tag_name="2.4.1"), ["--skip-version-check"], "KFP backend 2.4.1 is too old"),
+        (dict(multi_user=True, tag_name="2.5.0"), ["--namespace", "team-b"], "before 2.17.0"),
+        (dict(multi_user=True, auth={"cookie": "oauth2_proxy_kubeflow=abc"}),
+         ["--namespace", "team-b", "--cookies", "oauth2_proxy_kubeflow=abc"], None),
+    ],
+    ids=["single-user-current", "single-user-2.14", "dev-build", "old-forced", "multi-user-2.5", "multi-user-cookies"],
+)
+def test_submit_to_single_and_multi_user_old_and_new_servers(behaviour, argv, warning, capsys, monkeypatch):
+    monkeypatch.delenv("KFP_NAMESPACE", raising=False)
+    with kfp_api_double(**behaviour) as api:
+        code, out, err = _run(["submit", "demo", "--host", api.url, "--store", "s3://b/p", *argv], capsys)
+        assert code == 0, err
+        assert len(api.runs) == 1
+        warnings = [line for line in err.splitlines() if line.startswith("intermix: warning:")]
+        assert (warning is None and not warnings) or (warning is not None and warning in warnings[0])
+        namespace = argv[argv.index("--namespace") + 1] if "--namespace" in argv else None
+        assert (next(iter(api.experiments.values())).get("namespace") or None) == namespace
+        if "--cookies" in argv:
+            assert all(r.headers.get("cookie") == "oauth2_proxy_kubeflow=abc" for r in api.requests)
+
+
+def test_submit_after_a_partial_failure_creates_only_the_missing_runs(tmp_path: Path, capsys: pytest.CaptureFixture):
+    grid = tmp_path / "three.yaml"
+    grid.write_text("name: three\ndatasets: [esc10]\nsetups: [piczak_cnn, m18, envnet]\nstrategies: [bc]\n"
+                    "folds: [1]\nsources: {esc10: demo}\n")
+    argv = ["submit", str(grid), "--store", "s3://b/p"]
+    with kfp_api_double(fail_runs_after=1) as api:
+        code, _, err = _run([*argv, "--host", api.url], capsys)
+        assert code == 1
+        first = next(iter(api.runs.values()))
+        # which runs exist, which failed, which were not tried, and what to do
+        assert f"created: {first['run_id']}  {first['display_name']}" in err
+        assert "creating the run of esc10/m18 failed: " in err and "not created: esc10/m18, esc10/envnet" in err
+        assert "submit the same command again" in err and "Traceback" not in err
+
+        api.fail_runs_after = None  # the server recovers; the same command again
+        code, out, err = _run([*argv, "--host", api.url], capsys)
+        assert code == 0, err
+        assert sorted(r["display_name"].split()[-1] for r in api.runs.values()) == ["esc10/envnet", "esc10/m18", "esc10/piczak_cnn"]
+        assert "(2 created, 1 already there)" in out and "(existing, PENDING)" in out
+
+        code, out, _ = _run([*argv, "--host", api.url], capsys)  # nothing is duplicated
+        assert code == 0 and len(api.runs) == 3 and "(0 created, 3 already there)" in out
+
+        api.set_state(first["display_name"], "FAILED")  # a failed run is submitted again (the cache skips done folds)
+        code, out, _ = _run([*argv, "--host", api.url], capsys)
+        assert code == 0 and len(api.runs) == 4 and "(1 created, 2 already there)" in out
         assert len(api.experiments) == 1
 
 

@@ -12,17 +12,19 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from components.image import IMAGE_CPU, IMAGE_GPU
+from components.image import IMAGE_CPU, IMAGE_GPU, IMAGE_REPOSITORY
 from intermix_core import __version__
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "intermix"
 GPU_VALUES = CHART / "ci" / "gpu-values.yaml"
+MULTI_USER_VALUES = CHART / "ci" / "multi-user-values.yaml"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 DOCS = ROOT / "docs" / "cluster.md"
 K8S_VERSION = "1.33.0"
@@ -33,6 +35,8 @@ NAMESPACE = "kubeflow"
 RENDERS = {
     "default": (),
     "gpu": ("-f", str(GPU_VALUES)),
+    # Istio, pod labels/annotations, MLflow auth, the data cache volume and a GPU quota
+    "multi-user": ("-f", str(MULTI_USER_VALUES)),
     "external-db": (
         "--set", "postgresql.enabled=false", "--set", "externalDatabase.host=db.example.internal",
         "--set", "externalDatabase.password=pw", "--set", "s3.existingSecret=",
@@ -136,25 +140,45 @@ def test_dockerfile_has_cpu_and_cuda_targets_running_as_non_root() -> None:
         assert user not in ("root", "0"), f"target {target} runs as {users[0]}"
 
 
+def _arg_default(stage: list[tuple[str, str]], name: str) -> str | None:
+    for keyword, args in stage:
+        if keyword == "ARG" and args.split("=", 1)[0] == name:
+            return args.split("=", 1)[1].strip('"') if "=" in args else None
+    return None
+
+
 def test_dockerfile_pins_torch_and_every_pip_install() -> None:
     stages = _dockerfile_stages()
+    # where torch comes from is a build argument; the defaults are the real registries' (CPU index / PyPI)
+    indexes = {"cpu": "https://download.pytorch.org/whl/cpu", "cuda": ""}
     for target, venv in (("cpu", "venv-cpu"), ("cuda", "venv-cuda")):
         assert any(kw == "COPY" and f"--from={venv}" in args for kw, args in stages[target])
         installs = " ".join(args for kw, args in stages[venv] if kw == "RUN")
         assert "torch==2.11.0" in installs and "torchaudio==2.11.0" in installs, venv
-        cpu_index = "--index-url https://download.pytorch.org/whl/cpu" in installs
-        assert cpu_index == (target == "cpu"), f"{venv}: torch index is wrong for the {target} target"
+        arg = f"TORCH_{target.upper()}_INDEX_URL"
+        assert _arg_default(stages[venv], arg) == indexes[target], venv
+        assert f'${{{arg}:+--index-url "${arg}"}}' in installs, venv  # empty: PyPI
     for stage, instructions in stages.items():
         for keyword, args in instructions:
             for command in re.findall(r"pip install ([^&;]+)", args) if keyword == "RUN" else []:
                 tokens = command.split()
                 packages = [
                     t for i, t in enumerate(tokens)
-                    if not t.startswith("-") and not tokens[i - 1].endswith("-url")
+                    if not t.startswith(("-", "$")) and not tokens[i - 1].endswith("-url")
                 ]
                 for package in packages:
                     package = package.strip("\"'")
                     assert "==" in package or package.endswith(".whl"), f"{stage}: unpinned `{package}`"
+
+
+def test_build_local_script_builds_both_targets_offline() -> None:
+    script = (ROOT / "docker" / "build-local.sh").read_text()
+    assert "debootstrap --variant=minbase" in script and "podman import" in script
+    for flag in ("--build-arg PYTHON_IMAGE=", "--build-arg PIP_NO_INDEX=1", "--network none", "--runtime runc"):
+        assert flag in script
+    assert 'TARGETS="${TARGETS:-cpu cuda}"' in script
+    result = _run("bash", "-n", str(ROOT / "docker" / "build-local.sh"))
+    assert result.returncode == 0, result.stderr
 
 
 def test_dockerfile_installs_nothing_at_run_time() -> None:
@@ -174,13 +198,14 @@ def test_image_version_agrees_with_package_and_components() -> None:
     assert chart["appVersion"] == __version__
 
 
-def test_docs_build_and_push_the_tags_the_components_use() -> None:
+def test_docs_build_and_push_the_tags_the_pipelines_use() -> None:
     docs = DOCS.read_text()
-    assert IMAGE_CPU in docs and IMAGE_GPU in docs
+    # the names come from components.image (by commit), never typed by hand
+    assert "eval \"$(.venv/bin/python -m components.image --shell)\"" in docs
     for target, variable in (("cpu", "IMAGE_CPU"), ("cuda", "IMAGE_GPU")):
         assert re.search(rf"docker buildx build [^\n]*--target {target}\b[^`]*--tag \"\${variable}\"", docs, re.S)
-        assert f"from components.image import {variable}" in docs
-    assert "--build-arg VERSION=" in docs
+    assert '--build-arg VERSION="$VERSION"' in docs and '--build-arg GIT_COMMIT="$GIT_COMMIT"' in docs
+    assert IMAGE_REPOSITORY in docs and "--image-repository" in docs
 
 
 def test_dockerignore_keeps_the_context_to_the_package() -> None:
@@ -193,7 +218,8 @@ def test_dockerignore_keeps_the_context_to_the_package() -> None:
 # ---------------------------------------------------------------- chart: lint, schema, values
 
 
-@pytest.mark.parametrize("values", [(), ("-f", str(GPU_VALUES))], ids=["default", "gpu"])
+@pytest.mark.parametrize("values", [(), ("-f", str(GPU_VALUES)), ("-f", str(MULTI_USER_VALUES))],
+                         ids=["default", "gpu", "multi-user"])
 def test_helm_lint_strict(values: tuple[str, ...]) -> None:
     result = _run(_require("helm"), "lint", "--strict", str(CHART), *values)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -202,12 +228,36 @@ def test_helm_lint_strict(values: tuple[str, ...]) -> None:
 @pytest.mark.parametrize("render", RENDERS)
 def test_rendered_manifests_validate_against_kubernetes_schemas(render: str) -> None:
     validate = _require("kubernetes-validate")
-    text = _template_text(*RENDERS[render])
-    result = _run(validate, "--strict", "-k", K8S_VERSION, "-", stdin=text)
+    docs = _render(*RENDERS[render])
+    core = [d for d in docs if not d["apiVersion"].startswith(ISTIO_API)]
+    result = _run(validate, "--strict", "-k", K8S_VERSION, "-", stdin=yaml.safe_dump_all(core))
     assert result.returncode == 0, result.stdout + result.stderr
     # an empty stream also "passes": count that every document was checked
     passed = len(re.findall(r"passed for resource", result.stdout + result.stderr))
-    assert passed == len(_render(*RENDERS[render])) > 0
+    assert passed == len(core) > 0
+    for doc in docs:
+        if doc["apiVersion"].startswith(ISTIO_API):
+            _validate_istio(doc)
+
+
+ISTIO_API = "security.istio.io/"
+
+
+def _validate_istio(doc: dict) -> None:
+    """Validate an Istio resource against Istio's own API models (cloudcoil-models-istio, generated from
+    the Istio CRDs), strictly: a field the model does not know is an error, not silently dropped."""
+    models = pytest.importorskip("cloudcoil.models.istio.security.v1", reason="pip install cloudcoil-models-istio")
+    model = getattr(models, doc["kind"])
+    parsed = model.model_validate(doc)
+
+    def strip(node: object) -> object:
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if v not in (None, {}, [])}
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        return node
+
+    assert strip(parsed.model_dump(by_alias=True, exclude_none=True, mode="json")) == strip(doc), doc["kind"]
 
 
 @pytest.mark.parametrize("override", ["unknownKey=1", "mlflow.unknownKey=1", "mlflow.resources.limits.gpu=1"])
@@ -365,3 +415,176 @@ def test_cluster_options_load_into_the_pipeline_model() -> None:
     data = next(d for d in _render(*RENDERS["gpu"]) if d["kind"] == "ConfigMap")["data"]
     options = options_module.ClusterOptions.model_validate(yaml.safe_load(data["cluster-options.yaml"]))
     assert options.gpus == 1 and options.tolerations[0].key == "nvidia.com/gpu"
+
+
+# ---------------------------------------------------------------- chart: cluster hardening (issue 10)
+
+
+def _workload_pods(docs: list[dict]) -> dict[str, dict]:
+    """Component name -> pod template labels of the chart's workloads."""
+    return {doc["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]:
+            doc["spec"]["template"]["metadata"]["labels"]
+            for doc in docs if doc["kind"] in ("Deployment", "StatefulSet")}
+
+
+def test_istio_policies_admit_sidecar_less_pipeline_pods() -> None:
+    docs = _render(*RENDERS["multi-user"])
+    pods = _workload_pods(docs)
+    istio = [d for d in docs if d["apiVersion"].startswith(ISTIO_API)]
+    (peer,) = [d for d in istio if d["kind"] == "PeerAuthentication"]
+    assert peer["spec"]["mtls"]["mode"] == "PERMISSIVE"  # plaintext from pods without a sidecar is accepted
+    assert all(peer["spec"]["selector"]["matchLabels"].items() <= labels.items() for labels in pods.values())
+    policies = {d["metadata"]["name"]: d["spec"] for d in istio if d["kind"] == "AuthorizationPolicy"}
+    assert set(policies) == {"intermix-mlflow", "intermix-s3", "intermix-postgresql"}
+    for name, spec in policies.items():
+        assert spec["action"] == "ALLOW"
+        # each policy selects exactly its own server
+        assert [c for c, labels in pods.items() if spec["selector"]["matchLabels"].items() <= labels.items()] == [name.split("-", 1)[1]]
+    assert policies["intermix-mlflow"]["rules"] == [{"to": [{"operation": {"ports": ["5000"]}}]}]
+    service_account = next(d for d in docs if d["kind"] == "ServiceAccount")["metadata"]["name"]
+    assert policies["intermix-postgresql"]["rules"] == [{
+        "from": [{"source": {"principals": [f"cluster.local/ns/{NAMESPACE}/sa/{service_account}"]}}],
+        "to": [{"operation": {"ports": ["5432"]}}],
+    }]
+    assert policies["intermix-s3"]["rules"] == [{"to": [{"operation": {"ports": ["8333"]}}]}]
+    # an external S3 needs no policy here; without istio.enabled nothing Istio is rendered
+    external = _render("-f", str(MULTI_USER_VALUES), "--set", "s3.enabled=false", "--set", "s3.endpoint=https://s3.example.org")
+    assert "intermix-s3" not in {d["metadata"]["name"] for d in external if d["kind"] == "AuthorizationPolicy"}
+    assert not [d for d in _render() if d["apiVersion"].startswith(ISTIO_API)]
+
+
+def test_pod_labels_and_annotations_on_every_chart_pod() -> None:
+    values = yaml.safe_load(MULTI_USER_VALUES.read_text())
+    specs = _pod_specs(_render(*RENDERS["multi-user"]))
+    assert {name for name, _, _ in specs} >= {"intermix-mlflow", "intermix-postgresql", "intermix-test"}
+    for name, meta, _ in specs:
+        assert values["podLabels"].items() <= meta["labels"].items(), name
+        assert values["podAnnotations"].items() <= meta.get("annotations", {}).items(), name
+    for _, meta, _ in _pod_specs(_render()):
+        assert "team" not in meta["labels"] and "example.org/owner" not in meta.get("annotations", {})
+
+
+@pytest.mark.parametrize("component", ["s3", "postgresql"])
+def test_statefulsets_are_governed_by_headless_services(component: str) -> None:
+    docs = _render()
+    sts = next(d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == f"intermix-{component}")
+    service = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == sts["spec"]["serviceName"])
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_seaweedfs_is_sized_for_the_paper_grid() -> None:
+    docs = _render()
+    sts = next(d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "intermix-s3")
+    container = sts["spec"]["template"]["spec"]["containers"][0]
+    assert "-s3.concurrentUploadLimitMB=2048" in container["args"]  # uploads queue instead of exhausting memory
+    limits = container["resources"]["limits"]
+    assert _quantity(limits["memory"]) > 2048 * 2**20 and _quantity(limits["cpu"]) >= 2
+    # ~170 GB of checkpoints + prepared datasets (docs/cluster.md, sizing)
+    claim = sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+    assert _quantity(claim) >= 200 * 2**30
+
+
+def _quantity(text: str) -> float:
+    from pipelines.options import quantity_value
+
+    return quantity_value(str(text))
+
+
+@pytest.mark.parametrize("render", ["default", "multi-user"])
+def test_task_resources_and_fan_out_reach_the_pipeline(render: str) -> None:
+    from pipelines.options import ClusterOptions
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["pipeline"]
+    data = next(d for d in _render(*RENDERS[render]) if d["kind"] == "ConfigMap")["data"]
+    options = ClusterOptions.model_validate(yaml.safe_load(data["cluster-options.yaml"]))
+    for kind, res in values["resources"].items():
+        got = options.resources[kind]
+        assert (got.cpu_request, got.cpu_limit, got.memory_request, got.memory_limit, got.scratch) == (
+            res["cpuRequest"], res["cpuLimit"], res["memoryRequest"], res["memoryLimit"], res["scratch"])
+    assert options.parallelism == values["parallelism"] == 2
+    assert (options.retries, options.retry_backoff, options.retry_max_duration) == (2, "60s", None)
+    if render == "multi-user":
+        assert options.image_repository == "registry.example.org/lab/intermix"
+        assert options.pod_labels == {"team": "audio-ml"}
+        # the pipelines log in to MLflow with the auth Secret's account
+        assert options.secret_env["intermix-mlflow-auth"] == ["MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"]
+        assert options.data_cache_pvc == "intermix-data-cache" and options.data_cache_max_gb == 150
+
+
+def test_data_cache_is_a_hostpath_volume_bound_to_one_claim() -> None:
+    docs = _render(*RENDERS["multi-user"])
+    (pv,) = [d for d in docs if d["kind"] == "PersistentVolume"]
+    (pvc,) = [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    assert pv["spec"]["hostPath"] == {"path": "/var/lib/intermix-cache", "type": "DirectoryOrCreate"}
+    assert "nodeAffinity" not in pv["spec"]  # every pod mounts its own node's folder
+    assert pv["spec"]["claimRef"] == {"namespace": NAMESPACE, "name": pvc["metadata"]["name"]}
+    assert pvc["spec"]["volumeName"] == pv["metadata"]["name"] and NAMESPACE in pv["metadata"]["name"]
+    assert pv["spec"]["accessModes"] == pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert pv["spec"]["storageClassName"] == pvc["spec"]["storageClassName"] == ""
+    assert pv["spec"]["persistentVolumeReclaimPolicy"] == "Retain"
+
+
+def test_gpu_quota_limits_only_the_gpu_resource() -> None:
+    (quota,) = [d for d in _render(*RENDERS["multi-user"]) if d["kind"] == "ResourceQuota"]
+    assert quota["spec"]["hard"] == {"requests.nvidia.com/gpu": "8"}  # no CPU/memory: KFP's driver pods have no requests
+    assert not [d for d in _render() if d["kind"] == "ResourceQuota"]
+
+
+def test_mlflow_auth_takes_its_accounts_from_the_secret() -> None:
+    deployment = next(d for d in _render(*RENDERS["multi-user"]) if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    for name, key in (("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_TRACKING_USERNAME"),
+                      ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_TRACKING_PASSWORD"),
+                      ("MLFLOW_FLASK_SERVER_SECRET_KEY", "MLFLOW_FLASK_SERVER_SECRET_KEY")):
+        assert env[name]["valueFrom"]["secretKeyRef"] == {"name": "intermix-mlflow-auth", "key": key}
+    script = container["args"][0]
+    assert "exec mlflow server --app-name basic-auth" in script and "$MLFLOW_AUTH_CONFIG_PATH" in script
+    assert env["MLFLOW_AUTH_CONFIG_PATH"]["value"].startswith("/tmp/")  # the writable emptyDir
+
+
+def test_mlflow_auth_start_script_runs(tmp_path: Path) -> None:
+    """The rendered start script, run for real (sqlite instead of PostgreSQL, a free port): the server
+    comes up behind basic auth, /health stays open for the probes, the Secret's account logs in."""
+    import base64
+    import os
+    import signal
+    import urllib.error
+    import urllib.request
+
+    from servers import free_ports
+
+    deployment = next(d for d in _render(*RENDERS["multi-user"]) if d["kind"] == "Deployment")
+    script = deployment["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    (port,) = free_ports(1)
+    script = script.replace("--host 0.0.0.0 --port 5000", f"--host 127.0.0.1 --port {port}").replace('"2"', '"1"')
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path}/mlflow.db", "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "auth.ini"),
+           "AUTH_DEFAULT_PERMISSION": "READ", "MLFLOW_AUTH_ADMIN_USERNAME": "pipelines",
+           "MLFLOW_AUTH_ADMIN_PASSWORD": "a-long-test-password-1", "MLFLOW_FLASK_SERVER_SECRET_KEY": "k" * 32,
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "HOME": str(tmp_path)}
+    proc = subprocess.Popen(["/bin/sh", "-ec", script], env=env, cwd=tmp_path, start_new_session=True,
+                            stdout=open(tmp_path / "log", "w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise AssertionError((tmp_path / "log").read_text()[-3000:])
+        api = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"
+        with pytest.raises(urllib.error.HTTPError) as denied:
+            urllib.request.urlopen(api, timeout=10)
+        assert denied.value.code == 401
+        token = base64.b64encode(b"pipelines:a-long-test-password-1").decode()
+        with urllib.request.urlopen(urllib.request.Request(api, headers={"Authorization": f"Basic {token}"}), timeout=10) as r:
+            assert r.status == 200
+        assert (tmp_path / "auth.ini").stat().st_mode & 0o077 == 0  # written with umask 077
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)

@@ -45,6 +45,19 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
+{{/* Pod template metadata of one component: its labels plus podLabels, and podAnnotations (call like componentLabels). */}}
+{{- define "intermix.podMetadata" -}}
+labels:
+  {{- include "intermix.componentLabels" . | nindent 2 }}
+  {{- with .root.Values.podLabels }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- with .root.Values.podAnnotations }}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
 {{- define "intermix.componentSelectorLabels" -}}
 {{ include "intermix.selectorLabels" .root }}
 app.kubernetes.io/component: {{ .component }}
