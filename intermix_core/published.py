@@ -1,6 +1,6 @@
 """The paper's published numbers as data (Sawhney & Neerkaje, ICASSP 2022, Tables 1-3 and section 5.1).
 
-All values are error rates in percent, transcribed from `shared/paper/intermix-paper.txt`.
+All values are error rates in percent, transcribed from the paper (ICASSP 2022, Tables 1-3 and section 5.1).
 Table 1 gives mean ± standard error over 5 folds for ESC-50 and ESC-10 and a bare mean for
 UrbanSound8K (its `se` is None). Table 2 (ablation) is on EnvNet-v2 + augmentation. Table 3 (FGSM)
 is on ESC-10; the paper does not say which model, so it is compared with every ESC-10 setup.

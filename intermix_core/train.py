@@ -127,13 +127,24 @@ def _temporary(path: Path) -> Path:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """torch.save through a private temporary file and rename: a checkpoint is whole or absent, never half-written."""
+    """torch.save through a private temporary file and rename: a checkpoint is whole or absent, never half-written.
+
+    A failed write (a full disk, a quota) removes the temporary file and raises OSError naming the
+    checkpoint and the system's reason; the previous checkpoint, if any, is left as it was.
+    """
     tmp = _temporary(path)
     try:
-        torch.save(state, tmp)
+        with tmp.open("wb") as f:  # a Python file: torch's writer then surfaces the OSError (errno) it hit
+            torch.save(state, f)
         os.replace(tmp, path)
-    except OSError as err:
-        raise OSError(err.errno, f"{path}: cannot save the checkpoint ({err.strerror or err})") from None
+    except (OSError, RuntimeError) as err:
+        cause: BaseException | None = err
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        reason = cause.strerror or str(cause)
+        raise OSError(cause.errno, f"{path}: cannot save the checkpoint ({reason}; is the disk full?)") from None
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -237,8 +237,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, StorageError, UsageError, FileNotFoundError, ValueError) as err:
-        # ValueError: what the core raises for inputs that do not fit (e.g. a fold the prepared data lacks)
+    except (ConfigError, DataError, StorageError, UsageError, OSError, ValueError) as err:
+        # ValueError: what the core raises for inputs that do not fit (e.g. a fold the prepared data lacks);
+        # OSError: the machine refused (a full disk, a missing or unwritable folder), named by the message
         if args.debug:
             raise
         for line in str(err).strip().splitlines() or [type(err).__name__]:

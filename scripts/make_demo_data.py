@@ -1,6 +1,6 @@
 """Regenerate the shipped demo dataset `intermix_core/demo_data/esc10_demo/` from ESC-10 in ESC-50 layout.
 
-    python scripts/make_demo_data.py /work/shared/data/esc10
+    python scripts/make_demo_data.py PATH/TO/ESC-10   # an ESC-10 (or ESC-50) folder in the ESC-50 layout
 
 Selection is deterministic: ESC-10 rows of folds 1-3, per (fold, class) the first N file names in
 sorted order. Clips are decoded, downmixed to mono, resampled to 22,050 Hz with the project's

@@ -24,7 +24,7 @@ from components import component_set
 from components.image import code_tag
 from intermix_core.grid import expand, grid_id, parse_grid
 
-pytestmark = pytest.mark.images
+pytestmark = [pytest.mark.images, pytest.mark.slow]  # -m "not slow" leaves it out too
 ROOT = Path(__file__).resolve().parents[1]
 UID = 10001
 TINY = {

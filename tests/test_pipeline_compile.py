@@ -18,7 +18,8 @@ from pipelines.options import (
     MIN_RETRY_WINDOW_S, ClusterOptions, Toleration, expected_train_seconds, quantity_value,
 )
 
-# Bounds for one KFP run (DESIGN.md: compiled size and Argo node count per run must stay small).
+# Bounds for one KFP run: compiled size and Argo node count per run must stay small (docs/pipelines.md,
+# "Why this respects the KFP scale limits").
 # Each run is one API request, so the per-run size is the limit that matters; the grid total
 # only adds them up (18 requests).
 MAX_RUN_YAML_BYTES = 64 * 1024

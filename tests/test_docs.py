@@ -1,0 +1,51 @@
+"""The docs stand alone: every relative link and every repository path they name exists in the repository."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = sorted([ROOT / "README.md", *ROOT.glob("docs/*.md"), *ROOT.glob("docker/*.md"), *ROOT.glob("charts/*/README.md")])
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+# `intermix_core/train.py`, `docs/method.md`, `tests/test_bank.py`, `scripts/gpu_study.sh`, `charts/intermix/values.yaml` ...
+REPO_PATH = re.compile(
+    r"`((?:intermix_core|pipelines|components|docs|tests|benchmarks|scripts|docker|charts|\.ci)/[\w./-]+?)(?::\w+)?`"
+)
+
+
+def _anchors(markdown: str) -> set[str]:
+    """GitHub-style anchors of a Markdown file's headings."""
+    out = set()
+    for line in markdown.splitlines():
+        if line.startswith("#"):
+            text = line.lstrip("#").strip().lower()
+            out.add(re.sub(r"[^\w\- ]", "", text).replace(" ", "-"))
+    return out
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_links_and_paths_resolve(doc: Path) -> None:
+    text = doc.read_text()
+    assert "../shared" not in text and "REFERENCE.md" not in text and "DESIGN.md" not in text, (
+        f"{doc.name} points outside the repository")
+    for target in LINK.findall(text):
+        if re.match(r"^[a-z]+://", target) or target.startswith("mailto:"):
+            continue
+        path, _, anchor = target.partition("#")
+        resolved = (doc.parent / path).resolve() if path else doc
+        assert resolved.exists(), f"{doc.name}: link {target} -> {resolved} does not exist"
+        if anchor and resolved.suffix == ".md":
+            assert anchor in _anchors(resolved.read_text()), f"{doc.name}: no heading #{anchor} in {resolved.name}"
+    for path in REPO_PATH.findall(text):
+        if "*" in path or "<" in path:
+            continue
+        assert (ROOT / path.rstrip("/")).exists(), f"{doc.name}: names {path}, which is not in the repository"
+
+
+def test_every_doc_is_linked_from_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for doc in ROOT.glob("docs/*.md"):
+        assert f"docs/{doc.name}" in readme, f"README.md does not link docs/{doc.name}"
