@@ -21,11 +21,14 @@ class StagedModel(nn.Module):
 
     Subclasses set `sample_rate`, `input_length`, `max_mix_layer` (M, the number of stages) and
     `paper_layers` (the stages that make up the paper's L = {1, 2, 3, 4}) and build `stages` / `head`. The input is a batch of
-    waveforms shaped (B, T) in [-1, 1]; the output is logits (B, num_classes).
+    waveforms shaped (B, T) in [-1, 1]; the output is logits (B, num_classes). `min_input_length` and
+    `max_input_length` (None: no upper bound) are the T it runs at (tests/test_models.py checks both edges).
     """
 
     sample_rate: int = 16000
     input_length: int = 24014
+    min_input_length: int = 1  # every model sets its own range; the test of the edges fails on these defaults
+    max_input_length: int | None = None
     max_mix_layer: int = 0
     paper_layers: tuple[int, ...] = (1, 2, 3, 4)
 
