@@ -8,7 +8,7 @@ import argparse
 import os
 import sys
 
-from intermix_core.config import DATASETS, STRATEGIES, ConfigError
+from intermix_core.config import DATASETS, STRATEGIES, ConfigError, cut
 from pipelines.commands import (
     UsageError, cmd_attack, cmd_compile, cmd_prepare, cmd_rerun, cmd_results, cmd_run, cmd_show, cmd_submit, cmd_train,
 )
@@ -202,8 +202,11 @@ def main(argv: list[str] | None = None) -> int:
         # ValueError: what the core raises for inputs that do not fit (e.g. a fold the prepared data lacks)
         if args.debug:
             raise
-        for line in str(err).strip().splitlines() or [type(err).__name__]:
-            print(f"intermix: error: {line}", file=sys.stderr)
+        lines = str(err).strip().splitlines() or [type(err).__name__]
+        for line in lines[:20]:  # messages cut user values already; this bounds anything that slipped through
+            print(f"intermix: error: {cut(line, 500)}", file=sys.stderr)
+        if len(lines) > 20:
+            print(f"intermix: error: ... and {len(lines) - 20} more lines", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("intermix: interrupted", file=sys.stderr)
