@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from intermix_core.config import DATASETS, ConfigError, format_validation_error
+from intermix_core.config import DATASETS, ConfigError, format_validation_error, short
 
 
 class UsageError(Exception):
@@ -25,7 +25,7 @@ def _pairs(items: list[str] | None, flag: str) -> dict[str, str]:
     for item in items or []:
         key, eq, value = item.partition("=")
         if not eq or not key:
-            raise UsageError(f"{flag} {item!r}: expected KEY=VALUE")
+            raise UsageError(f"{flag} {short(item)}: expected KEY=VALUE")
         out[key] = value
     return out
 
@@ -68,18 +68,20 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
-    for k in keys[:-1]:
+    if not all(keys):
+        raise UsageError(f"--set {short(dotted)}: expected KEY or SECTION.KEY, e.g. optim.epochs")
+    for depth, k in enumerate(keys[:-1]):
+        if depth == 0 and k == "strategy" and isinstance(data.get(k), str):
+            data[k] = {"name": data[k]}  # a preset by name (--strategy, or the file): strategy.KEY overrides its fields
         data = data.setdefault(k, {})
         if not isinstance(data, dict):
-            raise UsageError(f"--set {dotted}: {k} is not a section")
+            raise UsageError(f"--set {short(dotted)}: {'.'.join(keys[:depth + 1])} is {short(data)}, not a section")
     data[keys[-1]] = value
 
 
 def build_config(args: argparse.Namespace) -> Any:
     """ExperimentConfig from --config plus --dataset/--model/--strategy/--setup/--seed and --set KEY=VALUE."""
-    import yaml
-
-    from intermix_core.config import load_yaml, parse_config
+    from intermix_core.config import load_yaml, parse_config, parse_yaml
 
     data = load_yaml(args.config) if args.config else {}
     if not isinstance(data, dict):
@@ -88,7 +90,7 @@ def build_config(args: argparse.Namespace) -> Any:
         if getattr(args, key, None) is not None:
             data[key] = getattr(args, key)
     for dotted, text in _pairs(args.set, "--set").items():
-        _set_dotted(data, dotted, yaml.safe_load(text))
+        _set_dotted(data, dotted, parse_yaml(text, f"--set {short(dotted)}"))
     return parse_config(data, source=args.config or "command line")
 
 
