@@ -10,6 +10,7 @@ import hashlib
 import logging
 import math
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -411,3 +412,22 @@ def test_demo_dataset_ships_small_and_loads() -> None:
         info = sf.info(c.path)
         assert (info.samplerate, info.channels, info.subtype) == (22050, 1, "VORBIS")
         assert len(load_audio(c.path, 16000)) > 1000
+
+
+def test_failed_re_prepare_keeps_the_earlier_preparation(
+    subset: Path, prepared: tuple[Path, Manifest], tmp_path: Path,
+) -> None:
+    """A re-prepare that fails midway (a broken clip in the last fold) leaves the old preparation loadable."""
+    out = _copy(prepared, tmp_path)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    broken = Path(shutil.copytree(subset, tmp_path / "broken", symlinks=True))
+    last = [c for c in prepared[1].clips if c.fold == 2][-1]  # fold 1 is already built when this one fails
+    victim = broken / last.source
+    victim.unlink()
+    victim.write_bytes(b"OggS" + b"\0" * 100)
+    with pytest.raises(DataError, match=re.escape(str(victim))):
+        prepare_dataset(broken, "esc10", out, 8000, progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert not list(out.glob(".staging-*"))
+    data = load_prepared(out)
+    assert data.sample_rate == 16000 and data.manifest == prepared[1]
