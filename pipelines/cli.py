@@ -183,6 +183,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_error(err: BaseException, max_lines: int = 20) -> None:
+    """The error as `intermix: error: ...` lines: credentials in URIs removed, long lines and many lines cut."""
+    from intermix_core.redact import redact_uris
+
+    lines = str(err).strip().splitlines() or [type(err).__name__]
+    for line in lines[:max_lines]:  # messages cut user values already; this bounds anything that slipped through
+        print(f"intermix: error: {cut(redact_uris(line), 500)}", file=sys.stderr)
+    if len(lines) > max_lines:
+        print(f"intermix: error: ... and {len(lines) - max_lines} more lines", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `intermix` console script."""
     parser = build_parser()
@@ -202,12 +213,13 @@ def main(argv: list[str] | None = None) -> int:
         # ValueError: what the core raises for inputs that do not fit (e.g. a fold the prepared data lacks)
         if args.debug:
             raise
-        lines = str(err).strip().splitlines() or [type(err).__name__]
-        for line in lines[:20]:  # messages cut user values already; this bounds anything that slipped through
-            print(f"intermix: error: {cut(line, 500)}", file=sys.stderr)
-        if len(lines) > 20:
-            print(f"intermix: error: ... and {len(lines) - 20} more lines", file=sys.stderr)
+        _print_error(err)
         return 2
+    except Exception as err:
+        if args.debug or type(err).__name__ != "TrackingError":  # MLflow unreachable: not the user's mistake
+            raise
+        _print_error(err)
+        return 1
     except KeyboardInterrupt:
         print("intermix: interrupted", file=sys.stderr)
         return 130

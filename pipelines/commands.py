@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from intermix_core.config import DATASETS, ConfigError, format_validation_error, short
+from intermix_core.config import DATASETS, ConfigError, cut, format_validation_error, short
 
 
 class UsageError(Exception):
@@ -69,13 +69,13 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     if not all(keys):
-        raise UsageError(f"--set {short(dotted)}: expected KEY or SECTION.KEY, e.g. optim.epochs")
+        raise UsageError(f"--set {cut(dotted, 80)}: expected KEY or SECTION.KEY, e.g. optim.epochs")
     for depth, k in enumerate(keys[:-1]):
         if depth == 0 and k == "strategy" and isinstance(data.get(k), str):
             data[k] = {"name": data[k]}  # a preset by name (--strategy, or the file): strategy.KEY overrides its fields
         data = data.setdefault(k, {})
         if not isinstance(data, dict):
-            raise UsageError(f"--set {short(dotted)}: {'.'.join(keys[:depth + 1])} is {short(data)}, not a section")
+            raise UsageError(f"--set {cut(dotted, 80)}: {'.'.join(keys[:depth + 1])} is {short(data)}, not a section")
     data[keys[-1]] = value
 
 
@@ -90,7 +90,7 @@ def build_config(args: argparse.Namespace) -> Any:
         if getattr(args, key, None) is not None:
             data[key] = getattr(args, key)
     for dotted, text in _pairs(args.set, "--set").items():
-        _set_dotted(data, dotted, parse_yaml(text, f"--set {short(dotted)}"))
+        _set_dotted(data, dotted, parse_yaml(text, f"--set {cut(dotted, 80)}"))
     return parse_config(data, source=args.config or "command line")
 
 
@@ -215,7 +215,9 @@ def _report(report: Any, work: Any, tracking: bool) -> int:
               "or `intermix rerun` for one fold", file=sys.stderr)
         return 1
     if tracking:
-        print(f"MLflow: mlflow ui --backend-store-uri {work.tracking_uri}", file=sys.stderr)
+        from intermix_core.redact import redact_uris
+
+        print(f"MLflow: mlflow ui --backend-store-uri {redact_uris(work.tracking_uri)}", file=sys.stderr)
     return 0
 
 
