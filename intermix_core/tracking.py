@@ -161,10 +161,15 @@ def _schema_lock(tracking_uri: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+_QUIET = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+_quieted: list[bool] = []  # [True] once quiet_run_links silenced MLflow's links (the Tracker then prints its own)
+
+
 def quiet_run_links(tracking_uri: str | None) -> None:
     """Stop MLflow printing "View run ... at <uri>" lines when the URI carries credentials (it prints them verbatim)."""
-    if tracking_uri and has_credentials(tracking_uri):
-        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    if tracking_uri and has_credentials(tracking_uri) and not os.environ.get(_QUIET):
+        os.environ[_QUIET] = "true"
+        _quieted[:] = [True]
 
 
 def default_tracking_uri(cwd: str | Path | None = None) -> str:
@@ -221,7 +226,13 @@ class Tracker:
                  patience: float | None = None) -> None:
         self.tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
         if patience is None:
-            patience = float(os.environ.get(PATIENCE_ENV) or DEFAULT_PATIENCE)
+            value = os.environ.get(PATIENCE_ENV) or str(DEFAULT_PATIENCE)
+            try:
+                patience = float(value)
+            except ValueError:
+                patience = -1.0
+            if not 0 <= patience < math.inf:
+                raise ValueError(f"{PATIENCE_ENV}={cut(value, 40)}: expected a number of seconds, e.g. 300")
         self.patience = patience
         quiet_run_links(self.tracking_uri)
         with _schema_lock(self.tracking_uri):  # opening a sqlite store creates or upgrades its schema
@@ -485,7 +496,8 @@ class Tracker:
 
     def _print_link(self, run: Run) -> None:
         """MLflow's "View run" line, with credentials removed, where quiet_run_links silenced MLflow's own."""
-        if os.environ.get("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT") and self.tracking_uri.startswith(("http://", "https://")):
+        if _quieted and os.environ.get(_QUIET) and has_credentials(self.tracking_uri) and \
+                self.tracking_uri.startswith(("http://", "https://")):
             url = f"{self.tracking_uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
             print(f"View run {run.info.run_name} at: {redact_uris(url)}", flush=True)
 
