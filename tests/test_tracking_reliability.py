@@ -28,7 +28,8 @@ from intermix_core.tracking import Tracker, TrackingError
 
 TESTS = Path(__file__).resolve().parent
 
-# One fold through a Tracker in its own process: wait at the barrier, then start_fold, log_epoch x3, finish_fold.
+# One fold in its own process: wait at the barrier, then for each store (a " "-separated list of URIs, each
+# opened only now: the first open of a sqlite store creates its schema) start_fold, log_epoch x3, finish_fold.
 CHILD = """
 import sys, time
 from pathlib import Path
@@ -36,43 +37,52 @@ sys.path.insert(0, {tests!r})
 from test_tracking import fold_result
 from intermix_core.config import ExperimentConfig, OptimConfig
 from intermix_core.tracking import Tracker
-uri, experiment, grid, dataset, strategy, fold, error, barrier, me = sys.argv[1:10]
-tracker = Tracker(uri, experiment=experiment)
+uris, experiment, grid, dataset, strategy, fold, error, barrier, me = sys.argv[1:10]
 cfg = ExperimentConfig(dataset=dataset, model="envnet_v2", strategy=strategy, optim=OptimConfig(epochs=3))
+result = fold_result(cfg, int(fold), float(error))
 Path(barrier, "ready-" + me).touch()
 while not Path(barrier, "go").exists():
     time.sleep(0.005)
-run_id = tracker.start_fold(cfg, int(fold), grid)
-result = fold_result(cfg, int(fold), float(error))
-for record in result.history:
-    tracker.log_epoch(run_id, record)
-tracker.finish_fold(run_id, result)
-print(run_id)
+for uri in uris.split():
+    tracker = Tracker(uri, experiment=experiment)
+    run_id = tracker.start_fold(cfg, int(fold), grid)
+    for record in result.history:
+        tracker.log_epoch(run_id, record)
+    tracker.finish_fold(run_id, result)
+    print(run_id)
 """
 
 
-def run_together(tmp_path: Path, uri: str, experiment: str, grid: str, folds: list[tuple[str, str, int, float]],
-                 timeout: float = 240.0) -> list[str]:
-    """Run one CHILD per (dataset, strategy, fold, error), released at once; return their run ids."""
+def run_together(tmp_path: Path, uris: str, experiment: str, grid: str, folds: list[tuple[str, str, int, float]],
+                 timeout: float = 400.0) -> list[str]:
+    """Run one CHILD per (dataset, strategy, fold, error), released at once; return their (last) run ids."""
     barrier = tmp_path / f"barrier-{uuid.uuid4().hex[:6]}"
     barrier.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     code = CHILD.format(tests=str(TESTS))
-    procs = [subprocess.Popen([sys.executable, "-c", code, uri, experiment, grid, d, s, str(f), str(e), str(barrier),
-                               str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    procs = [subprocess.Popen([sys.executable, "-c", code, uris, experiment, grid, d, s, str(f), str(e), str(barrier),
+                               str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                              cwd=tmp_path)  # a sqlite store's artifacts go to ./mlruns
              for i, (d, s, f, e) in enumerate(folds)]
     deadline = time.monotonic() + timeout
-    while len(list(barrier.glob("ready-*"))) < len(procs):
-        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), [p.stderr.read() for p in procs if p.poll() is not None]
-        time.sleep(0.05)
-    (barrier / "go").touch()
-    ids = []
-    for p in procs:
-        out, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-        assert p.returncode == 0, err[-3000:]
-        assert "Traceback" not in err
-        ids.append(out.split()[-1])
-    return ids
+    try:
+        while len(list(barrier.glob("ready-*"))) < len(procs):
+            failed = [p.communicate()[1][-3000:] for p in procs if p.poll() is not None]
+            assert time.monotonic() < deadline and not failed, failed
+            time.sleep(0.05)
+        (barrier / "go").touch()
+        ids = []
+        for p in procs:
+            out, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            assert p.returncode == 0, err[-3000:]
+            assert "Traceback" not in err
+            ids.append(out.split()[-1])
+        return ids
+    finally:
+        for p in procs:  # a failed test leaves no child waiting at the barrier
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
 
 def current_runs(tracker: Tracker, grid: str, dataset: str, strategy: str, fold: int) -> list:
@@ -110,10 +120,13 @@ def test_two_processes_training_one_fold_leave_one_current_run(tracker: Tracker,
     """Two processes start the same fold at the same moment: exactly one current run, exact parent statistics."""
     grid = "twins-b"
     experiment = tracker.client.get_experiment(tracker.experiment_id).name
+    cfg = cfg_for("intermix")
+    run_id = tracker.start_fold(cfg, 2, grid)
+    tracker.finish_fold(run_id, fold_result(cfg, 2, 20.0))
     ids = run_together(tmp_path, mlflow_tracking.url, experiment, grid,
-                       [("esc10", "intermix", 1, 10.0), ("esc10", "intermix", 1, 10.0), ("esc10", "intermix", 2, 20.0)])
+                       [("esc10", "intermix", 1, 10.0), ("esc10", "intermix", 1, 10.0)])
     runs = tracker.fold_runs(grid, "esc10", "envnet_v2", "intermix", fold=1)
-    assert sorted(r.info.run_id for r in runs) == sorted(ids[:2])
+    assert sorted(r.info.run_id for r in runs) == sorted(ids)
     current = current_runs(tracker, grid, "esc10", "intermix", 1)
     assert len(current) == 1 and current[0].info.status == "FINISHED"
     loser = next(r for r in runs if r.info.run_id != current[0].info.run_id)
@@ -124,42 +137,47 @@ def test_two_processes_training_one_fold_leave_one_current_run(tracker: Tracker,
     assert parent.data.metrics["test_error_se"] == pytest.approx(5.0)
 
 
+@pytest.mark.slow
 def test_eight_concurrent_writers_give_exact_parent_statistics(tracker: Tracker, tmp_path: Path,
                                                                mlflow_tracking: MlflowServer) -> None:
-    """Eight folds of one cell finish at once in eight processes: n_folds 8, mean 45.0, SE 8.660254."""
+    """Eight folds of one cell in eight processes at once, each to the MLflow server and to a fresh sqlite store.
+
+    The server: exact parent statistics (n_folds 8, mean 45.0, SE 8.660254). The sqlite store did not
+    exist: all eight open it at the same moment, the schema is created once, every write succeeds.
+    """
     grid = "eight"
     experiment = tracker.client.get_experiment(tracker.experiment_id).name
+    sqlite = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
     errors = [10.0 * f for f in range(1, 9)]
-    run_together(tmp_path, mlflow_tracking.url, experiment, grid,
+    run_together(tmp_path, f"{sqlite} {mlflow_tracking.url}", experiment, grid,
                  [("urbansound8k", "bc", f, e) for f, e in zip(range(1, 9), errors)])
     parent = tracker.find_parent(grid, "urbansound8k", "envnet_v2", "bc")
     m = parent.data.metrics
     assert parent.info.status == "FINISHED" and m["n_folds"] == 8
     assert m["test_error_mean"] == pytest.approx(45.0)
     assert m["test_error_se"] == pytest.approx(statistics.stdev(errors) / math.sqrt(8)) == pytest.approx(8.660254)
-
-
-# ------------------------------------------------------------------ a fresh sqlite store (item 7)
-
-def test_eight_first_writers_to_a_fresh_sqlite_store(tmp_path: Path) -> None:
-    """Eight processes open a sqlite store that does not exist yet: the schema is created once, all succeed."""
-    uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
-    errors = [10.0 * f for f in range(1, 9)]
-    run_together(tmp_path, uri, "intermix", "sqlite", [("urbansound8k", "bc", f, e) for f, e in zip(range(1, 9), errors)],
-                 timeout=400.0)
-    t = Tracker(uri)
-    stats = t.update_parent("sqlite", "urbansound8k", "envnet_v2", "bc")
+    local = Tracker(sqlite, experiment=experiment)
+    stats = local.update_parent(grid, "urbansound8k", "envnet_v2", "bc")
     assert stats["n_folds"] == 8 and stats["test_error_mean"] == pytest.approx(45.0)
-    assert len(t.fold_runs("sqlite", "urbansound8k", "envnet_v2", "bc")) == 8
+    runs = local.fold_runs(grid, "urbansound8k", "envnet_v2", "bc")
+    assert len(runs) == 8 and all(r.info.status == "FINISHED" for r in runs)
 
 
 # ------------------------------------------------------------------ MLflow outages (item 5)
 
+@pytest.fixture(scope="module")
+def own_server(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """An MLflow server of this module's outage tests (stopping it must not disturb the session's)."""
+    workdir = tmp_path_factory.mktemp("own-mlflow")
+    with mlflow_server(workdir, s3_server, bucket="intermix-mlflow", prefix=f"own-{workdir.name}") as server:
+        yield server
+
+
 @pytest.fixture
-def own_mlflow(s3_server: S3Server, tmp_path: Path) -> Iterator[MlflowServer]:
-    """An MLflow server of this test alone (stopping it must not disturb the session's)."""
-    with mlflow_server(tmp_path / "own-mlflow", s3_server, bucket="intermix-mlflow", prefix=f"own-{tmp_path.name}") as s:
-        yield s
+def own_mlflow(own_server: MlflowServer) -> MlflowServer:
+    """The module's own MLflow server, running (an earlier test may have left it stopped)."""
+    own_server.start()
+    return own_server
 
 
 def record(epoch: int) -> EpochRecord:
