@@ -7,6 +7,7 @@ processes released together through a file barrier.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import statistics
@@ -267,16 +268,23 @@ def demo_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
 EPOCHS = 8
 
 
+@contextlib.contextmanager
 def train_in_background(data: Path, out: Path, url: str, grid: str, patience: float, *extra: str,
-                        env: dict[str, str] | None = None) -> subprocess.Popen:
-    """`intermix train` of a tiny PiczakCNN fold as a separate process, logging to `url`."""
+                        env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    """`intermix train` of a tiny PiczakCNN fold as a separate process, logging to `url` (killed if still running at exit)."""
     sets = [f"optim.epochs={EPOCHS}", "optim.batch_size=16", "optim.eval_every=2", "optim.checkpoint_every=2",
             "num_crops=1", "attack.epsilons=[0.01]"]
     argv = [sys.executable, "-m", "pipelines.cli", "train", "--dataset", "esc10", "--model", "piczak_cnn",
             "--strategy", "bc", *[a for s in sets for a in ("--set", s)], "--data", str(data), "--fold", "1",
             "--out", str(out), "--tracking-uri", url, "--grid-id", grid, "--device", "cpu", *extra]
     env = {**os.environ, **(env or {}), "INTERMIX_MLFLOW_PATIENCE": str(patience), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def wait_for_epoch(url: str, grid: str, epoch: int, proc: subprocess.Popen, timeout: float = 300.0) -> str:
@@ -308,15 +316,15 @@ def test_train_rides_out_mlflow_stopped_and_restarted_mid_fold(own_mlflow: Mlflo
     from mlflow import MlflowClient
 
     store = f"s3://intermix-data/outage-{tmp_path.name}"
-    proc = train_in_background(demo_prepared, tmp_path / "out", own_mlflow.url, "cli-restart", 240, "--store", store,
-                               env=s3_server.env())
-    run_id = wait_for_epoch(own_mlflow.url, "cli-restart", 2, proc)
-    own_mlflow.stop()
-    down = time.monotonic()
-    time.sleep(20.0)  # epochs train while MLflow is down; with the restart, the outage lasts about 30 s
-    own_mlflow.start()
-    print(f"MLflow was down {time.monotonic() - down:.0f} s")
-    out, err = proc.communicate(timeout=400)
+    with train_in_background(demo_prepared, tmp_path / "out", own_mlflow.url, "cli-restart", 240, "--store", store,
+                             env=s3_server.env()) as proc:
+        run_id = wait_for_epoch(own_mlflow.url, "cli-restart", 2, proc)
+        own_mlflow.stop()
+        down = time.monotonic()
+        time.sleep(20.0)  # epochs train while MLflow is down; with the restart, the outage lasts about 30 s
+        own_mlflow.start()
+        print(f"MLflow was down {time.monotonic() - down:.0f} s")
+        out, err = proc.communicate(timeout=400)
     assert proc.returncode == 0, err[-3000:]
     assert "warning: MLflow at " in err and "Traceback" not in err
     client = MlflowClient(own_mlflow.url)
@@ -338,10 +346,10 @@ def test_train_with_mlflow_left_down_ends_in_one_line_and_keeps_the_result(own_m
     """MLflow stopped mid-fold for good: training completes, result.json is written, the end is one error line."""
     from intermix_core.records import load_result
 
-    proc = train_in_background(demo_prepared, tmp_path / "out", own_mlflow.url, "cli-down", patience=5)
-    run_id = wait_for_epoch(own_mlflow.url, "cli-down", 2, proc)
-    own_mlflow.stop()
-    _, err = proc.communicate(timeout=400)
+    with train_in_background(demo_prepared, tmp_path / "out", own_mlflow.url, "cli-down", 5) as proc:
+        run_id = wait_for_epoch(own_mlflow.url, "cli-down", 2, proc)
+        own_mlflow.stop()
+        _, err = proc.communicate(timeout=400)
     assert proc.returncode == 1, err[-3000:]
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("intermix: error:")]
