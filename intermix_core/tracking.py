@@ -485,7 +485,8 @@ class Tracker:
         final = {"test_error": result.test_error, "train_seconds": result.train_seconds,
                  "samples_per_second": result.samples_per_second}
         final.update({f"{FGSM_PREFIX}{eps}": err for eps, err in result.fgsm.items()})
-        self._log_metrics(run_id, {k: v for k, v in final.items() if v is not None})
+        # a value the run already holds is not logged again: finishing twice (after a failed end) adds nothing
+        self._log_metrics(run_id, {k: v for k, v in final.items() if v is not None and run.data.metrics.get(k) != v})
         if result.confusion is not None:
             self._log_confusion(run_id, result.confusion)
         if result.status == "failed":

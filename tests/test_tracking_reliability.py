@@ -249,8 +249,10 @@ def test_finish_waits_for_mlflow_then_fails_in_one_line(own_mlflow: MlflowServer
     assert "retrying for up to 3 s" in capfd.readouterr().err
     own_mlflow.start()  # back: the same call again completes the run, and logs each epoch once
     t.finish_fold(run_id, result)
+    t.finish_fold(run_id, result)  # finishing twice adds nothing
     assert_exactly_once(t, run_id, 3)
     assert t.client.get_run(run_id).info.status == "FINISHED"
+    assert [m.value for m in t.client.get_metric_history(run_id, "test_error")] == [20.0]
 
 
 # ------------------------------------------------------------------ the same through `intermix train`
