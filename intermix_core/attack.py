@@ -1,16 +1,24 @@
-"""FGSM robustness (eq. 7): x_adv = x + eps * sign(grad_x L(theta, x, y)) on the 10 test crops."""
+"""FGSM robustness (eq. 7): x_adv = x + eps * sign(grad_x L(theta, x, y)) on the test crops.
+
+Two errors per epsilon, both always reported, eps = 0 included (the clean error measured by the same
+code): the 10-crop clip error (the mean softmax of a clip's 10 attacked crops, as the clean test
+error is measured) and the single-crop error (every attacked crop judged alone). docs/results.md
+says which one to hold against the paper's Table 3 and why.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from intermix_core.bank import ClipBank, eval_batch
 from intermix_core.devices import resolve_device
 from intermix_core.models import StagedModel
-from intermix_core.train import error_rate, eval_crops, load_checkpoint, model_from_checkpoint
+from intermix_core.train import (
+    clip_error, crop_error, default_eval_clips, load_checkpoint, model_from_checkpoint,
+)
 
 
 def fgsm(
@@ -33,36 +41,51 @@ def fgsm(
     return out
 
 
-def fgsm_error(
-    model: StagedModel, clips: list[np.ndarray], labels: np.ndarray, length: int, n_crops: int,
-    epsilons: list[float] | tuple[float, ...], clip: bool, device: torch.device, batch_clips: int = 8,
-) -> dict[str, float]:
-    """10-crop error (%) on adversarial crops for each epsilon, keyed by str(epsilon)."""
-    model = model.to(device).eval()
-    probs: dict[float, list[np.ndarray]] = {e: [] for e in epsilons}
-    for i in range(0, len(clips), batch_clips):
-        group = clips[i : i + batch_clips]
-        crops = torch.from_numpy(np.concatenate([eval_crops(c, length, n_crops) for c in group])).to(device)
-        y = torch.from_numpy(np.repeat(np.asarray(labels[i : i + batch_clips], dtype=np.int64), n_crops)).to(device)
-        for eps, adv in zip(epsilons, fgsm(model, crops, y, epsilons, clip)):
+def with_zero(epsilons: list[float] | tuple[float, ...]) -> list[float]:
+    """The epsilons to report: 0 (the clean reference) first, then the configured ones, without repeats."""
+    return list(dict.fromkeys([0.0, *epsilons]))
+
+
+def fgsm_errors(
+    model: StagedModel, bank: ClipBank, length: int, n_crops: int, epsilons: list[float] | tuple[float, ...],
+    clip: bool, batch_clips: int | None = None,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """(10-crop clip error, single-crop error) in % on adversarial crops, each keyed by str(epsilon), eps 0 first."""
+    model = model.to(bank.device).eval()
+    eps_all = with_zero(epsilons)
+    batch_clips = batch_clips or default_eval_clips(bank.device)
+    probs: dict[float, list[torch.Tensor]] = {e: [] for e in eps_all}
+    for i in range(0, len(bank), batch_clips):
+        clips = torch.arange(i, min(i + batch_clips, len(bank)), device=bank.device)
+        crops = eval_batch(bank, clips, length, n_crops)
+        y = bank.labels[clips].repeat_interleave(n_crops)
+        for eps, adv in zip(eps_all, fgsm(model, crops, y, eps_all, clip)):
             with torch.no_grad():
-                p = F.softmax(model(adv), dim=1).reshape(len(group), n_crops, -1).mean(dim=1)
-            probs[eps].append(p.cpu().numpy())
-    return {str(e): error_rate(np.concatenate(probs[e]), np.asarray(labels)) for e in epsilons}
+                probs[eps].append(F.softmax(model(adv), dim=1).reshape(len(clips), n_crops, -1))
+    clip_err, crop_err = {}, {}
+    for eps in eps_all:
+        p = torch.cat(probs[eps])
+        clip_err[str(eps)] = float(clip_error(p, bank.labels))
+        crop_err[str(eps)] = float(crop_error(p, bank.labels))
+    return clip_err, crop_err
 
 
 def attack_fold(
-    checkpoint: str | Path, data_dir: str | Path, fold: int | None = None, *, device: str | None = None,
-) -> dict[str, float]:
-    """FGSM error per epsilon of a trained fold on its test fold, with the settings saved in the checkpoint."""
+    checkpoint: str | Path | dict, data_dir: str | Path, fold: int | None = None, *, device: str | None = None,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """FGSM errors (clip, single-crop) of a trained fold on its test fold, with the checkpoint's settings.
+
+    `checkpoint` is a path or an already loaded checkpoint (`train.load_checkpoint`), so a caller
+    that needs the checkpoint's other fields loads it once.
+    """
     from intermix_core.data import load_prepared
 
-    state = load_checkpoint(checkpoint)
+    dev = resolve_device(device)
+    state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     model, cfg = model_from_checkpoint(state)
     fold = state["fold"] if fold is None else fold
     data = load_prepared(data_dir)
-    dev = resolve_device(device)
-    return fgsm_error(
-        model, data.clips(fold), np.asarray(data.labels(fold)), cfg.crop_length, cfg.num_crops,
-        cfg.attack.epsilons, cfg.attack.clip, dev,
-    )
+    if fold not in data.folds:
+        raise ValueError(f"fold {fold} is not in {data_dir}; folds there: {sorted(data.folds)}")
+    bank = ClipBank.from_prepared(data, [fold], dev)
+    return fgsm_errors(model, bank, cfg.crop_length, cfg.num_crops, cfg.attack.epsilons, cfg.attack.clip)

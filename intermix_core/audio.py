@@ -8,11 +8,17 @@ import math
 import torch
 
 MIN_DB = -80.0
+# BC learning's code measures levels only at its two rates (utils.compute_gain): frames of 2,048 samples
+# at 16 kHz (128 ms) and 4,096 at 44.1 kHz (92.9 ms). Other rates keep the 16 kHz frame duration.
+_REFERENCE_FFT = {16000: 2048, 44100: 4096}
+FRAME_SECONDS = 0.128
 
 
 def fft_size(sample_rate: int) -> int:
-    """Frame size for level measurement: 2,048 up to 16 kHz, 4,096 above (BC learning's rule)."""
-    return 2048 if sample_rate <= 16000 else 4096
+    """Level frame size: the reference's at 16 and 44.1 kHz, else the even length nearest 128 ms (8 kHz: 1,024)."""
+    if sample_rate in _REFERENCE_FFT:
+        return _REFERENCE_FFT[sample_rate]
+    return max(2, 2 * round(FRAME_SECONDS * sample_rate / 2))
 
 
 @functools.lru_cache(maxsize=16)
@@ -45,7 +51,7 @@ def _weights(sample_rate: int, n_fft: int, device: str) -> tuple[torch.Tensor, t
 def a_weighted_level_db(x: torch.Tensor, sample_rate: int, n_fft: int | None = None) -> torch.Tensor:
     """Level in dB of each waveform in a batch (B, T): max over frames of the A-weighted power.
 
-    Frames of `n_fft` with hop n_fft/2 and a periodic Hann window; per frame
+    Frames of `n_fft` (default `fft_size(sample_rate)`) with hop n_fft/2 and a periodic Hann window; per frame
     g = sum(|rfft|^2 * 10^(w/10)), floored at 10^(-8); the level is max(10 log10 g).
     A waveform shorter than one frame is zero-padded to one frame.
     """

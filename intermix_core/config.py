@@ -19,6 +19,12 @@ DATASETS: dict[str, dict[str, int]] = {
     "esc50": {"num_classes": 50, "num_folds": 5},
     "urbansound8k": {"num_classes": 10, "num_folds": 10},
 }
+# clips per official fold (ESC-50 and ESC-10: equal folds; UrbanSound8K: its metadata's fold column)
+FOLD_CLIPS: dict[str, tuple[int, ...]] = {
+    "esc10": (80,) * 5,
+    "esc50": (400,) * 5,
+    "urbansound8k": (873, 888, 925, 990, 936, 823, 838, 806, 816, 837),
+}
 DatasetName = Literal["esc10", "esc50", "urbansound8k"]
 # seeds are 0..2**32 - 1 (numpy's seed range); fold seeds (seed * 1000 + fold) then stay far below 2**63
 MAX_SEED = 2**32 - 1
@@ -46,7 +52,7 @@ class _Strict(BaseModel):
 
 
 class StrategyConfig(_Strict):
-    """One mixing strategy as data (see docs/strategies.md for the table of presets)."""
+    """One mixing strategy as data (docs/method.md has the table of presets)."""
 
     name: str
     mix: bool = False
@@ -62,11 +68,18 @@ class StrategyConfig(_Strict):
     phase_max: float = Field(default=1.5707963267948966, ge=0.0)
     # sqrt of a negative product in eq. 5: "zero" clamps it to 0, "signed" uses sign(ab) sqrt(|ab|)
     negative_product: Literal["zero", "signed"] = "zero"
-    # below this the sqrt in eq. 5 is linearised (sqrt(x) ~ x / sqrt(eps)) so its gradient stays finite
+    # the sqrt in eq. 5 is exact in the forward pass; its backward slope 1/(2 sqrt(ab)) is capped at
+    # 1/(2 sqrt(sqrt_eps)) below sqrt_eps, so gradients stay finite at every ReLU zero
     sqrt_eps: float = Field(default=1e-6, gt=0.0)
-    # authors'-code switches (all False for the paper)
-    gains_on: Literal["input", "hidden"] = "input"
+    # rotate each waveform's phase by its own phi_i before the model (section 3.1: "phase shifted data
+    # samples"); the paper presets with interference set it, `intermix_no_rotation` is the ablation
     rotate_input_phase: bool = False
+    # partners: "in_batch" (a random other-class sample of the same batch, B rows per step) or
+    # "adjacent_pairs" (the authors' code: pairs drawn as (i, j) of different classes, rows 2k and 2k+1
+    # mix with each other, optim.batch_size pairs = 2 x batch_size rows per step, N/2 pairs per epoch)
+    pairing: Literal["in_batch", "adjacent_pairs"] = "in_batch"
+    # authors'-code switches (all off for the paper)
+    gains_on: Literal["input", "hidden"] = "input"
     detach_interference: bool = False
 
     @field_validator("layers")
@@ -86,12 +99,20 @@ STRATEGIES: dict[str, StrategyConfig] = {
         StrategyConfig(name="mixup", mix=True, weighting="r", normalize=False),
         StrategyConfig(name="bc", mix=True, weighting="p"),
         StrategyConfig(name="speechmix", mix=True, weighting="p", layers=PAPER_L),
-        StrategyConfig(name="intermix", mix=True, weighting="p", interference=True, layers=PAPER_L),
-        # Table 2 ablations: "Vanilla InterMix" (r-weighting, input space) and "+ Hidden Mixup"
-        StrategyConfig(name="intermix_vanilla", mix=True, weighting="r", normalize=False, interference=True),
         StrategyConfig(
-            name="intermix_hidden", mix=True, weighting="r", normalize=False, interference=True, layers=PAPER_L
+            name="intermix", mix=True, weighting="p", interference=True, layers=PAPER_L, rotate_input_phase=True
         ),
+        # Table 2 ablations: "Vanilla InterMix" (r-weighting, input space) and "+ Hidden Mixup"
+        StrategyConfig(
+            name="intermix_vanilla", mix=True, weighting="r", normalize=False, interference=True,
+            rotate_input_phase=True,
+        ),
+        StrategyConfig(
+            name="intermix_hidden", mix=True, weighting="r", normalize=False, interference=True, layers=PAPER_L,
+            rotate_input_phase=True,
+        ),
+        # not in the paper: InterMix with phi only in cos(phi), the waveforms left unshifted
+        StrategyConfig(name="intermix_no_rotation", mix=True, weighting="p", interference=True, layers=PAPER_L),
         # the authors' public code (scaleracademy/InterMix-ICASSP), where it departs from the paper
         StrategyConfig(
             name="intermix_official",
@@ -99,15 +120,16 @@ STRATEGIES: dict[str, StrategyConfig] = {
             weighting="p",
             normalize=False,
             interference=True,
-            layers=(0, *PAPER_L),
+            layers=PAPER_L,  # their README runs --eligible 1 2 3 4
             gains_on="hidden",
             rotate_input_phase=True,
             detach_interference=True,
+            pairing="adjacent_pairs",
         ),
     ]
 }
-PAPER_STRATEGIES = ("standard", "bc", "speechmix", "intermix")
-ABLATION_STRATEGIES = ("intermix_vanilla", "intermix_hidden", "intermix")
+# optimisation defaults that come with a preset (a value the user sets explicitly wins)
+STRATEGY_OPTIM_DEFAULTS: dict[str, dict[str, Any]] = {"intermix_official": {"update_rule": "chainer"}}
 
 
 def known_model(name: str) -> str:
@@ -162,6 +184,11 @@ class OptimConfig(_Strict):
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(default=5e-4, ge=0.0, le=1.0)
     nesterov: bool = True
+    # "pytorch": torch.optim.SGD (Nesterov); "chainer": Chainer's NesterovAG, which both reference
+    # repositories use (intermix_core.optim); None: the strategy preset's default, else "pytorch"
+    update_rule: Literal["pytorch", "chainer"] | None = None
+    # "bf16": autocast the model's forward pass to bfloat16 (mixing, levels and loss stay float32)
+    precision: Literal["fp32", "bf16"] = "fp32"
     # 10-crop evaluation of the test fold every N epochs (and always at the last epoch)
     eval_every: int = Field(default=10, ge=1)
     # checkpoint every N epochs (and at the last epoch)
@@ -282,6 +309,7 @@ class ExperimentConfig(_Strict):
         """Optimisation settings with reference defaults filled in and epochs doubled for mixing."""
         epochs, lr, schedule, warmup = reference_schedule(self.dataset, self.model)
         o = self.optim
+        rule = o.update_rule or STRATEGY_OPTIM_DEFAULTS.get(self.strategy.name, {}).get("update_rule", "pytorch")
         if o.epochs is None:
             epochs = epochs * (2 if (self.strategy.mix and o.double_epochs_for_mixing) else 1)
         else:
@@ -292,6 +320,7 @@ class ExperimentConfig(_Strict):
                 lr=o.lr if o.lr is not None else lr,
                 schedule=o.schedule if o.schedule is not None else schedule,
                 warmup=o.warmup if o.warmup is not None else warmup,
+                update_rule=rule,
             )
         )
 

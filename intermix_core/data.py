@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from intermix_core import __version__
 from intermix_core.config import DATASETS
 from intermix_core.datasets import (
-    RESAMPLER, ClipInfo, DataError, SilentAudioError, demo_data_dir, load_audio, read_metadata,
+    RESAMPLER, TRIM_ZEROS, ClipInfo, DataError, SilentAudioError, demo_data_dir, load_audio, read_metadata,
 )
 
 __all__ = [
@@ -37,7 +37,7 @@ __all__ = [
     "prepare_dataset", "read_metadata", "SilentAudioError",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: UrbanSound8K clips are no longer zero-trimmed (datasets.TRIM_ZEROS)
 MANIFEST = "manifest.json"
 _FOLD_FILE = re.compile(r"fold\d+\.npy")
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class ClipRecord(_Model):
     source: str  # path relative to the dataset folder
     source_sha256: str
     offset: int  # first sample in fold{fold}.npy
-    length: int  # samples (after trimming)
+    length: int  # samples (after trimming, where the dataset is trimmed)
 
 
 class FoldFile(_Model):
@@ -235,7 +235,7 @@ def _build(
                     bar.update()
                     source = _relative(c.path, root)
                     try:
-                        pcm = load_audio(c.path, sample_rate)
+                        pcm = load_audio(c.path, sample_rate, trim=TRIM_ZEROS[dataset])
                     except SilentAudioError as e:
                         if on_silent == "error":
                             raise

@@ -31,6 +31,10 @@ RESAMPLER: dict[str, float | int | str] = {
     "beta": 9.0,
 }
 
+# Leading and trailing zeros are trimmed for ESC-50/ESC-10 only: BC learning's dataset_gen/esc_gen.py
+# trims (sound.nonzero() min..max), dataset_gen/urbansound_gen.py keeps UrbanSound8K clips whole.
+TRIM_ZEROS: dict[str, bool] = {"esc10": True, "esc50": True, "urbansound8k": False}
+
 _ESC_COLUMNS = ("filename", "fold", "target", "category", "esc10")
 _US8K_COLUMNS = ("slice_file_name", "fold", "classID", "class")
 
@@ -189,8 +193,8 @@ def _read_urbansound8k(root: Path) -> list[ClipInfo]:
     return _check_clips(rows, clips)
 
 
-def load_audio(path: Path, sample_rate: int) -> np.ndarray:
-    """Decode a file to the reference input: mono mean, resampled, int16 (rounded, clipped), zeros trimmed."""
+def load_audio(path: Path, sample_rate: int, trim: bool = True) -> np.ndarray:
+    """Decode a file to the reference input: mono mean, resampled, int16 (rounded, clipped), zeros trimmed if `trim`."""
     path = Path(path)
     if sample_rate <= 0:
         raise DataError(f"{path}: sample_rate must be positive, got {sample_rate}")
@@ -218,7 +222,7 @@ def load_audio(path: Path, sample_rate: int) -> np.ndarray:
     nonzero = np.flatnonzero(pcm)
     if nonzero.size == 0:
         raise SilentAudioError(f"{path}: silent: every sample is zero after conversion to 16-bit at {sample_rate} Hz")
-    return pcm[nonzero[0] : nonzero[-1] + 1]
+    return pcm[nonzero[0] : nonzero[-1] + 1] if trim else pcm
 
 
 def _check_complete(path: Path, fmt: str) -> None:

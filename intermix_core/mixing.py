@@ -1,14 +1,13 @@
 """Mixing as data: one routine serves Standard, mixup, BC learning, Speechmix and InterMix.
 
-Pure functions hold the equations (eqs. 1-5 of the paper); `Mixer` draws, per batch and from a
-seeded generator, the partner of each sample (a different class, inside the same batch: no second
-forward pass), r, the phases and the layer m, and returns a `MixBatch` that the model applies at
-stage m and that carries the mixed labels (eq. 2, always with r).
+Pure functions hold the equations (eqs. 1-5 of the paper); `Mixer` draws, per batch and from seeded
+generators, the partner of each sample (a different class, inside the same batch: no second forward
+pass), r, the phases and the layer m, and returns a `MixBatch`: the (phase-shifted) inputs, the mix
+the model applies at stage m, and the mixed labels (eq. 2, always with r).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +15,9 @@ import torch.nn.functional as F
 
 from intermix_core.audio import a_weighted_level_db
 from intermix_core.config import StrategyConfig
+
+# the authors' utils.mixup_sound measures hidden-feature levels with the 44.1 kHz A-weighting path
+HIDDEN_GAIN_RATE = 44100
 
 
 def sound_mix_ratio(r: torch.Tensor, g_i: torch.Tensor, g_j: torch.Tensor) -> torch.Tensor:
@@ -43,25 +45,19 @@ def linear_mix(h_i: torch.Tensor, h_j: torch.Tensor, w: torch.Tensor, normalize:
     return _expand(wi, h_i) * h_i + _expand(wj, h_j) * h_j
 
 
-def safe_sqrt(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """sqrt for x >= 0 with a finite gradient: linear (x / sqrt(eps)) below eps, continuous at eps."""
-    return torch.where(x > eps, torch.sqrt(x.clamp(min=eps)), x / math.sqrt(eps))
-
-
 class _InterferenceTerm(torch.autograd.Function):
-    """out = a + b + c * s(ab), s = the convention's square root; fused forward and analytic backward.
+    """out = a + b + c * s(ab): eq. 5 with s the exact square root forward, fused with an analytic backward.
 
-    s(x) = x / sqrt(max(|x|, eps)): sign(x) sqrt(|x|) for |x| >= eps, x / sqrt(eps) below (continuous
-    at eps, slope at most 1/sqrt(eps)); with `signed` False, s is clamped at 0 (no term where ab < 0).
-    Autograd through the plain expression costs about 3x more time and memory on large hidden maps.
+    s(x) = sqrt(x) for x >= 0; for x < 0, 0 ("zero") or -sqrt(|x|) (`signed`). The backward uses
+    ds/dx = 1 / (2 sqrt(max(|x|, eps))): exact wherever |x| >= eps, capped at 1 / (2 sqrt(eps)) below
+    (the true slope is infinite at 0, every ReLU zero), and 0 where "zero" drops the term. Autograd
+    through the plain expression costs about 3x more time and memory on large hidden maps.
     """
 
     @staticmethod
     def forward(ctx, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, eps: float, signed: bool, detach: bool):
         prod = a * b
-        s = prod * prod.abs().clamp_(min=eps).rsqrt_()
-        if not signed:
-            s.clamp_(min=0.0)
+        s = prod.abs().sqrt_().copysign_(prod) if signed else prod.clamp(min=0.0).sqrt_()
         ctx.save_for_backward(a, b, c)
         ctx.eps, ctx.signed, ctx.detach = eps, signed, detach
         return (a + b).addcmul_(s, c)
@@ -72,9 +68,7 @@ class _InterferenceTerm(torch.autograd.Function):
         if ctx.detach:
             return grad, grad, None, None, None, None
         prod = a * b
-        mag = prod.abs()
-        # ds/dprod: 1/(2 sqrt|ab|) above eps, 1/sqrt(eps) below it, 0 where the term is clamped off
-        slope = torch.where(mag >= ctx.eps, 0.5, 1.0) * mag.clamp_(min=ctx.eps).rsqrt_()
+        slope = prod.abs().clamp_(min=ctx.eps).rsqrt_().mul_(0.5)  # ds/dprod, bounded
         if not ctx.signed:
             slope.masked_fill_(prod < 0, 0.0)
         gcs = slope.mul_(c).mul_(grad)  # grad * c * ds/dprod
@@ -95,10 +89,10 @@ def interfere(
     """Eqs. 4-5: h = h_i' + h_j' + 2 sqrt(h_i' h_j') cos(phi), with h_i' = p h_i / n, h_j' = (1-p) h_j / n.
 
     p and phi are per sample (B,). Where h_i' h_j' < 0 the square root is not real: "zero" drops the
-    interference term there (the term is exactly eq. 5 wherever eq. 5 is real), "signed" uses
-    sign(h_i' h_j') sqrt(|h_i' h_j'|). The sqrt is linearised below `sqrt_eps`, so forward and
-    backward stay finite at every ReLU zero. `detach_term` stops the gradient through the term
-    (the authors' code does this).
+    interference term there (the result is exactly eq. 5 wherever eq. 5 is real), "signed" uses
+    sign(h_i' h_j') sqrt(|h_i' h_j'|). The forward pass is exact; the backward slope of the root is
+    capped below `sqrt_eps`, so gradients stay finite at every ReLU zero. `detach_term` stops the
+    gradient through the term (the authors' code does this).
     """
     if negative_product not in ("zero", "signed"):
         raise ValueError(f"negative_product must be 'zero' or 'signed', got {negative_product!r}")
@@ -117,41 +111,48 @@ def rotate_phase(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
 
 
 def draw_partners(y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each sample, a random partner index of a different class in the batch; (partner, has_partner)."""
+    """For each sample, a uniformly drawn partner of a different class in the batch; (partner, has_partner).
+
+    Runs on y's device without a host sync: the argmax of uniform scores over the allowed partners.
+    A sample whose class fills the whole batch is its own partner (and is left unmixed, r = 1).
+    """
+    n = len(y)
     different = y.unsqueeze(1) != y.unsqueeze(0)  # (B, B)
     has = different.any(dim=1)
-    weights = different.to(torch.float32)
-    weights[~has, ~has] = 1.0  # a sample alone in its class pairs with itself (and is left unmixed)
-    partner = torch.multinomial(weights, 1, generator=generator).squeeze(1)
-    partner = torch.where(has, partner, torch.arange(len(y), device=y.device))
+    scores = torch.rand((n, n), generator=generator, device=y.device).masked_fill_(~different, -1.0)
+    partner = torch.where(has, scores.argmax(dim=1), torch.arange(n, device=y.device))
     return partner, has
+
+
+def adjacent_partners(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The authors' pairing: rows 2k and 2k+1 mix with each other; (partner, has_partner)."""
+    if len(y) % 2:
+        raise ValueError(f"adjacent pairing needs an even number of rows, got {len(y)}")
+    partner = torch.arange(len(y), device=y.device) ^ 1
+    return partner, y != y[partner]
 
 
 @dataclass
 class MixBatch:
-    """One batch's draw: applied by the model at stage `layer`; carries the mixed targets."""
+    """One batch's draw: `inputs` go into the model, which applies the mix at stage `layer`; carries the targets."""
 
     strategy: StrategyConfig
     layer: int
+    inputs: torch.Tensor  # (B, T) the waveforms the model takes: phase-shifted by theta when rotate_input_phase
     partner: torch.Tensor  # (B,) index of x_j for each x_i
     r: torch.Tensor  # (B,) label weight of x_i (eq. 2)
     phi: torch.Tensor  # (B,) phase difference phi_i - phi_j
-    theta: torch.Tensor  # (B,) phase phi_i of each sample (authors'-code waveform rotation)
+    theta: torch.Tensor  # (B,) phase phi_i of each sample
     targets: torch.Tensor  # (B, C) mixed labels
-    levels: torch.Tensor | None  # (B,) A-weighted input levels in dB (p-weighting on inputs)
-    sample_rate: int
-
-    def input_transform(self, x: torch.Tensor) -> torch.Tensor:
-        """Rotate each waveform's phase by its own phi_i (authors' code only); identity otherwise."""
-        return rotate_phase(x, self.theta.to(x.dtype)) if self.strategy.rotate_input_phase else x
+    levels: torch.Tensor | None  # (B,) A-weighted levels of `inputs` in dB (p-weighting on inputs)
 
     def weight(self, h: torch.Tensor) -> torch.Tensor:
         """The mixing weight of h_i: r (r-weighting) or the sound mixing ratio p (eq. 3)."""
         s = self.strategy
         if s.weighting == "r":
             return self.r
-        if s.gains_on == "hidden":
-            g = a_weighted_level_db(h.detach().flatten(1), 44100)
+        if s.gains_on == "hidden":  # the authors' code: levels of the flattened features, 44.1 kHz A-weighting
+            g = a_weighted_level_db(h.detach().flatten(1), HIDDEN_GAIN_RATE)
         else:
             g = self.levels
         return sound_mix_ratio(self.r, g, g[self.partner])
@@ -159,62 +160,75 @@ class MixBatch:
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
         """Mix h (B, ...) with its partners h[partner] at this batch's layer."""
         s = self.strategy
-        w = self.weight(h).to(h.device)
+        w = self.weight(h)
         h_j = h[self.partner]
         if not s.interference:
             return linear_mix(h, h_j, w, s.normalize)
         return interfere(
-            h,
-            h_j,
-            w,
-            self.phi.to(h.device),
-            normalize=s.normalize,
-            negative_product=s.negative_product,
-            sqrt_eps=s.sqrt_eps,
-            detach_term=s.detach_interference,
+            h, h_j, w, self.phi, normalize=s.normalize, negative_product=s.negative_product,
+            sqrt_eps=s.sqrt_eps, detach_term=s.detach_interference,
         )
 
 
 class Mixer:
-    """Draws a MixBatch per training batch from its own seeded generator (state saved in checkpoints)."""
+    """Draws a MixBatch per training batch from its own seeded generators (state saved in checkpoints).
+
+    Partners, r and phases are drawn on the batch's device (no host sync, no host-to-device copy);
+    the layer, which decides the forward pass's control flow, comes from a small CPU generator.
+    """
 
     def __init__(self, strategy: StrategyConfig, num_classes: int, sample_rate: int, seed: int) -> None:
         self.strategy = strategy
         self.num_classes = num_classes
         self.sample_rate = sample_rate
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
+        self.layer_generator = torch.Generator().manual_seed(seed)
+        self._generator: torch.Generator | None = None
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        """The device generator (created and seeded on first use on `device`)."""
+        if self._generator is None or self._generator.device.type != torch.device(device).type:
+            self._generator = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generator
+
+    def state(self) -> dict[str, torch.Tensor | str]:
+        """Generator states for a checkpoint (tensors and strings only)."""
+        out: dict[str, torch.Tensor | str] = {"layer": self.layer_generator.get_state()}
+        if self._generator is not None:
+            out["device"], out["device_type"] = self._generator.get_state(), self._generator.device.type
+        return out
+
+    def load_state(self, state: dict[str, torch.Tensor | str], device: torch.device) -> bool:
+        """Restore `state()`; False if it came from another device type (the device draws then restart)."""
+        self.layer_generator.set_state(state["layer"])  # type: ignore[arg-type]
+        if "device" not in state:
+            return True
+        gen = self.generator(device)
+        if state.get("device_type") != gen.device.type:
+            return False
+        gen.set_state(state["device"])  # type: ignore[arg-type]
+        return True
 
     def targets(self, y: torch.Tensor) -> torch.Tensor:
         """One-hot labels (B, C) for unmixed training."""
         return F.one_hot(y, self.num_classes).to(torch.float32)
 
     def draw(self, x: torch.Tensor, y: torch.Tensor) -> MixBatch | None:
-        """Draw partners, r, phases and the layer for a batch (x: (B, T) on CPU or GPU); None for Standard."""
+        """Draw partners, r, phases and the layer for a batch (x: (B, T), y: (B,), same device); None for Standard."""
         s = self.strategy
         if not s.mix:
             return None
-        g = self.generator
+        g = self.generator(x.device)
         n = len(y)
-        y_cpu = y.cpu()
-        partner, has = draw_partners(y_cpu, g)
-        r = torch.where(has, torch.rand(n, generator=g), torch.ones(n))
-        phases = (torch.rand(n, generator=g) * 2.0 - 1.0) * s.phase_max  # phi_i ~ U[-phase_max, phase_max]
-        phi = phases - phases[partner]
-        layer = s.layers[int(torch.randint(len(s.layers), (1,), generator=g))]
-        onehot = self.targets(y_cpu)
+        partner, has = adjacent_partners(y) if s.pairing == "adjacent_pairs" else draw_partners(y, g)
+        r = torch.where(has, torch.rand(n, generator=g, device=x.device), 1.0)
+        theta = (torch.rand(n, generator=g, device=x.device) * 2.0 - 1.0) * s.phase_max  # phi_i ~ U[-max, max]
+        layer = s.layers[int(torch.randint(len(s.layers), (1,), generator=self.layer_generator))]
+        onehot = self.targets(y)
         targets = _expand(r, onehot) * onehot + _expand(1.0 - r, onehot) * onehot[partner]
-        levels = None
-        if s.weighting == "p" and s.gains_on == "input":
-            levels = a_weighted_level_db(x, self.sample_rate).cpu()
-        dev = x.device
+        inputs = rotate_phase(x, theta.to(x.dtype)) if s.rotate_input_phase else x
+        levels = a_weighted_level_db(inputs, self.sample_rate) if s.weighting == "p" and s.gains_on == "input" else None
         return MixBatch(
-            strategy=s,
-            layer=layer,
-            partner=partner.to(dev),
-            r=r.to(dev),
-            phi=phi.to(dev),
-            theta=phases.to(dev),
-            targets=targets.to(dev),
-            levels=None if levels is None else levels.to(dev),
-            sample_rate=self.sample_rate,
+            strategy=s, layer=layer, inputs=inputs, partner=partner, r=r, phi=theta - theta[partner], theta=theta,
+            targets=targets, levels=levels,
         )

@@ -96,7 +96,7 @@ def plot_learning_curves(results: Sequence[FoldResult], path: str | Path) -> Pat
 
 
 def plot_fgsm(summary: Summary, path: str | Path) -> Path | None:
-    """FGSM error vs epsilon (log x) per strategy with ±1 SE bars, the paper's Table 3 dashed; None if no FGSM."""
+    """FGSM error vs epsilon (log x) per strategy, clip (solid) and single-crop (dotted) ±1 SE, paper dashed; None if none."""
     if not summary.fgsm:
         return None
     groups = _groups([(c.dataset, c.setup) for c in summary.fgsm])
@@ -107,13 +107,17 @@ def plot_fgsm(summary: Summary, path: str | Path) -> Path | None:
         ax = axes[row][0]
         mine = [c for c in summary.fgsm if (c.dataset, c.setup) == (dataset, setup) and c.mean is not None]
         for strategy in _strategy_sort({c.strategy for c in mine}):
-            cs = sorted((c for c in mine if c.strategy == strategy and (c.epsilon or 0) > 0), key=lambda c: c.epsilon)
-            if not cs:
-                continue
-            eps = [c.epsilon for c in cs]
-            ax.errorbar(eps, [c.mean for c in cs], yerr=[c.se or 0.0 for c in cs], color=colors[strategy],
-                         marker="o", capsize=3, label=f"{_label('strategy', strategy)} (n={min(c.n for c in cs)})")
-            paper = [(c.epsilon, c.published) for c in cs if c.published is not None]
+            for kind, style in (("clip", "-"), ("crop", ":")):
+                cs = sorted((c for c in mine if c.strategy == strategy and c.fgsm_kind == kind and (c.epsilon or 0) > 0),
+                            key=lambda c: c.epsilon)
+                if not cs:
+                    continue
+                name = f"{_label('strategy', strategy)}, {'10-crop clip' if kind == 'clip' else 'single crop'}"
+                ax.errorbar([c.epsilon for c in cs], [c.mean for c in cs], yerr=[c.se or 0.0 for c in cs],
+                            color=colors[strategy], linestyle=style, marker="o" if kind == "clip" else "s",
+                            capsize=3, label=f"{name} (n={min(c.n for c in cs)})")
+            paper = sorted({(c.epsilon, c.published) for c in mine
+                            if c.strategy == strategy and c.published is not None and (c.epsilon or 0) > 0})
             if paper:
                 ax.plot(*zip(*paper), color=colors[strategy], linestyle="--", marker="x", alpha=0.7,
                         label=f"{_label('strategy', strategy)}, paper")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,8 +38,13 @@ class FoldResult(BaseModel):
     seed: int = 0
     status: Literal["ok", "failed"] = "ok"
     error: str | None = None  # failure message when status == "failed"
-    test_error: float | None = None
-    fgsm: dict[str, float] = Field(default_factory=dict)  # str(epsilon) -> error %
+    test_error: float | None = None  # 10-crop error after the last epoch: the project's number
+    # lowest 10-crop error over the evaluated epochs (every optim.eval_every): the authors' main.py reports
+    # this "best" number; it selects on the test fold, so it is optimistic
+    best_val_error: float | None = None
+    best_epoch: int | None = None
+    fgsm: dict[str, float] = Field(default_factory=dict)  # str(epsilon) -> 10-crop clip error %, "0" included
+    fgsm_crop: dict[str, float] = Field(default_factory=dict)  # str(epsilon) -> single-crop error %
     history: list[EpochRecord] = Field(default_factory=list)
     confusion: list[list[int]] | None = None  # rows: true class, cols: predicted
     train_seconds: float | None = None
@@ -52,12 +58,15 @@ class FoldResult(BaseModel):
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write JSON through a temporary file and rename, so readers never see half a file."""
+    """Write JSON through a private temporary file and rename, so readers never see half a file."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, p)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")  # unique per writer
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def save_result(result: FoldResult, path: str | Path) -> None:

@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, computed_field
 from scipy import stats
@@ -72,11 +73,16 @@ class Cell(BaseModel):
     model: str
     strategy: str
     epsilon: float | None = None  # None: clean test error; else FGSM error at this epsilon
+    fgsm_kind: Literal["clip", "crop"] | None = None  # FGSM cells: 10-crop clip error or single-crop error
     expected: list[int]
     values: dict[int, float]  # fold -> error %, successful folds only
     failed: dict[int, str] = {}  # fold -> failure message
     mean: float | None = None
     se: float | None = None
+    # clean cells: the best evaluated epoch's error per fold (the authors' number, optimistic) and its summary
+    best_values: dict[int, float] = {}
+    best_mean: float | None = None
+    best_se: float | None = None
     published: float | None = None
     published_se: float | None = None
 
@@ -100,8 +106,16 @@ class Cell(BaseModel):
 
     @property
     def metric(self) -> str:
-        """'test_error' or 'fgsm@<eps>'."""
-        return "test_error" if self.epsilon is None else f"fgsm@{eps_label(self.epsilon)}"
+        """'test_error', 'fgsm@<eps>' (10-crop clip error) or 'fgsm_crop@<eps>' (single-crop error)."""
+        if self.epsilon is None:
+            return "test_error"
+        return f"{'fgsm_crop' if self.fgsm_kind == 'crop' else 'fgsm'}@{eps_label(self.epsilon)}"
+
+    def best_text(self) -> str:
+        """The best-epoch mean ± SE ('—' without evaluated epochs)."""
+        if self.best_mean is None:
+            return "—"
+        return f"{self.best_mean:.1f}" + (f" ± {self.best_se:.2f}" if self.best_se is not None else " (n=1)")
 
     def text(self) -> str:
         """'12.3 ± 0.41', '12.3 (n=1)', with '(4/5 folds; fold 3 failed)' when folds are absent."""
@@ -167,12 +181,14 @@ class Summary(BaseModel):
     n_superseded: int
     alpha: float = ALPHA
 
-    def cell(self, dataset: str, setup: str, strategy: str, epsilon: float | None = None) -> Cell | None:
-        """The cell for these keys (an FGSM cell if epsilon is given), or None."""
-        pool = self.cells if epsilon is None else self.fgsm
+    def cell(
+        self, dataset: str, setup: str, strategy: str, epsilon: float | None = None, kind: str = "clip"
+    ) -> Cell | None:
+        """The cell for these keys (an FGSM cell of `kind` if epsilon is given), or None."""
+        pool = self.cells if epsilon is None else [c for c in self.fgsm if c.fgsm_kind == kind]
         for c in pool:
             if (c.dataset, c.setup, c.strategy) == (dataset, setup, strategy) and (
-                epsilon is None or math.isclose(c.epsilon or 0.0, epsilon, rel_tol=1e-9)
+                epsilon is None or math.isclose(c.epsilon or 0.0, epsilon, rel_tol=1e-9, abs_tol=1e-15)
             ):
                 return c
         return None
@@ -340,6 +356,8 @@ def aggregate(
                 cell = Cell(**head, values=values, failed=failed, published=p.mean if p else None,
                             published_se=p.se if p else None)
                 cell.mean, cell.se = mean_se(list(values.values()))
+                cell.best_values = {r.fold: float(r.best_val_error) for r in ok if r.best_val_error is not None}
+                cell.best_mean, cell.best_se = mean_se(list(cell.best_values.values()))
                 cells.append(cell)
                 where = dict(dataset=dataset, setup=setup, strategy=strategy)
                 missing += [MissingFold(**where, fold=f, reason="failed", error=e) for f, e in sorted(failed.items())]
@@ -360,22 +378,24 @@ def aggregate(
 
 
 def _fgsm_cells(head: dict, ok: list[FoldResult], failed: dict[int, str]) -> list[Cell]:
-    per_eps: dict[float, dict[int, float]] = {}
-    for r in ok:
-        for key, err in r.fgsm.items():
-            try:
-                eps = float(key)
-            except ValueError:
-                raise ValueError(f"{'/'.join(map(str, r.key))}: fgsm key {key!r} is not an epsilon") from None
-            if math.isfinite(err):
-                per_eps.setdefault(eps, {})[r.fold] = float(err)
+    """FGSM cells per epsilon, first the 10-crop clip errors, then the single-crop errors."""
     out = []
-    for eps in sorted(per_eps, reverse=True):
-        values = per_eps[eps]
-        c = Cell(**head, epsilon=eps, values=values, failed=failed,
-                 published=pub.published_fgsm(head["dataset"], head["strategy"], eps))
-        c.mean, c.se = mean_se(list(values.values()))
-        out.append(c)
+    for kind in ("clip", "crop"):
+        per_eps: dict[float, dict[int, float]] = {}
+        for r in ok:
+            for key, err in (r.fgsm if kind == "clip" else r.fgsm_crop).items():
+                try:
+                    eps = float(key)
+                except ValueError:
+                    raise ValueError(f"{'/'.join(map(str, r.key))}: fgsm key {key!r} is not an epsilon") from None
+                if math.isfinite(err):
+                    per_eps.setdefault(eps, {})[r.fold] = float(err)
+        for eps in sorted(per_eps, reverse=True):
+            values = per_eps[eps]
+            c = Cell(**head, epsilon=eps, fgsm_kind=kind, values=values, failed=failed,
+                     published=pub.published_fgsm(head["dataset"], head["strategy"], eps))
+            c.mean, c.se = mean_se(list(values.values()))
+            out.append(c)
     return out
 
 

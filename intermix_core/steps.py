@@ -220,17 +220,19 @@ def attack_step(
         checkpoint = trained / CHECKPOINT
         if not checkpoint.exists() and store is not None:
             checkpoint = store.download_file(f"{prefix}/{CHECKPOINT}", Path(tmp) / CHECKPOINT)
-        fgsm = attack_fold(checkpoint, data_dir, fold, device=device)
-        tracker = _tracker(tracking_uri)
-        run_id = load_checkpoint(checkpoint).get("run_id") if tracker is not None else None
-    result = result.model_copy(update={"fgsm": fgsm})
+        state = load_checkpoint(checkpoint)  # once: it can be hundreds of MB
+    fgsm, fgsm_crop = attack_fold(state, data_dir, fold, device=device)
+    run_id = state.get("run_id")
+    del state
+    result = result.model_copy(update={"fgsm": fgsm, "fgsm_crop": fgsm_crop})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_result(result, out / RESULT)
     if store is not None:
         store.upload_file(out / RESULT, f"{prefix}/{RESULT}")
+    tracker = _tracker(tracking_uri)
     if tracker is not None and run_id:
-        tracker.log_fgsm(run_id, fgsm)
+        tracker.log_fgsm(run_id, fgsm, fgsm_crop)
     return result
 
 

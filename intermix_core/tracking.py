@@ -40,7 +40,8 @@ SUPERSEDED, SUPERSEDED_BY, ERROR = T + "superseded", T + "superseded_by", T + "e
 ATTEMPT_STARTED = T + "attempt_started"
 PARENT_ID = "mlflow.parentRunId"
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # the UI opens on runs, not GenAI
-FGSM_PREFIX = "fgsm_error_eps_"
+FGSM_PREFIX = "fgsm_error_eps_"  # 10-crop clip error under FGSM
+FGSM_CROP_PREFIX = "fgsm_crop_error_eps_"  # single-crop error under FGSM
 EPOCH_METRICS = ("train_loss", "train_error", "val_error", "lr")
 _TAG_MAX = 5000
 
@@ -454,9 +455,9 @@ class Tracker:
             _warn(f"MLflow at {redact_uris(self.tracking_uri)} reachable again: buffered epoch metrics sent")
         self._failures, self._next_try = 0, 0.0
 
-    def log_fgsm(self, run_id: str, fgsm: dict[str, float]) -> None:
-        """Log `fgsm_error_eps_<eps>` for each epsilon (the attack may run after training), then refresh the parent."""
-        self._log_metrics(run_id, {f"{FGSM_PREFIX}{eps}": err for eps, err in fgsm.items()})
+    def log_fgsm(self, run_id: str, fgsm: dict[str, float], fgsm_crop: dict[str, float] | None = None) -> None:
+        """Log `fgsm_error_eps_<eps>` (and `fgsm_crop_error_eps_<eps>`) per epsilon, then refresh the parent."""
+        self._log_metrics(run_id, _fgsm_metrics(fgsm, fgsm_crop or {}))
         self._refresh_parent_of(run_id)
 
     def finish_fold(self, run_id: str, result: FoldResult) -> None:
@@ -484,7 +485,9 @@ class Tracker:
         self._send_pending(run_id, patient=True)
         final = {"test_error": result.test_error, "train_seconds": result.train_seconds,
                  "samples_per_second": result.samples_per_second}
-        final.update({f"{FGSM_PREFIX}{eps}": err for eps, err in result.fgsm.items()})
+        if result.best_val_error is not None:
+            final["best_val_error"] = result.best_val_error
+        final.update(_fgsm_metrics(result.fgsm, result.fgsm_crop))
         # a value the run already holds is not logged again: finishing twice (after a failed end) adds nothing
         self._log_metrics(run_id, {k: v for k, v in final.items() if v is not None and run.data.metrics.get(k) != v})
         if result.confusion is not None:
@@ -559,10 +562,17 @@ class Tracker:
         return stats
 
 
+def _fgsm_metrics(fgsm: dict[str, float], fgsm_crop: dict[str, float]) -> dict[str, float]:
+    """MLflow metric names of a fold's FGSM errors (clip and single-crop), per epsilon."""
+    return {**{f"{FGSM_PREFIX}{e}": v for e, v in fgsm.items()}, **{f"{FGSM_CROP_PREFIX}{e}": v for e, v in fgsm_crop.items()}}
+
+
 def summarize(fold_metrics: Iterable[dict[str, float]]) -> dict[str, float]:
     """`<m>_mean`, `<m>_se` for test_error and every fgsm metric, plus `n_folds` (folds with a test error)."""
     per_fold = list(fold_metrics)
-    names = {"test_error"} | {k for m in per_fold for k in m if k.startswith(FGSM_PREFIX)}
+    names = {"test_error", "best_val_error"} | {
+        k for m in per_fold for k in m if k.startswith((FGSM_PREFIX, FGSM_CROP_PREFIX))
+    }
     out: dict[str, float] = {"n_folds": float(sum("test_error" in m for m in per_fold))}
     for name in sorted(names):
         values = [m[name] for m in per_fold if name in m and not math.isnan(m[name])]

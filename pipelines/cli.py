@@ -10,12 +10,14 @@ import sys
 
 from intermix_core.config import DATASETS, STRATEGIES, ConfigError, cut
 from pipelines.commands import (
-    UsageError, cmd_attack, cmd_compile, cmd_prepare, cmd_rerun, cmd_results, cmd_run, cmd_show, cmd_submit, cmd_train,
+    UsageError, cmd_attack, cmd_compile, cmd_estimate, cmd_prepare, cmd_rerun, cmd_results, cmd_run, cmd_show,
+    cmd_submit, cmd_train,
 )
 
 EXAMPLES = """examples:
   intermix run                                   # the demo grid, locally, then its results table
   intermix show paper                            # grid id, cells and KFP runs of the paper grid
+  intermix estimate paper                        # training samples and device-hours of the paper grid
   intermix compile paper -o compiled/            # one IR YAML per dataset x setup
   intermix submit paper --host https://kfp.example.org --store s3://bucket/intermix \\
       --tracking-uri http://mlflow:5000 --source esc10=s3://bucket/raw/ESC-50 ...
@@ -147,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="print a grid's id, cells and KFP runs")
     _grid_args(p)
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("estimate", help="training samples and device-hours of a grid, from measured throughput")
+    _grid_args(p)
+    p.add_argument("--throughput", metavar="FILE", help="records from benchmarks/bench_throughput.py --save "
+                   "(default: the figures shipped in the package)")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="use only measurements of this device type "
+                   "(default: a GPU's where there is one)")
+    p.set_defaults(func=cmd_estimate)
 
     p = sub.add_parser("run", help="run a grid locally with KFP's local runner (default: the demo grid)")
     _grid_args(p)

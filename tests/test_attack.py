@@ -8,7 +8,7 @@ from intermix_core.attack import attack_fold, fgsm
 from intermix_core.models import create_model, model_class
 from intermix_core.train import train_fold
 
-from test_train import FAST_MODEL, needs_esc10, tiny_cfg, tiny_data  # noqa: F401  (fixture)
+from test_train import FAST_MODEL, tiny_cfg, tiny_data  # noqa: F401  (fixture)
 
 
 @pytest.mark.parametrize("clip", [True, False])
@@ -37,13 +37,16 @@ def test_fgsm_without_clipping_can_leave_the_range():
     assert adv.abs().max() > 1.0
 
 
-@needs_esc10
-def test_attack_fold_zero_epsilon_is_the_clean_error(tiny_data, tmp_path):
+def test_attack_fold_reports_clip_and_crop_errors_with_eps_zero_the_clean_error(tiny_data, tmp_path):
     cfg = tiny_cfg("bc", epochs=2).model_copy(
-        update={"attack": tiny_cfg().attack.model_copy(update={"epsilons": (0.0, 0.1)})}
+        update={"attack": tiny_cfg().attack.model_copy(update={"epsilons": (0.1, 0.001)})}
     )
     result = train_fold(cfg, tiny_data, 1, tmp_path, progress=False)
-    errors = attack_fold(tmp_path / "checkpoint.pt", tiny_data)
-    assert set(errors) == {"0.0", "0.1"}
-    assert errors["0.0"] == pytest.approx(result.test_error)
-    assert 0.0 <= errors["0.1"] <= 100.0 and np.isfinite(errors["0.1"])
+    clip_err, crop_err = attack_fold(tmp_path / "checkpoint.pt", tiny_data)
+    assert list(clip_err) == list(crop_err) == ["0.0", "0.1", "0.001"]  # eps = 0 always reported first
+    assert clip_err["0.0"] == pytest.approx(result.test_error)  # the clean 10-crop error, through the attack code
+    for errors in (clip_err, crop_err):
+        assert all(0.0 <= v <= 100.0 and np.isfinite(v) for v in errors.values())
+    # single-crop errors are multiples of 100 / (10 clips x 3 crops), clip errors of 100 / 10
+    assert all(abs(v * 30 / 100 - round(v * 30 / 100)) < 1e-6 for v in crop_err.values())
+    assert all(abs(v / 10 - round(v / 10)) < 1e-6 for v in clip_err.values())

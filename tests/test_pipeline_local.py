@@ -65,7 +65,7 @@ def test_grid_failure_cached_resubmit_and_rerun(tmp_path: Path, monkeypatch: pyt
     finished = ["esc10/piczak_cnn/standard/fold1", "esc10/piczak_cnn/standard/fold2", "esc10/piczak_cnn/bc/fold1"]
     assert _executed(first.logs[-1]) == sorted(finished * 2)  # trained + FGSM of each
     failed = load_result(work.store / broken / RESULT)
-    assert failed.status == "failed" and "not a readable intermix checkpoint" in failed.error
+    assert failed.status == "failed" and "not a loadable intermix checkpoint, refused" in failed.error
     bc = _summary(work, gid).cell("esc10", "piczak_cnn", "bc")
     assert set(bc.values) == {1} and set(bc.failed) == {2}
 
@@ -123,7 +123,7 @@ def test_steps_on_an_s3_store_with_an_mlflow_server(tmp_path: Path, s3_server, m
     assert again.train_seconds == trained.train_seconds and (tmp_path / "node2" / CHECKPOINT).exists()
 
     attacked = attack_step(tmp_path / "node1", data, 1, tmp_path / "fgsm", gid, mlflow_tracking.url, root)
-    assert set(attacked.fgsm) == {"0.01"}
+    assert set(attacked.fgsm) == set(attacked.fgsm_crop) == {"0.0", "0.01"}
     _, summary = grid_aggregate_step(grid.model_dump_json(), tmp_path / "reports", root, mlflow_tracking.url)
     assert summary.n_results == 1 and not summary.missing
     assert store.exists(f"{gid}/reports/table1.md") and store.exists(f"{gid}/grid.json")
@@ -133,4 +133,5 @@ def test_steps_on_an_s3_store_with_an_mlflow_server(tmp_path: Path, s3_server, m
     runs = client.search_runs([exp.experiment_id], f"tags.`intermix.grid_id` = '{gid}'")
     folds = [r for r in runs if r.data.tags.get("intermix.kind") == "fold"]
     assert len(folds) == 1 and folds[0].data.metrics["fgsm_error_eps_0.01"] == attacked.fgsm["0.01"]
+    assert folds[0].data.metrics["fgsm_crop_error_eps_0.01"] == attacked.fgsm_crop["0.01"]
     assert any(r.data.tags.get("intermix.kind") == "summary" for r in runs)

@@ -285,3 +285,34 @@ def test_mlflow_summary_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert client.get_run(run_id).data.tags["intermix.summary_revision"] == "1"
     with pytest.raises(FileNotFoundError, match="write_reports"):
         log_summary_to_mlflow(tmp_path / "empty", tracking_uri=uri, grid_id="x")
+
+
+def test_best_epoch_column_beside_the_last_epoch(tmp_path: Path) -> None:
+    """Table 1 carries the authors' best-epoch error (optimistic) beside the last-epoch error, mean ± SE by hand."""
+    results = [fr("intermix", f, last, best_val_error=best, best_epoch=10 * f)
+               for f, (last, best) in enumerate([(12.0, 10.0), (14.0, 11.0), (16.0, 15.0)], start=1)]
+    s = aggregate(results, {"esc10": [1, 2, 3]})
+    c = s.cell("esc10", "envnet_v2", "intermix")
+    assert c.best_values == {1: 10.0, 2: 11.0, 3: 15.0} and c.best_mean == pytest.approx(12.0)
+    assert c.best_se == pytest.approx(math.sqrt(((10 - 12) ** 2 + (11 - 12) ** 2 + (15 - 12) ** 2) / 2 / 3))
+    files = write_reports(s, tmp_path)
+    row = next(csv.DictReader(files["table1.csv"].open(newline="")))
+    assert float(row["best_mean"]) == pytest.approx(12.0) and row["best_per_fold"] == "1:10.0 2:11.0 3:15.0"
+    md = files["table1.md"].read_text()
+    assert "best† (authors' protocol, optimistic)" in md and "| 14.0 ± 1.15 | 12.0 ± 1.53 | 8.2 ± 0.4 |" in md
+    assert "selects the epoch on the test fold" in md
+
+
+def test_fgsm_table_has_clip_and_single_crop_errors_with_eps_zero_first(tmp_path: Path) -> None:
+    results = [fr("standard", f, 10.0 + f, fgsm={"0.0": 10.0 + f, "0.01": 50.0 + f},
+                  fgsm_crop={"0.0": 20.0 + f, "0.01": 60.0 + f}) for f in (1, 2, 3)]
+    s = aggregate(results, {"esc10": [1, 2, 3]})
+    assert s.cell("esc10", "envnet_v2", "standard", 0.01, "crop").mean == pytest.approx(62.0)
+    assert s.cell("esc10", "envnet_v2", "standard", 0.01, "clip").mean == pytest.approx(52.0)
+    assert s.cell("esc10", "envnet_v2", "standard", 0.0, "crop").mean == pytest.approx(22.0)
+    assert s.cell("esc10", "envnet_v2", "standard", 0.01, "crop").published == 64.5
+    files = write_reports(s, tmp_path)
+    header = files["table3.md"].read_text().splitlines()[2]
+    assert header.index("ε=0 clip") < header.index("ε=0 crop") < header.index("ε=0.01 clip") < header.index("ε=0.01 crop")
+    kinds = {(r["fgsm_kind"], float(r["epsilon"])) for r in csv.DictReader(files["table3.csv"].open(newline=""))}
+    assert kinds == {("clip", 0.0), ("clip", 0.01), ("crop", 0.0), ("crop", 0.01)}

@@ -19,10 +19,11 @@ class Mix(Protocol):
 class StagedModel(nn.Module):
     """A classifier written as `stages` (mixing points after each) plus a `head`.
 
-    Subclasses set `sample_rate`, `input_length`, `max_mix_layer` (M, the number of stages) and
-    `paper_layers` (the stages that make up the paper's L = {1, 2, 3, 4}) and build `stages` / `head`. The input is a batch of
-    waveforms shaped (B, T) in [-1, 1]; the output is logits (B, num_classes). `min_input_length` and
-    `max_input_length` (None: no upper bound) are the T it runs at (tests/test_models.py checks both edges).
+    Subclasses set `sample_rate`, `input_length` and `max_mix_layer` (M, the number of stages) and
+    build `stages` / `head`. The input is a batch of waveforms shaped (B, T) in [-1, 1]; the output is
+    logits (B, num_classes). A strategy's layer set L (config.StrategyConfig.layers) picks stages by index.
+    `min_input_length` and `max_input_length` (None: no upper bound) are the T it runs at
+    (tests/test_models.py checks both edges).
     """
 
     sample_rate: int = 16000
@@ -30,7 +31,6 @@ class StagedModel(nn.Module):
     min_input_length: int = 1  # every model sets its own range; the test of the edges fails on these defaults
     max_input_length: int | None = None
     max_mix_layer: int = 0
-    paper_layers: tuple[int, ...] = (1, 2, 3, 4)
 
     def __init__(self, stages: list[nn.Module], head: nn.Module) -> None:
         super().__init__()
@@ -72,7 +72,7 @@ def register_model(name: str) -> Callable[[type[StagedModel]], type[StagedModel]
 
 
 def model_class(name: str) -> type[StagedModel]:
-    """The registered class for `name` (its sample_rate, input_length, paper_layers), unbuilt."""
+    """The registered class for `name` (its sample_rate, input_length, max_mix_layer), unbuilt."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; expected one of: {', '.join(list_models())}")
     return _REGISTRY[name]

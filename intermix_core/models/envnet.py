@@ -76,7 +76,6 @@ class EnvNet(StagedModel):
     input_length = 24014
     min_input_length, max_input_length = 22575, 24014  # fc5's input size fixes the pooled width
     max_mix_layer = 5
-    paper_layers = (1, 2, 3, 4)
 
     def __init__(self, num_classes: int) -> None:
         stages: list[nn.Module] = [

@@ -26,7 +26,6 @@ class EnvNetV2(StagedModel):
     input_length = 66650
     min_input_length, max_input_length = 60510, 66653  # the fc11 input size fixes the pooled width
     max_mix_layer = 7
-    paper_layers = (1, 2, 3, 4)
 
     def __init__(self, num_classes: int) -> None:
         stages: list[nn.Module] = [

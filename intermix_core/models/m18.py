@@ -49,7 +49,6 @@ class M18(StagedModel):
     input_length = 32000
     min_input_length, max_input_length = 1022, None  # global average pooling: no upper bound
     max_mix_layer = 5
-    paper_layers = (1, 2, 3, 4)
 
     def __init__(self, num_classes: int) -> None:
         stages: list[nn.Module] = [

@@ -19,7 +19,7 @@ from torchaudio import transforms
 from intermix_core.models.base import StagedModel, register_model
 # LeCun-normal fc layers (Chainer default): He-normal ones on top of the max-pooled, un-normalised
 # conv features gave initial logits with a standard deviation of about 6 and diverging training
-from intermix_core.models.envnet import fc_relu_dropout
+from intermix_core.models.envnet import DROPOUT, fc_relu_dropout
 
 N_MELS = 60
 N_FFT = 1024
@@ -70,7 +70,7 @@ def he_init(layer: nn.Conv2d | nn.Linear) -> nn.Conv2d | nn.Linear:
 class PiczakCNN(StagedModel):
     """PiczakCNN (Piczak 2015), short segments: 22.05 kHz, T = 21,504 (41 frames); M = 4, L = {1, 2, 3, 4}.
 
-    1 = log-mel + deltas, conv 80 x (57x6), pool 4x3 stride 1x3; 2 = conv 80 x (1x3), pool 1x3;
+    1 = log-mel + deltas, conv 80 x (57x6), pool 4x3 stride 1x3; 2 = dropout 0.5, conv 80 x (1x3), pool 1x3;
     3 = fc 5000; 4 = fc 5000; head = fc. The feature extraction sits inside stage 1 (layer 0 is
     the waveform), so mixing at 1 mixes the first convolutional feature maps. Every stage ends
     in ReLU (or max pooling of ReLU outputs), so hidden features are >= 0.
@@ -80,7 +80,6 @@ class PiczakCNN(StagedModel):
     input_length = (N_FRAMES - 1) * HOP + N_FFT  # 21504
     min_input_length, max_input_length = 19968, 24575  # the fc input size fixes the number of frames
     max_mix_layer = 4
-    paper_layers = (1, 2, 3, 4)
 
     def __init__(self, num_classes: int) -> None:
         stages: list[nn.Module] = [
@@ -91,6 +90,7 @@ class PiczakCNN(StagedModel):
                 nn.MaxPool2d((4, 3), stride=(1, 3)),  # (B, 80, 1, 12)
             ),
             nn.Sequential(
+                nn.Dropout(DROPOUT),  # Piczak's dropout on the input of the second conv (input_include_probs c1: 0.5)
                 he_init(nn.Conv2d(80, 80, (1, 3))),  # (B, 80, 1, 10)
                 nn.ReLU(inplace=True),
                 nn.MaxPool2d((1, 3), stride=(1, 3)),  # (B, 80, 1, 3)

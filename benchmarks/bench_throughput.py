@@ -1,0 +1,190 @@
+"""Training throughput per model, precision and augmentation, on whatever device is here, side by side in one run.
+
+Usage:
+    python benchmarks/bench_throughput.py [--models envnet_v2 ...] [--precisions fp32 bf16] [--batch 32]
+                                          [--repeats 5] [--threads 1] [--save FILE.json]
+
+For each model it measures, on the same device in one run:
+- data path alone: samples/s of the device-resident path (`intermix_core.bank`: draw + crop + scale +
+  gain on a bank of 5 s int16 clips), and of the old per-clip numpy path (`intermix_core.reference`,
+  plus the host-to-device copy), with and without scale + gain augmentation;
+- model step alone: Standard training steps on a batch already on the device;
+- full step: data path + InterMix training step (the mixer's draw, levels and phase shift included),
+  and the data path's share of it;
+- the 10-crop evaluation: clips/s through `train.predict_crops`.
+Rounds interleave the variants so the machine's drift hits them alike; figures are medians.
+`--save` writes one JSON record per (model, precision, augment) with at least: model, device,
+precision, augment, data_samples_per_s, step_samples_per_s, full_samples_per_s (what
+`intermix estimate --throughput` reads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from intermix_core.bank import ClipBank, draw_crops, train_batch  # noqa: E402
+from intermix_core.config import STRATEGIES, AugmentConfig, parse_config  # noqa: E402
+from intermix_core.devices import resolve_device  # noqa: E402
+from intermix_core.mixing import Mixer  # noqa: E402
+from intermix_core.models import create_model, list_models, model_class  # noqa: E402
+from intermix_core.optim import make_optimizer  # noqa: E402
+from intermix_core.reference import make_train_batch  # noqa: E402
+from intermix_core.train import predict_crops, training_step  # noqa: E402
+
+CLIP_SECONDS = 5.0  # an ESC-50 clip
+BANK_CLIPS = 256
+NUM_CLASSES = 50
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work (timing on a GPU measures completion, not submission)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds one call of fn takes, device work included."""
+    synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - t0
+
+
+def device_name(device: torch.device) -> str:
+    """'NVIDIA H200' or the CPU's model and thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} thread(s)"
+
+
+def bench_model(
+    name: str, device: torch.device, precisions: list[str], batch: int, repeats: int,
+) -> list[dict[str, object]]:
+    """All measurements of one model, one record per (precision, augment)."""
+    cls = model_class(name)
+    rng = np.random.default_rng(0)
+    clip_len = int(CLIP_SECONDS * cls.sample_rate)
+    clips = [(rng.standard_normal(clip_len) * 3000).astype(np.int16) for _ in range(BANK_CLIPS)]
+    labels = np.arange(BANK_CLIPS) % NUM_CLASSES
+    bank = ClipBank.from_arrays(clips, labels, device)
+    length = cls.input_length
+    gen = torch.Generator(device=device).manual_seed(0)
+    np_rng = np.random.default_rng(1)
+    augs = {False: AugmentConfig(), True: AugmentConfig(scale=True, gain=True)}
+
+    def new_path(augment: bool) -> torch.Tensor:
+        idx = torch.randint(BANK_CLIPS, (batch,), generator=gen, device=device)
+        return train_batch(bank, draw_crops(bank, idx, length, augs[augment], gen), length)
+
+    def old_path(augment: bool) -> torch.Tensor:
+        idx = np_rng.integers(0, BANK_CLIPS, size=batch)
+        x = make_train_batch([clips[k] for k in idx], length, np_rng, scale_max=1.25 if augment else None,
+                             gain_db=6.0 if augment else None)
+        return torch.from_numpy(x).to(device)
+
+    records = []
+    for precision in precisions:
+        torch.manual_seed(0)
+        model = create_model(name, NUM_CLASSES).to(device).train()
+        cfg = parse_config({"model": name, "dataset": "esc50", "optim": {"precision": precision}}).resolved_optim()
+        opt = make_optimizer(model.parameters(), cfg, 1e-4)
+        standard = Mixer(STRATEGIES["standard"], NUM_CLASSES, cls.sample_rate, 0)
+        intermix = Mixer(STRATEGIES["intermix"], NUM_CLASSES, cls.sample_rate, 0)
+        x_fixed = new_path(False)
+        y = torch.arange(batch, device=device) % NUM_CLASSES
+        variants: dict[str, Callable[[], object]] = {
+            "step": lambda: training_step(model, opt, standard, x_fixed, y, precision),
+            "data_new_plain": lambda: new_path(False),
+            "data_new_aug": lambda: new_path(True),
+            "data_old_plain": lambda: old_path(False),
+            "data_old_aug": lambda: old_path(True),
+            "full_plain": lambda: training_step(model, opt, intermix, new_path(False), y, precision),
+            "full_aug": lambda: training_step(model, opt, intermix, new_path(True), y, precision),
+        }
+        for fn in variants.values():  # warm-up (allocator, cuDNN autotune, lazy inits)
+            timed(fn, device)
+        times: dict[str, list[float]] = {k: [] for k in variants}
+        for _ in range(repeats):
+            for key, fn in variants.items():
+                times[key].append(timed(fn, device))
+        test_bank = ClipBank.from_arrays(clips[:32], labels[:32], device)
+        t_eval = statistics.median(timed(lambda: predict_crops(model, test_bank, length, 10, precision=precision),
+                                         device) for _ in range(max(2, repeats // 2)))
+        peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+        med = {k: statistics.median(v) for k, v in times.items()}
+        for augment in (False, True):
+            tag = "aug" if augment else "plain"
+            records.append({
+                "model": name, "device": device.type, "device_name": device_name(device), "precision": precision,
+                "augment": augment, "batch": batch, "repeats": repeats,
+                "data_samples_per_s": batch / med[f"data_new_{tag}"],
+                "old_data_samples_per_s": batch / med[f"data_old_{tag}"],
+                "step_samples_per_s": batch / med["step"],
+                "full_samples_per_s": batch / med[f"full_{tag}"],
+                "data_share_of_full": med[f"data_new_{tag}"] / med[f"full_{tag}"],
+                "eval_clips_per_s": len(test_bank) / t_eval,
+                "peak_gpu_memory_gib": peak,
+                "torch": torch.__version__, "date": dt.date.today().isoformat(),
+            })
+    return records
+
+
+def main() -> None:
+    """Print the throughput table for the chosen models; optionally save the records as JSON."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="*", default=list_models())
+    ap.add_argument("--precisions", nargs="*", default=None, help="default: fp32 on CPU, fp32 and bf16 on CUDA")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--device", default=None, help="auto (default), cpu, cuda")
+    ap.add_argument("--save", type=Path, help="write the records to this JSON file")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    precisions = args.precisions or (["fp32", "bf16"] if device.type == "cuda" else ["fp32"])
+    print(f"device: {device_name(device)}; torch {torch.__version__}; batch {args.batch}; "
+          f"median of {args.repeats} interleaved rounds", flush=True)
+    head = (f"{'model':<11} {'prec':<5} {'aug':<4} {'data new/s':>11} {'data old/s':>11} {'new/old':>8} "
+            f"{'step/s':>9} {'full/s':>9} {'data %':>7} {'eval clips/s':>13}")
+    print(head)
+    records = []
+    for name in args.models:
+        for r in bench_model(name, device, precisions, args.batch, args.repeats):
+            records.append(r)
+            print(f"{r['model']:<11} {r['precision']:<5} {'yes' if r['augment'] else 'no':<4} "
+                  f"{r['data_samples_per_s']:>11,.0f} {r['old_data_samples_per_s']:>11,.0f} "
+                  f"{r['data_samples_per_s'] / r['old_data_samples_per_s']:>7.2f}x {r['step_samples_per_s']:>9,.1f} "
+                  f"{r['full_samples_per_s']:>9,.1f} {100 * r['data_share_of_full']:>6.1f}% "
+                  f"{r['eval_clips_per_s']:>13,.1f}", flush=True)
+    if args.save:
+        args.save.parent.mkdir(parents=True, exist_ok=True)
+        args.save.write_text(json.dumps(records, indent=1))
+        print(f"saved {len(records)} records -> {args.save}")
+
+
+if __name__ == "__main__":
+    main()
