@@ -343,12 +343,21 @@ def test_train_rides_out_mlflow_stopped_and_restarted_mid_fold(own_mlflow: Mlflo
 
 
 @pytest.mark.slow
-def test_train_with_mlflow_left_down_ends_in_one_line_and_keeps_the_result(own_mlflow: MlflowServer,
+def test_train_with_mlflow_left_down_ends_in_one_line_and_keeps_the_trained_fold(own_mlflow: MlflowServer,
                                                                            demo_prepared: Path, tmp_path: Path) -> None:
-    """MLflow stopped mid-fold for good: training completes, result.json is written, the end is one error line."""
-    from intermix_core.records import load_result
+    """MLflow stopped mid-fold for good: training completes and ends in one error line, the trained fold stays on disk.
 
-    with train_in_background(demo_prepared, tmp_path / "out", own_mlflow.url, "cli-down", 5) as proc:
+    The fold counts as done only once tracking knows it: result.json waits, the final checkpoint (model
+    and history) is kept. Run again once MLflow is back, the same command trains nothing, logs what
+    MLflow lacks (every epoch once), finishes the run and writes result.json.
+    """
+    from mlflow import MlflowClient
+
+    from intermix_core.records import load_result
+    from intermix_core.train import load_checkpoint
+
+    out = tmp_path / "out"
+    with train_in_background(demo_prepared, out, own_mlflow.url, "cli-down", 5) as proc:
         run_id = wait_for_epoch(own_mlflow.url, "cli-down", 2, proc)
         own_mlflow.stop()
         _, err = proc.communicate(timeout=400)
@@ -359,5 +368,19 @@ def test_train_with_mlflow_left_down_ends_in_one_line_and_keeps_the_result(own_m
     assert errors[0] == (f"intermix: error: MLflow at {own_mlflow.url} did not answer for 5 s (Connection refused); "
                          f"esc10/piczak_cnn/bc/fold1 is trained but its MLflow run {run_id} is not finished: "
                          "run the same command again once MLflow answers to log it")
-    result = load_result(tmp_path / "out" / "result.json")
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["epoch"] == EPOCHS and len(state["history"]) == EPOCHS and state["run_id"] == run_id
+
+    own_mlflow.start()
+    with train_in_background(demo_prepared, out, own_mlflow.url, "cli-down", 5) as proc:
+        _, err = proc.communicate(timeout=400)
+    assert proc.returncode == 0, err[-3000:]
+    result = load_result(out / "result.json")
     assert result.status == "ok" and result.test_error is not None and len(result.history) == EPOCHS
+    assert result.train_seconds == pytest.approx(state["elapsed"], abs=1e-3)  # not trained again
+    client = MlflowClient(own_mlflow.url)
+    for key in ("train_loss", "train_error", "lr"):
+        assert sorted(m.step for m in client.get_metric_history(run_id, key)) == list(range(1, EPOCHS + 1)), key
+    exp = client.get_experiment_by_name("intermix")
+    runs = client.search_runs([exp.experiment_id], "tags.`intermix.grid_id` = 'cli-down'")
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)  # the fold and its parent
