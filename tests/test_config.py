@@ -116,8 +116,6 @@ def test_long_values_are_cut_in_messages():
 @pytest.mark.parametrize("data, expected", [
     ({"optim": {"lr": float("inf")}}, "optim.lr: Input should be a finite number"),
     ({"optim": {"lr": float("nan")}}, "optim.lr: Input should be a finite number"),
-    ({"optim": {"lr": 1e30}}, "optim.lr: Input should be less than or equal to 10"),
-    ({"optim": {"weight_decay": 1e30}}, "optim.weight_decay: Input should be less than or equal to 1"),
     ({"attack": {"epsilons": [0.1, float("inf")]}}, "attack.epsilons.1: Input should be a finite number"),
     ({"augment": {"gain_db": float("-inf")}}, "augment.gain_db: Input should be a finite number"),
     ({"strategy": {"name": "intermix", "phase_max": float("nan")}}, "strategy.phase_max: Input should be a finite"),
@@ -129,4 +127,5 @@ def test_long_values_are_cut_in_messages():
 def test_non_finite_absurd_and_mistyped_values_are_refused(data, expected):
     with pytest.raises(ConfigError, match=re.escape(f"config: {expected}")):
         parse_config(data)
-    assert parse_config({"seed": 2**32 - 1, "optim": {"lr": 10.0}}).seed == 2**32 - 1
+    # the largest seed is fine; a huge but finite LR is left to training, which fails the fold at a non-finite loss
+    assert parse_config({"seed": 2**32 - 1, "optim": {"lr": 1e30}}).seed == 2**32 - 1
