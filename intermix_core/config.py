@@ -7,11 +7,12 @@ field's name. Strategies are data: every method in the paper is a point of `Stra
 
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 DATASETS: dict[str, dict[str, int]] = {
     "esc10": {"num_classes": 10, "num_folds": 5},
@@ -25,10 +26,27 @@ FOLD_CLIPS: dict[str, tuple[int, ...]] = {
     "urbansound8k": (873, 888, 925, 990, 936, 823, 838, 806, 816, 837),
 }
 DatasetName = Literal["esc10", "esc50", "urbansound8k"]
+# seeds are 0..2**32 - 1 (numpy's seed range); fold seeds (seed * 1000 + fold) then stay far below 2**63
+MAX_SEED = 2**32 - 1
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxdict = 60, 60, 40, 8, 8, 6
+_SHORT.maxlevel = 3
+
+
+def short(value: Any) -> str:
+    """repr(value) cut to a few dozen characters: how error messages show values a user wrote."""
+    return _SHORT.repr(value)
+
+
+def cut(text: str, limit: int = 400) -> str:
+    """`text` cut to `limit` characters, saying how much was left out."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: inf and nan are refused in every float field ("Input should be a finite number")
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class StrategyConfig(_Strict):
@@ -66,7 +84,7 @@ class StrategyConfig(_Strict):
     @classmethod
     def _layers(cls, v: tuple[int, ...]) -> tuple[int, ...]:
         if not v or any(m < 0 for m in v):
-            raise ValueError(f"layers must be a non-empty set of indices >= 0, got {list(v)}")
+            raise ValueError(f"layers must be a non-empty set of indices >= 0, got {short(list(v))}")
         return tuple(sorted(set(v)))
 
 
@@ -114,16 +132,17 @@ STRATEGY_OPTIM_DEFAULTS: dict[str, dict[str, Any]] = {"intermix_official": {"upd
 
 def known_model(name: str) -> str:
     """`name` if it is a registered model; otherwise a ValueError listing the registered ones."""
-    from intermix_core.models import model_class
+    from intermix_core.models import list_models
 
-    model_class(name)
+    if not isinstance(name, str) or name not in list_models():
+        raise ValueError(f"unknown model {short(name)}; expected one of: {', '.join(list_models())}")
     return name
 
 
 def strategy_preset(name: str) -> StrategyConfig:
     """The named strategy preset; the error lists the valid names."""
-    if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; expected one of: {', '.join(STRATEGIES)}")
+    if not isinstance(name, str) or name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {short(name)}; expected one of: {', '.join(STRATEGIES)}")
     return STRATEGIES[name]
 
 
@@ -181,7 +200,7 @@ class OptimConfig(_Strict):
     @classmethod
     def _schedule(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
         if v is not None and any(not 0.0 < s < 1.0 for s in v):
-            raise ValueError(f"schedule entries are fractions of the epochs in (0, 1), got {list(v)}")
+            raise ValueError(f"schedule entries are fractions of the epochs in (0, 1), got {short(list(v))}")
         return v
 
 
@@ -205,7 +224,7 @@ class AttackConfig(_Strict):
     @classmethod
     def _eps(cls, v: tuple[float, ...]) -> tuple[float, ...]:
         if any(e < 0 for e in v):
-            raise ValueError(f"epsilons must be >= 0, got {list(v)}")
+            raise ValueError(f"epsilons must be >= 0, got {short(list(v))}")
         return v
 
 
@@ -217,38 +236,54 @@ class ExperimentConfig(_Strict):
     strategy: StrategyConfig = Field(default_factory=lambda: STRATEGIES["intermix"])
     # a name for the model configuration in tables, e.g. "envnet_v2_aug"; defaults to the model name
     setup: str | None = None
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     optim: OptimConfig = OptimConfig()
     augment: AugmentConfig = AugmentConfig()
     attack: AttackConfig = AttackConfig()
     num_crops: int = Field(default=10, ge=1)
-    # override the model's input length in samples (small demos); None keeps the model's own
-    input_length: int | None = Field(default=None, ge=256)
+    # override the model's input length in samples (small demos); None keeps the model's own.
+    # Each model accepts a range (StagedModel.min_input_length..max_input_length), checked below.
+    input_length: int | None = Field(default=None, ge=1)
 
     @field_validator("strategy", mode="before")
     @classmethod
     def _strategy(cls, v: Any) -> Any:
         # a preset by name, a preset with some fields overridden, or (any other name) a custom strategy
-        if isinstance(v, str) or (isinstance(v, dict) and set(v) == {"name"}):
-            return strategy_preset(v if isinstance(v, str) else v["name"])
-        if isinstance(v, dict) and v.get("name") in STRATEGIES:
-            return {**STRATEGIES[v["name"]].model_dump(), **v}
+        name = v.get("name") if isinstance(v, dict) else None
+        if isinstance(v, str) or (isinstance(v, dict) and set(v) == {"name"} and isinstance(name, str)):
+            return strategy_preset(v if isinstance(v, str) else name)
+        if isinstance(v, dict) and isinstance(name, str) and name in STRATEGIES:
+            return {**STRATEGIES[name].model_dump(), **v}
         return v
 
     _model = field_validator("model")(classmethod(lambda cls, v: known_model(v)))
 
-    @model_validator(mode="after")
-    def _layers_fit_model(self) -> "ExperimentConfig":
+    @field_validator("strategy")
+    @classmethod
+    def _layers_fit_model(cls, v: StrategyConfig, info: ValidationInfo) -> StrategyConfig:
         from intermix_core.models import model_class
 
-        cls = model_class(self.model)
-        if self.strategy.mix:
-            top = max(self.strategy.layers)
-            if top > cls.max_mix_layer:
-                raise ValueError(
-                    f"strategy.layers contains {top}, but {self.model} has mixing points 0..{cls.max_mix_layer}"
-                )
-        return self
+        model = info.data.get("model")
+        if model is not None and v.mix and max(v.layers) > model_class(model).max_mix_layer:
+            raise ValueError(f"strategy.layers contains {max(v.layers)}, but {model} has mixing points "
+                             f"0..{model_class(model).max_mix_layer}")
+        return v
+
+    @field_validator("input_length")
+    @classmethod
+    def _length_fits_model(cls, v: int | None, info: ValidationInfo) -> int | None:
+        from intermix_core.models import model_class
+
+        model = info.data.get("model")
+        if v is None or model is None:
+            return v
+        m = model_class(model)
+        lo, hi = m.min_input_length, m.max_input_length
+        if v < lo or (hi is not None and v > hi):
+            accepted = f"{lo}..{hi}" if hi is not None else f"at least {lo}"
+            raise ValueError(f"{v} samples do not fit {model}: it accepts {accepted} (its own length is "
+                             f"{m.input_length})")
+        return v
 
     @property
     def num_classes(self) -> int:
@@ -315,15 +350,17 @@ class ConfigError(ValueError):
     """A configuration file or value a user wrote is invalid; the message says where and why."""
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    """One line per problem: `source: field.path: message`."""
+def format_validation_error(err: ValidationError, source: str, max_lines: int = 20) -> str:
+    """One short line per problem: `source: field.path: message` (long keys and values cut)."""
     lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+    for e in err.errors(include_url=False, include_input=False):
+        loc = ".".join(p if isinstance(p, str) and len(p) <= 60 else short(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"{source}: {loc}: {msg}")
+        lines.append(cut(f"{source}: {loc}: {msg}"))
+    if len(lines) > max_lines:
+        lines = lines[:max_lines] + [f"{source}: ... and {len(lines) - max_lines} more problems"]
     return "\n".join(lines)
 
 
@@ -337,15 +374,80 @@ def parse_config(data: dict[str, Any], source: str = "config") -> ExperimentConf
         raise ConfigError(format_validation_error(err, source)) from None
 
 
+# Limits on YAML a user hands us (configs, grids, cluster options, --set values). Anchors and aliases
+# are allowed (handy in grids), but the document they expand to is bounded: a "billion laughs" file of
+# a few hundred bytes would otherwise expand to billions of values in memory.
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_NODES = 10_000
+MAX_YAML_DEPTH = 32
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML text safely and boundedly, raising ConfigError naming `source` on any problem."""
+    loader = yaml.SafeLoader(text)
+    loader.name = source  # marks in PyYAML's messages name the file, not "<unicode string>"
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_yaml_size(node, source)
+        return loader.construct_document(node)
+    except ConfigError:
+        raise
+    except RecursionError:
+        raise ConfigError(f"{source}: YAML nested too deeply (more than {MAX_YAML_DEPTH} levels)") from None
+    except (yaml.YAMLError, ValueError, TypeError) as err:  # ValueError/TypeError: e.g. a bad date, a 5000-digit int
+        raise ConfigError(f"{source}: not valid YAML ({cut(' '.join(str(err).split()), 300)})") from None
+    finally:
+        loader.dispose()
+
+
+def _check_yaml_size(root: yaml.Node, source: str) -> None:
+    """Refuse a document deeper than MAX_YAML_DEPTH or larger than MAX_YAML_NODES once aliases are expanded."""
+    sizes: dict[int, int] = {}  # expanded size per node: an alias is the same node object as its anchor
+
+    def size(node: yaml.Node, depth: int) -> int:
+        if depth > MAX_YAML_DEPTH:
+            raise ConfigError(f"{source}: YAML nested too deeply (more than {MAX_YAML_DEPTH} levels)")
+        if id(node) in sizes:
+            if sizes[id(node)] < 0:
+                raise ConfigError(f"{source}: a YAML alias refers to a node that contains it (recursive alias)")
+            return sizes[id(node)]
+        sizes[id(node)] = -1  # in progress
+        if isinstance(node, yaml.SequenceNode):
+            total = 1 + sum(size(child, depth + 1) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total = 1 + sum(size(k, depth + 1) + size(v, depth + 1) for k, v in node.value)
+        else:
+            total = 1
+        if total > MAX_YAML_NODES:
+            raise ConfigError(f"{source}: YAML too large: more than {MAX_YAML_NODES} values once anchors and aliases "
+                              "are expanded (a config or grid has a few hundred)")
+        sizes[id(node)] = total
+        return total
+
+    size(root, 0)
+
+
 def load_yaml(path: str | Path) -> Any:
-    """Read a YAML file, raising ConfigError naming the file on any problem."""
+    """Read a YAML file (UTF-8, at most 1 MiB, bounded alias expansion), raising ConfigError naming the file."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: no such file")
     try:
-        return yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{p}: not valid YAML ({err})") from None
+        with p.open("rb") as f:
+            raw = f.read(MAX_YAML_BYTES + 1)
+    except OSError as err:
+        raise ConfigError(f"{p}: cannot be read ({err.strerror})") from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise ConfigError(f"{p}: larger than {MAX_YAML_BYTES // (1 << 20)} MiB; a config, grid or options file "
+                          "is a few KiB")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{p}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); "
+                          "save it as UTF-8") from None
+    return parse_yaml(text, str(p)) or {}
 
 
 def load_config(path: str | Path, **overrides: Any) -> ExperimentConfig:

@@ -164,17 +164,16 @@ def prepare_dataset(
             return done
         if done is not None:
             log.info("%s: replacing a preparation made with other files or settings", out)
-        _clear(out)
+        _clear_staging(out)
         staging = out / f".staging-{uuid.uuid4().hex}"
         staging.mkdir()
         try:
+            # the new preparation is built whole beside the old one, which stays usable if this fails
             manifest = _build(clips, hashes, root, dataset, sample_rate, on_silent, fingerprint, staging, progress)
-            for ff in manifest.fold_files:
-                os.replace(staging / ff.file, out / ff.file)
             tmp = staging / MANIFEST
             tmp.write_text(manifest.model_dump_json(indent=1))
             _fsync(tmp)
-            os.replace(tmp, out / MANIFEST)  # the completion marker, last
+            _swap_in(out, staging, manifest)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     log.info("%s: prepared %s at %d Hz, %d clips", out, dataset, sample_rate, len(manifest.clips))
@@ -195,16 +194,25 @@ def _fsync(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _clear(out: Path) -> None:
-    """Remove an old or half-written preparation: the manifest first, then fold files and staging folders."""
-    (out / MANIFEST).unlink(missing_ok=True)
+def _clear_staging(out: Path) -> None:
+    """Remove staging folders an interrupted preparation left behind."""
     for p in out.iterdir():
         if p.name.startswith(".staging-"):
             log.info("%s: removing leftover %s", out, p.name)
             shutil.rmtree(p, ignore_errors=True)
-        elif _FOLD_FILE.fullmatch(p.name):
+
+
+def _swap_in(out: Path, staging: Path, manifest: Manifest) -> None:
+    """Replace the preparation in `out` with the complete one in `staging`: old manifest first, new one last."""
+    (out / MANIFEST).unlink(missing_ok=True)  # from here until the last rename, `out` holds no preparation
+    keep = {ff.file for ff in manifest.fold_files}
+    for p in out.iterdir():
+        if _FOLD_FILE.fullmatch(p.name) and p.name not in keep:
             log.info("%s: removing %s of an earlier preparation", out, p.name)
             p.unlink()
+    for ff in manifest.fold_files:
+        os.replace(staging / ff.file, out / ff.file)
+    os.replace(staging / MANIFEST, out / MANIFEST)  # the completion marker, last
 
 
 def _build(

@@ -7,6 +7,7 @@ reference preprocessing's int16 waveform (mono, resampled, trimmed). See docs/da
 from __future__ import annotations
 
 import csv
+import io
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from intermix_core.config import DATASETS
+from intermix_core.config import DATASETS, cut
 
 # ESC-50 targets of the ten ESC-10 classes; label i of ESC-10 is ESC-50 target ESC10_TARGETS[i].
 ESC10_TARGETS = (0, 10, 11, 20, 38, 21, 40, 41, 1, 12)
@@ -85,16 +86,24 @@ class _Rows:
         if not path.is_file():
             raise DataError(f"{path}: metadata file not found (expected the {layout} layout)")
         self.path = path
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
+        raw = path.read_bytes()
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            line = raw[: e.start].count(b"\n") + 1
+            raise DataError(f"{path}, line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save it as UTF-8") from None
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        try:
             header = reader.fieldnames or []
             missing = [c for c in required if c not in header]
             if missing:
                 raise DataError(
                     f"{path}: missing column(s) {', '.join(map(repr, missing))}; "
-                    f"expected {', '.join(required)}, found {', '.join(header) or 'no header'}"
+                    f"expected {', '.join(required)}, found {cut(', '.join(header), 200) or 'no header'}"
                 )
             self.rows = [(reader.line_num, row) for row in reader]
+        except csv.Error as e:  # e.g. a field over the csv module's size limit
+            raise DataError(f"{path}, line {reader.line_num}: not a readable CSV row ({e})") from None
 
     def text(self, line: int, row: dict, field: str) -> str:
         value = (row.get(field) or "").strip()

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from intermix_core.config import (
     DATASETS,
+    MAX_SEED,
     STRATEGIES,
     ConfigError,
     ExperimentConfig,
@@ -30,6 +31,7 @@ from intermix_core.config import (
     known_model,
     load_yaml,
     parse_config,
+    short,
 )
 
 GRIDS_DIR = Path(__file__).resolve().parent / "grids"
@@ -57,7 +59,7 @@ class SetupSpec(_Strict):
     @classmethod
     def _name(cls, v: str) -> str:
         if not _SETUP_NAME.match(v):
-            raise ValueError(f"setup name {v!r} must be lower-case letters, digits and '_' (at most 40)")
+            raise ValueError(f"setup name {short(v)} must be lower-case letters, digits and '_' (at most 40)")
         return v
 
     _model = field_validator("model")(classmethod(lambda cls, v: known_model(v)))
@@ -85,7 +87,7 @@ class GridSpec(_Strict):
     # written "all", one list for every dataset, or per dataset ("all" or a list); held as dataset -> folds
     folds: dict[str, list[int]] = Field(default="all", validate_default=True)
     overrides: dict[str, Any] = Field(default_factory=dict)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     # raw data per dataset: a folder, an s3:// URI, or "demo" (the shipped ESC-10 subset); not in the grid id
     sources: dict[str, str] = Field(default_factory=dict)
 
@@ -93,7 +95,7 @@ class GridSpec(_Strict):
     @classmethod
     def _name(cls, v: str) -> str:
         if not _GRID_NAME.match(v):
-            raise ValueError(f"grid name {v!r} must be lower-case letters, digits and '-' (at most 40)")
+            raise ValueError(f"grid name {short(v)} must be lower-case letters, digits and '-' (at most 40)")
         return v
 
     @field_validator("datasets")
@@ -101,7 +103,7 @@ class GridSpec(_Strict):
     def _datasets(cls, v: list[str]) -> list[str]:
         for d in v:
             if d not in DATASETS:
-                raise ValueError(f"unknown dataset {d!r}; expected one of: {', '.join(DATASETS)}")
+                raise ValueError(f"unknown dataset {short(d)}; expected one of: {', '.join(DATASETS)}")
         return _unique(v, "dataset")
 
     @field_validator("setups", mode="before")
@@ -123,7 +125,7 @@ class GridSpec(_Strict):
     def _strategies(cls, v: list[str]) -> list[str]:
         for s in v:
             if s not in STRATEGIES:
-                raise ValueError(f"unknown strategy {s!r}; expected one of: {', '.join(STRATEGIES)}")
+                raise ValueError(f"unknown strategy {short(s)}; expected one of: {', '.join(STRATEGIES)}")
         return _unique(v, "strategy")
 
     @field_validator("overrides")
@@ -140,12 +142,12 @@ class GridSpec(_Strict):
         if isinstance(v, dict):
             for d in v:
                 if d not in datasets:
-                    raise ValueError(f"{d!r} is not one of the grid's datasets ({', '.join(datasets)})")
+                    raise ValueError(f"{short(d)} is not one of the grid's datasets ({', '.join(datasets)})")
             per = {d: v.get(d, "all") for d in datasets}
         elif v == "all" or isinstance(v, list):
             per = {d: v for d in datasets}
         else:
-            raise ValueError(f"expected 'all', a list of fold numbers, or dataset -> 'all' | list, got {v!r}")
+            raise ValueError(f"expected 'all', a list of fold numbers, or dataset -> 'all' | list, got {short(v)}")
         return {d: _fold_list(d, choice) for d, choice in per.items()}
 
     @field_validator("sources")
@@ -154,7 +156,7 @@ class GridSpec(_Strict):
         datasets = info.data.get("datasets") or []
         for d in v:
             if d not in datasets:
-                raise ValueError(f"{d!r} is not one of the grid's datasets ({', '.join(datasets)})")
+                raise ValueError(f"{short(d)} is not one of the grid's datasets ({', '.join(datasets)})")
         return v
 
     def folds_for(self, dataset: str) -> list[int]:
@@ -166,7 +168,7 @@ class GridSpec(_Strict):
         for s in self.setups:
             if s.name == name:
                 return s
-        raise GridError(f"unknown setup {name!r}; this grid has: {', '.join(s.name for s in self.setups)}")
+        raise GridError(f"unknown setup {short(name)}; this grid has: {', '.join(s.name for s in self.setups)}")
 
 
 def _fold_list(dataset: str, choice: Any) -> list[int]:
@@ -174,10 +176,10 @@ def _fold_list(dataset: str, choice: Any) -> list[int]:
     if choice == "all":
         return list(range(1, n + 1))
     if not isinstance(choice, list) or not choice or not all(isinstance(f, int) and not isinstance(f, bool) for f in choice):
-        raise ValueError(f"{dataset}: expected 'all' or a non-empty list of fold numbers, got {choice!r}")
+        raise ValueError(f"{dataset}: expected 'all' or a non-empty list of fold numbers, got {short(choice)}")
     for f in choice:
         if not 1 <= f <= n:
-            raise ValueError(f"fold {f} is not a fold of {dataset}; expected one of: {', '.join(map(str, range(1, n + 1)))}")
+            raise ValueError(f"fold {short(f)} is not a fold of {dataset}; expected one of: {', '.join(map(str, range(1, n + 1)))}")
     return sorted(set(choice))
 
 
@@ -185,7 +187,7 @@ def _unique(v: list[str], what: str) -> list[str]:
     seen = set()
     for x in v:
         if x in seen:
-            raise ValueError(f"{what} {x!r} is listed twice")
+            raise ValueError(f"{what} {short(x)} is listed twice")
         seen.add(x)
     return v
 
@@ -271,10 +273,10 @@ def expand(grid: GridSpec, source: str = "grid") -> list[Cell]:
 def find_cell(grid: GridSpec, dataset: str, setup: str, strategy: str, fold: int, source: str = "grid") -> Cell:
     """The one cell named by its coordinates; errors list the grid's valid choices."""
     if dataset not in grid.datasets:
-        raise GridError(f"{source}: dataset {dataset!r} is not in the grid; expected one of: {', '.join(grid.datasets)}")
+        raise GridError(f"{source}: dataset {short(dataset)} is not in the grid; expected one of: {', '.join(grid.datasets)}")
     grid.setup(setup)
     if strategy not in grid.strategies:
-        raise GridError(f"{source}: strategy {strategy!r} is not in the grid; expected one of: {', '.join(grid.strategies)}")
+        raise GridError(f"{source}: strategy {short(strategy)} is not in the grid; expected one of: {', '.join(grid.strategies)}")
     folds = grid.folds_for(dataset)
     if fold not in folds:
         raise GridError(f"{source}: fold {fold} is not in the grid for {dataset}; expected one of: {', '.join(map(str, folds))}")

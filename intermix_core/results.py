@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -422,6 +423,9 @@ def log_summary_to_mlflow(
     grid_id = grid_id or out.resolve().name
     if "'" in grid_id or "\\" in grid_id:
         raise ValueError(f"grid_id must not contain quotes or backslashes: {grid_id!r}")
+    from intermix_core.tracking import quiet_run_links
+
+    quiet_run_links(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))  # no password in "View run" lines
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)

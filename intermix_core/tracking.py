@@ -6,33 +6,171 @@ MLflow runs table compares strategies directly. See docs/tracking.md for tags an
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
 import math
 import os
+import re
 import statistics
 import subprocess
+import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable, TypeVar
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 
-from intermix_core.config import ExperimentConfig
+from intermix_core.config import ExperimentConfig, cut
 from intermix_core.records import EpochRecord, FoldResult
+from intermix_core.redact import has_credentials, redact_uris
 
 T = "intermix."
 GRID, DATASET, SETUP, STRATEGY, FOLD, KIND = (
     T + k for k in ("grid_id", "dataset", "setup", "strategy", "fold", "kind")
 )
 SUPERSEDED, SUPERSEDED_BY, ERROR = T + "superseded", T + "superseded_by", T + "error"
+# when this attempt at the fold began (ms since the epoch; set at creation and again on reopening):
+# an attempt supersedes only attempts that began before it
+ATTEMPT_STARTED = T + "attempt_started"
 PARENT_ID = "mlflow.parentRunId"
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # the UI opens on runs, not GenAI
 FGSM_PREFIX = "fgsm_error_eps_"  # 10-crop clip error under FGSM
 FGSM_CROP_PREFIX = "fgsm_crop_error_eps_"  # single-crop error under FGSM
 EPOCH_METRICS = ("train_loss", "train_error", "val_error", "lr")
 _TAG_MAX = 5000
+
+
+# Outages. Every call to MLflow is one HTTP attempt (MLflow's own retries are switched off inside the
+# Tracker's calls) and the Tracker retries: epoch metrics are buffered and sent again later, every other
+# call is retried for `patience` seconds. See docs/tracking.md, "During an MLflow outage".
+PATIENCE_ENV = "INTERMIX_MLFLOW_PATIENCE"
+DEFAULT_PATIENCE = 300.0  # seconds a call other than epoch logging keeps retrying before TrackingError
+CALL_TIMEOUT = 30  # seconds one HTTP attempt may take (unless MLFLOW_HTTP_REQUEST_TIMEOUT says otherwise)
+EPOCH_TIMEOUT = 10  # the same for a per-epoch attempt: training waits at most this long for MLflow
+EPOCH_RETRY = (30.0, 300.0)  # during an outage, epoch logging tries again after 30 s, doubling up to 5 min
+_TRANSIENT = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED",
+              "SERVICE_UNDER_MAINTENANCE", "ABORTED"}
+_env_lock = threading.RLock()
+R = TypeVar("R")
+
+
+class TrackingError(RuntimeError):
+    """MLflow stayed unreachable (or kept failing) past the Tracker's patience; the message is one line."""
+
+
+def _transient(err: BaseException) -> bool:
+    """True for failures that may pass: connection problems, timeouts, 5xx and 429 answers, a locked sqlite."""
+    if isinstance(err, MlflowException):
+        return err.error_code in _TRANSIENT
+    return isinstance(err, OSError) or type(err).__name__ == "OperationalError"
+
+
+def _reason(err: BaseException) -> str:
+    """A few words on why a call failed, without URLs or object addresses."""
+    text = str(err)
+    for pattern in (r"\[Errno -?\d+\] ([^'\")\]]+)", r"(Read timed out|timed out|Connection refused|Connection reset)",
+                    r"(\d{3} Server Error[^:]*)", r"(database is locked)"):
+        if m := re.search(pattern, text):
+            return m.group(1).strip()
+    return cut(redact_uris(" ".join(text.split())), 160)
+
+
+@contextlib.contextmanager
+def _one_attempt(timeout: int) -> Iterator[None]:
+    """Inside the block, MLflow's HTTP client makes a single attempt per request with `timeout` seconds."""
+    settings = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+                "MLFLOW_HTTP_REQUEST_TIMEOUT": os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") or str(timeout)}
+    with _env_lock:  # MLflow reads these per request; the lock keeps threads from seeing each other's values
+        saved = {k: os.environ.get(k) for k in settings}
+        os.environ.update(settings)
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+def _warn(message: str) -> None:
+    print(f"intermix: {message}", file=sys.stderr, flush=True)
+
+
+class _PatientClient:
+    """An MlflowClient whose every method retries transient failures for `patience` seconds, then raises TrackingError."""
+
+    def __init__(self, client: MlflowClient, uri: str, patience: float) -> None:
+        self._client, self._uri, self._patience = client, uri, patience
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._client, name)
+        if not callable(method):
+            return method
+
+        @functools.wraps(method)
+        def patient(*args: Any, **kwargs: Any) -> Any:
+            return self.call(method, *args, **kwargs)
+
+        return patient
+
+    def call(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+        """fn(*args, **kwargs), retried with growing pauses (1 s to 30 s) while it fails transiently."""
+        deadline, pause, warned = time.monotonic() + self._patience, 1.0, False
+        while True:
+            try:
+                with _one_attempt(CALL_TIMEOUT):
+                    out = fn(*args, **kwargs)
+            except Exception as err:  # noqa: BLE001 - classified below
+                if not _transient(err):
+                    raise
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TrackingError(f"MLflow at {redact_uris(self._uri)} did not answer for {self._patience:.0f} s "
+                                        f"({_reason(err)})") from None
+                if not warned:
+                    _warn(f"warning: MLflow at {redact_uris(self._uri)} unreachable ({_reason(err)}); "
+                          f"retrying for up to {self._patience:.0f} s")
+                    warned = True
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, 30.0)
+                continue
+            if warned:
+                _warn(f"MLflow at {redact_uris(self._uri)} reachable again")
+            return out
+
+
+@contextlib.contextmanager
+def schema_lock(tracking_uri: str) -> Iterator[None]:
+    """For a sqlite:/// store, an exclusive lock on `<db>.lock` (MLflow creates and upgrades the schema unlocked)."""
+    if not tracking_uri.startswith("sqlite:///") or ":memory:" in tracking_uri:
+        yield
+        return
+    db = Path(tracking_uri.removeprefix("sqlite:///").split("?", 1)[0])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+_QUIET = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+_quieted: list[bool] = []  # [True] once quiet_run_links silenced MLflow's links (the Tracker then prints its own)
+
+
+def quiet_run_links(tracking_uri: str | None) -> None:
+    """Stop MLflow printing "View run ... at <uri>" lines when the URI carries credentials (it prints them verbatim)."""
+    if tracking_uri and has_credentials(tracking_uri) and not os.environ.get(_QUIET):
+        os.environ[_QUIET] = "true"
+        _quieted[:] = [True]
 
 
 def default_tracking_uri(cwd: str | Path | None = None) -> str:
@@ -82,7 +220,11 @@ EXPERIMENT = "intermix"  # the MLflow experiment every run of the project goes t
 
 
 def ensure_experiment(client: MlflowClient, name: str = EXPERIMENT, artifact_location: str | None = None) -> str:
-    """The id of the active experiment `name`, created (with `artifact_location`, if given) when missing."""
+    """The id of the active experiment `name`, created (with `artifact_location`, if given) when missing.
+
+    Opening a fresh sqlite store creates its schema: callers other than a Tracker (which holds the
+    schema lock) pass a client made under `schema_lock(uri)`.
+    """
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
@@ -92,24 +234,46 @@ def ensure_experiment(client: MlflowClient, name: str = EXPERIMENT, artifact_loc
             if exp is None:
                 raise
     if exp.lifecycle_stage != "active":
-        raise ValueError(f"MLflow experiment {name!r} is deleted at {client.tracking_uri}; restore it or use another")
+        raise ValueError(f"MLflow experiment {name!r} is deleted at {redact_uris(client.tracking_uri)}; "
+                         "restore it or use another")
     if exp.tags.get(EXPERIMENT_KIND[0]) is None:
         client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
     return exp.experiment_id
 
 
 class Tracker:
-    """Logs folds of a grid to MLflow; `tracking_uri` None means $MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db."""
+    """Logs folds of a grid to MLflow; `tracking_uri` None means $MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db.
 
-    def __init__(self, tracking_uri: str | None = None, experiment: str = EXPERIMENT) -> None:
+    `patience` (default $INTERMIX_MLFLOW_PATIENCE, else 300 s): how long a call other than per-epoch
+    logging retries an unreachable MLflow before raising TrackingError.
+    """
+
+    def __init__(self, tracking_uri: str | None = None, experiment: str = EXPERIMENT,
+                 patience: float | None = None) -> None:
         self.tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
-        self.client = MlflowClient(tracking_uri=self.tracking_uri)
-        self.experiment_id = self._experiment(experiment)
-        self._last_step: dict[str, int] = {}
+        if patience is None:
+            value = os.environ.get(PATIENCE_ENV) or str(DEFAULT_PATIENCE)
+            try:
+                patience = float(value)
+            except ValueError:
+                patience = -1.0
+            if not 0 <= patience < math.inf:
+                raise ValueError(f"{PATIENCE_ENV}={cut(value, 40)}: expected a number of seconds, e.g. 300")
+        self.patience = patience
+        quiet_run_links(self.tracking_uri)
+        with schema_lock(self.tracking_uri):  # opening a sqlite store creates or upgrades its schema
+            self._mlflow = MlflowClient(tracking_uri=self.tracking_uri)
+            self.client = _PatientClient(self._mlflow, self.tracking_uri, patience)
+            self.experiment_id = self._experiment(experiment)
+        self._last_step: dict[str, int] = {}  # the highest epoch MLflow holds, per run
+        self._pending: dict[str, list[Metric]] = {}  # epoch metrics not yet sent, per run, oldest first
+        self._pending_top: dict[str, int] = {}  # the highest epoch among them
+        self._next_try = 0.0  # monotonic time before which per-epoch logging does not call MLflow
+        self._failures = 0  # consecutive failed per-epoch attempts
 
     # -- experiment, search ---------------------------------------------------------------------
     def _experiment(self, name: str) -> str:
-        return ensure_experiment(self.client, name)
+        return ensure_experiment(self.client, name)  # type: ignore[arg-type]  (a patient MlflowClient)
 
     def _search(self, filter_string: str) -> list[Run]:
         runs, token = [], None
@@ -168,6 +332,7 @@ class Tracker:
             fold_tags = {
                 **(tags or {}), PARENT_ID: parent_id, GRID: grid_id, DATASET: cfg.dataset, SETUP: cfg.setup_name,
                 STRATEGY: cfg.strategy.name, T + "model": cfg.model, FOLD: str(fold), KIND: "fold", SUPERSEDED: "false",
+                ATTEMPT_STARTED: str(int(time.time() * 1000)),
             }
             for tag, value in ((T + "git_commit", git_commit()), (T + "image", os.environ.get("INTERMIX_IMAGE")),
                                (T + "kfp_run_id", os.environ.get("KFP_RUN_ID"))):
@@ -210,16 +375,28 @@ class Tracker:
         if parent_id:
             self.client.update_run(parent_id, status="RUNNING")
         self.client.update_run(run_id, status="RUNNING")
-        self.client.set_tag(run_id, SUPERSEDED, "false")
-        self._last_step.pop(run_id, None)  # re-read from MLflow on the next log_epoch
+        self.client.log_batch(run_id, tags=[RunTag(SUPERSEDED, "false"),
+                                            RunTag(ATTEMPT_STARTED, str(int(time.time() * 1000)))])
+        self._last_step.pop(run_id, None)
+        self._last_logged_step(run_id)  # read now, while MLflow answers: epochs replayed after a resume are skipped
         return run_id
 
     def _supersede_others(self, run_id: str, cell: tuple[str, str, str, str], fold: int) -> bool:
-        """Tag every other attempt of this fold superseded (kill it if still RUNNING); True if any changed."""
+        """Tag the attempts of this fold that began before this one superseded (kill those still RUNNING).
+
+        Only earlier ones: two attempts starting at once then agree that the later one is current.
+        Returns True if any run changed.
+        """
+        runs = self.fold_runs(*cell, fold=fold)
+        began = {r.info.run_id: (int(r.data.tags.get(ATTEMPT_STARTED) or r.info.start_time), r.info.run_id)
+                 for r in runs}
+        if run_id not in began:  # not searchable yet: read it directly
+            me = self.client.get_run(run_id)
+            began[run_id] = (int(me.data.tags.get(ATTEMPT_STARTED) or me.info.start_time), run_id)
         changed = False
-        for run in self.fold_runs(*cell, fold=fold):
+        for run in runs:
             other = run.info.run_id
-            if other == run_id or run.data.tags.get(SUPERSEDED) == "true":
+            if other == run_id or run.data.tags.get(SUPERSEDED) == "true" or began[other] > began[run_id]:
                 continue
             self.client.log_batch(other, tags=[RunTag(SUPERSEDED, "true"), RunTag(SUPERSEDED_BY, run_id)])
             if run.info.status == "RUNNING":
@@ -233,15 +410,62 @@ class Tracker:
             self._last_step[run_id] = max((m.step for m in history), default=-1)
         return self._last_step[run_id]
 
+    # -- epoch metrics: best effort, buffered through outages -------------------------------------
     def log_epoch(self, run_id: str, record: EpochRecord) -> None:
-        """Log train_loss, train_error, val_error (if set) and lr at step=epoch; epochs already logged are skipped."""
-        if record.epoch <= self._last_logged_step(run_id):
+        """Log train_loss, train_error, val_error (if set) and lr at step=epoch; epochs already logged are skipped.
+
+        Never fails on an MLflow outage: the metrics wait in a buffer (with a warning) and go out with
+        a later call, `flush()` or `finish_fold`, each exactly once.
+        """
+        if record.epoch <= max(self._last_logged_step(run_id), self._pending_top.get(run_id, -1)):
             return
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, record.epoch) for k in EPOCH_METRICS
-                   if (v := getattr(record, k)) is not None]
-        self.client.log_batch(run_id, metrics=metrics, synchronous=True)
-        self._last_step[run_id] = record.epoch
+        now = int(time.time() * 1000)  # kept with the metric: a resend is then identical, and MLflow keeps one copy
+        self._pending.setdefault(run_id, []).extend(
+            Metric(k, float(v), now, record.epoch) for k in EPOCH_METRICS if (v := getattr(record, k)) is not None)
+        self._pending_top[run_id] = record.epoch
+        if time.monotonic() >= self._next_try:
+            self._send_pending(run_id)
+
+    def flush(self, run_id: str | None = None) -> bool:
+        """Try once now to send buffered epoch metrics (of `run_id`, or of every run); True if none are left."""
+        for rid in [run_id] if run_id else list(self._pending):
+            self._send_pending(rid)
+        return not any(self._pending.get(rid) for rid in ([run_id] if run_id else list(self._pending)))
+
+    def pending_epochs(self, run_id: str) -> list[int]:
+        """Epochs of `run_id` whose metrics are buffered, not yet in MLflow."""
+        return sorted({m.step for m in self._pending.get(run_id, [])})
+
+    def _send_pending(self, run_id: str, patient: bool = False) -> None:
+        """Send `run_id`'s buffered metrics: one quick attempt (a warning if it fails), or patiently (may raise)."""
+        pending = self._pending.get(run_id)
+        if not pending:
+            return
+        send = functools.partial(self._mlflow.log_batch, run_id, synchronous=True)
+        try:
+            while pending:
+                chunk = pending[:1000]  # log_batch takes at most 1000 metrics
+                if patient:
+                    self.client.call(send, metrics=chunk)
+                else:
+                    with _one_attempt(EPOCH_TIMEOUT):
+                        send(metrics=chunk)
+                self._last_step[run_id] = max(self._last_step.get(run_id, -1), max(m.step for m in chunk))
+                del pending[: len(chunk)]
+        except Exception as err:  # noqa: BLE001 - epoch logging must not stop training
+            if patient:
+                raise
+            self._failures += 1
+            wait = min(EPOCH_RETRY[0] * 2 ** (self._failures - 1), EPOCH_RETRY[1])
+            self._next_try = time.monotonic() + wait
+            epochs = self.pending_epochs(run_id)
+            _warn(f"warning: MLflow at {redact_uris(self.tracking_uri)} unreachable ({_reason(err)}); training goes on, "
+                  f"metrics of {len(epochs)} epoch(s) ({epochs[0]}..{epochs[-1]}) kept to send later, next try in "
+                  f"{wait:.0f} s")
+            return
+        if self._failures:
+            _warn(f"MLflow at {redact_uris(self.tracking_uri)} reachable again: buffered epoch metrics sent")
+        self._failures, self._next_try = 0, 0.0
 
     def log_fgsm(self, run_id: str, fgsm: dict[str, float], fgsm_crop: dict[str, float] | None = None) -> None:
         """Log `fgsm_error_eps_<eps>` (and `fgsm_crop_error_eps_<eps>`) per epsilon, then refresh the parent."""
@@ -249,26 +473,49 @@ class Tracker:
         self._refresh_parent_of(run_id)
 
     def finish_fold(self, run_id: str, result: FoldResult) -> None:
-        """Log final metrics and the confusion matrix, end the run (FINISHED or FAILED), update the parent."""
-        tags = self.client.get_run(run_id).data.tags
+        """Log final metrics and the confusion matrix, end the run (FINISHED or FAILED), update the parent.
+
+        Buffered epoch metrics go first; if MLflow stays unreachable past `patience`, TrackingError
+        (one line) and the run stays RUNNING: calling finish_fold again later logs what is missing.
+        """
+        try:
+            self._finish_fold(run_id, result)
+        except TrackingError as err:
+            cell = f"{result.dataset}/{result.setup}/{result.strategy}/fold{result.fold}"
+            raise TrackingError(f"{err}; {cell} is trained but its MLflow run {run_id} is not finished: "
+                                "run the same command again once MLflow answers to log it") from None
+
+    def _finish_fold(self, run_id: str, result: FoldResult) -> None:
+        run = self.client.get_run(run_id)
+        tags = run.data.tags
         got = (tags.get(DATASET), tags.get(SETUP), tags.get(STRATEGY), tags.get(FOLD))
         want = (result.dataset, result.setup, result.strategy, str(result.fold))
         if got != want:
             raise ValueError(f"result for {want} does not belong to run {run_id} of {got}")
         for record in result.history:
             self.log_epoch(run_id, record)
+        self._send_pending(run_id, patient=True)
         final = {"test_error": result.test_error, "train_seconds": result.train_seconds,
                  "samples_per_second": result.samples_per_second}
         if result.best_val_error is not None:
             final["best_val_error"] = result.best_val_error
         final.update(_fgsm_metrics(result.fgsm, result.fgsm_crop))
-        self._log_metrics(run_id, {k: v for k, v in final.items() if v is not None})
+        # a value the run already holds is not logged again: finishing twice (after a failed end) adds nothing
+        self._log_metrics(run_id, {k: v for k, v in final.items() if v is not None and run.data.metrics.get(k) != v})
         if result.confusion is not None:
             self._log_confusion(run_id, result.confusion)
         if result.status == "failed":
             self.client.set_tag(run_id, ERROR, (result.error or "failed")[:_TAG_MAX])
         self.client.set_terminated(run_id, "FAILED" if result.status == "failed" else "FINISHED")
+        self._print_link(run)
         self._refresh_parent_of(run_id)
+
+    def _print_link(self, run: Run) -> None:
+        """MLflow's "View run" line, with credentials removed, where quiet_run_links silenced MLflow's own."""
+        if _quieted and os.environ.get(_QUIET) and has_credentials(self.tracking_uri) and \
+                self.tracking_uri.startswith(("http://", "https://")):
+            url = f"{self.tracking_uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+            print(f"View run {run.info.run_name} at: {redact_uris(url)}", flush=True)
 
     def _log_metrics(self, run_id: str, values: dict[str, float], step: int = 0, timestamp: int | None = None) -> None:
         ts = timestamp or int(time.time() * 1000)

@@ -44,6 +44,7 @@ class FoldTracker(Protocol):
         resume_run_id: str | None = None,
     ) -> str: ...
     def log_epoch(self, run_id: str, record: EpochRecord) -> None: ...
+    def flush(self, run_id: str) -> object: ...
     def finish_fold(self, run_id: str, result: FoldResult) -> None: ...
 
 
@@ -321,6 +322,8 @@ def _train_fold(
             if dev.type == "cuda":
                 ckpt["cuda_rng"] = torch.cuda.get_rng_state(dev)
         save_checkpoint(ckpt_path, ckpt)
+        if tracker is not None and run_id is not None:
+            tracker.flush(run_id)  # epoch metrics buffered during an MLflow outage go out with the checkpoint
 
     bs = optim.batch_size
     crop_probs = None

@@ -8,7 +8,7 @@ import argparse
 import os
 import sys
 
-from intermix_core.config import DATASETS, STRATEGIES, ConfigError
+from intermix_core.config import DATASETS, STRATEGIES, ConfigError, cut
 from pipelines.commands import (
     UsageError, cmd_attack, cmd_compile, cmd_estimate, cmd_prepare, cmd_rerun, cmd_results, cmd_run, cmd_show,
     cmd_study, cmd_submit, cmd_train,
@@ -222,6 +222,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_error(err: BaseException, max_lines: int = 20) -> None:
+    """The error as `intermix: error: ...` lines: credentials in URIs removed, long lines and many lines cut."""
+    from intermix_core.redact import redact_uris
+
+    lines = str(err).strip().splitlines() or [type(err).__name__]
+    for line in lines[:max_lines]:  # messages cut user values already; this bounds anything that slipped through
+        print(f"intermix: error: {cut(redact_uris(line), 500)}", file=sys.stderr)
+    if len(lines) > max_lines:
+        print(f"intermix: error: ... and {len(lines) - max_lines} more lines", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `intermix` console script."""
     parser = build_parser()
@@ -242,9 +253,13 @@ def main(argv: list[str] | None = None) -> int:
         # OSError: the machine refused (a full disk, a missing or unwritable folder), named by the message
         if args.debug:
             raise
-        for line in str(err).strip().splitlines() or [type(err).__name__]:
-            print(f"intermix: error: {line}", file=sys.stderr)
+        _print_error(err)
         return 2
+    except Exception as err:
+        if args.debug or type(err).__name__ != "TrackingError":  # MLflow unreachable: not the user's mistake
+            raise
+        _print_error(err)
+        return 1
     except KeyboardInterrupt:
         print("intermix: interrupted", file=sys.stderr)
         return 130

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from intermix_core.config import DATASETS, ConfigError, format_validation_error
+from intermix_core.config import DATASETS, ConfigError, cut, format_validation_error, short
 
 
 class UsageError(Exception):
@@ -26,7 +26,7 @@ def _pairs(items: list[str] | None, flag: str) -> dict[str, str]:
     for item in items or []:
         key, eq, value = item.partition("=")
         if not eq or not key:
-            raise UsageError(f"{flag} {item!r}: expected KEY=VALUE")
+            raise UsageError(f"{flag} {short(item)}: expected KEY=VALUE")
         out[key] = value
     return out
 
@@ -71,18 +71,20 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
-    for k in keys[:-1]:
+    if not all(keys):
+        raise UsageError(f"--set {cut(dotted, 80)}: expected KEY or SECTION.KEY, e.g. optim.epochs")
+    for depth, k in enumerate(keys[:-1]):
+        if depth == 0 and k == "strategy" and isinstance(data.get(k), str):
+            data[k] = {"name": data[k]}  # a preset by name (--strategy, or the file): strategy.KEY overrides its fields
         data = data.setdefault(k, {})
         if not isinstance(data, dict):
-            raise UsageError(f"--set {dotted}: {k} is not a section")
+            raise UsageError(f"--set {cut(dotted, 80)}: {'.'.join(keys[:depth + 1])} is {short(data)}, not a section")
     data[keys[-1]] = value
 
 
 def build_config(args: argparse.Namespace) -> Any:
     """ExperimentConfig from --config plus --dataset/--model/--strategy/--setup/--seed and --set KEY=VALUE."""
-    import yaml
-
-    from intermix_core.config import load_yaml, parse_config
+    from intermix_core.config import load_yaml, parse_config, parse_yaml
 
     data = load_yaml(args.config) if args.config else {}
     if not isinstance(data, dict):
@@ -91,7 +93,7 @@ def build_config(args: argparse.Namespace) -> Any:
         if getattr(args, key, None) is not None:
             data[key] = getattr(args, key)
     for dotted, text in _pairs(args.set, "--set").items():
-        _set_dotted(data, dotted, yaml.safe_load(text))
+        _set_dotted(data, dotted, parse_yaml(text, f"--set {cut(dotted, 80)}"))
     return parse_config(data, source=args.config or "command line")
 
 
@@ -226,10 +228,13 @@ def _report(report: Any, work: Any, tracking: bool) -> int:
         print("fix the cause, then rerun the same command (finished folds come from the cache) "
               "or `intermix rerun` for one fold", file=sys.stderr)
         return 1
-    if tracking and work.local_tracking:
-        print(f"MLflow: mlflow ui --backend-store-uri {work.tracking_uri}", file=sys.stderr)
-    elif tracking:
-        print(f"MLflow: runs logged to {work.tracking_uri}", file=sys.stderr)
+    if tracking:
+        from intermix_core.redact import redact_uris
+
+        if work.local_tracking:
+            print(f"MLflow: mlflow ui --backend-store-uri {work.tracking_uri}", file=sys.stderr)
+        else:
+            print(f"MLflow: runs logged to {redact_uris(work.tracking_uri)}", file=sys.stderr)
     return 0
 
 

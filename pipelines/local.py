@@ -105,11 +105,13 @@ def init_local(work: Workdir, tracking: bool = True) -> None:
     if tracking:  # create the store's schema and the experiment once: two fold tasks doing it at once would race
         from mlflow import MlflowClient
 
-        from intermix_core.tracking import ensure_experiment
+        from intermix_core.tracking import ensure_experiment, schema_lock
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" chatter on the terminal
         artifacts = (work.root / "mlartifacts").resolve().as_uri() if work.local_tracking else None
-        ensure_experiment(MlflowClient(tracking_uri=work.tracking_uri), artifact_location=artifacts)
+        with schema_lock(work.tracking_uri):
+            client = MlflowClient(tracking_uri=work.tracking_uri)
+        ensure_experiment(client, artifact_location=artifacts)
 
 
 class _LogStream(io.TextIOBase):

@@ -190,11 +190,27 @@ def seaweedfs(
 
 @dataclass
 class MlflowServer:
-    """A running MLflow tracking server whose artifacts go to S3."""
+    """A running MLflow tracking server whose artifacts go to S3; `stop()` and `start()` simulate an outage."""
 
     url: str
     artifacts_destination: str
     process: Process | None = field(default=None, repr=False)
+    cmd: list[str] = field(default_factory=list, repr=False)
+    env: dict[str, str] = field(default_factory=dict, repr=False)
+    workdir: Path | None = field(default=None, repr=False)
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM to its process group); its data stays for `start()`."""
+        if self.process is not None:
+            self.process.stop()
+
+    def start(self, timeout: float = 120.0) -> None:
+        """Start the stopped server again on the same port and data; return once /health answers."""
+        if self.process is not None and self.process.alive():
+            return
+        assert self.workdir is not None, "not started by mlflow_server()"
+        self.process = spawn("mlflow", self.cmd, self.env, self.workdir / "mlflow.log", self.workdir)
+        wait_until(self.process, lambda: _health(self.url), timeout)
 
 
 def _health(url: str) -> bool:
@@ -225,9 +241,10 @@ def mlflow_server(
             last_err = err
             proc.stop()
             continue
+        server = MlflowServer(url, dest, process=proc, cmd=cmd, env=env, workdir=workdir)
         try:
-            yield MlflowServer(url, dest, process=proc)
+            yield server
         finally:
-            proc.stop()
+            server.stop()
         return
     raise ServerError(f"MLflow server did not start: {last_err}")

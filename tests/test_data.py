@@ -10,6 +10,7 @@ import hashlib
 import logging
 import math
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -383,3 +384,20 @@ def test_demo_dataset_ships_small_and_loads() -> None:
         info = sf.info(c.path)
         assert (info.samplerate, info.channels, info.subtype) == (22050, 1, "VORBIS")
         assert len(load_audio(c.path, 16000)) > 1000
+
+
+def test_failed_re_prepare_keeps_the_earlier_preparation(tmp_path: Path) -> None:
+    """A re-prepare that fails midway (a broken clip in the last fold) leaves the old preparation loadable."""
+    source = Path(shutil.copytree(demo_data_dir(), tmp_path / "src"))
+    out = tmp_path / "prepared"
+    first = prepare_dataset(source, "esc10", out, 8000, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    last = [c for c in first.clips if c.fold == max(first.folds)][-1]  # earlier folds are built when this one fails
+    victim = source / last.source
+    victim.write_bytes(victim.read_bytes()[:3000])
+    with pytest.raises(DataError, match=re.escape(str(victim))):
+        prepare_dataset(source, "esc10", out, 16000, progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert not list(out.glob(".staging-*"))
+    data = load_prepared(out)
+    assert data.sample_rate == 8000 and data.manifest == first

@@ -153,3 +153,36 @@ def test_unknown_model_lists_valid_names() -> None:
 def test_registry_holds_the_paper_models() -> None:
     """The five models of the paper's Table 1 are registered."""
     assert set(list_models()) >= {"envnet", "envnet_v2", "m18", "piczak_cnn", "soundnet5"}
+
+
+def _runs(model: torch.nn.Module, length: int) -> bool:
+    """True if the model (train mode, batch of 2, mixing at its deepest layer) accepts waveforms of `length` samples."""
+    x = torch.rand(BATCH, length) * 2 - 1
+    try:
+        with torch.no_grad():
+            out = model.train()(x, mix=HalfRollMix(model.max_mix_layer))
+    except RuntimeError:
+        return False
+    return out.shape == (BATCH, NUM_CLASSES)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_input_length_range_is_exact(name: str) -> None:
+    """min_input_length / max_input_length are the real edges: the model runs at each and fails one beyond."""
+    from intermix_core.config import ConfigError, parse_config
+
+    cls = model_class(name)
+    model = create_model(name, NUM_CLASSES)
+    lo, hi = cls.min_input_length, cls.max_input_length
+    assert lo <= cls.input_length and (hi is None or cls.input_length <= hi)
+    assert _runs(model, lo), f"{name} fails at its min_input_length {lo}"
+    assert not _runs(model, lo - 1), f"{name} still runs at {lo - 1}: min_input_length is too high"
+    if hi is None:
+        assert _runs(model, 2 * cls.input_length), f"{name} has no max_input_length but fails at twice its length"
+    else:
+        assert _runs(model, hi), f"{name} fails at its max_input_length {hi}"
+        assert not _runs(model, hi + 1), f"{name} still runs at {hi + 1}: max_input_length is too low"
+    # the config accepts exactly that range, naming the field and the model otherwise
+    assert parse_config({"model": name, "strategy": "standard", "input_length": lo}).crop_length == lo
+    with pytest.raises(ConfigError, match=rf"config: input_length: {lo - 1} samples do not fit {name}: it accepts"):
+        parse_config({"model": name, "strategy": "standard", "input_length": lo - 1})

@@ -22,10 +22,14 @@ class StagedModel(nn.Module):
     Subclasses set `sample_rate`, `input_length` and `max_mix_layer` (M, the number of stages) and
     build `stages` / `head`. The input is a batch of waveforms shaped (B, T) in [-1, 1]; the output is
     logits (B, num_classes). A strategy's layer set L (config.StrategyConfig.layers) picks stages by index.
+    `min_input_length` and `max_input_length` (None: no upper bound) are the T it runs at
+    (tests/test_models.py checks both edges).
     """
 
     sample_rate: int = 16000
     input_length: int = 24014
+    min_input_length: int = 1  # every model sets its own range; the test of the edges fails on these defaults
+    max_input_length: int | None = None
     max_mix_layer: int = 0
 
     def __init__(self, stages: list[nn.Module], head: nn.Module) -> None:

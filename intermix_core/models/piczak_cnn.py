@@ -78,6 +78,7 @@ class PiczakCNN(StagedModel):
 
     sample_rate = 22050
     input_length = (N_FRAMES - 1) * HOP + N_FFT  # 21504
+    min_input_length, max_input_length = 19968, 24575  # the fc input size fixes the number of frames
     max_mix_layer = 4
 
     def __init__(self, num_classes: int) -> None:
