@@ -52,10 +52,10 @@ def test_bad_model_exits_2_with_choices_and_no_traceback(tmp_path: Path):
     "argv, expected",
     [
         (["run", "no-such-grid.yaml"], "no-such-grid.yaml: no such grid file; packaged grids: demo, gpu-study, paper"),
-        (["rerun", "--grid", "demo", "--dataset", "esc10", "--setup", "piczak_cnn", "--strategy", "bc", "--fold", "4"],
-         "fold 4 is not in the grid for esc10; expected one of: 1, 2, 3"),
-        (["rerun", "--grid", "demo", "--dataset", "esc10", "--model", "m18", "--strategy", "bc", "--fold", "1"],
-         "--model m18: no setup of this grid uses it; give --setup, one of: piczak_cnn (piczak_cnn)"),
+        (["rerun", "--grid", "demo", "--dataset", "esc10", "--setup", "m18", "--strategy", "bc", "--fold", "3"],
+         "fold 3 is not in the grid for esc10; expected one of: 1, 2"),
+        (["rerun", "--grid", "demo", "--dataset", "esc10", "--model", "envnet", "--strategy", "bc", "--fold", "1"],
+         "--model envnet: no setup of this grid uses it; give --setup, one of: m18 (m18)"),
         (["train", "--set", "optim.epochs=0", "--data", ".", "--fold", "1", "--out", "x"],
          "command line: optim.epochs: Input should be greater than or equal to 1"),
         (["train", "--dataset", "esc10", "--data", ".", "--fold", "9", "--out", "x"],
@@ -118,14 +118,14 @@ def test_submit_to_kfp_api_test_double(capsys: pytest.CaptureFixture):
         assert len(runs) == 1  # the demo grid is one dataset x setup
         run = runs[0]
         assert run["experiment_id"] == next(iter(api.experiments))
-        assert run["display_name"].endswith(" esc10/piczak_cnn")
+        assert run["display_name"].endswith(" esc10/m18")
         assert run["runtime_config"]["parameters"] == {
             "store_root": "s3://intermix-data/grids", "tracking_uri": "http://mlflow:5000", "source": "demo",
         }
         spec = run["pipeline_spec"]["pipeline_spec"]
         assert spec["pipelineInfo"]["name"].startswith("intermix-demo-")
         names = {t["taskInfo"]["name"] for c in spec["components"].values() if "dag" in c for t in c["dag"]["tasks"].values()}
-        assert "train esc10/piczak_cnn/intermix" in names
+        assert "train esc10/m18/intermix" in names
         platform = run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
         assert platform["exec-train-fold"]["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
         assert all(r.headers.get("authorization") == "Bearer secret-token" for r in api.requests)
@@ -133,7 +133,7 @@ def test_submit_to_kfp_api_test_double(capsys: pytest.CaptureFixture):
 
         # a one-fold rerun of the same grid goes to the same experiment
         rerun_args = [
-            "rerun", "--grid", "demo", "--dataset", "esc10", "--setup", "piczak_cnn", "--strategy", "bc", "--fold", "2",
+            "rerun", "--grid", "demo", "--dataset", "esc10", "--setup", "m18", "--strategy", "bc", "--fold", "2",
             "--restart", "--host", api.url, "--namespace", "team-a", "--existing-token", "secret-token",
             "--experiment", "intermix-demo", "--store", "s3://intermix-data/grids",
         ]
@@ -141,7 +141,7 @@ def test_submit_to_kfp_api_test_double(capsys: pytest.CaptureFixture):
         assert code == 0, err
         rerun = api.created_runs()[-1]
         assert rerun["runtime_config"]["parameters"]["restart"] is True
-        assert "rerun esc10/piczak_cnn/bc/fold2" in rerun["display_name"]
+        assert "rerun esc10/m18/bc/fold2" in rerun["display_name"]
         assert len(api.experiments) == 1
         # the same rerun again while the first one is still pending: reported, not duplicated
         code, out, err = _run(rerun_args, capsys)

@@ -44,10 +44,11 @@ def test_paper_grid_has_480_cells_in_18_runs():
 def test_demo_grid_is_small_and_uses_the_shipped_data():
     grid = load_grid("demo")
     cells = expand(grid)
-    assert len(cells) == 12
+    assert len(cells) == 8
     assert {c.strategy for c in cells} == {"standard", "bc", "speechmix", "intermix"}
     assert grid.sources == {"esc10": "demo"}
-    assert all(c.config.optim.epochs is not None and c.config.optim.epochs <= 12 for c in cells)
+    epochs = {c.strategy: c.config.resolved_optim().epochs for c in cells}
+    assert epochs["standard"] <= 24 and all(epochs[s] == 2 * epochs["standard"] for s in ("bc", "speechmix", "intermix"))
 
 
 def test_expand_merges_overrides_and_axes():

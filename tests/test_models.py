@@ -156,14 +156,16 @@ def test_registry_holds_the_paper_models() -> None:
 
 
 def _runs(model: torch.nn.Module, length: int) -> bool:
-    """True if the model (train mode, batch of 2, mixing at its deepest layer) accepts waveforms of `length` samples."""
-    x = torch.rand(BATCH, length) * 2 - 1
+    """True if the model (train mode, batch of 2, the real mixer at its deepest layer) accepts `length` samples."""
+    x, y = torch.rand(2, length) * 2 - 1, torch.tensor([0, 1])
+    strategy = VARIANTS["intermix"].model_copy(update={"layers": (model.max_mix_layer,)})
     try:
         with torch.no_grad():
-            out = model.train()(x, mix=HalfRollMix(model.max_mix_layer))
+            batch = Mixer(strategy, NUM_CLASSES, model.sample_rate, seed=0).draw(x, y)
+            out = model.train()(batch.inputs, mix=batch)
     except RuntimeError:
         return False
-    return out.shape == (BATCH, NUM_CLASSES)
+    return out.shape == (2, NUM_CLASSES)
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -255,7 +255,7 @@ def test_kfp_run_id_reaches_the_folds_mlflow_tags_through_the_pod_spec(paper: li
     from intermix_core.tracking import Tracker
 
     cfg = load_grid("demo")
-    cell = find_cell(cfg, "esc10", "piczak_cnn", "bc", 1)
+    cell = find_cell(cfg, "esc10", "m18", "bc", 1)
     tracker = Tracker(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     run_id = tracker.start_fold(cell.config, 1, grid_id(cfg))
     assert tracker.client.get_run(run_id).data.tags["intermix.kfp_run_id"] == pod_labels["pipeline/runid"]
@@ -266,7 +266,7 @@ def test_exit_handler_can_be_a_plain_last_task(tmp_path: Path):
     root = spec["root"]["dag"]["tasks"]
     agg = next(t for t in root.values() if t["taskInfo"]["name"].startswith("aggregate"))
     assert "triggerPolicy" not in agg
-    assert [root[d]["taskInfo"]["name"] for d in agg["dependentTasks"]] == ["folds esc10/piczak_cnn"]
+    assert [root[d]["taskInfo"]["name"] for d in agg["dependentTasks"]] == ["folds esc10/m18"]
     assert not any(n.startswith("exit-handler") for n in root)
 
 
