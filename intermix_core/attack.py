@@ -29,16 +29,23 @@ def fgsm(
     L is the cross-entropy of each crop's output with its clip's label; the gradient is taken once
     (its sign does not depend on epsilon). With `clip`, x_adv is clipped to [-1, 1].
     """
+    return _fgsm(model, x, y, epsilons, clip)[0]
+
+
+def _fgsm(
+    model: StagedModel, x: torch.Tensor, y: torch.Tensor, epsilons: list[float] | tuple[float, ...], clip: bool
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """(adversarial crops per epsilon, the clean logits of the gradient pass)."""
     model.eval()
     x = x.detach().clone().requires_grad_(True)
-    loss = F.cross_entropy(model(x), y, reduction="sum")
-    (grad,) = torch.autograd.grad(loss, x)
+    logits = model(x)
+    (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x)
     step = grad.sign()
     out = []
     for eps in epsilons:
         adv = x.detach() + eps * step
         out.append(adv.clamp(-1.0, 1.0) if clip else adv)
-    return out
+    return out, logits.detach()
 
 
 def with_zero(epsilons: list[float] | tuple[float, ...]) -> list[float]:
@@ -59,7 +66,9 @@ def fgsm_errors(
         clips = torch.arange(i, min(i + batch_clips, len(bank)), device=bank.device)
         crops = eval_batch(bank, clips, length, n_crops)
         y = bank.labels[clips].repeat_interleave(n_crops)
-        for eps, adv in zip(eps_all, fgsm(model, crops, y, eps_all, clip)):
+        attacked, clean = _fgsm(model, crops, y, eps_all[1:], clip)  # eps 0: the gradient pass's own logits
+        probs[0.0].append(F.softmax(clean, dim=1).reshape(len(clips), n_crops, -1))
+        for eps, adv in zip(eps_all[1:], attacked):
             with torch.no_grad():
                 probs[eps].append(F.softmax(model(adv), dim=1).reshape(len(clips), n_crops, -1))
     clip_err, crop_err = {}, {}

@@ -158,8 +158,9 @@ class MixBatch:
         return sound_mix_ratio(self.r, g, g[self.partner])
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
-        """Mix h (B, ...) with its partners h[partner] at this batch's layer."""
+        """Mix h (B, ...) with its partners h[partner] at this batch's layer, in float32 (also under bf16 autocast)."""
         s = self.strategy
+        h = h.float()
         w = self.weight(h)
         h_j = h[self.partner]
         if not s.interference:
