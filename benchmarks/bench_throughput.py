@@ -6,8 +6,9 @@ Usage:
 
 For each model it measures, on the same device in one run:
 - data path alone: samples/s of the device-resident path (`intermix_core.bank`: draw + crop + scale +
-  gain on a bank of 5 s int16 clips), and of the old per-clip numpy path (`intermix_core.reference`,
-  plus the host-to-device copy), with and without scale + gain augmentation;
+  gain on a bank of 5 s int16 clips) as it runs by default (INTERMIX_COMPILE=auto: compiled on a GPU,
+  eager on the CPU) and, with scale + gain, compiled (INTERMIX_COMPILE=1); and of the old per-clip
+  numpy path (`intermix_core.reference`, plus the host-to-device copy); with and without scale + gain;
 - model step alone: Standard training steps on a batch already on the device;
 - full step: data path + InterMix training step (the mixer's draw, levels and phase shift included),
   and the data path's share of it;
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import statistics
 import sys
@@ -88,15 +90,25 @@ def bench_model(
     clip_len = int(CLIP_SECONDS * cls.sample_rate)
     clips = [(rng.standard_normal(clip_len) * 3000).astype(np.int16) for _ in range(BANK_CLIPS)]
     labels = np.arange(BANK_CLIPS) % NUM_CLASSES
-    bank = ClipBank.from_arrays(clips, labels, device)
+    bank = ClipBank.from_arrays(clips, labels, device, length=cls.input_length)
     length = cls.input_length
     gen = torch.Generator(device=device).manual_seed(0)
     np_rng = np.random.default_rng(1)
     augs = {False: AugmentConfig(), True: AugmentConfig(scale=True, gain=True)}
 
-    def new_path(augment: bool) -> torch.Tensor:
+    def new_path(augment: bool, compile_mode: str | None = None) -> torch.Tensor:
         idx = torch.randint(BANK_CLIPS, (batch,), generator=gen, device=device)
-        return train_batch(bank, draw_crops(bank, idx, length, augs[augment], gen), length)
+        if compile_mode is None:
+            return train_batch(bank, draw_crops(bank, idx, augs[augment], gen))
+        before = os.environ.get("INTERMIX_COMPILE")
+        os.environ["INTERMIX_COMPILE"] = compile_mode
+        try:
+            return train_batch(bank, draw_crops(bank, idx, augs[augment], gen))
+        finally:
+            if before is None:
+                os.environ.pop("INTERMIX_COMPILE")
+            else:
+                os.environ["INTERMIX_COMPILE"] = before
 
     def old_path(augment: bool) -> torch.Tensor:
         idx = np_rng.integers(0, BANK_CLIPS, size=batch)
@@ -118,10 +130,14 @@ def bench_model(
             "step": lambda: training_step(model, opt, standard, x_fixed, y, precision),
             "data_new_plain": lambda: new_path(False),
             "data_new_aug": lambda: new_path(True),
+            "data_eager_aug": lambda: new_path(True, "0"),
+            "data_compiled_aug": lambda: new_path(True, "1"),
             "data_old_plain": lambda: old_path(False),
             "data_old_aug": lambda: old_path(True),
             "full_plain": lambda: training_step(model, opt, intermix, new_path(False), y, precision),
             "full_aug": lambda: training_step(model, opt, intermix, new_path(True), y, precision),
+            "full_old_plain": lambda: training_step(model, opt, intermix, old_path(False), y, precision),
+            "full_old_aug": lambda: training_step(model, opt, intermix, old_path(True), y, precision),
         }
         for fn in variants.values():  # warm-up (allocator, cuDNN autotune, lazy inits)
             timed(fn, device)
@@ -129,8 +145,8 @@ def bench_model(
         for _ in range(repeats):
             for key, fn in variants.items():
                 times[key].append(timed(fn, device))
-        test_bank = ClipBank.from_arrays(clips[:32], labels[:32], device)
-        t_eval = statistics.median(timed(lambda: predict_crops(model, test_bank, length, 10, precision=precision),
+        test_bank = ClipBank.from_arrays(clips[:32], labels[:32], device, length=length)
+        t_eval = statistics.median(timed(lambda: predict_crops(model, test_bank, 10, precision=precision),
                                          device) for _ in range(max(2, repeats // 2)))
         peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
         med = {k: statistics.median(v) for k, v in times.items()}
@@ -140,9 +156,12 @@ def bench_model(
                 "model": name, "device": device.type, "device_name": device_name(device), "precision": precision,
                 "augment": augment, "batch": batch, "repeats": repeats,
                 "data_samples_per_s": batch / med[f"data_new_{tag}"],
+                "data_eager_samples_per_s": batch / med["data_eager_aug"] if augment else batch / med["data_new_plain"],
+                "data_compiled_samples_per_s": batch / med["data_compiled_aug"] if augment else None,
                 "old_data_samples_per_s": batch / med[f"data_old_{tag}"],
                 "step_samples_per_s": batch / med["step"],
                 "full_samples_per_s": batch / med[f"full_{tag}"],
+                "old_full_samples_per_s": batch / med[f"full_old_{tag}"],
                 "data_share_of_full": med[f"data_new_{tag}"] / med[f"full_{tag}"],
                 "eval_clips_per_s": len(test_bank) / t_eval,
                 "peak_gpu_memory_gib": peak,
@@ -168,17 +187,22 @@ def main() -> None:
     precisions = args.precisions or (["fp32", "bf16"] if device.type == "cuda" else ["fp32"])
     print(f"device: {device_name(device)}; torch {torch.__version__}; batch {args.batch}; "
           f"median of {args.repeats} interleaved rounds", flush=True)
-    head = (f"{'model':<11} {'prec':<5} {'aug':<4} {'data new/s':>11} {'data old/s':>11} {'new/old':>8} "
-            f"{'step/s':>9} {'full/s':>9} {'data %':>7} {'eval clips/s':>13}")
+    head = (f"{'model':<11} {'prec':<5} {'aug':<4} {'data new/s':>11} {'compiled/s':>11} {'data old/s':>11} "
+            f"{'new/old':>8} {'best/old':>9} {'step/s':>9} {'full/s':>9} {'full new/old':>13} {'data %':>7} "
+            f"{'eval clips/s':>13}")
     print(head)
     records = []
     for name in args.models:
         for r in bench_model(name, device, precisions, args.batch, args.repeats):
             records.append(r)
+            best = max(r["data_samples_per_s"], r["data_compiled_samples_per_s"] or 0.0)
+            compiled = f"{r['data_compiled_samples_per_s']:>11,.0f}" if r["data_compiled_samples_per_s"] else f"{'-':>11}"
             print(f"{r['model']:<11} {r['precision']:<5} {'yes' if r['augment'] else 'no':<4} "
-                  f"{r['data_samples_per_s']:>11,.0f} {r['old_data_samples_per_s']:>11,.0f} "
-                  f"{r['data_samples_per_s'] / r['old_data_samples_per_s']:>7.2f}x {r['step_samples_per_s']:>9,.1f} "
-                  f"{r['full_samples_per_s']:>9,.1f} {100 * r['data_share_of_full']:>6.1f}% "
+                  f"{r['data_samples_per_s']:>11,.0f} {compiled} {r['old_data_samples_per_s']:>11,.0f} "
+                  f"{r['data_samples_per_s'] / r['old_data_samples_per_s']:>7.2f}x "
+                  f"{best / r['old_data_samples_per_s']:>8.2f}x {r['step_samples_per_s']:>9,.1f} "
+                  f"{r['full_samples_per_s']:>9,.1f} {r['full_samples_per_s'] / r['old_full_samples_per_s']:>12.3f}x "
+                  f"{100 * r['data_share_of_full']:>6.1f}% "
                   f"{r['eval_clips_per_s']:>13,.1f}", flush=True)
     if args.save:
         args.save.parent.mkdir(parents=True, exist_ok=True)

@@ -54,7 +54,7 @@ def with_zero(epsilons: list[float] | tuple[float, ...]) -> list[float]:
 
 
 def fgsm_errors(
-    model: StagedModel, bank: ClipBank, length: int, n_crops: int, epsilons: list[float] | tuple[float, ...],
+    model: StagedModel, bank: ClipBank, n_crops: int, epsilons: list[float] | tuple[float, ...],
     clip: bool, batch_clips: int | None = None,
 ) -> tuple[dict[str, float], dict[str, float]]:
     """(10-crop clip error, single-crop error) in % on adversarial crops, each keyed by str(epsilon), eps 0 first."""
@@ -64,7 +64,7 @@ def fgsm_errors(
     probs: dict[float, list[torch.Tensor]] = {e: [] for e in eps_all}
     for i in range(0, len(bank), batch_clips):
         clips = torch.arange(i, min(i + batch_clips, len(bank)), device=bank.device)
-        crops = eval_batch(bank, clips, length, n_crops)
+        crops = eval_batch(bank, clips, n_crops)
         y = bank.labels[clips].repeat_interleave(n_crops)
         attacked, clean = _fgsm(model, crops, y, eps_all[1:], clip)  # eps 0: the gradient pass's own logits
         probs[0.0].append(F.softmax(clean, dim=1).reshape(len(clips), n_crops, -1))
@@ -96,5 +96,5 @@ def attack_fold(
     data = load_prepared(data_dir)
     if fold not in data.folds:
         raise ValueError(f"fold {fold} is not in {data_dir}; folds there: {sorted(data.folds)}")
-    bank = ClipBank.from_prepared(data, [fold], dev)
-    return fgsm_errors(model, bank, cfg.crop_length, cfg.num_crops, cfg.attack.epsilons, cfg.attack.clip)
+    bank = ClipBank.from_prepared(data, [fold], dev, length=cfg.crop_length)
+    return fgsm_errors(model, bank, cfg.num_crops, cfg.attack.epsilons, cfg.attack.clip)

@@ -87,8 +87,7 @@ def default_eval_clips(device: torch.device) -> int:
 
 @torch.no_grad()
 def predict_crops(
-    model: StagedModel, bank: ClipBank, length: int, n_crops: int, batch_clips: int | None = None,
-    precision: str = "fp32",
+    model: StagedModel, bank: ClipBank, n_crops: int, batch_clips: int | None = None, precision: str = "fp32",
 ) -> torch.Tensor:
     """Softmax of every test crop of every clip in the bank: (N, n_crops, C), on the bank's device."""
     model.eval()
@@ -97,7 +96,7 @@ def predict_crops(
     for i in range(0, len(bank), batch_clips):
         clips = torch.arange(i, min(i + batch_clips, len(bank)), device=bank.device)
         with torch.autocast(bank.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            logits = model(eval_batch(bank, clips, length, n_crops))
+            logits = model(eval_batch(bank, clips, n_crops))
         out.append(F.softmax(logits.float(), dim=1).reshape(len(clips), n_crops, -1))
     return torch.cat(out)
 
@@ -267,7 +266,9 @@ def _open_fold(cfg: ExperimentConfig, data_dir: str | Path, fold: int, dev: torc
     train_folds = [f for f in sorted(data.folds) if f != fold]
     if not train_folds:
         raise ValueError(f"{data_dir}: fold {fold} is the only fold; nothing is left to train on")
-    return ClipBank.from_prepared(data, train_folds, dev), ClipBank.from_prepared(data, [fold], dev)
+    length, scale_max = cfg.crop_length, cfg.augment.scale_max
+    return (ClipBank.from_prepared(data, train_folds, dev, length=length, scale_max=scale_max),
+            ClipBank.from_prepared(data, [fold], dev, length=length))
 
 
 def _train_fold(
@@ -288,7 +289,7 @@ def _train_fold(
         return load_result(result_path)
 
     train_bank, test_bank = _open_fold(cfg, data_dir, fold, dev)
-    length, cls = cfg.crop_length, model_class(cfg.model)
+    cls = model_class(cfg.model)
     seed = fold_seed(cfg.seed, fold)
     torch.manual_seed(seed)
     model = create_model(cfg.model, cfg.num_classes).to(dev)
@@ -348,7 +349,7 @@ def _train_fold(
             idx = rows[i : i + step]
             if len(idx) < 2:  # batch norm needs two samples
                 continue
-            x = train_batch(train_bank, draw_crops(train_bank, idx, length, cfg.augment, data_gen), length)
+            x = train_batch(train_bank, draw_crops(train_bank, idx, cfg.augment, data_gen))
             loss, logits, targets = training_step(model, opt, mixer, x, train_bank.labels[idx], optim.precision)
             loss_sum += loss * len(idx)
             wrong += (logits.argmax(1) != targets.argmax(1)).sum()
@@ -366,7 +367,7 @@ def _train_fold(
         last = epoch == optim.epochs
         crop_probs = None
         if last or epoch % optim.eval_every == 0:
-            crop_probs = predict_crops(model, test_bank, length, cfg.num_crops, eval_clips, optim.precision)
+            crop_probs = predict_crops(model, test_bank, cfg.num_crops, eval_clips, optim.precision)
             record.val_error = clip_error(crop_probs, test_bank.labels)
         history.append(record)
         if tracker is not None and run_id is not None:
@@ -382,7 +383,7 @@ def _train_fold(
     bar.close()
 
     if crop_probs is None:  # resumed after the last epoch's checkpoint, before the result was written
-        crop_probs = predict_crops(model, test_bank, length, cfg.num_crops, eval_clips, optim.precision)
+        crop_probs = predict_crops(model, test_bank, cfg.num_crops, eval_clips, optim.precision)
     result = _result(
         cfg, fold, history, clip_error(crop_probs, test_bank.labels),
         confusion_matrix(crop_probs, test_bank.labels, cfg.num_classes), elapsed, seen,

@@ -69,7 +69,7 @@ def test_all_ten_eval_crops_by_hand():
 @pytest.mark.parametrize("gain", [False, True])
 def test_train_batch_equals_the_reference_on_fixed_draws(scale: bool, gain: bool):
     data = clips()
-    bank = ClipBank.from_arrays(data, np.arange(len(data)) % 3)
+    bank = ClipBank.from_arrays(data, np.arange(len(data)) % 3, length=T)
     rng = np.random.default_rng(1)
     idx = np.array([0, 1, 2, 3, 4, 5, 6, 6, 5, 2], dtype=np.int64)
     factors = 1.25 ** rng.uniform(-1, 1, size=len(idx)) if scale else None
@@ -82,7 +82,7 @@ def test_train_batch_equals_the_reference_on_fixed_draws(scale: bool, gain: bool
         factors=None if factors is None else torch.from_numpy(factors),
         gains=None if gains is None else torch.from_numpy(gains),
     )
-    got = train_batch(bank, draw, T).numpy()
+    got = train_batch(bank, draw).numpy()
     want = np.stack([
         train_example(data[k], T, int(starts[b]), None if factors is None else float(factors[b]),
                       None if gains is None else float(gains[b]))
@@ -94,27 +94,27 @@ def test_train_batch_equals_the_reference_on_fixed_draws(scale: bool, gain: bool
 
 def test_eval_batch_equals_the_reference():
     data = clips(3)
-    bank = ClipBank.from_arrays(data, np.zeros(len(data)))
-    got = eval_batch(bank, torch.arange(len(data)), T, 10).numpy()
+    bank = ClipBank.from_arrays(data, np.zeros(len(data)), length=T)
+    got = eval_batch(bank, torch.arange(len(data)), 10).numpy()
     want = np.concatenate([eval_crops(c, T, 10) for c in data])
     np.testing.assert_array_equal(got, want)
-    got3 = eval_batch(bank, torch.tensor([5, 1]), T, 3).numpy()
+    got3 = eval_batch(bank, torch.tensor([5, 1]), 3).numpy()
     np.testing.assert_array_equal(got3, np.concatenate([eval_crops(data[5], T, 3), eval_crops(data[1], T, 3)]))
 
 
 def test_random_draws_stay_in_their_ranges():
     data = clips()
-    bank = ClipBank.from_arrays(data, np.zeros(len(data)))
+    bank = ClipBank.from_arrays(data, np.zeros(len(data)), length=T)
     g = torch.Generator().manual_seed(0)
     idx = torch.arange(len(data)).repeat(300)
-    d = draw_crops(bank, idx, T, AugmentConfig(scale=True, gain=True), g)
+    d = draw_crops(bank, idx, AugmentConfig(scale=True, gain=True), g)
     assert (d.factors >= 1 / 1.25 - 1e-12).all() and (d.factors <= 1.25 + 1e-12).all()
     db = 20 * torch.log10(d.gains.double())
     assert db.min() >= -6 - 1e-5 and db.max() <= 6 + 1e-5 and db.std() > 3
     n_out = (bank.lengths[idx].double() * d.factors).floor().long().clamp(min=1)
     choices = n_out + 2 * (T // 2) - T + 1
     assert (d.starts >= 0).all() and (d.starts < choices).all()
-    plain = draw_crops(bank, idx, T, AugmentConfig(), g)
+    plain = draw_crops(bank, idx, AugmentConfig(), g)
     assert plain.factors is None and plain.gains is None
     # the first and last start occur for a clip with few choices (uniform over them)
     first = plain.starts[idx == 0]
@@ -123,10 +123,10 @@ def test_random_draws_stay_in_their_ranges():
 
 def test_same_generator_same_batches():
     data = clips()
-    bank = ClipBank.from_arrays(data, np.zeros(len(data)))
+    bank = ClipBank.from_arrays(data, np.zeros(len(data)), length=T)
     aug = AugmentConfig(scale=True, gain=True)
-    a = train_batch(bank, draw_crops(bank, torch.arange(7), T, aug, torch.Generator().manual_seed(5)), T)
-    b = train_batch(bank, draw_crops(bank, torch.arange(7), T, aug, torch.Generator().manual_seed(5)), T)
+    a = train_batch(bank, draw_crops(bank, torch.arange(7), aug, torch.Generator().manual_seed(5)))
+    b = train_batch(bank, draw_crops(bank, torch.arange(7), aug, torch.Generator().manual_seed(5)))
     assert torch.equal(a, b)
 
 

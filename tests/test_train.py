@@ -182,14 +182,18 @@ def test_a_second_trainer_of_the_same_fold_folder_is_refused_naming_the_holder(t
 
 @pytest.mark.slow
 def test_real_training_beats_chance(tmp_path):
-    """Folds 2-3 of the demo set (80 real clips) train, fold 1 (40 clips) tests: error clearly below chance (90%)."""
+    """Folds 2-3 of the demo set (80 real clips) train, fold 1 (40 clips) tests: error clearly below chance (90%).
+
+    The demo grid's setting (M18 on 2 s crops, bf16 forward, 20 epochs). 70% error is 12 of 40 clips right;
+    a chance-level classifier gets that many with probability below 1e-4.
+    """
     src = demo_subset(tmp_path / "src")
-    prepare_dataset(src, "esc10", tmp_path / "prep", model_class(FAST_MODEL).sample_rate, progress=False)
+    prepare_dataset(src, "esc10", tmp_path / "prep", model_class("m18").sample_rate, progress=False)
     cfg = parse_config({
-        "dataset": "esc10", "model": FAST_MODEL, "strategy": "standard", "seed": 0,
-        "optim": {"epochs": 15, "batch_size": 16, "eval_every": 5},
+        "dataset": "esc10", "model": "m18", "strategy": "standard", "seed": 0, "input_length": 16000,
+        "optim": {"epochs": 20, "batch_size": 16, "eval_every": 5, "precision": "bf16"},
     })
     t0 = time.perf_counter()
     result = train_fold(cfg, tmp_path / "prep", 1, tmp_path / "out", progress=False)
     print(f"error by epoch ({time.perf_counter() - t0:.0f} s):", [(h.epoch, h.train_loss, h.val_error) for h in result.history])
-    assert result.test_error is not None and result.test_error < 60.0
+    assert result.test_error is not None and result.test_error < 70.0
