@@ -22,6 +22,5 @@ def fgsm_attack(
     with prepared_data(data_uri, os.environ.get("INTERMIX_DATA_CACHE") or None, int(cache_gb * 2**30) or None) as data:
         r = attack_step(trained.path, data, fold, result.path, grid_id, tracking_uri or None, store_root or None,
                         device=device)
-    cell = f"{r.dataset}/{r.setup}/{r.strategy}/fold{fold}"
-    print(f"FGSM {cell}: {r.fgsm}")
-    result.metadata.update({"cell": cell, "grid_id": grid_id, "test_error": r.test_error, "fgsm": r.fgsm})
+    print(f"FGSM {r.label}: {r.fgsm}")
+    result.metadata.update({"cell": r.label, "grid_id": grid_id, "test_error": r.test_error, "fgsm": r.fgsm})

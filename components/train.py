@@ -31,6 +31,5 @@ def train_fold(
             config_json, data, fold, trained.path, grid_id, tracking_uri or None, store_root or None,
             restart=restart, keep_checkpoint=not store_root, device=device,
         )
-    cell = f"{result.dataset}/{result.setup}/{result.strategy}/fold{fold}"
-    print(f"trained {cell}: test error {result.test_error}")
-    trained.metadata.update({"cell": cell, "grid_id": grid_id, "test_error": result.test_error})
+    print(f"trained {result.label}: test error {result.test_error}")
+    trained.metadata.update({"cell": result.label, "grid_id": grid_id, "test_error": result.test_error})

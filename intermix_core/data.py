@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -71,8 +72,12 @@ class FoldFile(_Model):
     sha256: str
 
 
-class SkippedClip(_Model):
-    """A clip left out of the preparation (only with on_silent='skip')."""
+OnSilent = Literal["keep", "skip", "error"]
+ON_SILENT: tuple[str, ...] = ("keep", "skip", "error")  # what a silent clip does to a preparation
+
+
+class SilentClip(_Model):
+    """A clip whose every sample is zero after conversion: kept as zeros (on_silent='keep') or left out ('skip')."""
 
     clip_id: str
     source: str
@@ -89,16 +94,21 @@ class Manifest(_Model):
     classes: list[str | None]  # category name of each label (None if no clip has it)
     folds: list[int]
     resampler: dict[str, float | int | str]  # torchaudio.functional.resample settings
-    on_silent: Literal["error", "skip"]
+    on_silent: OnSilent
     source_fingerprint: str  # sha256 over every clip's id, label, fold, category, path and file sha256
     fold_files: list[FoldFile]
     clips: list[ClipRecord]
-    skipped: list[SkippedClip] = []
+    skipped: list[SilentClip] = []  # silent clips left out (on_silent='skip')
+    kept_silent: list[SilentClip] = []  # silent clips kept, untrimmed zeros (on_silent='keep')
     intermix_version: str = __version__
 
     def params(self) -> tuple:
-        """Everything besides the source files that determines the prepared arrays."""
-        return (self.format_version, self.dataset, self.sample_rate, self.resampler, self.on_silent)
+        """Everything besides the source files and on_silent that determines the prepared arrays."""
+        return (self.format_version, self.dataset, self.sample_rate, self.resampler)
+
+    def serves(self, on_silent: str) -> bool:
+        """True if this preparation is what `on_silent` would make (without silent clips, every choice is the same)."""
+        return self.on_silent == on_silent or not (self.skipped or self.kept_silent)
 
 
 def _sha256(path: Path) -> str:
@@ -138,19 +148,19 @@ def _one_torch_thread() -> Iterator[None]:
 
 def prepare_dataset(
     source: str | Path, dataset: str, out_dir: str | Path, sample_rate: int, progress: bool = True,
-    *, on_silent: Literal["error", "skip"] = "error",
+    *, on_silent: OnSilent = "keep",
 ) -> Manifest:
     """Decode every clip into `out_dir/fold{k}.npy` + `manifest.json`; skip if already prepared from the same files."""
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, int | np.integer) or sample_rate <= 0:
         raise DataError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
     sample_rate = int(sample_rate)
-    if on_silent not in ("error", "skip"):
-        raise DataError(f"on_silent must be 'error' or 'skip', got {on_silent!r}")
+    if on_silent not in ON_SILENT:
+        raise DataError(f"on_silent must be one of {', '.join(ON_SILENT)}, got {on_silent!r}")
     clips = read_metadata(source, dataset)
     root = Path(source).absolute()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    params = (FORMAT_VERSION, dataset, sample_rate, RESAMPLER, on_silent)
+    params = (FORMAT_VERSION, dataset, sample_rate, RESAMPLER)
     with _locked(out), _one_torch_thread():
         hashes = [_sha256(c.path) for c in tqdm(clips, desc="checksums", unit="clip", disable=not progress)]
         fingerprint = _fingerprint(clips, hashes, root)
@@ -159,7 +169,8 @@ def prepare_dataset(
         except DataError as e:
             log.warning("%s: redoing a damaged or unfinished preparation (%s)", out, e)
             done = None
-        if done is not None and done.params() == params and done.source_fingerprint == fingerprint:
+        if (done is not None and done.params() == params and done.source_fingerprint == fingerprint
+                and done.serves(on_silent)):
             log.info("%s: already prepared (%s at %d Hz, %d clips)", out, dataset, sample_rate, len(done.clips))
             return done
         if done is not None:
@@ -177,7 +188,18 @@ def prepare_dataset(
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     log.info("%s: prepared %s at %d Hz, %d clips", out, dataset, sample_rate, len(manifest.clips))
+    _warn_silent(manifest)
     return manifest
+
+
+def _warn_silent(manifest: Manifest) -> None:
+    """One warning naming how many clips were silent, which, and what was done with them."""
+    for clips, what in ((manifest.kept_silent, "kept as zeros (on_silent=keep)"),
+                        (manifest.skipped, "left out (on_silent=skip)")):
+        if clips:
+            names = ", ".join(c.source for c in clips[:5]) + (f" and {len(clips) - 5} more" if len(clips) > 5 else "")
+            print(f"warning: {len(clips)} silent clip(s) of {manifest.dataset} {what}: {names}; "
+                  "listed in manifest.json", file=sys.stderr)
 
 
 def _fingerprint(clips: list[ClipInfo], hashes: list[str], root: Path) -> str:
@@ -217,14 +239,15 @@ def _swap_in(out: Path, staging: Path, manifest: Manifest) -> None:
 
 def _build(
     clips: list[ClipInfo], hashes: list[str], root: Path, dataset: str, sample_rate: int,
-    on_silent: Literal["error", "skip"], fingerprint: str, staging: Path, progress: bool,
+    on_silent: OnSilent, fingerprint: str, staging: Path, progress: bool,
 ) -> Manifest:
     """Decode clips fold by fold into staging, streaming samples to disk so no fold is held in memory whole."""
     by_fold: dict[int, list[tuple[ClipInfo, str]]] = {}
     for c, h in zip(clips, hashes):
         by_fold.setdefault(c.fold, []).append((c, h))
     records: list[ClipRecord] = []
-    skipped: list[SkippedClip] = []
+    skipped: list[SilentClip] = []
+    kept: list[SilentClip] = []
     fold_files: list[FoldFile] = []
     desc = f"prepare {dataset} @ {sample_rate} Hz"
     with tqdm(total=len(clips), desc=desc, unit="clip", disable=not progress) as bar:
@@ -239,9 +262,12 @@ def _build(
                     except SilentAudioError as e:
                         if on_silent == "error":
                             raise
-                        log.warning("skipping %s", e)
-                        skipped.append(SkippedClip(clip_id=c.clip_id, source=source, reason=str(e)))
-                        continue
+                        silent = SilentClip(clip_id=c.clip_id, source=source, reason=str(e))
+                        if on_silent == "skip":
+                            skipped.append(silent)
+                            continue
+                        kept.append(silent)
+                        pcm = load_audio(c.path, sample_rate, trim=False, silent_ok=True)
                     raw.write(pcm.astype("<i2").tobytes())
                     records.append(ClipRecord(
                         clip_id=c.clip_id, label=c.label, fold=fold, category=c.category,
@@ -258,7 +284,7 @@ def _build(
     return Manifest(
         format_version=FORMAT_VERSION, dataset=dataset, sample_rate=sample_rate, num_classes=num_classes,
         classes=classes, folds=[ff.fold for ff in fold_files], resampler=RESAMPLER, on_silent=on_silent,
-        source_fingerprint=fingerprint, fold_files=fold_files, clips=records, skipped=skipped,
+        source_fingerprint=fingerprint, fold_files=fold_files, clips=records, skipped=skipped, kept_silent=kept,
     )
 
 
@@ -333,7 +359,7 @@ class PreparedData:
     def _array(self, fold: int) -> np.ndarray:
         if fold not in self._arrays:
             path = self.root / f"fold{fold}.npy"
-            arr = np.load(path, mmap_mode="r")
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)  # data from a store never unpickles
             if arr.dtype != np.int16 or arr.ndim != 1:
                 raise DataError(f"{path}: expected a 1-D int16 array, got {arr.dtype} {arr.shape}")
             self._arrays[fold] = arr

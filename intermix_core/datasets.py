@@ -193,8 +193,11 @@ def _read_urbansound8k(root: Path) -> list[ClipInfo]:
     return _check_clips(rows, clips)
 
 
-def load_audio(path: Path, sample_rate: int, trim: bool = True) -> np.ndarray:
-    """Decode a file to the reference input: mono mean, resampled, int16 (rounded, clipped), zeros trimmed if `trim`."""
+def load_audio(path: Path, sample_rate: int, trim: bool = True, silent_ok: bool = False) -> np.ndarray:
+    """Decode a file to the reference input: mono mean, resampled, int16 (rounded, clipped), zeros trimmed if `trim`.
+
+    A clip whose every sample is zero raises SilentAudioError, unless `silent_ok` (then its zeros, untrimmed).
+    """
     path = Path(path)
     if sample_rate <= 0:
         raise DataError(f"{path}: sample_rate must be positive, got {sample_rate}")
@@ -221,6 +224,8 @@ def load_audio(path: Path, sample_rate: int, trim: bool = True) -> np.ndarray:
     pcm = np.clip(np.rint(mono * 32768.0), -32768, 32767).astype(np.int16)
     nonzero = np.flatnonzero(pcm)
     if nonzero.size == 0:
+        if silent_ok:
+            return pcm
         raise SilentAudioError(f"{path}: silent: every sample is zero after conversion to 16-bit at {sample_rate} Hz")
     return pcm[nonzero[0] : nonzero[-1] + 1] if trim else pcm
 

@@ -1,7 +1,7 @@
 """Experiment grids: datasets x setups (model configurations) x strategies x folds, as one typed spec.
 
 A grid file names the axes; `expand` turns it into one validated `ExperimentConfig` per
-dataset x setup x strategy and one `Cell` per fold. Every mistake (unknown model, strategy,
+dataset x setup x strategy and one `FoldCell` per fold. Every mistake (unknown model, strategy,
 dataset, fold; a bad override) is reported before anything runs, naming the file and field.
 
 Grid id: `<name>-<10 hex digits>`, the digits being the SHA-256 of the grid's canonical content
@@ -17,7 +17,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
@@ -33,6 +33,7 @@ from intermix_core.config import (
     parse_config,
     short,
 )
+from intermix_core.records import fold_label
 
 GRIDS_DIR = Path(__file__).resolve().parent / "grids"
 _GRID_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
@@ -90,6 +91,9 @@ class GridSpec(_Strict):
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
     # raw data per dataset: a folder, an s3:// URI, or "demo" (the shipped ESC-10 subset); not in the grid id
     sources: dict[str, str] = Field(default_factory=dict)
+    # a clip whose every sample is zero: kept as zeros (with a warning), left out, or an error (intermix_core.data);
+    # in the grid id only as 'skip', the one choice that changes the data
+    on_silent: Literal["keep", "skip", "error"] = "keep"
 
     @field_validator("name")
     @classmethod
@@ -193,7 +197,7 @@ def _unique(v: list[str], what: str) -> list[str]:
 
 
 @dataclass(frozen=True)
-class Cell:
+class FoldCell:
     """One fold training of the grid: dataset x setup x strategy x fold, with its validated config."""
 
     dataset: str
@@ -210,7 +214,7 @@ class Cell:
     @property
     def label(self) -> str:
         """'esc10/envnet_v2/intermix/fold3': how the cell is named in task names, paths and runs."""
-        return f"{self.dataset}/{self.setup}/{self.strategy}/fold{self.fold}"
+        return fold_label(self.dataset, self.setup, self.strategy, self.fold)
 
 
 @dataclass(frozen=True)
@@ -260,17 +264,27 @@ def shards(grid: GridSpec, source: str = "grid") -> list[Shard]:
     return out
 
 
-def expand(grid: GridSpec, source: str = "grid") -> list[Cell]:
+def expand(grid: GridSpec, source: str = "grid") -> list[FoldCell]:
     """Every cell of the grid (dataset x setup x strategy x fold), each with its validated config."""
     return [
-        Cell(sh.dataset, sh.setup, strategy, fold, cfg)
+        FoldCell(sh.dataset, sh.setup, strategy, fold, cfg)
         for sh in shards(grid, source)
         for strategy, cfg in sh.configs.items()
         for fold in sh.folds
     ]
 
 
-def find_cell(grid: GridSpec, dataset: str, setup: str, strategy: str, fold: int, source: str = "grid") -> Cell:
+def setup_of_model(grid: GridSpec, model: str, source: str = "--model") -> str:
+    """The setup a model name stands for: the setup named after it, else the only setup that uses it."""
+    matches = [s.name for s in grid.setups if s.name == model] or [s.name for s in grid.setups if s.model == model]
+    if len(matches) != 1:
+        choices = ", ".join(f"{s.name} ({s.model})" for s in grid.setups)
+        raise GridError(f"{source} {model}: {'no' if not matches else 'more than one'} setup of this grid uses it; "
+                        f"give --setup, one of: {choices}")
+    return matches[0]
+
+
+def find_cell(grid: GridSpec, dataset: str, setup: str, strategy: str, fold: int, source: str = "grid") -> FoldCell:
     """The one cell named by its coordinates; errors list the grid's valid choices."""
     if dataset not in grid.datasets:
         raise GridError(f"{source}: dataset {short(dataset)} is not in the grid; expected one of: {', '.join(grid.datasets)}")
@@ -280,7 +294,7 @@ def find_cell(grid: GridSpec, dataset: str, setup: str, strategy: str, fold: int
     folds = grid.folds_for(dataset)
     if fold not in folds:
         raise GridError(f"{source}: fold {fold} is not in the grid for {dataset}; expected one of: {', '.join(map(str, folds))}")
-    return Cell(dataset, setup, strategy, fold, cell_config(grid, dataset, setup, strategy, source))
+    return FoldCell(dataset, setup, strategy, fold, cell_config(grid, dataset, setup, strategy, source))
 
 
 def expected_folds(grid: GridSpec) -> dict[str, list[int]]:
@@ -297,6 +311,7 @@ def canonical(grid: GridSpec) -> dict[str, Any]:
         "folds": {d: grid.folds_for(d) for d in sorted(grid.datasets)},
         "overrides": grid.overrides,
         "seed": grid.seed,
+        **({"on_silent": "skip"} if grid.on_silent == "skip" else {}),
     }
 
 

@@ -19,7 +19,7 @@ from intermix_core.published import display_name as _label
 from intermix_core.records import FoldResult
 
 if TYPE_CHECKING:
-    from intermix_core.results import Cell, Summary
+    from intermix_core.results import Summary, TableCell
 
 def _strategy_sort(names: set[str]) -> list[str]:
     return [s for s in pub.STRATEGY_ORDER if s in names] + sorted(names - set(pub.STRATEGY_ORDER))
@@ -132,7 +132,7 @@ def plot_fgsm(summary: Summary, path: str | Path) -> Path | None:
 
 def plot_fold_spread(summary: Summary, path: str | Path) -> Path | None:
     """Per-fold test errors per strategy (box + points, fold numbers marked, paper as a red x); None if empty."""
-    cells: list[Cell] = [c for c in summary.cells if c.values or c.failed or c.missing]
+    cells: list[TableCell] = [c for c in summary.cells if c.values or c.failed or c.missing]
     if not cells:
         return None
     groups = _groups([(c.dataset, c.setup) for c in cells])

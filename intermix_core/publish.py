@@ -116,7 +116,7 @@ def publish_aggregation(store: Any, grid_id: str, out_dir: str | Path, version: 
     """Publish one aggregation's reports; only if it is the newest, update the grid's MLflow summary run. True if newest."""
     newest = publish_reports(store, grid_id, out_dir, version)
     if newest and tracking_uri:
-        from intermix_core.results import log_summary_to_mlflow
+        from intermix_core.tracking import log_summary_to_mlflow
 
         log_summary_to_mlflow(out_dir, tracking_uri=tracking_uri, grid_id=grid_id, version=version)
     return newest

@@ -15,6 +15,11 @@ CHECKPOINT = "checkpoint.pt"
 RESULT = "result.json"
 
 
+def fold_label(dataset: str, setup: str, strategy: str, fold: int) -> str:
+    """'esc10/envnet_v2/intermix/fold3': how one fold is named in logs, task names, MLflow run names and store keys."""
+    return f"{dataset}/{setup}/{strategy}/fold{fold}"
+
+
 class EpochRecord(BaseModel):
     """One epoch of training: loss and error on the (mixed) training batches, and the test-fold error if evaluated."""
 
@@ -55,6 +60,11 @@ class FoldResult(BaseModel):
     def key(self) -> tuple[str, str, str, int]:
         """(dataset, setup, strategy, fold): the cell this result fills."""
         return (self.dataset, self.setup, self.strategy, self.fold)
+
+    @property
+    def label(self) -> str:
+        """'esc10/envnet_v2/intermix/fold3' (records.fold_label)."""
+        return fold_label(self.dataset, self.setup, self.strategy, self.fold)
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:

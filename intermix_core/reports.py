@@ -20,12 +20,12 @@ from intermix_core.results import (
     ABLATION_ROWS,
     STRATEGY_ORDER,
     WILCOXON_MIN_N,
-    Cell,
     Comparison,
     Summary,
-    _first_line,
-    _order,
+    TableCell,
     eps_label,
+    first_line,
+    paper_order,
     select_results,
 )
 
@@ -44,7 +44,7 @@ def _signed(x: float | None, fmt: str = "+.1f") -> str:
 def _absent_notes(summary: Summary, strategies: Sequence[str]) -> list[str]:
     notes = [
         f"{m.dataset} / {m.setup} / {m.strategy} fold {m.fold}: "
-        + ("no result" if m.reason == "missing" else f"failed ({_first_line(m.error)})")
+        + ("no result" if m.reason == "missing" else f"failed ({first_line(m.error)})")
         for m in summary.missing if m.strategy in strategies
     ]
     if summary.n_superseded:
@@ -62,14 +62,14 @@ def _grid_table(
 ) -> _Table:
     cells = [c for c in summary.cells if c.strategy in strategies]
     index = {(c.dataset, c.setup, c.strategy): c for c in cells}
-    datasets = _order({c.dataset for c in cells}, list(pub.DATASET_NAMES))
+    datasets = paper_order({c.dataset for c in cells}, list(pub.DATASET_NAMES))
     header = ["Model", row_label] + [
         h for d in datasets for h in (_name("dataset", d), "best† (authors' protocol, optimistic)", "paper", "Δ")
     ]
     rows = []
-    for setup in _order({c.setup for c in cells}, list(pub.SETUP_NAMES)):
+    for setup in paper_order({c.setup for c in cells}, list(pub.SETUP_NAMES)):
         present = {c.strategy for c in cells if c.setup == setup}
-        for i, strategy in enumerate(s for s in _order(present, STRATEGY_ORDER) if s in strategies):
+        for i, strategy in enumerate(s for s in paper_order(present, STRATEGY_ORDER) if s in strategies):
             row = [_name("setup", setup) if i == 0 else "", names.get(strategy, strategy)]
             for d in datasets:
                 c = index.get((d, setup, strategy))
@@ -195,7 +195,7 @@ def _num(x: float | None) -> str:
     return "" if x is None else repr(round(x, 6))
 
 
-def _cell_row(c: Cell) -> dict[str, str]:
+def _cell_row(c: TableCell) -> dict[str, str]:
     return {
         "dataset": c.dataset, "setup": c.setup, "model": c.model, "strategy": c.strategy, "epsilon": _num(c.epsilon),
         "fgsm_kind": c.fgsm_kind or "", "n": str(c.n), "n_expected": str(len(c.expected)), "mean": _num(c.mean), "se": _num(c.se),
@@ -230,7 +230,7 @@ def write_reports(summary: Summary, out_dir: str | Path, results: list[FoldResul
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    t1_strategies = [s for s in _order({c.strategy for c in summary.cells}, STRATEGY_ORDER) if s not in ABLATION_ONLY]
+    t1_strategies = [s for s in paper_order({c.strategy for c in summary.cells}, STRATEGY_ORDER) if s not in ABLATION_ONLY]
     ablation_setups = {c.setup for c in summary.cells if c.strategy in ABLATION_ONLY}
     tables: dict[str, tuple[_Table, list[str], list[dict[str, str]]]] = {
         "table1": (_grid_table("Table 1: error rates (%)", summary, t1_strategies, pub.STRATEGY_NAMES),
@@ -268,7 +268,7 @@ def write_reports(summary: Summary, out_dir: str | Path, results: list[FoldResul
 
 def format_terminal(summary: Summary) -> str:
     """Table 1 with its absent folds, then the test-error comparisons, as compact plain text for the CLI."""
-    t1_strategies = [s for s in _order({c.strategy for c in summary.cells}, STRATEGY_ORDER) if s not in ABLATION_ONLY]
+    t1_strategies = [s for s in paper_order({c.strategy for c in summary.cells}, STRATEGY_ORDER) if s not in ABLATION_ONLY]
     parts = [_plain(_grid_table("Table 1: error rates (%)", summary, t1_strategies, pub.STRATEGY_NAMES))]
     if any(c.metric == "test_error" for c in summary.comparisons):
         parts.append(_plain(_comparisons_table(summary, compact=True)))

@@ -9,11 +9,9 @@ oldest-first by modification time, so a rerun's newer file wins.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-import os
-import time
+import statistics
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -23,7 +21,6 @@ from scipy import stats
 
 from intermix_core import published as pub
 from intermix_core.config import DATASETS
-from intermix_core.publish import mark_summary_version, one_summary_run, retry_mlflow_races
 from intermix_core.published import display_name as _name
 from intermix_core.records import FoldResult, load_result
 
@@ -39,7 +36,7 @@ BASELINES: tuple[tuple[str, tuple[str, ...] | None], ...] = (
 ABLATION_STEPS = (("intermix_hidden", "intermix_vanilla"), ("intermix", "intermix_hidden"))  # (strategy, baseline)
 
 
-def _order(seq: Iterable[str], known: Sequence[str]) -> list[str]:
+def paper_order(seq: Iterable[str], known: Sequence[str]) -> list[str]:
     """Known names in their paper order, then the rest alphabetically."""
     items = set(seq)
     return [k for k in known if k in items] + sorted(items - set(known))
@@ -50,11 +47,8 @@ def mean_se(values: Sequence[float]) -> tuple[float | None, float | None]:
     n = len(values)
     if n == 0:
         return None, None
-    m = sum(values) / n
-    if n < 2:
-        return m, None
-    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
-    return m, sd / math.sqrt(n)
+    m = statistics.fmean(values)
+    return m, (statistics.stdev(values, m) / math.sqrt(n) if n >= 2 else None)
 
 
 def eps_label(eps: float) -> str:
@@ -66,7 +60,7 @@ def _folds_text(folds: Sequence[int]) -> str:
     return ("fold " if len(folds) == 1 else "folds ") + ", ".join(str(f) for f in folds)
 
 
-class Cell(BaseModel):
+class TableCell(BaseModel):
     """Per-fold errors of one dataset x setup x strategy (x FGSM epsilon) and their summary."""
 
     dataset: str
@@ -173,8 +167,8 @@ class Comparison(BaseModel):
 class Summary(BaseModel):
     """Everything the reports show: Table 1/2 cells, FGSM cells, comparisons, missing folds, notes."""
 
-    cells: list[Cell]
-    fgsm: list[Cell]
+    cells: list[TableCell]
+    fgsm: list[TableCell]
     comparisons: list[Comparison]
     missing: list[MissingFold]
     notes: list[str]
@@ -184,7 +178,7 @@ class Summary(BaseModel):
 
     def cell(
         self, dataset: str, setup: str, strategy: str, epsilon: float | None = None, kind: str = "clip"
-    ) -> Cell | None:
+    ) -> TableCell | None:
         """The cell for these keys (an FGSM cell of `kind` if epsilon is given), or None."""
         pool = self.cells if epsilon is None else [c for c in self.fgsm if c.fgsm_kind == kind]
         for c in pool:
@@ -236,7 +230,8 @@ def _failure(r: FoldResult) -> str:
     return r.error or "failed without a message"
 
 
-def _first_line(msg: str | None) -> str:
+def first_line(msg: str | None) -> str:
+    """The first line of a failure message (at most 160 characters), or 'no message'."""
     return (msg or "no message").strip().splitlines()[0][:160] if (msg or "").strip() else "no message"
 
 
@@ -252,7 +247,7 @@ def select_results(results: Sequence[FoldResult]) -> tuple[dict[tuple[str, str, 
     for key, r in last_any.items():
         if key in last_ok and last_ok[key] is not r:
             notes.append(f"{key[0]} / {key[1]} / {key[2]} fold {key[3]}: the latest attempt failed"
-                         f" ({_first_line(_failure(r))}); the earlier successful result is used")
+                         f" ({first_line(_failure(r))}); the earlier successful result is used")
     return {k: last_ok.get(k, r) for k, r in last_any.items()}, notes
 
 
@@ -275,12 +270,12 @@ def paired_test(baseline: Sequence[float], other: Sequence[float]) -> dict[str, 
     return out
 
 
-def _context(c: Cell) -> str:
+def _context(c: TableCell) -> str:
     where = f"{_name('dataset', c.dataset)} / {_name('setup', c.setup)}"
     return where if c.epsilon is None else f"{where}, FGSM eps={eps_label(c.epsilon)}"
 
 
-def _compare(cell: Cell, base: Cell, alpha: float) -> Comparison:
+def _compare(cell: TableCell, base: TableCell, alpha: float) -> Comparison:
     folds = sorted(set(cell.values) & set(base.values))
     comp = Comparison(
         dataset=cell.dataset, setup=cell.setup, metric=cell.metric, strategy=cell.strategy,
@@ -320,7 +315,7 @@ def _compare(cell: Cell, base: Cell, alpha: float) -> Comparison:
 
 
 def _pairs(strategies: Iterable[str]) -> list[tuple[str, str]]:
-    present = _order(strategies, STRATEGY_ORDER)
+    present = paper_order(strategies, STRATEGY_ORDER)
     rank = {s: i for i, s in enumerate(present)}
     pairs = [(s, b) for b, only in BASELINES if b in rank for s in present
              if rank[s] > rank[b] and (only is None or s in only)]
@@ -336,7 +331,7 @@ def aggregate(
     for (dataset, setup, strategy, _), r in chosen.items():
         groups.setdefault((dataset, setup, strategy), []).append(r)
     cells, fgsm_cells, missing = [], [], []
-    datasets = _order({k[0] for k in groups}, list(pub.DATASET_NAMES))
+    datasets = paper_order({k[0] for k in groups}, list(pub.DATASET_NAMES))
     for dataset in datasets:
         if expected_folds and dataset in expected_folds:
             base_expected = set(expected_folds[dataset])
@@ -345,8 +340,8 @@ def aggregate(
         else:
             base_expected = {k[3] for k in chosen if k[0] == dataset}
         keys = [k for k in groups if k[0] == dataset]
-        for setup in _order({k[1] for k in keys}, list(pub.SETUP_NAMES)):
-            for strategy in _order({k[2] for k in keys if k[1] == setup}, STRATEGY_ORDER):
+        for setup in paper_order({k[1] for k in keys}, list(pub.SETUP_NAMES)):
+            for strategy in paper_order({k[2] for k in keys if k[1] == setup}, STRATEGY_ORDER):
                 rs = sorted(groups[(dataset, setup, strategy)], key=lambda r: r.fold)
                 expected = sorted(base_expected | {r.fold for r in rs})
                 ok = [r for r in rs if _is_ok(r)]
@@ -354,7 +349,7 @@ def aggregate(
                 head = dict(dataset=dataset, setup=setup, model=rs[-1].model, strategy=strategy, expected=expected)
                 values = {r.fold: float(r.test_error) for r in ok}
                 p = pub.published_error(dataset, setup, strategy)
-                cell = Cell(**head, values=values, failed=failed, published=p.mean if p else None,
+                cell = TableCell(**head, values=values, failed=failed, published=p.mean if p else None,
                             published_se=p.se if p else None)
                 cell.mean, cell.se = mean_se(list(values.values()))
                 cell.best_values = {r.fold: float(r.best_val_error) for r in ok if r.best_val_error is not None}
@@ -378,7 +373,7 @@ def aggregate(
     )
 
 
-def _fgsm_cells(head: dict, ok: list[FoldResult], failed: dict[int, str]) -> list[Cell]:
+def _fgsm_cells(head: dict, ok: list[FoldResult], failed: dict[int, str]) -> list[TableCell]:
     """FGSM cells per epsilon, first the 10-crop clip errors, then the single-crop errors."""
     out = []
     for kind in ("clip", "crop"):
@@ -393,61 +388,8 @@ def _fgsm_cells(head: dict, ok: list[FoldResult], failed: dict[int, str]) -> lis
                     per_eps.setdefault(eps, {})[r.fold] = float(err)
         for eps in sorted(per_eps, reverse=True):
             values = per_eps[eps]
-            c = Cell(**head, epsilon=eps, fgsm_kind=kind, values=values, failed=failed,
+            c = TableCell(**head, epsilon=eps, fgsm_kind=kind, values=values, failed=failed,
                      published=pub.published_fgsm(head["dataset"], head["strategy"], eps))
             c.mean, c.se = mean_se(list(values.values()))
             out.append(c)
     return out
-
-
-# ---------------------------------------------------------------- MLflow summary run
-
-
-@retry_mlflow_races
-def log_summary_to_mlflow(
-    out_dir: str | Path, tracking_uri: str | None = None, experiment: str = "intermix", grid_id: str | None = None,
-    version: str | None = None,
-) -> str:
-    """Log the report files in out_dir to the grid's one summary run (created once, updated in place); return its id.
-
-    Concurrent aggregations of one grid converge on one run (intermix_core.publish.one_summary_run),
-    and with `version` (intermix_core.publish.new_version) an older version never overwrites a
-    newer one: it is skipped and the run id returned.
-    """
-    import mlflow
-    from mlflow.entities import Metric
-
-    out = Path(out_dir)
-    if not (out / "table1.csv").is_file():
-        raise FileNotFoundError(f"{out}: no table1.csv; run write_reports first")
-    grid_id = grid_id or out.resolve().name
-    if "'" in grid_id or "\\" in grid_id:
-        raise ValueError(f"grid_id must not contain quotes or backslashes: {grid_id!r}")
-    from intermix_core.tracking import quiet_run_links
-
-    quiet_run_links(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))  # no password in "View run" lines
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    run = one_summary_run(client, exp_id, grid_id)
-    run_id = run.info.run_id
-    if version is not None and run.data.tags.get("intermix.summary_version", "") > version:
-        return run_id  # a newer aggregation already logged its tables here
-    revision = int(run.data.tags.get("intermix.summary_revision", "-1")) + 1
-    client.set_tag(run_id, "intermix.summary_revision", str(revision))
-    with (out / "table1.csv").open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    now = int(time.time() * 1000)
-    metrics = []
-    for r in rows:
-        key = f"test_error/{r['dataset']}/{r['setup']}/{r['strategy']}"
-        if r["mean"]:
-            metrics.append(Metric(key, float(r["mean"]), now, revision))
-        metrics.append(Metric(f"{key}/n_folds", float(r["n"]), now, revision))
-    for i in range(0, len(metrics), 900):  # log_batch takes at most 1000 metrics
-        client.log_batch(run_id, metrics=metrics[i : i + 900])
-    client.log_artifacts(run_id, str(out))
-    if version is not None:  # the tables are in place before the run says which version they are
-        mark_summary_version(client, run_id, version, out)
-    client.set_terminated(run_id)
-    return run_id

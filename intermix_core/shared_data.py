@@ -52,9 +52,13 @@ def _format_version() -> int:
     return FORMAT_VERSION
 
 
-def prepared_prefix(dataset: str, sample_rate: int, fingerprint: str) -> str:
-    """Store key prefix of one prepared dataset: 'prepared/<dataset>/<rate>hz/v<format>/<fingerprint[:20]>'."""
-    return f"{PREPARED}/{dataset}/{int(sample_rate)}hz/v{_format_version()}/{fingerprint[:20]}"
+def prepared_prefix(dataset: str, sample_rate: int, fingerprint: str, on_silent: str = "keep") -> str:
+    """Store key prefix of one prepared dataset: 'prepared/<dataset>/<rate>hz/v<format>/<fingerprint[:20]>[-skip]'.
+
+    on_silent 'keep' and 'error' share a preparation (they differ only in refusing silent clips); 'skip' has its own.
+    """
+    suffix = "-skip" if on_silent == "skip" else ""
+    return f"{PREPARED}/{dataset}/{int(sample_rate)}hz/v{_format_version()}/{fingerprint[:20]}{suffix}"
 
 
 def _digest(rows: list[Any]) -> str:
@@ -159,21 +163,27 @@ class _Lease:
 
 def publish_prepared(
     source: str, dataset: str, sample_rate: int, store_root: str, *, progress: bool = False,
-    lease_seconds: float = LEASE_SECONDS, poll_seconds: float = 10.0,
+    lease_seconds: float = LEASE_SECONDS, poll_seconds: float = 10.0, on_silent: str = "keep",
 ) -> tuple[str, Any]:
     """Make sure `dataset` at `sample_rate` from `source` is prepared in the store; return (its URI, its Manifest)."""
     from intermix_core.data import load_prepared, prepare_dataset
     from intermix_core.storage import open_storage
 
     store = open_storage(store_root)
-    prefix = prepared_prefix(dataset, sample_rate, source_fingerprint(source))
+    prefix = prepared_prefix(dataset, sample_rate, source_fingerprint(source), on_silent)
     owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     lease = _Lease(store, f"{prefix}/{LEASE}", owner, lease_seconds)
     while True:
         done = current_prepared(store, prefix)
         if done is not None:
             log.info("%s: already prepared", store.uri(done))
-            return store.uri(prefix), _stored_manifest(store, done)
+            manifest = _stored_manifest(store, done)
+            if on_silent == "error" and manifest.kept_silent:
+                from intermix_core.data import SilentAudioError
+
+                raise SilentAudioError(f"{store.uri(done)}: {len(manifest.kept_silent)} silent clip(s), e.g. "
+                                       f"{manifest.kept_silent[0].source}, and on_silent is 'error'")
+            return store.uri(prefix), manifest
         holder = lease.holder()
         if holder is None or holder[1] < time.time() or holder[0] == owner:
             lease.write()
@@ -188,7 +198,7 @@ def publish_prepared(
 
         out = Path(tmp) / "prepared"
         raw = resolve_source(source, Path(tmp) / "raw")
-        manifest = prepare_dataset(raw, dataset, out, sample_rate, progress=progress)
+        manifest = prepare_dataset(raw, dataset, out, sample_rate, progress=progress, on_silent=on_silent)
         load_prepared(out, verify=False)  # fails here, not in 40 training tasks, if something is off
         (out / ".lock").unlink(missing_ok=True)
         writer = uuid.uuid4().hex[:12]

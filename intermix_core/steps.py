@@ -8,7 +8,9 @@ The grid store (a local directory or s3:// root) keeps what outlives one KFP run
     <root>/prepared/<dataset>/<rate>hz/v<format>/<fingerprint>/  prepared datasets, shared by grids (shared_data)
 
 A fold's checkpoint is pulled before training and pushed while it trains (every `sync_seconds`
-once it changes) and at the end, so a task retried on another node resumes where it stopped.
+once it changes) and at the end, so a task retried on another node resumes where it stopped. An
+unreachable store is ridden out: periodic pushes warn and try again later, and the end of a fold
+(final checkpoint, then result) keeps retrying for STORE_PATIENCE seconds before it fails.
 Aggregation reads every result under `<root>/<grid_id>/`, so reruns update the tables.
 """
 
@@ -21,20 +23,22 @@ import shutil
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from intermix_core.config import parse_config
-from intermix_core.records import CHECKPOINT, RESULT, FoldResult, load_result, save_result
+from intermix_core.records import CHECKPOINT, RESULT, FoldResult, fold_label, load_result, save_result
 
 GRID_FILE = "grid.json"
+STORE_PATIENCE = 300.0  # seconds the end of a fold keeps retrying an unreachable store before it fails
 REPORTS = "reports"
 
 
 def cell_prefix(grid_id: str, dataset: str, setup: str, strategy: str, fold: int) -> str:
     """Store key prefix of one fold: '<grid_id>/<dataset>/<setup>/<strategy>/fold<k>'."""
-    return f"{grid_id}/{dataset}/{setup}/{strategy}/fold{fold}"
+    return f"{grid_id}/{fold_label(dataset, setup, strategy, fold)}"
 
 
 def _storage(root: str | None) -> Any:
@@ -66,13 +70,31 @@ def resolve_source(source: str, scratch: str | Path) -> Path:
     return path
 
 
-def preprocess_step(source: str, dataset: str, sample_rate: int, out_dir: str | Path, progress: bool = False) -> Any:
+def preprocess_step(source: str, dataset: str, sample_rate: int, out_dir: str | Path, progress: bool = False,
+                    on_silent: str = "keep") -> Any:
     """Prepare `dataset` from `source` at `sample_rate` into out_dir; returns the Manifest."""
     from intermix_core.data import prepare_dataset
 
     with tempfile.TemporaryDirectory(prefix="intermix-source-") as scratch:
         root = resolve_source(source, scratch)
-        return prepare_dataset(root, dataset, out_dir, sample_rate, progress=progress)
+        return prepare_dataset(root, dataset, out_dir, sample_rate, progress=progress, on_silent=on_silent)
+
+
+def _patiently(fn: Callable[[], Any], what: str, patience: float | None = None) -> Any:
+    """Call fn, retrying transient store errors (after 1 s, doubling up to 30 s) for up to `patience` seconds."""
+    from intermix_core.storage import StorageError
+
+    deadline = time.monotonic() + (STORE_PATIENCE if patience is None else patience)
+    delay = 1.0
+    while True:
+        try:
+            return fn()
+        except StorageError as err:
+            if not err.transient or time.monotonic() + delay > deadline:
+                raise
+            print(f"warning: {what} failed, trying again in {delay:.0f} s: {err}", file=sys.stderr)
+            time.sleep(delay)
+            delay = min(2 * delay, 30.0)
 
 
 class _CheckpointPusher:
@@ -108,14 +130,21 @@ class _CheckpointPusher:
 
     @contextlib.contextmanager
     def running(self) -> Iterator[None]:
-        """Push periodically inside the block, and once more when it ends (also on failure)."""
+        """Push periodically inside the block, and once more when it ends (also on failure, unless superseded)."""
+        from intermix_core.tracking import FoldSuperseded
+
         self._thread.start()
+        superseded = False
         try:
             yield
+        except FoldSuperseded:
+            superseded = True  # the fold belongs to a later attempt now: leave the store to it
+            raise
         finally:
             self._stop.set()
             self._thread.join()
-            self.push()
+            if not superseded:
+                _patiently(self.push, f"uploading {self.key}")
 
 
 def train_step(
@@ -141,6 +170,7 @@ def train_step(
     result on as an artifact, and the checkpoint only once, in the store). `restart` discards the
     fold's checkpoint and result both in out_dir and in the store.
     """
+    from intermix_core.tracking import FoldSuperseded
     from intermix_core.train import FoldBusy, train_fold
 
     cfg = parse_config(json.loads(config_json), source="config_json")
@@ -159,14 +189,15 @@ def train_step(
         with pusher.running() if pusher else contextlib.nullcontext():
             result = train_fold(cfg, data_dir, fold, out, tracker=_tracker(tracking_uri), grid_id=grid_id,
                                 progress=progress, device=device)
-    except FoldBusy:
+    except (FoldBusy, FoldSuperseded):
         raise  # another attempt holds the fold: its outcome, not this refusal, belongs in the store
     except Exception as err:
         if store is not None:
             _record_failure(store, prefix, cfg, fold, err)
         raise
     if store is not None:
-        store.upload_file(out / RESULT, f"{prefix}/{RESULT}")  # last: the fold's completion marker in the store
+        _patiently(lambda: store.upload_file(out / RESULT, f"{prefix}/{RESULT}"),  # last: the fold's completion marker
+                   f"uploading {prefix}/{RESULT}")
         if not keep_checkpoint:
             (out / CHECKPOINT).unlink(missing_ok=True)
     return result
@@ -282,11 +313,19 @@ def attack_step(
     return result
 
 
+def attack_checkpoint_step(checkpoint: str | Path, data_dir: str | Path, fold: int | None = None, *,
+                           device: str | None = None) -> tuple[dict[str, float], dict[str, float]]:
+    """FGSM on a lone checkpoint (no result.json to update): (10-crop errors, single-crop errors) per epsilon."""
+    from intermix_core.attack import attack_fold
+
+    return attack_fold(checkpoint, data_dir, fold, device=device)
+
+
 def describe_absent(summary: Any, limit: int = 6) -> str:
     """One line on folds without a result ('' if none): how many, and the first few by name."""
     if not summary.missing:
         return ""
-    names = [f"{m.dataset}/{m.setup}/{m.strategy}/fold{m.fold} ({m.reason})" for m in summary.missing]
+    names = [f"{fold_label(m.dataset, m.setup, m.strategy, m.fold)} ({m.reason})" for m in summary.missing]
     more = f", and {len(names) - limit} more" if len(names) > limit else ""
     return f"{len(names)} fold(s) without a result: {', '.join(names[:limit])}{more}"
 
@@ -362,7 +401,7 @@ def aggregate_step(
         # one atomic version; the newest wins, and only it goes on to update the MLflow summary run
         publish_aggregation(_storage(store_root), grid_id, out_dir, version, tracking_uri)
     elif tracking_uri:
-        from intermix_core.results import log_summary_to_mlflow
+        from intermix_core.tracking import log_summary_to_mlflow
 
         log_summary_to_mlflow(out_dir, tracking_uri=tracking_uri, grid_id=grid_id)
     return summary
@@ -382,11 +421,12 @@ def grid_aggregate_step(
     return gid, aggregate_step([], out_dir, expected, tracking_uri, gid, store_root)
 
 
-def prepare_shared_step(source: str, dataset: str, sample_rate: int, store_root: str, progress: bool = False) -> tuple[str, Any]:
+def prepare_shared_step(source: str, dataset: str, sample_rate: int, store_root: str, progress: bool = False,
+                        on_silent: str = "keep") -> tuple[str, Any]:
     """Prepare `dataset` once into the store, keyed by dataset, sample rate, source fingerprint and format; (URI, Manifest)."""
     from intermix_core.shared_data import publish_prepared
 
-    return publish_prepared(source, dataset, sample_rate, store_root, progress=progress)
+    return publish_prepared(source, dataset, sample_rate, store_root, progress=progress, on_silent=on_silent)
 
 
 def prepared_data(data_uri: str, cache_dir: str | None = None, max_cache_bytes: int | None = None) -> Any:

@@ -41,9 +41,10 @@ _CHUNK = 1 << 20
 class StorageError(RuntimeError):
     """A transfer failed; the message names the URI and what was expected there."""
 
-    def __init__(self, uri: str, reason: str) -> None:
+    def __init__(self, uri: str, reason: str, transient: bool = False) -> None:
         super().__init__(f"{uri}: {reason}")
         self.uri, self.reason = uri, reason
+        self.transient = transient  # the store was unreachable or failed on its side: trying again may succeed
 
 
 def _sha256_stream(f: BinaryIO) -> str:
@@ -406,8 +407,9 @@ class S3Storage(Storage):
     def _error(self, err: Exception, key: str, action: str) -> StorageError:
         """Translate a boto error into a StorageError naming the URI and what was expected."""
         from botocore.exceptions import (
-            ClientError, EndpointConnectionError, NoCredentialsError, PartialCredentialsError,
+            ClientError, EndpointConnectionError, HTTPClientError, NoCredentialsError, PartialCredentialsError,
         )
+        from botocore.exceptions import ConnectionError as BotoConnectionError
 
         uri, where = self.uri(key), f" at {self.endpoint_url}" if self.endpoint_url else ""
         wrapped = not isinstance(err, ClientError) and isinstance(err.__context__, ClientError)
@@ -424,14 +426,17 @@ class S3Storage(Storage):
                 )
             if code in ("NoSuchKey", "404") or status == 404:
                 return StorageError(uri, f"no such object while {action} (expected it to exist)")
-            return StorageError(uri, f"S3 error while {action}: {code} {cause}")
+            return StorageError(uri, f"S3 error while {action}: {code} {cause}",
+                                transient=isinstance(status, int) and status >= 500)
         if isinstance(err, (NoCredentialsError, PartialCredentialsError)):
             return StorageError(
                 uri, f"no AWS credentials found while {action}; "
                 "set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE",
             )
         if isinstance(err, EndpointConnectionError):
-            return StorageError(uri, f"cannot reach the S3 endpoint{where} while {action} ({err})")
+            return StorageError(uri, f"cannot reach the S3 endpoint{where} while {action} ({err})", transient=True)
+        if any(isinstance(e, (BotoConnectionError, HTTPClientError)) for e in (err, err.__context__)):
+            return StorageError(uri, f"connection to the S3 endpoint{where} lost while {action} ({err})", transient=True)
         return StorageError(uri, f"{action} failed: {err}")
 
     def _call(self, key: str, action: str, fn: Any, *args: Any, **kwargs: Any) -> Any:

@@ -21,7 +21,7 @@ from pathlib import Path
 from queue import Empty
 from typing import Any
 
-from intermix_core.records import RESULT, load_result
+from intermix_core.records import RESULT, fold_label, load_result
 
 
 @dataclass
@@ -74,7 +74,7 @@ def _worker(cfg_json: str, data_dir: str, fold: int, out_dir: str, device: str, 
 
         torch.set_num_threads(int(threads))
     cfg = parse_config(json.loads(cfg_json), source="study")
-    label = f"{cfg.dataset}/{cfg.setup_name}/{cfg.strategy.name}/fold{fold}"
+    label = fold_label(cfg.dataset, cfg.setup_name, cfg.strategy.name, fold)
     t0 = time.time()
     try:
         result = train_fold(cfg, data_dir, fold, out_dir, progress=False, device=device, deadline=deadline)

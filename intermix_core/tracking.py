@@ -7,17 +7,18 @@ MLflow runs table compares strategies directly. See docs/tracking.md for tags an
 from __future__ import annotations
 
 import contextlib
+import csv
 import fcntl
 import functools
 import math
 import os
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Iterable, TypeVar
@@ -27,8 +28,10 @@ from mlflow.entities import Metric, Param, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 
 from intermix_core.config import ExperimentConfig, cut
-from intermix_core.records import EpochRecord, FoldResult
+from intermix_core.publish import mark_summary_version, one_summary_run, retry_mlflow_races
+from intermix_core.records import EpochRecord, FoldResult, fold_label
 from intermix_core.redact import has_credentials, redact_uris
+from intermix_core.results import mean_se
 
 T = "intermix."
 GRID, DATASET, SETUP, STRATEGY, FOLD, KIND = (
@@ -38,6 +41,9 @@ SUPERSEDED, SUPERSEDED_BY, ERROR = T + "superseded", T + "superseded_by", T + "e
 # when this attempt at the fold began (ms since the epoch; set at creation and again on reopening):
 # an attempt supersedes only attempts that began before it
 ATTEMPT_STARTED = T + "attempt_started"
+# a random id of the process attempt that holds the run; another attempt that reopens the run (a KFP
+# retry resuming from the stored checkpoint while the first pod is still dying) replaces it
+ATTEMPT = T + "attempt"
 PARENT_ID = "mlflow.parentRunId"
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # the UI opens on runs, not GenAI
 FGSM_PREFIX = "fgsm_error_eps_"  # 10-crop clip error under FGSM
@@ -62,6 +68,10 @@ R = TypeVar("R")
 
 class TrackingError(RuntimeError):
     """MLflow stayed unreachable (or kept failing) past the Tracker's patience; the message is one line."""
+
+
+class FoldSuperseded(RuntimeError):
+    """Another attempt at the same fold took over this attempt's MLflow run: this one stops (one line)."""
 
 
 def _transient(err: BaseException) -> bool:
@@ -211,11 +221,6 @@ def _params(cfg: ExperimentConfig, fold: int | None = None) -> dict[str, str]:
     return {k: v[:6000] for k, v in params.items()}
 
 
-def standard_error(values: list[float]) -> float:
-    """Sample standard deviation (ddof=1) over sqrt(n); NaN below two values."""
-    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) >= 2 else float("nan")
-
-
 EXPERIMENT = "intermix"  # the MLflow experiment every run of the project goes to by default
 
 
@@ -270,6 +275,7 @@ class Tracker:
         self._pending_top: dict[str, int] = {}  # the highest epoch among them
         self._next_try = 0.0  # monotonic time before which per-epoch logging does not call MLflow
         self._failures = 0  # consecutive failed per-epoch attempts
+        self._token = uuid.uuid4().hex  # this Tracker's attempt id (the ATTEMPT tag of the runs it holds)
 
     # -- experiment, search ---------------------------------------------------------------------
     def _experiment(self, name: str) -> str:
@@ -332,7 +338,7 @@ class Tracker:
             fold_tags = {
                 **(tags or {}), PARENT_ID: parent_id, GRID: grid_id, DATASET: cfg.dataset, SETUP: cfg.setup_name,
                 STRATEGY: cfg.strategy.name, T + "model": cfg.model, FOLD: str(fold), KIND: "fold", SUPERSEDED: "false",
-                ATTEMPT_STARTED: str(int(time.time() * 1000)),
+                ATTEMPT_STARTED: str(int(time.time() * 1000)), ATTEMPT: self._token,
             }
             for tag, value in ((T + "git_commit", git_commit()), (T + "image", os.environ.get("INTERMIX_IMAGE")),
                                (T + "kfp_run_id", os.environ.get("KFP_RUN_ID"))):
@@ -340,7 +346,7 @@ class Tracker:
                     fold_tags[tag] = value
             if fold_tags.get(T + "git_commit"):
                 fold_tags["mlflow.source.git.commit"] = fold_tags[T + "git_commit"]
-            name = f"{'/'.join(cell[1:])}/fold{fold}"
+            name = fold_label(*cell[1:], fold)
             run = self.client.create_run(self.experiment_id, run_name=name, tags=fold_tags)
             run_id = run.info.run_id
             self._log_params(run_id, _params(cfg, fold))
@@ -375,7 +381,7 @@ class Tracker:
         if parent_id:
             self.client.update_run(parent_id, status="RUNNING")
         self.client.update_run(run_id, status="RUNNING")
-        self.client.log_batch(run_id, tags=[RunTag(SUPERSEDED, "false"),
+        self.client.log_batch(run_id, tags=[RunTag(SUPERSEDED, "false"), RunTag(ATTEMPT, self._token),
                                             RunTag(ATTEMPT_STARTED, str(int(time.time() * 1000)))])
         self._last_step.pop(run_id, None)
         self._last_logged_step(run_id)  # read now, while MLflow answers: epochs replayed after a resume are skipped
@@ -403,6 +409,27 @@ class Tracker:
                 self.client.set_terminated(other, "KILLED")
             changed = True
         return changed
+
+    def ensure_current(self, run_id: str) -> None:
+        """Raise FoldSuperseded if another attempt took this run over (superseded it, or reopened it).
+
+        One quick request; while MLflow is unreachable the attempt carries on (it cannot be told), and
+        during a known outage (epoch metrics waiting for their next try) no request is made.
+        """
+        if time.monotonic() < self._next_try:
+            return
+        try:
+            with _one_attempt(EPOCH_TIMEOUT):
+                tags = self._mlflow.get_run(run_id).data.tags
+        except Exception:  # noqa: BLE001 - an outage must not stop training
+            return
+        holder = tags.get(ATTEMPT)
+        if tags.get(SUPERSEDED) == "true":
+            raise FoldSuperseded(f"MLflow run {run_id} was superseded by run {tags.get(SUPERSEDED_BY)} (a later attempt "
+                                 "at this fold); this attempt stops")
+        if holder and holder != self._token:
+            raise FoldSuperseded(f"MLflow run {run_id} was reopened by another attempt at this fold (attempt {holder[:8]}, "
+                                 "resuming from the stored checkpoint); this attempt stops")
 
     def _last_logged_step(self, run_id: str) -> int:
         if run_id not in self._last_step:
@@ -481,7 +508,7 @@ class Tracker:
         try:
             self._finish_fold(run_id, result)
         except TrackingError as err:
-            cell = f"{result.dataset}/{result.setup}/{result.strategy}/fold{result.fold}"
+            cell = result.label
             raise TrackingError(f"{err}; {cell} is trained but its MLflow run {run_id} is not finished: "
                                 "run the same command again once MLflow answers to log it") from None
 
@@ -589,7 +616,54 @@ def summarize(fold_metrics: Iterable[dict[str, float]]) -> dict[str, float]:
     for name in sorted(names):
         values = [m[name] for m in per_fold if name in m and not math.isnan(m[name])]
         if values:
-            out[f"{name}_mean"] = statistics.fmean(values)
-            out[f"{name}_se"] = standard_error(values)
+            mean, se = mean_se(values)  # the tables' statistics (results.mean_se); MLflow takes NaN for "no SE"
+            out[f"{name}_mean"], out[f"{name}_se"] = mean, math.nan if se is None else se
     return out
 
+
+# ---------------------------------------------------------------- the grid's summary run
+
+
+@retry_mlflow_races
+def log_summary_to_mlflow(
+    out_dir: str | Path, tracking_uri: str | None = None, experiment: str = "intermix", grid_id: str | None = None,
+    version: str | None = None,
+) -> str:
+    """Log the report files in out_dir to the grid's one summary run (created once, updated in place); return its id.
+
+    Concurrent aggregations of one grid converge on one run (intermix_core.publish.one_summary_run),
+    and with `version` (intermix_core.publish.new_version) an older version never overwrites a
+    newer one: it is skipped and the run id returned.
+    """
+    out = Path(out_dir)
+    if not (out / "table1.csv").is_file():
+        raise FileNotFoundError(f"{out}: no table1.csv; run write_reports first")
+    grid_id = grid_id or out.resolve().name
+    if "'" in grid_id or "\\" in grid_id:
+        raise ValueError(f"grid_id must not contain quotes or backslashes: {grid_id!r}")
+    quiet_run_links(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))  # no password in "View run" lines
+    with schema_lock(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or ""):
+        client = MlflowClient(tracking_uri=tracking_uri)
+        exp_id = ensure_experiment(client, experiment)
+    run = one_summary_run(client, exp_id, grid_id)
+    run_id = run.info.run_id
+    if version is not None and run.data.tags.get("intermix.summary_version", "") > version:
+        return run_id  # a newer aggregation already logged its tables here
+    revision = int(run.data.tags.get("intermix.summary_revision", "-1")) + 1
+    client.set_tag(run_id, "intermix.summary_revision", str(revision))
+    with (out / "table1.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    now = int(time.time() * 1000)
+    metrics = []
+    for r in rows:
+        key = f"test_error/{r['dataset']}/{r['setup']}/{r['strategy']}"
+        if r["mean"]:
+            metrics.append(Metric(key, float(r["mean"]), now, revision))
+        metrics.append(Metric(f"{key}/n_folds", float(r["n"]), now, revision))
+    for i in range(0, len(metrics), 900):  # log_batch takes at most 1000 metrics
+        client.log_batch(run_id, metrics=metrics[i : i + 900])
+    client.log_artifacts(run_id, str(out))
+    if version is not None:  # the tables are in place before the run says which version they are
+        mark_summary_version(client, run_id, version, out)
+    client.set_terminated(run_id)
+    return run_id

@@ -30,7 +30,7 @@ from intermix_core.devices import resolve_device
 from intermix_core.mixing import Mixer
 from intermix_core.models import StagedModel, create_model, model_class
 from intermix_core.optim import learning_rate, make_optimizer
-from intermix_core.records import CHECKPOINT, RESULT, EpochRecord, FoldResult, save_result
+from intermix_core.records import CHECKPOINT, RESULT, EpochRecord, FoldResult, fold_label, save_result
 
 CHECKPOINT_FORMAT = 2
 LOCK = ".fold.lock"
@@ -43,6 +43,7 @@ class FoldTracker(Protocol):
         self, cfg: ExperimentConfig, fold: int, grid_id: str, tags: dict[str, str] | None = None,
         resume_run_id: str | None = None,
     ) -> str: ...
+    def ensure_current(self, run_id: str) -> None: ...
     def log_epoch(self, run_id: str, record: EpochRecord) -> None: ...
     def flush(self, run_id: str) -> object: ...
     def finish_fold(self, run_id: str, result: FoldResult) -> None: ...
@@ -328,7 +329,7 @@ def _train_fold(
 
     bs = optim.batch_size
     crop_probs = None
-    desc = f"{cfg.dataset}/{cfg.setup_name}/{cfg.strategy.name}/fold{fold}"
+    desc = fold_label(cfg.dataset, cfg.setup_name, cfg.strategy.name, fold)
     bar = tqdm(range(start_epoch, optim.epochs + 1), desc=desc, disable=not progress, initial=start_epoch - 1,
                total=optim.epochs, unit="epoch")
     for epoch in bar:
@@ -371,6 +372,7 @@ def _train_fold(
             record.val_error = clip_error(crop_probs, test_bank.labels)
         history.append(record)
         if tracker is not None and run_id is not None:
+            tracker.ensure_current(run_id)  # FoldSuperseded if another attempt took the fold over: stop here
             tracker.log_epoch(run_id, record)
         bar.set_postfix(loss=f"{record.train_loss:.3f}", err=f"{record.train_error:.1f}",
                         val=f"{record.val_error:.1f}" if record.val_error is not None else "-")

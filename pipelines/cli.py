@@ -42,6 +42,14 @@ def _grid_args(p: argparse.ArgumentParser) -> None:
 def _source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", action="append", metavar="DATASET=LOCATION",
                    help="raw data of a dataset: a folder, an s3:// URI or 'demo' (repeatable; overrides the grid's sources)")
+    _on_silent_arg(p, None)
+
+
+def _on_silent_arg(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument("--on-silent", choices=["keep", "skip", "error"], default=default,
+                   help="a clip whose every sample is zero: keep it as zeros with one warning (default), leave it out, "
+                   "or stop with an error; listed in the preparation's manifest" +
+                   ("" if default else " (overrides the grid's on_silent)"))
 
 
 def _local_args(p: argparse.ArgumentParser, servers: bool = True) -> None:
@@ -124,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model", help="take the sample rate of this model")
     p.add_argument("--sample-rate", type=int, help="sample rate in Hz")
+    _on_silent_arg(p, "keep")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="train one fold")
@@ -256,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         _print_error(err)
         return 2
     except Exception as err:
-        if args.debug or type(err).__name__ != "TrackingError":  # MLflow unreachable: not the user's mistake
+        # MLflow unreachable, or another attempt at the fold took over: not the user's mistake, one line
+        if args.debug or type(err).__name__ not in ("TrackingError", "FoldSuperseded"):
             raise
         _print_error(err)
         return 1

@@ -11,9 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
 
-from intermix_core.config import DATASETS, ConfigError, cut, format_validation_error, short
+from intermix_core.config import DATASETS, ConfigError, cut, short
 
 
 class UsageError(Exception):
@@ -45,7 +44,10 @@ def _load_grid(args: argparse.Namespace) -> Any:
     pos, opt = getattr(args, "grid_pos", None), args.grid
     if pos and opt and pos != opt:
         raise UsageError(f"two grids given: {pos} and --grid {opt}")
-    return load_grid(pos or opt or "demo", name=getattr(args, "name", None))
+    grid = load_grid(pos or opt or "demo", name=getattr(args, "name", None))
+    if getattr(args, "on_silent", None):
+        grid = grid.model_copy(update={"on_silent": args.on_silent})
+    return grid
 
 
 def _workdir(args: argparse.Namespace) -> Any:
@@ -64,7 +66,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if args.sample_rate is None and args.model is None:
         raise UsageError("prepare: give --model (its sample rate is used) or --sample-rate")
     rate = args.sample_rate or model_class(args.model).sample_rate
-    manifest = preprocess_step(args.source, args.dataset, rate, args.out, progress=True)
+    manifest = preprocess_step(args.source, args.dataset, rate, args.out, progress=True, on_silent=args.on_silent)
     print(f"prepared {args.dataset} at {rate} Hz: {len(manifest.clips)} clips in folds {manifest.folds} -> {args.out}")
     return 0
 
@@ -113,7 +115,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg.model_dump_json(), args.data, args.fold, args.out, args.grid_id, args.tracking_uri, args.store,
         restart=args.restart, progress=True, device=args.device,
     )
-    print(f"{cfg.dataset}/{cfg.setup_name}/{cfg.strategy.name}/fold{args.fold}: test error {result.test_error:.2f}% -> {args.out}")
+    print(f"{result.label}: test error {result.test_error:.2f}% -> {args.out}")
     return 0
 
 
@@ -127,9 +129,9 @@ def cmd_attack(args: argparse.Namespace) -> int:
         if not checkpoint.is_file():
             raise UsageError(f"--checkpoint {checkpoint}: no such file")
         if not (checkpoint.parent / RESULT).is_file() or checkpoint.name != CHECKPOINT:
-            from intermix_core.attack import attack_fold
+            from intermix_core.steps import attack_checkpoint_step
 
-            fgsm, fgsm_crop = attack_fold(checkpoint, args.data, args.fold, device=args.device)
+            fgsm, fgsm_crop = attack_checkpoint_step(checkpoint, args.data, args.fold, device=args.device)
             print(f"{checkpoint}: {_fgsm_text(fgsm, fgsm_crop)}")
             return 0
         args.trained = str(checkpoint.parent)
@@ -139,7 +141,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     fold = args.fold or load_result(trained / RESULT).fold
     r = attack_step(trained, args.data, fold, args.out or trained, args.grid_id, args.tracking_uri, args.store,
                     device=args.device)
-    print(f"{r.dataset}/{r.setup}/{r.strategy}/fold{fold}: {_fgsm_text(r.fgsm, r.fgsm_crop)}")
+    print(f"{r.label}: {_fgsm_text(r.fgsm, r.fgsm_crop)}")
     return 0
 
 
@@ -249,34 +251,20 @@ def cluster_options(args: argparse.Namespace) -> Any:
     from pipelines.options import ClusterOptions, Toleration, load_cluster_options
 
     base = load_cluster_options(args.cluster_options) if args.cluster_options else ClusterOptions()
-    secret_env = dict(base.secret_env)
+    secret_env = {}
     for item in args.secret_env or []:
         name, colon, keys = item.partition(":")
         if not colon or not name or not keys:
             raise UsageError(f"--secret-env {item!r}: expected SECRET:KEY[,KEY...]")
         secret_env[name] = keys.split(",")
-    update: dict[str, Any] = {
-        "node_selector": {**base.node_selector, **_pairs(args.node_selector, "--node-selector")},
-        "tolerations": [*base.tolerations, *(_toleration(t, Toleration) for t in args.toleration or [])],
-        "secret_env": secret_env, "env": {**base.env, **_pairs(args.env, "--env")},
-        "image_digests": {**base.image_digests, **_pairs(args.image_digest, "--image-digest")},
-    }
-    for key in ("gpu_type", "gpus", "retries", "retry_max_duration", "parallelism", "image_repository", "image_tag"):
-        if getattr(args, key) is not None:
-            update[key] = getattr(args, key)
-    if args.no_exit_handler:
-        update["exit_handler"] = False
-    gpu_tasks = {k: r.model_dump() for k, r in base.resources.items() if k in ("train", "fgsm")}
-    for res in gpu_tasks.values():
-        if args.cpu_limit is not None:
-            res["cpu_limit"] = args.cpu_limit
-        if args.memory_limit is not None:
-            res["memory_request"] = res["memory_limit"] = args.memory_limit
-    update["resources"] = {**{k: r.model_dump() for k, r in base.resources.items()}, **gpu_tasks}
-    try:
-        return ClusterOptions.model_validate({**base.model_dump(), **update})
-    except ValidationError as err:
-        raise ConfigError(format_validation_error(err, "cluster options")) from None
+    plain = {key: getattr(args, key) for key in
+             ("gpu_type", "gpus", "retries", "retry_max_duration", "parallelism", "image_repository", "image_tag")}
+    return base.merged(
+        secret_env=secret_env, node_selector=_pairs(args.node_selector, "--node-selector"),
+        tolerations=[_toleration(t, Toleration) for t in args.toleration or []], env=_pairs(args.env, "--env"),
+        image_digests=_pairs(args.image_digest, "--image-digest"), cpu_limit=args.cpu_limit,
+        memory_limit=args.memory_limit, exit_handler=False if args.no_exit_handler else None, **plain,
+    )
 
 
 def _toleration(text: str, cls: Any) -> Any:
@@ -411,16 +399,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _rerun_cell(args: argparse.Namespace, grid: Any) -> Any:
-    from intermix_core.grid import find_cell
+    from intermix_core.grid import find_cell, setup_of_model
 
-    setup = args.setup
-    if setup is None:  # --model: the setup named after it, else the only setup using it
-        matches = [s.name for s in grid.setups if s.name == args.model] or [s.name for s in grid.setups if s.model == args.model]
-        if len(matches) != 1:
-            choices = ", ".join(f"{s.name} ({s.model})" for s in grid.setups)
-            raise UsageError(f"--model {args.model}: {'no' if not matches else 'more than one'} setup of this grid uses it; "
-                             f"give --setup, one of: {choices}")
-        setup = matches[0]
+    setup = args.setup or setup_of_model(grid, args.model)
     return find_cell(grid, args.dataset, setup, args.strategy, args.fold, source="rerun")
 
 

@@ -91,7 +91,7 @@ def shard_pipeline(grid: GridSpec, shard: Shard, opts: ClusterOptions | None = N
         def cells() -> dsl.PipelineTask:
             # never cached: it re-fingerprints the raw data (cheap) and finds the prepared copy in the store
             prep = comps.preprocess(source=source, dataset=shard.dataset, sample_rate=shard.sample_rate,
-                                    store_root=store_root)
+                                    store_root=store_root, on_silent=grid.on_silent)
             configure_task(prep.set_display_name(f"preprocess {shard.dataset}@{shard.sample_rate}"), opts,
                            kind="preprocess", cache=False, labels=base_labels, retry_window_s=short_window, local=local)
             loops = folds(data_uri=prep.outputs["Output"], store_root=store_root, tracking_uri=tracking_uri)

@@ -31,7 +31,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from intermix_core.grid import Cell, GridSpec, expand, grid_id
+from intermix_core.grid import FoldCell, GridSpec, expand, grid_id
 from intermix_core.records import RESULT
 from intermix_core.steps import cell_prefix, save_grid_spec
 from pipelines.grid_pipeline import grid_pipelines
@@ -150,7 +150,7 @@ def _result_state(storage: Any, key: str) -> tuple[str | None, bool]:
 
 
 @contextlib.contextmanager
-def _progress(desc: str, store: str, gid: str, cells: list[Cell], enabled: bool, fresh: bool = False) -> Iterator[None]:
+def _progress(desc: str, store: str, gid: str, cells: list[FoldCell], enabled: bool, fresh: bool = False) -> Iterator[None]:
     """A tqdm bar of finished folds, polled from the store while a pipeline runs (`fresh`: only results written now)."""
     from intermix_core.storage import open_storage
 
@@ -233,7 +233,7 @@ def run_grid_local(
 
 
 def rerun_fold_local(
-    grid: GridSpec, cell: Cell, work: Workdir, source: str | None = None, *, restart: bool = False,
+    grid: GridSpec, cell: FoldCell, work: Workdir, source: str | None = None, *, restart: bool = False,
     tracking: bool = True, progress: bool = True, verbose: bool = False, opts: ClusterOptions | None = None,
 ) -> LocalRun:
     """Rerun one fold of `grid` locally with the rerun pipeline, then re-aggregate the grid."""

@@ -157,6 +157,39 @@ class ClusterOptions(BaseModel):
         """The device the GPU components are told to use: 'cuda' when tasks get GPUs, else 'cpu'."""
         return "cuda" if self.gpus else "cpu"
 
+    def merged(
+        self, *, secret_env: dict[str, list[str]] | None = None, node_selector: dict[str, str] | None = None,
+        tolerations: list[Toleration] | None = None, env: dict[str, str] | None = None,
+        image_digests: dict[str, str] | None = None, cpu_limit: str | None = None, memory_limit: str | None = None,
+        **values: object,
+    ) -> "ClusterOptions":
+        """These options with more on top (command-line flags over a file): mappings and lists extend, values replace.
+
+        `values` are plain fields (gpus, retries, image_tag, exit_handler, ...; None means not given);
+        cpu_limit / memory_limit apply to the GPU tasks (train, fgsm). Errors name the field (ConfigError).
+        """
+        from intermix_core.config import ConfigError, format_validation_error
+
+        update: dict[str, object] = {
+            "secret_env": {**self.secret_env, **(secret_env or {})},
+            "node_selector": {**self.node_selector, **(node_selector or {})},
+            "tolerations": [*self.tolerations, *(tolerations or [])],
+            "env": {**self.env, **(env or {})},
+            "image_digests": {**self.image_digests, **(image_digests or {})},
+            **{k: v for k, v in values.items() if v is not None},
+        }
+        resources = {k: r.model_dump() for k, r in self.resources.items()}
+        for kind in ("train", "fgsm"):
+            if kind in resources and cpu_limit is not None:
+                resources[kind]["cpu_limit"] = cpu_limit
+            if kind in resources and memory_limit is not None:
+                resources[kind]["memory_request"] = resources[kind]["memory_limit"] = memory_limit
+        update["resources"] = resources
+        try:
+            return ClusterOptions.model_validate({**self.model_dump(), **update})
+        except ValidationError as err:
+            raise ConfigError(format_validation_error(err, "cluster options")) from None
+
 
 def load_cluster_options(path: str | Path) -> ClusterOptions:
     """ClusterOptions from a YAML file (e.g. the Helm chart's `cluster-options.yaml`); errors name the file and field."""

@@ -11,18 +11,18 @@ import sys
 
 from kfp import compiler, dsl
 
-from intermix_core.grid import Cell, GridSpec, find_cell, grid_id, load_grid
+from intermix_core.grid import FoldCell, GridSpec, find_cell, grid_id, load_grid
 from intermix_core.models import model_class
 from pipelines.grid_pipeline import grid_json, pipeline_components
 from pipelines.options import ClusterOptions, configure_task, expected_train_seconds, retry_seconds
 
 
-def rerun_name(gid: str, cell: Cell) -> str:
+def rerun_name(gid: str, cell: FoldCell) -> str:
     """KFP pipeline name of a rerun: 'intermix-rerun-<grid id>-<dataset>-<setup>-<strategy>-fold<k>'."""
     return f"intermix-rerun-{gid}-{cell.dataset}-{cell.setup}-{cell.strategy}-fold{cell.fold}".replace("_", "-")
 
 
-def rerun_pipeline(grid: GridSpec, cell: Cell, opts: ClusterOptions | None = None, *,
+def rerun_pipeline(grid: GridSpec, cell: FoldCell, opts: ClusterOptions | None = None, *,
                    local: bool = False) -> dsl.graph_component.GraphComponent:
     """Pipeline that retrains `cell` (resuming from its stored checkpoint unless restart) and re-aggregates the grid."""
     opts = opts or ClusterOptions()
@@ -43,7 +43,8 @@ def rerun_pipeline(grid: GridSpec, cell: Cell, opts: ClusterOptions | None = Non
                        retry_window_s=short_window, local=local)
 
         def cells() -> dsl.PipelineTask:
-            prep = comps.preprocess(source=source, dataset=cell.dataset, sample_rate=sample_rate, store_root=store_root)
+            prep = comps.preprocess(source=source, dataset=cell.dataset, sample_rate=sample_rate, store_root=store_root,
+                                    on_silent=grid.on_silent)
             configure_task(prep.set_display_name(f"preprocess {cell.dataset}@{sample_rate}"), opts, kind="preprocess",
                            cache=False, labels=labels, retry_window_s=short_window, local=local)
             train = comps.train_fold(

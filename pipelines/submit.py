@@ -25,7 +25,7 @@ from typing import Any
 from kfp import compiler
 from pydantic import BaseModel, ConfigDict
 
-from intermix_core.grid import Cell, GridSpec, grid_id
+from intermix_core.grid import FoldCell, GridSpec, grid_id
 from pipelines.grid_pipeline import grid_pipelines
 from pipelines.options import ClusterOptions
 from pipelines.rerun_pipeline import rerun_pipeline
@@ -285,7 +285,7 @@ def submit_grid(
 
 
 def submit_rerun(
-    grid: GridSpec, cell: Cell, endpoint: KfpEndpoint, store_root: str, tracking_uri: str = "",
+    grid: GridSpec, cell: FoldCell, endpoint: KfpEndpoint, store_root: str, tracking_uri: str = "",
     source: str | None = None, restart: bool = False, opts: ClusterOptions | None = None, client: Any = None,
     on_server: Callable[[ServerInfo], None] | None = None,
 ) -> SubmittedRun:

@@ -104,8 +104,35 @@ def wait_until(proc: Process, ready: Callable[[], bool], timeout: float) -> None
     raise ServerError(f"{proc.name} not ready after {timeout:.0f} s; log:\n{_tail(proc.log)}")
 
 
+class _Restartable:
+    """`stop()` and `start()` of a server started by this module, to simulate an outage (data and ports kept)."""
+
+    name = "server"
+    process: Process | None
+    cmd: list[str]
+    spawn_env: dict[str, str]
+    workdir: Path | None
+
+    def ready(self) -> bool:
+        """True once the server answers."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM to its process group); its data stays for `start()`."""
+        if self.process is not None:
+            self.process.stop()
+
+    def start(self, timeout: float = 120.0) -> None:
+        """Start the stopped server again on the same ports and data; return once it answers."""
+        if self.process is not None and self.process.alive():
+            return
+        assert self.workdir is not None, f"{self.name} was not started by this module"
+        self.process = spawn(self.name, self.cmd, self.spawn_env, self.workdir / f"{self.name}.log", self.workdir)
+        wait_until(self.process, self.ready, timeout)
+
+
 @dataclass
-class S3Server:
+class S3Server(_Restartable):
     """A running SeaweedFS S3 gateway and the test credentials it accepts."""
 
     endpoint_url: str
@@ -114,6 +141,14 @@ class S3Server:
     buckets: tuple[str, ...]
     region: str = "us-east-1"
     process: Process | None = field(default=None, repr=False)
+    cmd: list[str] = field(default_factory=list, repr=False)
+    spawn_env: dict[str, str] = field(default_factory=dict, repr=False)
+    workdir: Path | None = field(default=None, repr=False)
+    name = "seaweedfs"
+
+    def ready(self) -> bool:
+        """True once every bucket is listed."""
+        return set(self.buckets) <= {b["Name"] for b in self.client().list_buckets().get("Buckets", [])}
 
     def env(self) -> dict[str, str]:
         """Environment variables that point boto3 (and MLflow) at this server."""
@@ -166,16 +201,11 @@ def seaweedfs(
             "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
             "-s3.autoCreateBucket=false", f"-bucket={','.join(buckets)}",
         ]
-        proc = spawn("seaweedfs", cmd, env, workdir / "weed.log", workdir)
-        server = S3Server(f"http://{HOST}:{s3}", access_key, secret_key, tuple(buckets), process=proc)
-        client = server.client()
-
-        def ready() -> bool:
-            names = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
-            return set(buckets) <= names
-
+        proc = spawn("seaweedfs", cmd, env, workdir / "seaweedfs.log", workdir)
+        server = S3Server(f"http://{HOST}:{s3}", access_key, secret_key, tuple(buckets), process=proc, cmd=cmd,
+                          spawn_env=env, workdir=workdir)
         try:
-            wait_until(proc, ready, timeout)
+            wait_until(proc, server.ready, timeout)
         except ServerError as err:
             last_err = err
             proc.stop()
@@ -183,34 +213,27 @@ def seaweedfs(
         try:
             yield server
         finally:
-            proc.stop()
+            if server.process is not None:
+                server.process.stop()
         return
     raise ServerError(f"SeaweedFS did not start in 3 attempts: {last_err}")
 
 
 @dataclass
-class MlflowServer:
+class MlflowServer(_Restartable):
     """A running MLflow tracking server whose artifacts go to S3; `stop()` and `start()` simulate an outage."""
 
     url: str
     artifacts_destination: str
     process: Process | None = field(default=None, repr=False)
     cmd: list[str] = field(default_factory=list, repr=False)
-    env: dict[str, str] = field(default_factory=dict, repr=False)
+    spawn_env: dict[str, str] = field(default_factory=dict, repr=False)
     workdir: Path | None = field(default=None, repr=False)
+    name = "mlflow"
 
-    def stop(self) -> None:
-        """Stop the server (SIGTERM to its process group); its data stays for `start()`."""
-        if self.process is not None:
-            self.process.stop()
-
-    def start(self, timeout: float = 120.0) -> None:
-        """Start the stopped server again on the same port and data; return once /health answers."""
-        if self.process is not None and self.process.alive():
-            return
-        assert self.workdir is not None, "not started by mlflow_server()"
-        self.process = spawn("mlflow", self.cmd, self.env, self.workdir / "mlflow.log", self.workdir)
-        wait_until(self.process, lambda: _health(self.url), timeout)
+    def ready(self) -> bool:
+        """True once /health answers."""
+        return _health(self.url)
 
 
 def _health(url: str) -> bool:
@@ -241,7 +264,7 @@ def mlflow_server(
             last_err = err
             proc.stop()
             continue
-        server = MlflowServer(url, dest, process=proc, cmd=cmd, env=env, workdir=workdir)
+        server = MlflowServer(url, dest, process=proc, cmd=cmd, spawn_env=env, workdir=workdir)
         try:
             yield server
         finally:

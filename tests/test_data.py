@@ -401,3 +401,32 @@ def test_failed_re_prepare_keeps_the_earlier_preparation(tmp_path: Path) -> None
     assert not list(out.glob(".staging-*"))
     data = load_prepared(out)
     assert data.sample_rate == 8000 and data.manifest == first
+
+
+@pytest.mark.parametrize("on_silent", ["keep", "skip", "error"])
+def test_a_silent_clip_is_kept_skipped_or_refused_as_asked(subset: Path, tmp_path: Path, on_silent: str,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    """One all-zero clip in a real dataset: by default kept (as zeros) with one warning; listed in the manifest."""
+    src = Path(shutil.copytree(subset, tmp_path / "src"))
+    victim = sorted((src / "audio").iterdir())[3]
+    sf.write(victim, np.zeros(22050, np.float32), 22050, format="WAV", subtype="PCM_16")  # the name stays *.ogg
+    out = tmp_path / "prep"
+    if on_silent == "error":
+        with pytest.raises(SilentAudioError, match=rf"{victim.name}: silent"):
+            prepare_dataset(src, "esc10", out, 16000, progress=False, on_silent=on_silent)
+        return
+    manifest = prepare_dataset(src, "esc10", out, 16000, progress=False, on_silent=on_silent)
+    err = capsys.readouterr().err
+    listed = manifest.kept_silent if on_silent == "keep" else manifest.skipped
+    assert [c.source for c in listed] == [f"audio/{victim.name}"]
+    assert "warning: 1 silent clip(s) of esc10" in err and victim.name in err and err.count("warning:") == 1
+    ids = {c.clip_id for c in manifest.clips}
+    assert (listed[0].clip_id in ids) == (on_silent == "keep") and len(ids) == 20 - (on_silent == "skip")
+    if on_silent == "keep":
+        data = load_prepared(out)
+        rec = next(c for c in manifest.clips if c.clip_id == listed[0].clip_id)
+        clip = data.clips(rec.fold)[data.clip_ids(rec.fold).index(rec.clip_id)]
+        assert len(clip) == 16000 and not clip.any()  # a second of zeros at 16 kHz, untrimmed
+    other = "skip" if on_silent == "keep" else "keep"  # another choice is another preparation
+    again = prepare_dataset(src, "esc10", out, 16000, progress=False, on_silent=other)
+    assert again.on_silent == other and len(again.clips) == 20 - (other == "skip")

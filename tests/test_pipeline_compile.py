@@ -358,3 +358,44 @@ def test_local_pipelines_name_no_cluster_paths(tmp_path: Path):
         if "device" in task["inputs"]["parameters"]:
             assert task["inputs"]["parameters"]["device"]["runtimeValue"]["constant"] == "auto"
         assert container["image"].endswith((f":{__version__}-cpu", f":{__version__}-cuda"))
+
+
+# ------------------------------------------------------------------ golden YAML (as the KFP samples test theirs)
+
+GOLDEN = ROOT / "tests" / "golden" / "demo-grid.yaml"
+
+
+def _normalised(text: str) -> str:
+    """The compiled YAML without what changes with every commit: the image tag's commit, the SDK version line."""
+    text = re.sub(r"(intermix:)[0-9][\w.]*?-[0-9a-f]{7,40}-(cpu|cuda)", r"\1VERSION-COMMIT-\2", text)
+    return "\n".join(line for line in text.splitlines() if not line.startswith("sdkVersion:")) + "\n"
+
+
+def test_compiled_demo_grid_matches_the_golden_yaml(tmp_path: Path) -> None:
+    """Any change to what the demo grid compiles to shows up as a diff of tests/golden/demo-grid.yaml.
+
+    After an intended change: INTERMIX_UPDATE_GOLDEN=1 pytest tests/test_pipeline_compile.py -k golden, and
+    review the diff like code.
+    """
+    import difflib
+    import os
+
+    paths = compile_grid(load_grid("demo"), tmp_path)
+    assert len(paths) == 1
+    got = _normalised(paths[0].read_text())
+    if os.environ.get("INTERMIX_UPDATE_GOLDEN"):
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(got)
+    want = GOLDEN.read_text()
+    diff = "".join(list(difflib.unified_diff(want.splitlines(True), got.splitlines(True), "golden", "compiled"))[:80])
+    assert got == want, f"the compiled demo grid changed (INTERMIX_UPDATE_GOLDEN=1 to accept):\n{diff}"
+
+
+def test_on_silent_reaches_the_preprocess_task_and_only_skip_changes_the_grid_id(tmp_path: Path) -> None:
+    demo = load_grid("demo")
+    ids = {mode: grid_id(demo.model_copy(update={"on_silent": mode})) for mode in ("keep", "skip", "error")}
+    assert ids["keep"] == ids["error"] == grid_id(demo) != ids["skip"]
+    for mode in ("keep", "skip"):
+        spec, _ = _docs(compile_grid(demo.model_copy(update={"on_silent": mode}), tmp_path / mode)[0])
+        prep = next(t for t in _tasks(spec).values() if t["taskInfo"]["name"].startswith("preprocess"))
+        assert prep["inputs"]["parameters"]["on_silent"]["runtimeValue"]["constant"] == mode

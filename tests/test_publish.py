@@ -17,7 +17,8 @@ from intermix_core.publish import (
     publish_reports,
 )
 from intermix_core.reports import write_reports
-from intermix_core.results import aggregate, log_summary_to_mlflow
+from intermix_core.results import aggregate
+from intermix_core.tracking import log_summary_to_mlflow
 from intermix_core.storage import open_storage
 from test_results import MIX, STD, grid
 

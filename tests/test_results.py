@@ -15,7 +15,8 @@ from scipy import stats
 from intermix_core import published as pub
 from intermix_core.records import EpochRecord, FoldResult, save_result
 from intermix_core.reports import format_terminal, write_reports
-from intermix_core.results import aggregate, collect_results, log_summary_to_mlflow, mean_se, paired_test
+from intermix_core.results import aggregate, collect_results, mean_se, paired_test
+from intermix_core.tracking import log_summary_to_mlflow
 
 
 def fr(
