@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from intermix_core.bank import ClipBank, eval_batch
 from intermix_core.devices import resolve_device
-from intermix_core.models import StagedModel
+from intermix_core.models import StagedModel, speed_up
 from intermix_core.train import (
     clip_error, crop_error, default_eval_clips, load_checkpoint, model_from_checkpoint,
 )
@@ -92,6 +92,7 @@ def attack_fold(
     dev = resolve_device(device)
     state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     model, cfg = model_from_checkpoint(state)
+    speed_up(model, channels_last=cfg.optim.channels_last)  # compile is not worth it for one pass per epsilon
     fold = state["fold"] if fold is None else fold
     data = load_prepared(data_dir)
     if fold not in data.folds:

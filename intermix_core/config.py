@@ -191,6 +191,12 @@ class OptimConfig(_Strict):
     update_rule: Literal["pytorch", "chainer"] | None = None
     # "bf16": autocast the model's forward pass to bfloat16 (mixing, levels and loss stay float32)
     precision: Literal["fp32", "bf16"] = "fp32"
+    # GPU-speed options, off until measured on the GPU that runs the grid (benchmarks/bench_options.py):
+    # channels-last memory for the 2-D convolutions (EnvNet, EnvNet-v2, PiczakCNN), and each stage and the
+    # head compiled with torch.compile (mixing between stages stays eager). Results are the same to float
+    # tolerance; checkpoints are interchangeable.
+    channels_last: bool = False
+    compile: bool = False
     # 10-crop evaluation of the test fold every N epochs (and always at the last epoch)
     eval_every: int = Field(default=10, ge=1)
     # checkpoint every N epochs (and at the last epoch)
@@ -326,6 +332,14 @@ class ExperimentConfig(_Strict):
                 update_rule=rule,
             )
         )
+
+    def on_paper_schedule(self) -> bool:
+        """True when epochs, LR and its steps, warmup and the crop length are the reference's (what the paper's numbers need)."""
+        epochs, lr, schedule, warmup = reference_schedule(self.dataset, self.model)
+        o = self.resolved_optim()
+        want = epochs * (2 if (self.strategy.mix and o.double_epochs_for_mixing) else 1)
+        return (o.epochs, o.lr, tuple(o.schedule or ()), o.warmup, self.input_length) == (
+            want, lr, tuple(schedule), warmup, None)
 
     def resolved(self) -> "ExperimentConfig":
         """This config with every reference default made explicit (what travels with a run)."""

@@ -48,7 +48,7 @@ class FoldResult(BaseModel):
     # this "best" number; it selects on the test fold, so it is optimistic
     best_val_error: float | None = None
     best_epoch: int | None = None
-    fgsm: dict[str, float] = Field(default_factory=dict)  # str(epsilon) -> 10-crop clip error %, "0" included
+    fgsm: dict[str, float] = Field(default_factory=dict)  # str(epsilon) -> 10-crop clip error %, "0.0" (the clean error) included
     fgsm_crop: dict[str, float] = Field(default_factory=dict)  # str(epsilon) -> single-crop error %
     history: list[EpochRecord] = Field(default_factory=list)
     confusion: list[list[int]] | None = None  # rows: true class, cols: predicted

@@ -175,6 +175,9 @@ class Summary(BaseModel):
     n_results: int
     n_superseded: int
     alpha: float = ALPHA
+    # every result trained on the reference schedule and crop length (ExperimentConfig.on_paper_schedule):
+    # only then is a measured-minus-paper difference meaningful
+    paper_schedule: bool = True
 
     def cell(
         self, dataset: str, setup: str, strategy: str, epsilon: float | None = None, kind: str = "clip"
@@ -370,7 +373,18 @@ def aggregate(
     return Summary(
         cells=cells, fgsm=fgsm_cells, comparisons=comparisons, missing=missing, notes=notes,
         n_results=len(results), n_superseded=len(results) - len(chosen), alpha=alpha,
+        paper_schedule=all(_on_paper_schedule(r) for r in chosen.values() if _is_ok(r) and r.config),
     )
+
+
+def _on_paper_schedule(result: FoldResult) -> bool:
+    """Whether a result's config is on the paper's schedule (a result without a readable config is not)."""
+    from intermix_core.config import ExperimentConfig
+
+    try:
+        return ExperimentConfig.model_validate(result.config).on_paper_schedule()
+    except Exception:  # noqa: BLE001 - an old or foreign config: not known to follow the paper
+        return False
 
 
 def _fgsm_cells(head: dict, ok: list[FoldResult], failed: dict[int, str]) -> list[TableCell]:

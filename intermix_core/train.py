@@ -28,7 +28,7 @@ from intermix_core.bank import ClipBank, PairSampler, draw_crops, epoch_order, e
 from intermix_core.config import ExperimentConfig
 from intermix_core.devices import resolve_device
 from intermix_core.mixing import Mixer
-from intermix_core.models import StagedModel, create_model, model_class
+from intermix_core.models import StagedModel, create_model, model_class, speed_up
 from intermix_core.optim import learning_rate, make_optimizer
 from intermix_core.records import CHECKPOINT, RESULT, EpochRecord, FoldResult, fold_label, save_result
 
@@ -293,7 +293,8 @@ def _train_fold(
     cls = model_class(cfg.model)
     seed = fold_seed(cfg.seed, fold)
     torch.manual_seed(seed)
-    model = create_model(cfg.model, cfg.num_classes).to(dev)
+    model = speed_up(create_model(cfg.model, cfg.num_classes).to(dev), channels_last=optim.channels_last,
+                     compile_stages=optim.compile)
     opt = make_optimizer(model.parameters(), optim, learning_rate(optim, 1))
     mixer = Mixer(cfg.strategy, cfg.num_classes, cls.sample_rate, seed)
     data_gen = torch.Generator(device=dev).manual_seed(seed + 500)

@@ -262,3 +262,31 @@ def test_submit_takes_store_tracking_and_placement_from_cluster_options(tmp_path
     bad.write_text("gpus: -1\nspot: true\n")
     code, _, err = _run(["compile", "demo", "-o", str(tmp_path / "c"), "--cluster-options", str(bad)], capsys)
     assert code == 2 and f"{bad}: gpus: Input should be greater than or equal to 0" in err and f"{bad}: spot: unknown key" in err
+
+
+def test_prepare_train_attack_round_trip_on_real_clips(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """prepare -> train -> attack --trained (result updated) -> attack --checkpoint of a lone copy (printed only)."""
+    import shutil
+
+    from intermix_core.records import load_result
+    from intermix_core.testing import demo_subset
+
+    src = demo_subset(tmp_path / "src", per_class_per_fold=1, folds=(1, 2), seconds=2.0)
+    data, out = tmp_path / "prep", tmp_path / "fold1"
+    code, stdout, err = _run(["prepare", "--dataset", "esc10", "--source", str(src), "--model", "piczak_cnn",
+                              "--out", str(data), "--on-silent", "error"], capsys)
+    assert code == 0 and "20 clips" in stdout, err
+    code, stdout, err = _run(["train", "--dataset", "esc10", "--model", "piczak_cnn", "--strategy", "bc",
+                              "--set", "optim.epochs=1", "--set", "optim.batch_size=4", "--set", "num_crops=2",
+                              "--set", "attack.epsilons=[0.01]", "--data", str(data), "--fold", "1",
+                              "--out", str(out)], capsys)
+    assert code == 0 and stdout.startswith("esc10/piczak_cnn/bc/fold1: test error"), err
+    code, stdout, err = _run(["attack", "--trained", str(out), "--data", str(data)], capsys)
+    assert code == 0 and stdout.startswith("esc10/piczak_cnn/bc/fold1:") and "0.01" in stdout, err
+    assert set(load_result(out / "result.json").fgsm) == {"0.0", "0.01"}  # eps 0: the clean error, same code path
+    lone = tmp_path / "lone" / "weights.pt"
+    lone.parent.mkdir()
+    shutil.copyfile(out / "checkpoint.pt", lone)
+    code, stdout, err = _run(["attack", "--checkpoint", str(lone), "--data", str(data), "--fold", "1"], capsys)
+    assert code == 0 and stdout.startswith(f"{lone}:") and "0.01" in stdout, err
+    assert sorted(p.name for p in lone.parent.iterdir()) == ["weights.pt"]  # nothing written beside it

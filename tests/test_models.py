@@ -188,3 +188,33 @@ def test_input_length_range_is_exact(name: str) -> None:
     assert parse_config({"model": name, "strategy": "standard", "input_length": lo}).crop_length == lo
     with pytest.raises(ConfigError, match=rf"config: input_length: {lo - 1} samples do not fit {name}: it accepts"):
         parse_config({"model": name, "strategy": "standard", "input_length": lo - 1})
+
+
+@pytest.mark.parametrize("name", ["envnet", "piczak_cnn"])
+def test_channels_last_changes_neither_results_nor_checkpoints(name: str) -> None:
+    """optim.channels_last: NHWC 2-D convolutions, the same logits and gradients to float tolerance, the same state dict."""
+    from intermix_core.models import speed_up
+
+    torch.manual_seed(0)
+    plain = create_model(name, 10).eval()
+    fast = speed_up(create_model(name, 10).eval(), channels_last=True)
+    fast.load_state_dict(plain.state_dict())
+    assert list(fast.state_dict()) == list(plain.state_dict())
+    assert any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+               for p in fast.parameters())
+    x = torch.randn(2, model_class(name).input_length) * 0.1
+    torch.testing.assert_close(fast(x), plain(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_stages_give_the_same_logits_and_keep_the_state_dict_keys() -> None:
+    """optim.compile: each stage compiled in place (torch.compile, inductor on CPU here); mixing stays eager."""
+    from intermix_core.models import speed_up
+
+    torch.manual_seed(0)
+    plain = create_model("m18", 10).eval()
+    fast = speed_up(create_model("m18", 10).eval(), compile_stages=True)
+    fast.load_state_dict(plain.state_dict())
+    assert list(fast.state_dict()) == list(plain.state_dict())
+    x = torch.randn(2, 8000) * 0.1
+    torch.testing.assert_close(fast(x), plain(x), rtol=1e-4, atol=1e-4)

@@ -317,3 +317,23 @@ def test_fgsm_table_has_clip_and_single_crop_errors_with_eps_zero_first(tmp_path
     assert header.index("ε=0 clip") < header.index("ε=0 crop") < header.index("ε=0.01 clip") < header.index("ε=0.01 crop")
     kinds = {(r["fgsm_kind"], float(r["epsilon"])) for r in csv.DictReader(files["table3.csv"].open(newline=""))}
     assert kinds == {("clip", 0.0), ("clip", 0.01), ("crop", 0.0), ("crop", 0.01)}
+
+
+def test_terminal_table_of_a_short_schedule_says_so_first_and_drops_the_delta_column() -> None:
+    """A demo-like grid (3 epochs) leads with what it cannot show and has no Δ; the paper's schedule keeps Δ."""
+    from intermix_core.config import parse_config
+
+    def results(optim: dict) -> list[FoldResult]:
+        out = []
+        for strategy, errs in (("standard", STD), ("bc", MIX)):
+            cfg = parse_config({"dataset": "esc10", "model": "envnet_v2", "strategy": strategy, "optim": optim})
+            out += grid({strategy: errs}, config=cfg.resolved().model_dump(mode="json"))
+        return out
+
+    short = aggregate(results({"epochs": 3}))
+    assert not short.paper_schedule
+    text = format_terminal(short)
+    assert text.splitlines()[0].startswith("Not the paper's schedule") and "Δ" not in text
+    assert "paper" in text.splitlines()[3]  # the paper's column stays
+    full = aggregate(results({}))
+    assert full.paper_schedule and "Δ" in format_terminal(full)

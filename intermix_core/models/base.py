@@ -83,6 +83,16 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def speed_up(model: StagedModel, *, channels_last: bool = False, compile_stages: bool = False) -> StagedModel:
+    """Apply the GPU-speed options in place (state-dict keys unchanged): channels-last 4-D weights, compiled stages."""
+    if channels_last:
+        model.to(memory_format=torch.channels_last)  # 4-D parameters only; 2-D convolutions then run NHWC
+    if compile_stages:
+        for module in (*model.stages, model.head):
+            module.compile()  # in place: the mixing points between stages stay eager Python
+    return model
+
+
 def create_model(name: str, num_classes: int) -> StagedModel:
     """Build a registered model by name for `num_classes` classes."""
     cls = model_class(name)
