@@ -50,10 +50,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _drop_log_handlers_on_closed_streams() -> None:
-    """A library that attached a handler to an earlier test's captured stream would print "Logging error" later."""
+def _drop_log_handlers_on_stale_streams() -> None:
+    """A handler left on an earlier test's captured stream would print "Logging error" later: closed streams go,
+    and so do plain StreamHandlers on the root logger bound to a stream that is no longer sys.stdout/stderr
+    (kfp's local runner attaches one to the sys.stdout of the moment). pytest's own handlers are subclasses."""
+    live = {id(sys.stdout), id(sys.stderr), id(sys.__stdout__), id(sys.__stderr__)}
     loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger))]
     for logger in loggers:
         for handler in list(logger.handlers):
-            if getattr(getattr(handler, "stream", None), "closed", False):
+            stream = getattr(handler, "stream", None)
+            stale = getattr(stream, "closed", False) or (
+                logger is logging.getLogger() and type(handler) is logging.StreamHandler and id(stream) not in live)
+            if stale:
                 logger.removeHandler(handler)
