@@ -12,6 +12,11 @@ Completion protocol (the same for both backends, see docs/tracking.md):
   is "foreign" data: `download_dir` fetches all of its objects, without checksums to verify.
 * Uploads hash and send the same open file, so a file replaced meanwhile cannot pair wrongly.
 * Downloads go to a temporary local file, are hashed, compared with the sidecar, then renamed.
+* Signed markers (optional): with INTERMIX_STORE_KEY set, every marker also carries an HMAC-SHA256
+  of the object's digest under that key, and reads refuse a marker without a valid one. The digest
+  alone catches truncation; the signature catches content (with a recomputed marker) put there by
+  anyone who lacks the key. It binds content, not place: stores are opened at different prefixes and
+  mounted at different paths, so an object written with the key stays valid when copied elsewhere.
 
 Credentials are never part of the configuration: boto3 reads them from the standard AWS
 environment variables, shared credentials file or profile.
@@ -20,6 +25,7 @@ environment variables, shared credentials file or profile.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -45,6 +51,27 @@ class StorageError(RuntimeError):
         super().__init__(f"{uri}: {reason}")
         self.uri, self.reason = uri, reason
         self.transient = transient  # the store was unreachable or failed on its side: trying again may succeed
+
+
+SIGNING_KEY_ENV = "INTERMIX_STORE_KEY"  # a secret shared by every writer and reader of one store (docs/tracking.md)
+_SIG = "hmac-sha256:"
+
+
+def _signing_key() -> bytes | None:
+    """The store signing key from INTERMIX_STORE_KEY, or None (markers unsigned, reads do not ask for signatures)."""
+    value = os.environ.get(SIGNING_KEY_ENV, "")
+    return value.encode() if value else None
+
+
+def _signature(secret: bytes, sha: str) -> str:
+    """HMAC-SHA256 of an object's digest under the store key."""
+    return hmac.new(secret, f"intermix-object\n{sha}".encode(), hashlib.sha256).hexdigest()
+
+
+def _marker(sha: str) -> bytes:
+    """A completion marker: the object's digest, signed when a signing key is set."""
+    secret = _signing_key()
+    return (sha if secret is None else f"{sha} {_SIG}{_signature(secret, sha)}").encode()
 
 
 def _sha256_stream(f: BinaryIO) -> str:
@@ -168,7 +195,15 @@ class Storage(ABC):
             data = self._get_bytes(key + SIDECAR)
         except StorageError as err:  # report the object asked for, not its marker
             raise StorageError(self.uri(key), f"{err.reason} (reading its {SIDECAR} marker)") from None
-        return None if data is None else data.decode().strip()
+        if data is None:
+            return None
+        sha, _, signature = data.decode(errors="replace").strip().partition(" ")
+        secret = _signing_key()
+        if secret is not None and not (signature.startswith(_SIG) and hmac.compare_digest(
+                signature.removeprefix(_SIG), _signature(secret, sha))):
+            raise StorageError(self.uri(key), f"no valid signature on its {SIDECAR} marker ({SIGNING_KEY_ENV} is set, "
+                               "so only objects written with that key are trusted); refused")
+        return sha
 
     def checksum(self, key: str) -> str | None:
         """The SHA-256 recorded by the completion marker of object `key`, or None if it is absent or unfinished."""
@@ -177,7 +212,7 @@ class Storage(ABC):
     def _put_complete_bytes(self, key: str, data: bytes) -> None:
         self._delete_raw(key + SIDECAR)
         self._put_bytes(key, data)
-        self._put_bytes(key + SIDECAR, hashlib.sha256(data).hexdigest().encode())
+        self._put_bytes(key + SIDECAR, _marker(hashlib.sha256(data).hexdigest()))
 
     def upload_file(self, local: str | Path, key: str) -> str:
         """Upload one file; the sidecar checksum is written last. Returns the hex SHA-256."""
@@ -189,7 +224,7 @@ class Storage(ABC):
             src.seek(0)
             self._delete_raw(key + SIDECAR)  # while rewriting, the key reads as absent, never as stale
             self._put_file(src, key, sha)
-        self._put_bytes(key + SIDECAR, sha.encode())
+        self._put_bytes(key + SIDECAR, _marker(sha))
         return sha
 
     def download_file(self, key: str, local: str | Path) -> Path:

@@ -409,6 +409,15 @@ def test_pipeline_configmap(render: str) -> None:
     assert options["tolerations"] == gpu.get("tolerations", [])
 
 
+def test_a_store_key_secret_reaches_every_task_as_intermix_store_key() -> None:
+    """pipeline.storeKeySecret: the signing key of the store's markers comes from a Secret, never from values."""
+    docs = _render(*RENDERS["default"], "--set", "pipeline.storeKeySecret=intermix-store-key")
+    data = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    options = yaml.safe_load(data["cluster-options.yaml"])
+    assert options["secret_env"]["intermix-store-key"] == ["INTERMIX_STORE_KEY"]
+    assert "INTERMIX_STORE_KEY" not in data
+
+
 def test_cluster_options_load_into_the_pipeline_model() -> None:
     """The ConfigMap's document is what pipelines.options.ClusterOptions accepts (it forbids unknown keys)."""
     options_module = pytest.importorskip("pipelines.options")

@@ -189,3 +189,46 @@ def test_config_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (cfg.root, cfg.endpoint_url, cfg.is_s3) == ("s3://bkt/pre", "http://127.0.0.1:2", True)
     with pytest.raises(ValueError, match="no bucket"):
         StorageConfig(root="s3:///x")
+
+
+def test_signed_markers_refuse_what_was_written_without_the_key(storage: Storage, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """INTERMIX_STORE_KEY set: objects and directories written with it read back; a replaced object with a
+    recomputed plain marker, or one signed with another key, is refused."""
+    from intermix_core.storage import SIGNING_KEY_ENV
+
+    monkeypatch.setenv(SIGNING_KEY_ENV, "the-store-secret")
+    src = tmp_path / "checkpoint.pt"
+    src.write_bytes(b"weights" * 500)
+    storage.upload_file(src, "g/fold1/checkpoint.pt")
+    assert storage.download_file("g/fold1/checkpoint.pt", tmp_path / "back.pt").read_bytes() == src.read_bytes()
+    make_dataset(tmp_path / "src")
+    storage.upload_dir(tmp_path / "src", "g/dir")  # the directory's manifest marker is signed too
+    assert storage.download_dir("g/dir", tmp_path / "dir").verified
+
+    swapped = b"other weights"  # what an attacker with write access but without the key can do
+    raw_put(storage, "g/fold1/checkpoint.pt", swapped)
+    raw_put(storage, "g/fold1/checkpoint.pt" + SIDECAR, hashlib.sha256(swapped).hexdigest().encode())
+    with pytest.raises(StorageError, match=r"checkpoint\.pt: no valid signature .*INTERMIX_STORE_KEY is set"):
+        storage.download_file("g/fold1/checkpoint.pt", tmp_path / "x.pt")
+
+    monkeypatch.setenv(SIGNING_KEY_ENV, "another-secret")
+    storage.upload_file(src, "g/fold2/checkpoint.pt")
+    monkeypatch.setenv(SIGNING_KEY_ENV, "the-store-secret")
+    with pytest.raises(StorageError, match="no valid signature"):
+        storage.download_file("g/fold2/checkpoint.pt", tmp_path / "y.pt")
+
+    storage.upload_file(src, "g/fold3/checkpoint.pt")
+    sub = open_storage(storage.uri("g"))  # the same object through a store rooted elsewhere: still valid
+    assert sub.download_file("fold3/checkpoint.pt", tmp_path / "w.pt").read_bytes() == src.read_bytes()
+    assert _raw_get(storage, "g/fold3/checkpoint.pt" + SIDECAR).decode().count("hmac-sha256:") == 1
+
+    monkeypatch.delenv(SIGNING_KEY_ENV)  # without a key, signed markers still read (the digest is checked)
+    assert storage.download_file("g/fold3/checkpoint.pt", tmp_path / "v.pt").read_bytes() == src.read_bytes()
+
+
+def _raw_get(storage: Storage, key: str) -> bytes:
+    """Read bytes behind the Storage API's back."""
+    if isinstance(storage, LocalStorage):
+        return (storage.path / key).read_bytes()
+    return storage.client.get_object(Bucket=storage.bucket, Key=storage._full(key))["Body"].read()
