@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import reprlib
 from pathlib import Path
+import typing
 from typing import Any, Literal
 
 import yaml
@@ -28,6 +29,10 @@ FOLD_CLIPS: dict[str, tuple[int, ...]] = {
 DatasetName = Literal["esc10", "esc50", "urbansound8k"]
 # seeds are 0..2**32 - 1 (numpy's seed range); fold seeds (seed * 1000 + fold) then stay far below 2**63
 MAX_SEED = 2**32 - 1
+# what a clip whose every sample is zero does to a preparation (intermix_core.data, docs/data.md):
+# kept as its zeros with one warning, left out, or an error
+OnSilent = Literal["keep", "skip", "error"]
+ON_SILENT: tuple[str, ...] = typing.get_args(OnSilent)
 
 _SHORT = reprlib.Repr()
 _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxdict = 60, 60, 40, 8, 8, 6

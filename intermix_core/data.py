@@ -20,7 +20,6 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -28,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from tqdm.auto import tqdm
 
 from intermix_core import __version__
-from intermix_core.config import DATASETS
+from intermix_core.config import DATASETS, ON_SILENT, OnSilent
 from intermix_core.datasets import (
     RESAMPLER, TRIM_ZEROS, ClipInfo, DataError, SilentAudioError, demo_data_dir, load_audio, read_metadata,
 )
@@ -70,10 +69,6 @@ class FoldFile(_Model):
     num_samples: int
     size_bytes: int
     sha256: str
-
-
-OnSilent = Literal["keep", "skip", "error"]
-ON_SILENT: tuple[str, ...] = ("keep", "skip", "error")  # what a silent clip does to a preparation
 
 
 class SilentClip(_Model):

@@ -17,7 +17,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
@@ -25,6 +25,7 @@ from intermix_core.config import (
     DATASETS,
     MAX_SEED,
     STRATEGIES,
+    OnSilent,
     ConfigError,
     ExperimentConfig,
     format_validation_error,
@@ -93,7 +94,7 @@ class GridSpec(_Strict):
     sources: dict[str, str] = Field(default_factory=dict)
     # a clip whose every sample is zero: kept as zeros (with a warning), left out, or an error (intermix_core.data);
     # in the grid id only as 'skip', the one choice that changes the data
-    on_silent: Literal["keep", "skip", "error"] = "keep"
+    on_silent: OnSilent = "keep"
 
     @field_validator("name")
     @classmethod

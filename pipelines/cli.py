@@ -8,7 +8,7 @@ import argparse
 import os
 import sys
 
-from intermix_core.config import DATASETS, STRATEGIES, ConfigError, cut
+from intermix_core.config import DATASETS, ON_SILENT, STRATEGIES, ConfigError, cut
 from pipelines.commands import (
     UsageError, cmd_attack, cmd_compile, cmd_estimate, cmd_prepare, cmd_rerun, cmd_results, cmd_run, cmd_show,
     cmd_study, cmd_submit, cmd_train,
@@ -46,7 +46,7 @@ def _source_args(p: argparse.ArgumentParser) -> None:
 
 
 def _on_silent_arg(p: argparse.ArgumentParser, default: str | None) -> None:
-    p.add_argument("--on-silent", choices=["keep", "skip", "error"], default=default,
+    p.add_argument("--on-silent", choices=ON_SILENT, default=default,
                    help="a clip whose every sample is zero: keep it as zeros with one warning (default), leave it out, "
                    "or stop with an error; listed in the preparation's manifest" +
                    ("" if default else " (overrides the grid's on_silent)"))
