@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install Debian's Chromium for tests/test_mlflow_ui.py (idempotent; never `playwright install`).
+# Install Debian's Chromium for tests/e2e/test_mlflow_ui.py (idempotent; never `playwright install`).
 # Usage: .ci/install_browser.sh            (as root, or with sudo available)
 set -euo pipefail
 

@@ -17,12 +17,12 @@ import time
 
 import torch
 
-from intermix_core.audio import a_weighted_level_db
 from intermix_core.config import STRATEGIES
-from intermix_core.devices import resolve_device
-from intermix_core.mixing import Mixer
+from intermix_core.method.audio import a_weighted_level_db
+from intermix_core.method.devices import resolve_device
+from intermix_core.method.mixing import Mixer
+from intermix_core.method.train import training_step
 from intermix_core.models import create_model, list_models, model_class
-from intermix_core.train import training_step
 
 STRATS = ["standard", "mixup", "bc", "speechmix", "intermix", "intermix_no_rotation", "intermix_official"]
 

@@ -27,11 +27,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from intermix_core.config import STRATEGIES, OptimConfig  # noqa: E402
-from intermix_core.devices import resolve_device  # noqa: E402
-from intermix_core.mixing import Mixer  # noqa: E402
+from intermix_core.method.devices import resolve_device  # noqa: E402
+from intermix_core.method.mixing import Mixer  # noqa: E402
+from intermix_core.method.optim import make_optimizer  # noqa: E402
+from intermix_core.method.train import training_step  # noqa: E402
 from intermix_core.models import create_model, list_models, model_class, speed_up  # noqa: E402
-from intermix_core.optim import make_optimizer  # noqa: E402
-from intermix_core.train import training_step  # noqa: E402
 
 NUM_CLASSES = 50
 VARIANTS = {  # name: (precision, channels_last, compile)

@@ -5,10 +5,10 @@ Usage:
                                           [--repeats 5] [--threads 1] [--save FILE.json]
 
 For each model it measures, on the same device in one run:
-- data path alone: samples/s of the device-resident path (`intermix_core.bank`: draw + crop + scale +
+- data path alone: samples/s of the device-resident path (`intermix_core.method.bank`: draw + crop + scale +
   gain on a bank of 5 s int16 clips) as it runs by default (INTERMIX_COMPILE=auto: compiled on a GPU,
   eager on the CPU) and, with scale + gain, compiled (INTERMIX_COMPILE=1); and of the old per-clip
-  numpy path (`intermix_core.reference`, plus the host-to-device copy); with and without scale + gain;
+  numpy path (`intermix_core.method.bc_reference`, plus the host-to-device copy); with and without scale + gain;
 - model step alone: Standard training steps on a batch already on the device;
 - full step: data path + InterMix training step (the mixer's draw, levels and phase shift included),
   and the data path's share of it;
@@ -37,14 +37,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from intermix_core.bank import ClipBank, draw_crops, train_batch  # noqa: E402
 from intermix_core.config import STRATEGIES, AugmentConfig, parse_config  # noqa: E402
-from intermix_core.devices import resolve_device  # noqa: E402
-from intermix_core.mixing import Mixer  # noqa: E402
+from intermix_core.method.bank import ClipBank, draw_crops, train_batch  # noqa: E402
+from intermix_core.method.bc_reference import make_train_batch  # noqa: E402
+from intermix_core.method.devices import resolve_device  # noqa: E402
+from intermix_core.method.mixing import Mixer  # noqa: E402
+from intermix_core.method.optim import make_optimizer  # noqa: E402
+from intermix_core.method.train import predict_crops, training_step  # noqa: E402
 from intermix_core.models import create_model, list_models, model_class  # noqa: E402
-from intermix_core.optim import make_optimizer  # noqa: E402
-from intermix_core.reference import make_train_batch  # noqa: E402
-from intermix_core.train import predict_crops, training_step  # noqa: E402
 
 CLIP_SECONDS = 5.0  # an ESC-50 clip
 BANK_CLIPS = 256

@@ -1,9 +1,13 @@
-"""Thin KFP components: each parses its inputs, calls one `intermix_core.steps` function, writes its outputs.
+"""Thin KFP components: each parses its inputs, calls one `intermix_core.run.steps` function, writes its outputs.
 
 The functions are turned into components per image set (`component_set`), so that a compiled
 pipeline names its images by commit or digest (components/image.py). The module attributes
 `preprocess`, `train_fold`, `fgsm_attack`, `aggregate` are the components with the version-only
 images, for the local runner.
+
+Each component function imports what it uses inside its body: KFP lightweight components ship the
+function's source to the container and run it there, so module-level imports of these files are
+not part of the task (kfp.dsl.component, "lightweight Python components").
 """
 
 from __future__ import annotations

@@ -4,11 +4,11 @@ from kfp.dsl import Artifact, Markdown, Output
 
 
 def aggregate(grid_json: str, store_root: str, tracking_uri: str, reports: Output[Artifact], table: Output[Markdown]):
-    """Aggregate every result of the grid in the store (intermix_core.steps.grid_aggregate_step); Table 1 as Markdown."""
+    """Aggregate every result of the grid in the store (intermix_core.run.aggregate.grid_aggregate_step); Table 1 as Markdown."""
     import shutil
 
-    from intermix_core.reports import format_terminal
-    from intermix_core.steps import describe_absent, grid_aggregate_step
+    from intermix_core.results.tables import format_terminal
+    from intermix_core.run.aggregate import describe_absent, grid_aggregate_step
 
     grid_id, summary = grid_aggregate_step(grid_json, reports.path, store_root, tracking_uri or None)
     print(format_terminal(summary))

@@ -13,10 +13,10 @@ def fgsm_attack(
     result: Output[Artifact],
     device: str = "auto",
 ):
-    """FGSM error per epsilon of a trained fold (intermix_core.steps.attack_step); device as in train_fold."""
+    """FGSM error per epsilon of a trained fold (intermix_core.run.steps.attack_step); device as in train_fold."""
     import os
 
-    from intermix_core.steps import attack_step, prepared_data
+    from intermix_core.run.steps import attack_step, prepared_data
 
     cache_gb = float(os.environ.get("INTERMIX_DATA_CACHE_MAX_GB") or 0)
     with prepared_data(data_uri, os.environ.get("INTERMIX_DATA_CACHE") or None, int(cache_gb * 2**30) or None) as data:

@@ -14,7 +14,7 @@ def preprocess(source: str, dataset: str, sample_rate: int, store_root: str, man
 
     on_silent: keep | skip | error, what an all-zero clip does (intermix_core.data).
     """
-    from intermix_core.steps import prepare_shared_step
+    from intermix_core.run.steps import prepare_shared_step
 
     uri, prepared = prepare_shared_step(source, dataset, sample_rate, store_root, on_silent=on_silent)
     with open(manifest.path, "w") as f:

@@ -1,7 +1,7 @@
 """Component: train one fold; its result (and, without a grid store, its checkpoint) is a Model artifact.
 
 With a store the checkpoint lives there only (it can be hundreds of MB). `device` is 'cuda' on GPU
-tasks (no silent CPU fallback: intermix_core.devices), 'cpu' on CPU-only nodes, 'auto' locally.
+tasks (no silent CPU fallback: intermix_core.method.devices), 'cpu' on CPU-only nodes, 'auto' locally.
 INTERMIX_DATA_CACHE, set by the pipeline when a cache volume is mounted, is the node's dataset
 cache. (The function's source travels in every compiled task: its comments stay here.)
 """
@@ -20,10 +20,10 @@ def train_fold(
     restart: bool = False,
     device: str = "auto",
 ):
-    """Train one fold of one grid cell (intermix_core.steps.train_step); empty strings mean 'not set'."""
+    """Train one fold of one grid cell (intermix_core.run.steps.train_step); empty strings mean 'not set'."""
     import os
 
-    from intermix_core.steps import prepared_data, train_step
+    from intermix_core.run.steps import prepared_data, train_step
 
     cache_gb = float(os.environ.get("INTERMIX_DATA_CACHE_MAX_GB") or 0)
     with prepared_data(data_uri, os.environ.get("INTERMIX_DATA_CACHE") or None, int(cache_gb * 2**30) or None) as data:

@@ -8,11 +8,10 @@ import argparse
 import os
 import sys
 
-from intermix_core.config import DATASETS, ON_SILENT, STRATEGIES, ConfigError, cut
-from pipelines.commands import (
-    UsageError, cmd_attack, cmd_compile, cmd_estimate, cmd_prepare, cmd_rerun, cmd_results, cmd_run, cmd_show,
-    cmd_study, cmd_submit, cmd_train,
-)
+from intermix_core import __version__
+from intermix_core.common.redact import redact_uris
+from intermix_core.common.text import cut
+from intermix_core.config import DATASETS, ON_SILENT, STRATEGIES
 
 EXAMPLES = """examples:
   intermix run                                   # the demo grid, locally, then its results table
@@ -118,8 +117,6 @@ def _fold_cell_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The `intermix` argument parser."""
-    from intermix_core import __version__
-
     parser = argparse.ArgumentParser(prog="intermix", description=__doc__.splitlines()[0],
                                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"intermix {__version__}")
@@ -133,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="take the sample rate of this model")
     p.add_argument("--sample-rate", type=int, help="sample rate in Hz")
     _on_silent_arg(p, "keep")
-    p.set_defaults(func=cmd_prepare)
+    p.set_defaults(func="cmd_prepare")
 
     p = sub.add_parser("train", help="train one fold")
     p.add_argument("--config", help="ExperimentConfig YAML (optional; flags below override it)")
@@ -144,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fold", type=int, required=True, help="test fold (the others train)")
     p.add_argument("--out", required=True, help="output folder: checkpoint.pt, result.json (resumes from a checkpoint there)")
     p.add_argument("--restart", action="store_true", help="ignore a checkpoint in --store and start over")
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func="cmd_train")
 
     p = sub.add_parser("attack", help="FGSM evaluation of one trained fold")
     g = p.add_mutually_exclusive_group(required=True)
@@ -153,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="prepared dataset folder")
     p.add_argument("--fold", type=int, help="test fold (default: the trained fold)")
     p.add_argument("--out", help="where to write the updated result.json (default: --trained)")
-    p.set_defaults(func=cmd_attack)
+    p.set_defaults(func="cmd_attack")
 
     for name in ("train", "attack"):
         p = sub.choices[name]
@@ -172,11 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", help="report folder (default: <workdir>/reports/<grid id>)")
         p.add_argument("--tracking-uri", default=_env("MLFLOW_TRACKING_URI"),
                        help="also log the summary to this MLflow (default: MLFLOW_TRACKING_URI)")
-        p.set_defaults(func=cmd_results)
+        p.set_defaults(func="cmd_results")
 
     p = sub.add_parser("show", help="print a grid's id, cells and KFP runs")
     _grid_args(p)
-    p.set_defaults(func=cmd_show)
+    p.set_defaults(func="cmd_show")
 
     p = sub.add_parser("study", help="train one dataset x setup's folds concurrently on one device inside a time budget")
     _grid_args(p)
@@ -186,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=4, help="folds trained at once (worker processes)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
     p.add_argument("--throughput", metavar="FILE", help="bench_throughput.py --save records for the time estimate")
-    p.set_defaults(func=cmd_study)
+    p.set_defaults(func="cmd_study")
 
     p = sub.add_parser("estimate", help="training samples and device-hours of a grid, from measured throughput")
     _grid_args(p)
@@ -194,19 +191,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the figures shipped in the package)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="use only measurements of this device type "
                    "(default: a GPU's where there is one)")
-    p.set_defaults(func=cmd_estimate)
+    p.set_defaults(func="cmd_estimate")
 
     p = sub.add_parser("run", help="run a grid locally with KFP's local runner (default: the demo grid)")
     _grid_args(p)
     _source_args(p)
     _local_args(p)
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(func="cmd_run")
 
     p = sub.add_parser("compile", help="compile a grid to IR YAML, one pipeline per dataset x setup")
     _grid_args(p)
     p.add_argument("-o", "--output", default="compiled", help="output folder (default: ./compiled)")
     _cluster_args(p)
-    p.set_defaults(func=cmd_compile)
+    p.set_defaults(func="cmd_compile")
 
     p = sub.add_parser("submit", help="submit a grid to Kubeflow Pipelines (one run per dataset x setup)")
     _grid_args(p)
@@ -214,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     _kfp_args(p, required_host=True)
     p.add_argument("--no-cache", action="store_true", help="recompute every task (default: finished tasks come from the cache)")
     _cluster_args(p)
-    p.set_defaults(func=cmd_submit)
+    p.set_defaults(func="cmd_submit")
 
     p = sub.add_parser("rerun", help="rerun one fold of an earlier grid, locally or on --host, and update its tables")
     g = p.add_mutually_exclusive_group()
@@ -227,14 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     _local_args(p, servers=False)
     _kfp_args(p, required_host=False)
     _cluster_args(p)
-    p.set_defaults(func=cmd_rerun)
+    p.set_defaults(func="cmd_rerun")
     return parser
 
 
 def _print_error(err: BaseException, max_lines: int = 20) -> None:
     """The error as `intermix: error: ...` lines: credentials in URIs removed, long lines and many lines cut."""
-    from intermix_core.redact import redact_uris
-
     lines = str(err).strip().splitlines() or [type(err).__name__]
     for line in lines[:max_lines]:  # messages cut user values already; this bounds anything that slipped through
         print(f"intermix: error: {cut(redact_uris(line), 500)}", file=sys.stderr)
@@ -252,21 +247,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "rerun" and (args.dataset is None or args.strategy is None or (args.setup or args.model) is None):
         print("intermix rerun: error: give --dataset, --strategy, --fold and --setup (or --model)", file=sys.stderr)
         return 2
-    from intermix_core.data import DataError
-    from intermix_core.storage import StorageError
+
+    # the subcommands pull in torch's models, MLflow, boto3 and kfp (seconds of imports): loaded only once the
+    # command line parsed, so `intermix --help` and usage errors answer at once
+    from pipelines import commands
 
     try:
-        return args.func(args)
-    except (ConfigError, DataError, StorageError, UsageError, OSError, ValueError) as err:
+        return getattr(commands, args.func)(args)
+    except commands.USER_ERRORS as err:
         # ValueError: what the core raises for inputs that do not fit (e.g. a fold the prepared data lacks);
         # OSError: the machine refused (a full disk, a missing or unwritable folder), named by the message
         if args.debug:
             raise
         _print_error(err)
         return 2
-    except Exception as err:
+    except commands.SERVICE_ERRORS as err:
         # MLflow unreachable, or another attempt at the fold took over: not the user's mistake, one line
-        if args.debug or type(err).__name__ not in ("TrackingError", "FoldSuperseded"):
+        if args.debug:
             raise
         _print_error(err)
         return 1

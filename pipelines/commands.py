@@ -1,4 +1,4 @@
-"""The `intermix` subcommands: each parses its arguments into typed settings and calls intermix_core.steps or pipelines.
+"""The `intermix` subcommands: each parses its arguments into typed settings and calls intermix_core.run.steps or pipelines.
 
 Errors a user can fix raise UsageError, ConfigError, DataError, StorageError or FileNotFoundError;
 `pipelines.cli.main` prints them as one line per problem and exits with status 2.
@@ -11,12 +11,59 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-
-from intermix_core.config import DATASETS, ConfigError, cut, short
+from components.image import ImageError
+from intermix_core.common.redact import redact_uris
+from intermix_core.common.text import cut, short
+from intermix_core.common.yamlfile import load_yaml, parse_yaml
+from intermix_core.config import DATASETS, ConfigError, ExperimentConfig, parse_config
+from intermix_core.config.grid import (
+    FoldCell,
+    GridSpec,
+    expand,
+    find_cell,
+    grid_id,
+    load_grid,
+    parse_grid,
+    setup_of_model,
+    shards,
+)
+from intermix_core.data import DataError
+from intermix_core.models import model_class
+from intermix_core.records import CHECKPOINT, RESULT, load_result
+from intermix_core.results.statistics import Summary
+from intermix_core.results.tables import format_terminal
+from intermix_core.run.aggregate import aggregate_step, describe_absent
+from intermix_core.run.estimate import estimate_grid, format_estimate, load_throughput
+from intermix_core.run.steps import attack_checkpoint_step, attack_step, preprocess_step, train_step
+from intermix_core.run.study import run_study
+from intermix_core.store.grid_store import load_grid_spec
+from intermix_core.store.reports import fetch_latest_report_file
+from intermix_core.store.storage import StorageError, open_storage
+from intermix_core.tracking.client import TrackingError
+from intermix_core.tracking.tracker import FoldSuperseded
+from pipelines.grid_pipeline import compile_grid
+from pipelines.local import LocalRun, Workdir, rerun_fold_local, run_grid_local
+from pipelines.options import ClusterOptions, Toleration, load_cluster_options
+from pipelines.submit import (
+    KfpEndpoint,
+    KfpServerError,
+    PartialSubmitError,
+    ServerInfo,
+    submit_grid,
+    submit_rerun,
+)
 
 
 class UsageError(Exception):
     """A mistake in the command line that argparse cannot see (e.g. a value that fits no grid cell)."""
+
+
+# what `intermix` prints as one line and exits 2 for: the user can fix it. ValueError: what the core raises for
+# inputs that do not fit (e.g. a fold the prepared data lacks); OSError: the machine refused (a full disk, a
+# missing or unwritable folder), named by the message
+USER_ERRORS = (ConfigError, DataError, StorageError, UsageError, OSError, ValueError)
+# one line and exit 1: MLflow stayed unreachable, or another attempt at the fold took it over
+SERVICE_ERRORS = (TrackingError, FoldSuperseded)
 
 
 def _pairs(items: list[str] | None, flag: str) -> dict[str, str]:
@@ -38,9 +85,7 @@ def _sources(args: argparse.Namespace) -> dict[str, str]:
     return sources
 
 
-def _load_grid(args: argparse.Namespace) -> Any:
-    from intermix_core.grid import load_grid
-
+def _load_grid(args: argparse.Namespace) -> GridSpec:
     pos, opt = getattr(args, "grid_pos", None), args.grid
     if pos and opt and pos != opt:
         raise UsageError(f"two grids given: {pos} and --grid {opt}")
@@ -50,19 +95,14 @@ def _load_grid(args: argparse.Namespace) -> Any:
     return grid
 
 
-def _workdir(args: argparse.Namespace) -> Any:
+def _workdir(args: argparse.Namespace) -> Workdir:
     """The local work directory, with --store and --tracking-uri (else MLFLOW_TRACKING_URI) when given."""
-    from pipelines.local import Workdir
-
     tracking = getattr(args, "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI") or None
     return Workdir(Path(args.workdir), store_uri=getattr(args, "store", None) or None, tracking=tracking)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     """Prepare one dataset."""
-    from intermix_core.models import model_class
-    from intermix_core.steps import preprocess_step
-
     if args.sample_rate is None and args.model is None:
         raise UsageError("prepare: give --model (its sample rate is used) or --sample-rate")
     rate = args.sample_rate or model_class(args.model).sample_rate
@@ -84,10 +124,8 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     data[keys[-1]] = value
 
 
-def build_config(args: argparse.Namespace) -> Any:
+def build_config(args: argparse.Namespace) -> ExperimentConfig:
     """ExperimentConfig from --config plus --dataset/--model/--strategy/--setup/--seed and --set KEY=VALUE."""
-    from intermix_core.config import load_yaml, parse_config, parse_yaml
-
     data = load_yaml(args.config) if args.config else {}
     if not isinstance(data, dict):
         raise ConfigError(f"{args.config}: expected a mapping of settings")
@@ -107,8 +145,6 @@ def _check_fold(dataset: str, fold: int) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train one fold."""
-    from intermix_core.steps import train_step
-
     cfg = build_config(args)
     _check_fold(cfg.dataset, args.fold)
     result = train_step(
@@ -121,16 +157,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_attack(args: argparse.Namespace) -> int:
     """FGSM on one trained fold."""
-    from intermix_core.records import load_result
-    from intermix_core.steps import CHECKPOINT, RESULT, attack_step
-
     if args.checkpoint:
         checkpoint = Path(args.checkpoint)
         if not checkpoint.is_file():
             raise UsageError(f"--checkpoint {checkpoint}: no such file")
         if not (checkpoint.parent / RESULT).is_file() or checkpoint.name != CHECKPOINT:
-            from intermix_core.steps import attack_checkpoint_step
-
             fgsm, fgsm_crop = attack_checkpoint_step(checkpoint, args.data, args.fold, device=args.device)
             print(f"{checkpoint}: {_fgsm_text(fgsm, fgsm_crop)}")
             return 0
@@ -152,11 +183,8 @@ def _fgsm_text(fgsm: dict[str, float], fgsm_crop: dict[str, float]) -> str:
     )
 
 
-def _grid_for_results(args: argparse.Namespace, store_root: str) -> Any:
+def _grid_for_results(args: argparse.Namespace, store_root: str) -> GridSpec:
     """The grid named by --grid-id (from the store) or --grid."""
-    from intermix_core.grid import parse_grid
-    from intermix_core.steps import load_grid_spec
-
     if args.grid_id:
         return parse_grid(load_grid_spec(store_root, args.grid_id), source=f"{store_root}/{args.grid_id}/grid.json")
     return _load_grid(args)
@@ -164,10 +192,6 @@ def _grid_for_results(args: argparse.Namespace, store_root: str) -> Any:
 
 def cmd_results(args: argparse.Namespace) -> int:
     """Aggregate and print a grid's tables (or those of result files given as paths)."""
-    from intermix_core.grid import expand, grid_id
-    from intermix_core.reports import format_terminal
-    from intermix_core.steps import aggregate_step, describe_absent
-
     if args.paths:
         out = Path(args.out or "intermix-reports")
         summary = aggregate_step(args.paths, out, tracking_uri=args.tracking_uri)
@@ -187,28 +211,22 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def _print_summary(store: str, gid: str) -> None:
-    """Print the grid's published tables from the store (nothing if it has none yet)."""
-    from intermix_core.reports import format_terminal
-    from intermix_core.results import Summary
-    from intermix_core.steps import REPORTS, describe_absent
-    from intermix_core.storage import open_storage
-
+    """Print the grid's newest published tables from the store (nothing if it has none yet)."""
     storage = open_storage(store)
-    key = f"{gid}/{REPORTS}/summary.json"
-    if storage.exists(key):
-        with tempfile.TemporaryDirectory() as tmp:
-            summary = Summary.model_validate_json(storage.download_file(key, Path(tmp) / "summary.json").read_text())
-        print(format_terminal(summary))
-        if describe_absent(summary):
-            print(describe_absent(summary))
-        print(f"reports: {storage.uri(f'{gid}/{REPORTS}')}")
+    with tempfile.TemporaryDirectory() as tmp:
+        found = fetch_latest_report_file(storage, gid, "summary.json", tmp)
+        if found is None:
+            return
+        prefix, path = found
+        summary = Summary.model_validate_json(path.read_text())
+    print(format_terminal(summary))
+    if describe_absent(summary):
+        print(describe_absent(summary))
+    print(f"reports: {storage.uri(prefix)}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a grid locally with KFP's local runner."""
-    from intermix_core.grid import expand, grid_id
-    from pipelines.local import run_grid_local
-
     grid = _load_grid(args)
     sources = _sources(args)
     _require_sources(grid, sources)
@@ -221,7 +239,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _report(report, work, not args.no_tracking)
 
 
-def _report(report: Any, work: Any, tracking: bool) -> int:
+def _report(report: LocalRun, work: Workdir, tracking: bool) -> int:
     for label, error in report.outcomes.items():
         if error:
             print(f"intermix: {label} failed: {error}", file=sys.stderr)
@@ -231,8 +249,6 @@ def _report(report: Any, work: Any, tracking: bool) -> int:
               "or `intermix rerun` for one fold", file=sys.stderr)
         return 1
     if tracking:
-        from intermix_core.redact import redact_uris
-
         if work.local_tracking:
             print(f"MLflow: mlflow ui --backend-store-uri {work.tracking_uri}", file=sys.stderr)
         else:
@@ -240,16 +256,14 @@ def _report(report: Any, work: Any, tracking: bool) -> int:
     return 0
 
 
-def _require_sources(grid: Any, sources: dict[str, str]) -> None:
+def _require_sources(grid: GridSpec, sources: dict[str, str]) -> None:
     missing = [d for d in grid.datasets if not ({**grid.sources, **sources}.get(d))]
     if missing:
         raise UsageError(f"no data source for {', '.join(missing)}: add sources: to the grid or --source {missing[0]}=FOLDER|s3://...|demo")
 
 
-def cluster_options(args: argparse.Namespace) -> Any:
+def cluster_options(args: argparse.Namespace) -> ClusterOptions:
     """ClusterOptions: --cluster-options FILE (e.g. the Helm chart's), then the flags given on top of it."""
-    from pipelines.options import ClusterOptions, Toleration, load_cluster_options
-
     base = load_cluster_options(args.cluster_options) if args.cluster_options else ClusterOptions()
     secret_env = {}
     for item in args.secret_env or []:
@@ -261,15 +275,15 @@ def cluster_options(args: argparse.Namespace) -> Any:
              ("gpu_type", "gpus", "retries", "retry_max_duration", "parallelism", "image_repository", "image_tag")}
     return base.merged(
         secret_env=secret_env, node_selector=_pairs(args.node_selector, "--node-selector"),
-        tolerations=[_toleration(t, Toleration) for t in args.toleration or []], env=_pairs(args.env, "--env"),
+        tolerations=[_toleration(t) for t in args.toleration or []], env=_pairs(args.env, "--env"),
         image_digests=_pairs(args.image_digest, "--image-digest"), cpu_limit=args.cpu_limit,
         memory_limit=args.memory_limit, exit_handler=False if args.no_exit_handler else None, **plain,
     )
 
 
-def _toleration(text: str, cls: Any) -> Any:
+def _toleration(text: str) -> Toleration:
     try:
-        return cls.parse(text)
+        return Toleration.parse(text)
     except ValueError:
         raise UsageError(f"--toleration {text!r}: expected KEY[=VALUE][:EFFECT], EFFECT one of NoSchedule, "
                          "PreferNoSchedule, NoExecute") from None
@@ -277,8 +291,6 @@ def _toleration(text: str, cls: Any) -> Any:
 
 def cmd_show(args: argparse.Namespace) -> int:
     """Print a grid's id, cells and the KFP runs it becomes."""
-    from intermix_core.grid import expand, grid_id, shards
-
     grid = _load_grid(args)
     cells = expand(grid)
     print(f"grid {grid_id(grid)}: {len(cells)} fold trainings (+ FGSM each)")
@@ -290,8 +302,6 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_estimate(args: argparse.Namespace) -> int:
     """Print a grid's training samples and device-hours from measured throughput."""
-    from intermix_core.estimate import estimate_grid, format_estimate, load_throughput
-
     grid = _load_grid(args)
     print(format_estimate(grid.name, estimate_grid(grid, load_throughput(args.throughput), args.device)))
     return 0
@@ -299,10 +309,6 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 def cmd_study(args: argparse.Namespace) -> int:
     """Train one dataset x setup's folds concurrently on one device inside a time budget."""
-    from intermix_core.estimate import load_throughput
-    from intermix_core.grid import shards
-    from intermix_core.study import run_study
-
     if args.concurrency < 1 or args.budget <= 0:
         raise UsageError("--concurrency must be >= 1 and --budget > 0 seconds")
     grid = _load_grid(args)
@@ -320,9 +326,6 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     """Compile a grid to one IR YAML per dataset x setup."""
-    from intermix_core.grid import grid_id
-    from pipelines.grid_pipeline import compile_grid
-
     grid = _load_grid(args)
     paths = _submission(lambda: compile_grid(grid, args.output, cluster_options(args)))
     print(f"grid {grid_id(grid)}: {len(paths)} pipeline(s), {sum(p.stat().st_size for p in paths) // 1024} KiB")
@@ -331,10 +334,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
-def endpoint(args: argparse.Namespace) -> Any:
+def endpoint(args: argparse.Namespace) -> KfpEndpoint:
     """KfpEndpoint from --host and the auth flags."""
-    from pipelines.submit import KfpEndpoint
-
     if not args.host:
         raise UsageError("--host (or KFP_HOST) is required to talk to Kubeflow Pipelines")
     if args.ssl_ca_cert and not Path(args.ssl_ca_cert).is_file():
@@ -344,7 +345,7 @@ def endpoint(args: argparse.Namespace) -> Any:
                        service_account=args.service_account, skip_version_check=args.skip_version_check)
 
 
-def _server_notes(info: Any) -> None:
+def _server_notes(info: ServerInfo) -> None:
     """Print what the KFP server said that the user should know (version warnings) to stderr."""
     for line in info.warnings:
         print(f"intermix: warning: {line}", file=sys.stderr)
@@ -352,16 +353,13 @@ def _server_notes(info: Any) -> None:
 
 def _submission(call: Any) -> Any:
     """Run a submission; server refusals and image naming problems become one-line usage errors."""
-    from components.image import ImageError
-    from pipelines.submit import KfpServerError
-
     try:
         return call()
     except (KfpServerError, ImageError) as err:
         raise UsageError(str(err)) from None
 
 
-def _require_store(args: argparse.Namespace, opts: Any) -> str:
+def _require_store(args: argparse.Namespace, opts: ClusterOptions) -> str:
     store = args.store or opts.env.get("INTERMIX_STORAGE_ROOT") or os.environ.get("INTERMIX_STORAGE_ROOT")
     if not store:
         raise UsageError("--store is required on a cluster (or INTERMIX_STORAGE_ROOT in --cluster-options or the "
@@ -369,15 +367,12 @@ def _require_store(args: argparse.Namespace, opts: Any) -> str:
     return store
 
 
-def _tracking(args: argparse.Namespace, opts: Any) -> str:
+def _tracking(args: argparse.Namespace, opts: ClusterOptions) -> str:
     return args.tracking_uri or opts.env.get("MLFLOW_TRACKING_URI") or ""
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
     """Submit a grid to Kubeflow Pipelines: one run per dataset x setup under one experiment."""
-    from intermix_core.grid import grid_id
-    from pipelines.submit import PartialSubmitError, submit_grid
-
     grid = _load_grid(args)
     sources = _sources(args)
     _require_sources(grid, sources)
@@ -398,20 +393,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rerun_cell(args: argparse.Namespace, grid: Any) -> Any:
-    from intermix_core.grid import find_cell, setup_of_model
-
+def _rerun_cell(args: argparse.Namespace, grid: GridSpec) -> FoldCell:
     setup = args.setup or setup_of_model(grid, args.model)
     return find_cell(grid, args.dataset, setup, args.strategy, args.fold, source="rerun")
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
     """Rerun one fold of an earlier grid (same grid id) and re-aggregate its tables."""
-    from intermix_core.grid import grid_id
-
     if args.host:
-        from pipelines.submit import PartialSubmitError, submit_rerun
-
         ep, opts = endpoint(args), cluster_options(args)
         store = _require_store(args, opts)
         grid = _grid_for_results(args, store)
@@ -430,7 +419,6 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         else:
             print(f"grid {grid_id(grid)}: rerun {cell.label} as run {run.run_id}")
         return 0
-    from pipelines.local import rerun_fold_local
 
     work = _workdir(args)
     grid = _grid_for_results(args, work.store)

@@ -24,7 +24,7 @@ from kfp import compiler, dsl
 
 from components import ComponentSet, component_set
 from components.image import resolve_images
-from intermix_core.grid import GridSpec, Shard, grid_id, load_grid, shards
+from intermix_core.config.grid import GridSpec, Shard, grid_id, load_grid, shards
 from pipelines.options import ClusterOptions, configure_task, expected_train_seconds, retry_seconds
 
 

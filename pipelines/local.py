@@ -29,11 +29,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kfp import local
+from mlflow import MlflowClient
 from tqdm import tqdm
 
-from intermix_core.grid import FoldCell, GridSpec, expand, grid_id
-from intermix_core.records import RESULT
-from intermix_core.steps import cell_prefix, save_grid_spec
+from intermix_core.config.grid import FoldCell, GridSpec, expand, grid_id
+from intermix_core.records import RESULT, load_result
+from intermix_core.store.grid_store import save_grid_spec
+from intermix_core.store.layout import cell_prefix
+from intermix_core.store.storage import Storage, open_storage
+from intermix_core.tracking.client import ensure_experiment, schema_lock
 from pipelines.grid_pipeline import grid_pipelines
 from pipelines.options import ClusterOptions
 from pipelines.rerun_pipeline import rerun_pipeline
@@ -92,8 +97,6 @@ class LocalRun:
 
 def init_local(work: Workdir, tracking: bool = True) -> None:
     """Initialise KFP's local runner (subprocesses, caching on) and the MLflow experiment once, up front."""
-    from kfp import local
-
     work.root.mkdir(parents=True, exist_ok=True)
     work.logs.mkdir(parents=True, exist_ok=True)
     if not work.store_uri:
@@ -103,9 +106,7 @@ def init_local(work: Workdir, tracking: bool = True) -> None:
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(work.kfp_root.resolve()),
                enable_caching=True, raise_on_error=True)
     if tracking:  # create the store's schema and the experiment once: two fold tasks doing it at once would race
-        from mlflow import MlflowClient
 
-        from intermix_core.tracking import ensure_experiment, schema_lock
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" chatter on the terminal
         artifacts = (work.root / "mlartifacts").resolve().as_uri() if work.local_tracking else None
@@ -136,10 +137,8 @@ class _LogStream(io.TextIOBase):
         self._file.close()
 
 
-def _result_state(storage: Any, key: str) -> tuple[str | None, bool]:
+def _result_state(storage: Storage, key: str) -> tuple[str | None, bool]:
     """(checksum, done) of a fold's result in the store: done once it has FGSM numbers or is a failure."""
-    from intermix_core.records import load_result
-
     sha = storage.checksum(key)
     if sha is None:
         return None, False
@@ -152,8 +151,6 @@ def _result_state(storage: Any, key: str) -> tuple[str | None, bool]:
 @contextlib.contextmanager
 def _progress(desc: str, store: str, gid: str, cells: list[FoldCell], enabled: bool, fresh: bool = False) -> Iterator[None]:
     """A tqdm bar of finished folds, polled from the store while a pipeline runs (`fresh`: only results written now)."""
-    from intermix_core.storage import open_storage
-
     storage = open_storage(store)
     keys = [f"{cell_prefix(gid, *c.key)}/{RESULT}" for c in cells]
     before = {k: _result_state(storage, k)[0] for k in keys} if fresh else {}

@@ -17,6 +17,9 @@ from kfp.dsl import PipelineTask
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from components.image import IMAGE_REPOSITORY
+from intermix_core.common.yamlfile import load_yaml
+from intermix_core.config import FOLD_CLIPS, ConfigError, format_validation_error
+from intermix_core.run.estimate import fold_work
 
 _LABEL_VALUE = re.compile(r"[^A-Za-z0-9_.-]")
 _QUANTITY = re.compile(r"^([0-9]+(\.[0-9]+)?)(m|Ki|Mi|Gi|Ti|k|M|G|T)?$")
@@ -27,7 +30,7 @@ DATA_CACHE = "/var/cache/intermix"  # where the data cache volume is mounted (IN
 RUN_ID_LABEL = "pipeline/runid"  # set on every workflow pod by the KFP API server (backend/src/apiserver/template)
 
 # Pessimistic GPU throughputs (training samples/s incl. data loading, T4-class GPU; an H100 is several
-# times faster), with the training samples of the largest split (intermix_core.estimate.fold_work).
+# times faster), with the training samples of the largest split (intermix_core.run.estimate.fold_work).
 # They only size the retry window (retry_seconds): being generous costs nothing.
 GPU_SAMPLES_PER_S = {"envnet_v2": 150.0, "envnet": 400.0, "m18": 300.0, "soundnet5": 400.0, "piczak_cnn": 800.0}
 CPU_SAMPLES_PER_S_PER_CORE = {"envnet_v2": 2.5, "envnet": 6.0, "m18": 10.0, "soundnet5": 10.0, "piczak_cnn": 40.0}
@@ -168,8 +171,6 @@ class ClusterOptions(BaseModel):
         `values` are plain fields (gpus, retries, image_tag, exit_handler, ...; None means not given);
         cpu_limit / memory_limit apply to the GPU tasks (train, fgsm). Errors name the field (ConfigError).
         """
-        from intermix_core.config import ConfigError, format_validation_error
-
         update: dict[str, object] = {
             "secret_env": {**self.secret_env, **(secret_env or {})},
             "node_selector": {**self.node_selector, **(node_selector or {})},
@@ -193,8 +194,6 @@ class ClusterOptions(BaseModel):
 
 def load_cluster_options(path: str | Path) -> ClusterOptions:
     """ClusterOptions from a YAML file (e.g. the Helm chart's `cluster-options.yaml`); errors name the file and field."""
-    from intermix_core.config import ConfigError, format_validation_error, load_yaml
-
     data = load_yaml(path)
     try:
         return ClusterOptions.model_validate(data)
@@ -215,9 +214,6 @@ def _seconds(duration: str) -> int:
 
 def expected_train_seconds(cfg: object, opts: ClusterOptions) -> float:
     """A pessimistic estimate of one fold's training time: epochs x train clips / throughput (+10% evaluation)."""
-    from intermix_core.config import FOLD_CLIPS
-    from intermix_core.estimate import fold_work
-
     model, dataset = cfg.model, cfg.dataset  # type: ignore[attr-defined]
     folds = range(1, len(FOLD_CLIPS[dataset]) + 1)
     samples = max(fold_work(cfg, f).train_samples for f in folds)  # the largest training set of the dataset

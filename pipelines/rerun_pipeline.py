@@ -11,7 +11,7 @@ import sys
 
 from kfp import compiler, dsl
 
-from intermix_core.grid import FoldCell, GridSpec, find_cell, grid_id, load_grid
+from intermix_core.config.grid import FoldCell, GridSpec, find_cell, grid_id, load_grid
 from intermix_core.models import model_class
 from pipelines.grid_pipeline import grid_json, pipeline_components
 from pipelines.options import ClusterOptions, configure_task, expected_train_seconds, retry_seconds

@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import kfp
 from kfp import compiler
 from pydantic import BaseModel, ConfigDict
 
-from intermix_core.grid import FoldCell, GridSpec, grid_id
+from intermix_core.config.grid import FoldCell, GridSpec, grid_id
 from pipelines.grid_pipeline import grid_pipelines
 from pipelines.options import ClusterOptions
 from pipelines.rerun_pipeline import rerun_pipeline
@@ -196,8 +197,6 @@ def _healthz(body: str) -> dict[str, Any]:
 
 def kfp_client(endpoint: KfpEndpoint) -> Any:
     """A kfp.Client for the endpoint (bearer token or cookies)."""
-    import kfp
-
     return kfp.Client(
         host=endpoint.host, namespace=endpoint.namespace or "kubeflow", existing_token=endpoint.existing_token,
         cookies=endpoint.cookies, ssl_ca_cert=endpoint.ssl_ca_cert,

@@ -23,7 +23,7 @@ import torch
 import torchaudio.functional as AF
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from intermix_core.datasets import ESC10_TARGETS, RESAMPLER  # noqa: E402
+from intermix_core.data.raw import ESC10_TARGETS, RESAMPLER  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "intermix_core" / "demo_data" / "esc10_demo"
 FOLDS = (1, 2, 3)

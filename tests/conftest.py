@@ -1,4 +1,9 @@
-"""Shared fixtures: real SeaweedFS (S3) and MLflow servers on free 127.0.0.1 ports, one per test session."""
+"""Shared fixtures: real SeaweedFS (S3) and MLflow servers on free 127.0.0.1 ports, one per test session, and
+the tiny prepared dataset. Shared helpers live in tests/support/ (on sys.path here).
+
+Layout: unit/<package>/ (one folder per intermix_core package), e2e/ (end-to-end runs with real servers and
+processes), cluster/ (compiled pipelines, the Helm chart, container images), test_*.py at the top (the repository
+as a whole: docs, architecture). Tests that start servers are marked slow (the fast lane: -m "not slow")."""
 
 from __future__ import annotations
 
@@ -11,9 +16,14 @@ from typing import Iterator
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent / "support"))
+
+from intermix_core.data import prepare_dataset  # noqa: E402
+from intermix_core.models import model_class  # noqa: E402
+from intermix_core.testing import demo_subset  # noqa: E402
 
 from servers import MlflowServer, S3Server, find_weed, mlflow_server, seaweedfs  # noqa: E402
+from tiny import FAST_MODEL  # noqa: E402
 
 TEST_BUCKETS = ("intermix-data", "intermix-mlflow")
 
@@ -24,6 +34,15 @@ def server_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="intermix-servers-"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """10 + 10 real clips (one per class in folds 1 and 2), 2 s each, prepared for PiczakCNN."""
+    root = tmp_path_factory.mktemp("tiny")
+    src = demo_subset(root / "src", per_class_per_fold=1, folds=(1, 2), seconds=2.0)
+    prepare_dataset(src, "esc10", root / "prepared", model_class(FAST_MODEL).sample_rate, progress=False)
+    return root / "prepared"
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted([ROOT / "README.md", *ROOT.glob("docs/*.md"), *ROOT.glob("docker/*.md"), *ROOT.glob("charts/*/README.md")])
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
-# `intermix_core/train.py`, `docs/method.md`, `tests/test_bank.py`, `scripts/gpu_study.sh`, `charts/intermix/values.yaml` ...
+# `intermix_core/method/train.py`, `docs/method.md`, `tests/unit/method/test_bank.py`, `scripts/gpu_study.sh`, `charts/intermix/values.yaml` ...
 REPO_PATH = re.compile(
     r"`((?:intermix_core|pipelines|components|docs|tests|benchmarks|scripts|docker|charts|\.ci)/[\w./-]+?)(?::\w+)?`"
 )
@@ -49,3 +49,15 @@ def test_every_doc_is_linked_from_the_readme() -> None:
     readme = (ROOT / "README.md").read_text()
     for doc in ROOT.glob("docs/*.md"):
         assert f"docs/{doc.name}" in readme, f"README.md does not link docs/{doc.name}"
+
+
+def test_the_readme_names_every_package_and_benchmark() -> None:
+    """README's "What is where" matches the tree: every package of intermix_core and every benchmark is named."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## What is where"):readme.index("## The method in one table")]
+    packages = [p for p in (ROOT / "intermix_core").iterdir() if (p / "__init__.py").is_file()]
+    assert len(packages) >= 9
+    for package in packages:
+        assert f"`intermix_core/{package.name}/`" in section, f"README.md does not name intermix_core/{package.name}/"
+    for bench in (ROOT / "benchmarks").glob("*.py"):
+        assert f"`benchmarks/{bench.name}`" in section, f"README.md does not name benchmarks/{bench.name}"

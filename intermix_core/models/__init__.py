@@ -1,8 +1,14 @@
 """Model registry: `create_model(name, num_classes)` and `list_models()`."""
 
-from intermix_core.models.base import (
-    Mix, StagedModel, create_model, list_models, model_class, register_model, speed_up,
-)
 from intermix_core.models import envnet, envnet_v2, m18, piczak_cnn, soundnet5  # noqa: F401  (registers)
+from intermix_core.models.base import (
+    Mix,
+    StagedModel,
+    create_model,
+    list_models,
+    model_class,
+    register_model,
+    speed_up,
+)
 
 __all__ = ["Mix", "StagedModel", "create_model", "list_models", "model_class", "register_model", "speed_up"]

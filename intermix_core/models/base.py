@@ -23,7 +23,7 @@ class StagedModel(nn.Module):
     build `stages` / `head`. The input is a batch of waveforms shaped (B, T) in [-1, 1]; the output is
     logits (B, num_classes). A strategy's layer set L (config.StrategyConfig.layers) picks stages by index.
     `min_input_length` and `max_input_length` (None: no upper bound) are the T it runs at
-    (tests/test_models.py checks both edges).
+    (tests/unit/method/test_models.py checks both edges).
     """
 
     sample_rate: int = 16000

@@ -17,6 +17,7 @@ from torch import nn
 from torchaudio import transforms
 
 from intermix_core.models.base import StagedModel, register_model
+
 # LeCun-normal fc layers (Chainer default): He-normal ones on top of the max-pooled, un-normalised
 # conv features gave initial logits with a standard deviation of about 6 and diverging training
 from intermix_core.models.envnet import DROPOUT, fc_relu_dropout

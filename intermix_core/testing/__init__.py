@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from intermix_core.datasets import demo_data_dir
+from intermix_core.data.raw import demo_data_dir
 
 ESC_HEADER = ["filename", "fold", "target", "category", "esc10", "src_file", "take"]
 US8K_HEADER = ["slice_file_name", "fsID", "start", "end", "salience", "fold", "classID", "class"]

@@ -1,0 +1,186 @@
+"""One typed configuration of a fold training: dataset, model, strategy, optimisation, augmentation, attack, seed.
+
+Defaults are the paper's (and, where the paper is silent, BC learning's reference code). YAML files
+only override them; unknown keys and impossible values are rejected with the field's name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
+
+from intermix_core.common.text import cut, short
+from intermix_core.common.yamlfile import ConfigError, load_yaml
+from intermix_core.config.presets import STRATEGIES, STRATEGY_OPTIM_DEFAULTS, reference_schedule, strategy_preset
+from intermix_core.config.sections import (
+    DATASETS,
+    MAX_SEED,
+    AttackConfig,
+    AugmentConfig,
+    DatasetName,
+    OptimConfig,
+    StrategyConfig,
+    Strict,
+)
+from intermix_core.models import list_models, model_class
+
+
+def known_model(name: str) -> str:
+    """`name` if it is a registered model; otherwise a ValueError listing the registered ones."""
+    if not isinstance(name, str) or name not in list_models():
+        raise ValueError(f"unknown model {short(name)}; expected one of: {', '.join(list_models())}")
+    return name
+
+
+class ExperimentConfig(Strict):
+    """Everything one fold training needs, with the paper's defaults."""
+
+    dataset: DatasetName = "esc10"
+    model: str = "envnet_v2"
+    strategy: StrategyConfig = Field(default_factory=lambda: STRATEGIES["intermix"])
+    # a name for the model configuration in tables, e.g. "envnet_v2_aug"; defaults to the model name
+    setup: str | None = None
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
+    optim: OptimConfig = OptimConfig()
+    augment: AugmentConfig = AugmentConfig()
+    attack: AttackConfig = AttackConfig()
+    num_crops: int = Field(default=10, ge=1)
+    # override the model's input length in samples (small demos); None keeps the model's own.
+    # Each model accepts a range (StagedModel.min_input_length..max_input_length), checked below.
+    input_length: int | None = Field(default=None, ge=1)
+
+    @field_validator("strategy", mode="before")
+    @classmethod
+    def _strategy(cls, v: Any) -> Any:
+        # a preset by name, a preset with some fields overridden, or (any other name) a custom strategy
+        name = v.get("name") if isinstance(v, dict) else None
+        if isinstance(v, str) or (isinstance(v, dict) and set(v) == {"name"} and isinstance(name, str)):
+            return strategy_preset(v if isinstance(v, str) else name)
+        if isinstance(v, dict) and isinstance(name, str) and name in STRATEGIES:
+            return {**STRATEGIES[name].model_dump(), **v}
+        return v
+
+    _model = field_validator("model")(classmethod(lambda cls, v: known_model(v)))
+
+    @field_validator("strategy")
+    @classmethod
+    def _layers_fit_model(cls, v: StrategyConfig, info: ValidationInfo) -> StrategyConfig:
+        model = info.data.get("model")
+        if model is not None and v.mix and max(v.layers) > model_class(model).max_mix_layer:
+            raise ValueError(f"strategy.layers contains {max(v.layers)}, but {model} has mixing points "
+                             f"0..{model_class(model).max_mix_layer}")
+        return v
+
+    @field_validator("input_length")
+    @classmethod
+    def _length_fits_model(cls, v: int | None, info: ValidationInfo) -> int | None:
+        model = info.data.get("model")
+        if v is None or model is None:
+            return v
+        m = model_class(model)
+        lo, hi = m.min_input_length, m.max_input_length
+        if v < lo or (hi is not None and v > hi):
+            accepted = f"{lo}..{hi}" if hi is not None else f"at least {lo}"
+            raise ValueError(f"{v} samples do not fit {model}: it accepts {accepted} (its own length is "
+                             f"{m.input_length})")
+        return v
+
+    @property
+    def num_classes(self) -> int:
+        """Classes of the configured dataset."""
+        return DATASETS[self.dataset]["num_classes"]
+
+    @property
+    def num_folds(self) -> int:
+        """Official cross-validation folds of the configured dataset."""
+        return DATASETS[self.dataset]["num_folds"]
+
+    @property
+    def crop_length(self) -> int:
+        """Input length T in samples: the override, else the model's own."""
+        return self.input_length or model_class(self.model).input_length
+
+    @property
+    def setup_name(self) -> str:
+        """The model-configuration label used in tables and run names."""
+        return self.setup or self.model
+
+    def resolved_optim(self) -> OptimConfig:
+        """Optimisation settings with reference defaults filled in and epochs doubled for mixing."""
+        epochs, lr, schedule, warmup = reference_schedule(self.dataset, self.model)
+        o = self.optim
+        rule = o.update_rule or STRATEGY_OPTIM_DEFAULTS.get(self.strategy.name, {}).get("update_rule", "pytorch")
+        if o.epochs is None:
+            base = o.standard_epochs or epochs
+            epochs = base * (2 if (self.strategy.mix and o.double_epochs_for_mixing) else 1)
+        else:
+            epochs = o.epochs
+        return o.model_copy(
+            update=dict(
+                epochs=epochs,
+                lr=o.lr if o.lr is not None else lr,
+                schedule=o.schedule if o.schedule is not None else schedule,
+                warmup=o.warmup if o.warmup is not None else warmup,
+                update_rule=rule,
+            )
+        )
+
+    def on_paper_schedule(self) -> bool:
+        """True when epochs, LR and its steps, warmup and the crop length are the reference's (what the paper's numbers need)."""
+        epochs, lr, schedule, warmup = reference_schedule(self.dataset, self.model)
+        o = self.resolved_optim()
+        want = epochs * (2 if (self.strategy.mix and o.double_epochs_for_mixing) else 1)
+        return (o.epochs, o.lr, tuple(o.schedule or ()), o.warmup, self.input_length) == (
+            want, lr, tuple(schedule), warmup, None)
+
+    def resolved(self) -> "ExperimentConfig":
+        """This config with every reference default made explicit (what travels with a run)."""
+        return self.model_copy(update=dict(optim=self.resolved_optim(), setup=self.setup_name))
+
+    def flat(self) -> dict[str, str]:
+        """Flattened `section.key -> str(value)` view (for MLflow params)."""
+        out: dict[str, str] = {}
+
+        def walk(prefix: str, obj: Any) -> None:
+            if isinstance(obj, dict):
+                for k, v in obj.items():
+                    walk(f"{prefix}.{k}" if prefix else k, v)
+            else:
+                out[prefix] = str(list(obj) if isinstance(obj, tuple) else obj)
+
+        walk("", self.resolved().model_dump(mode="json"))
+        return out
+
+
+def format_validation_error(err: ValidationError, source: str, max_lines: int = 20) -> str:
+    """One short line per problem: `source: field.path: message` (long keys and values cut)."""
+    lines = []
+    for e in err.errors(include_url=False, include_input=False):
+        loc = ".".join(p if isinstance(p, str) and len(p) <= 60 else short(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(cut(f"{source}: {loc}: {msg}"))
+    if len(lines) > max_lines:
+        lines = lines[:max_lines] + [f"{source}: ... and {len(lines) - max_lines} more problems"]
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> ExperimentConfig:
+    """Validate a mapping into an ExperimentConfig, raising ConfigError naming the field."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path, **overrides: Any) -> ExperimentConfig:
+    """Load an ExperimentConfig from YAML (keys override the defaults), then apply `overrides`."""
+    data = load_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings")
+    return parse_config({**data, **overrides}, source=str(path))

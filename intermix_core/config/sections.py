@@ -1,0 +1,143 @@
+"""The sections of a configuration: datasets, one strategy as data, optimisation, augmentation, attack.
+
+Each section is a strict pydantic model: unknown keys and impossible values are refused with the
+field's name. The presets that fill them with the paper's values are in `intermix_core.config.presets`.
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from intermix_core.common.text import short
+
+DATASETS: dict[str, dict[str, int]] = {
+    "esc10": {"num_classes": 10, "num_folds": 5},
+    "esc50": {"num_classes": 50, "num_folds": 5},
+    "urbansound8k": {"num_classes": 10, "num_folds": 10},
+}
+# clips per official fold (ESC-50 and ESC-10: equal folds; UrbanSound8K: its metadata's fold column)
+FOLD_CLIPS: dict[str, tuple[int, ...]] = {
+    "esc10": (80,) * 5,
+    "esc50": (400,) * 5,
+    "urbansound8k": (873, 888, 925, 990, 936, 823, 838, 806, 816, 837),
+}
+DatasetName = Literal["esc10", "esc50", "urbansound8k"]
+# seeds are 0..2**32 - 1 (numpy's seed range); fold seeds (seed * 1000 + fold) then stay far below 2**63
+MAX_SEED = 2**32 - 1
+# what a clip whose every sample is zero does to a preparation (intermix_core.data, docs/data.md):
+# kept as its zeros with one warning, left out, or an error
+OnSilent = Literal["keep", "skip", "error"]
+ON_SILENT: tuple[str, ...] = typing.get_args(OnSilent)
+
+
+class Strict(BaseModel):
+    """A section: unknown keys, inf and nan refused; frozen once validated."""
+
+    # allow_inf_nan=False: inf and nan are refused in every float field ("Input should be a finite number")
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class StrategyConfig(Strict):
+    """One mixing strategy as data (docs/method.md has the table of presets)."""
+
+    name: str
+    mix: bool = False
+    # "r": weights r, 1-r (mixup, eq. 1); "p": the sound mixing ratio p from A-weighted levels (eq. 3)
+    weighting: Literal["r", "p"] = "p"
+    # divide by sqrt(w^2 + (1-w)^2) (eqs. 3-4)
+    normalize: bool = True
+    # add the interference term 2 sqrt(h_i' h_j') cos(phi) (eq. 5)
+    interference: bool = False
+    # the layer set L: one layer drawn per batch, uniformly; 0 is the waveform
+    layers: tuple[int, ...] = (0,)
+    # half-width of the phase distribution: phi_i, phi_j ~ U[-phase_max, phase_max]
+    phase_max: float = Field(default=1.5707963267948966, ge=0.0)
+    # sqrt of a negative product in eq. 5: "zero" clamps it to 0, "signed" uses sign(ab) sqrt(|ab|)
+    negative_product: Literal["zero", "signed"] = "zero"
+    # the sqrt in eq. 5 is exact in the forward pass; its backward slope 1/(2 sqrt(ab)) is capped at
+    # 1/(2 sqrt(sqrt_eps)) below sqrt_eps, so gradients stay finite at every ReLU zero
+    sqrt_eps: float = Field(default=1e-6, gt=0.0)
+    # rotate each waveform's phase by its own phi_i before the model (section 3.1: "phase shifted data
+    # samples"); the paper presets with interference set it, `intermix_no_rotation` is the ablation
+    rotate_input_phase: bool = False
+    # partners: "in_batch" (a random other-class sample of the same batch, B rows per step) or
+    # "adjacent_pairs" (the authors' code: pairs drawn as (i, j) of different classes, rows 2k and 2k+1
+    # mix with each other, optim.batch_size pairs = 2 x batch_size rows per step, N/2 pairs per epoch)
+    pairing: Literal["in_batch", "adjacent_pairs"] = "in_batch"
+    # authors'-code switches (all off for the paper)
+    gains_on: Literal["input", "hidden"] = "input"
+    detach_interference: bool = False
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or any(m < 0 for m in v):
+            raise ValueError(f"layers must be a non-empty set of indices >= 0, got {short(list(v))}")
+        return tuple(sorted(set(v)))
+
+
+class OptimConfig(Strict):
+    """Nesterov SGD and the step schedule. None means: take the reference value."""
+
+    # epochs of this run as given; None: standard_epochs (else the reference value), doubled for mixing
+    epochs: int | None = Field(default=None, ge=1)
+    # Standard learning's epochs for a shorter schedule than the reference; mixing strategies then train
+    # twice as many (with double_epochs_for_mixing), as the paper does. Ignored when `epochs` is set.
+    standard_epochs: int | None = Field(default=None, ge=1)
+    lr: float | None = Field(default=None, gt=0.0)
+    schedule: tuple[float, ...] | None = None
+    warmup: int | None = Field(default=None, ge=0)
+    double_epochs_for_mixing: bool = True
+    batch_size: int = Field(default=32, ge=2)
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(default=5e-4, ge=0.0)
+    nesterov: bool = True
+    # "pytorch": torch.optim.SGD (Nesterov); "chainer": Chainer's NesterovAG, which both reference
+    # repositories use (intermix_core.method.optim); None: the strategy preset's default, else "pytorch"
+    update_rule: Literal["pytorch", "chainer"] | None = None
+    # "bf16": autocast the model's forward pass to bfloat16 (mixing, levels and loss stay float32)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    # GPU-speed options, off until measured on the GPU that runs the grid (benchmarks/bench_options.py):
+    # channels-last memory for the 2-D convolutions (EnvNet, EnvNet-v2, PiczakCNN), and each stage and the
+    # head compiled with torch.compile (mixing between stages stays eager). Results are the same to float
+    # tolerance; checkpoints are interchangeable.
+    channels_last: bool = False
+    compile: bool = False
+    # 10-crop evaluation of the test fold every N epochs (and always at the last epoch)
+    eval_every: int = Field(default=10, ge=1)
+    # checkpoint every N epochs (and at the last epoch)
+    checkpoint_every: int = Field(default=5, ge=1)
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if v is not None and any(not 0.0 < s < 1.0 for s in v):
+            raise ValueError(f"schedule entries are fractions of the epochs in (0, 1), got {short(list(v))}")
+        return v
+
+
+class AugmentConfig(Strict):
+    """Scale and gain augmentation (the paper's 'EnvNet-v2 + augmentation')."""
+
+    scale: bool = False
+    scale_max: float = Field(default=1.25, ge=1.0)  # factor = scale_max ** U(-1, 1)
+    gain: bool = False
+    gain_db: float = Field(default=6.0, ge=0.0)  # gain = 10 ** (U(-gain_db, gain_db) / 20)
+
+
+class AttackConfig(Strict):
+    """FGSM (eq. 7) on the test crops."""
+
+    epsilons: tuple[float, ...] = (1e-2, 1e-3, 1e-4, 1e-5)
+    # clip x_adv to [-1, 1], the range of a 16-bit recording divided by 32,768 (the paper is silent)
+    clip: bool = True
+
+    @field_validator("epsilons")
+    @classmethod
+    def _eps(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(e < 0 for e in v):
+            raise ValueError(f"epsilons must be >= 0, got {short(list(v))}")
+        return v

@@ -1,0 +1,123 @@
+"""A fold folder's files: the checkpoint (written whole or not at all, read as data only) and the folder lock.
+
+`save_checkpoint` writes through a private temporary file and a rename; `load_checkpoint` reads with
+`torch.load(weights_only=True)`, so a crafted file is refused, never executed. `fold_lock` keeps a
+second trainer out of a folder that one is training into.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from intermix_core.config import ExperimentConfig
+from intermix_core.models import StagedModel, create_model
+
+CHECKPOINT_FORMAT = 2
+LOCK = ".fold.lock"
+
+
+class FoldBusy(ValueError):
+    """Another process is training into the same fold folder; the message says who."""
+
+
+def _temporary(path: Path) -> Path:
+    """A temporary name beside `path`, unique to this process and call (concurrent writers never share one)."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """torch.save through a private temporary file and rename: a checkpoint is whole or absent, never half-written.
+
+    A failed write (a full disk, a quota) removes the temporary file and raises OSError naming the
+    checkpoint and the system's reason; the previous checkpoint, if any, is left as it was.
+    """
+    tmp = _temporary(path)
+    try:
+        with tmp.open("wb") as f:  # a Python file: torch's writer then surfaces the OSError (errno) it hit
+            torch.save(state, f)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        cause: BaseException | None = err
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        reason = cause.strerror or str(cause)
+        raise OSError(cause.errno, f"{path}: cannot save the checkpoint ({reason}; is the disk full?)") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+_REQUIRED = {"format": int, "config": dict, "fold": int, "epoch": int, "model": dict, "history": list}
+
+
+def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """Load a checkpoint written by `save_checkpoint`, as tensors and plain values only: it never runs code.
+
+    `torch.load(weights_only=True)` refuses any pickled object other than tensors, containers and
+    plain scalars, so a crafted file is refused instead of executed; missing or mistyped keys are
+    refused too. Every refusal is a ValueError naming the file. `mmap` maps the tensors instead of
+    reading them (to look at the epoch of a large checkpoint).
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such checkpoint") from None
+    except Exception as err:  # noqa: BLE001 - unpickling refusals and damaged files alike
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path}: not a loadable intermix checkpoint, refused ({reason})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not an intermix checkpoint (expected a mapping, got {type(state).__name__})")
+    missing = [k for k in _REQUIRED if k not in state]
+    wrong = [k for k, t in _REQUIRED.items() if k in state and not isinstance(state[k], t)]
+    if missing or wrong:
+        detail = [f"missing {', '.join(missing)}"] if missing else []
+        detail += [f"wrong type for {', '.join(wrong)}"] if wrong else []
+        raise ValueError(f"{path}: not an intermix checkpoint ({'; '.join(detail)})")
+    if state["format"] != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: checkpoint format {state['format']}, expected {CHECKPOINT_FORMAT}")
+    return state
+
+
+def model_from_checkpoint(state: dict[str, Any]) -> tuple[StagedModel, ExperimentConfig]:
+    """Rebuild the trained model (eval mode, CPU) and its resolved config from a checkpoint."""
+    cfg = ExperimentConfig.model_validate(state["config"])
+    model = create_model(cfg.model, cfg.num_classes)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise ValueError(f"checkpoint weights do not fit {cfg.model}: {str(err).splitlines()[0]}") from None
+    return model.eval(), cfg
+
+
+@contextlib.contextmanager
+def fold_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on a fold folder while training into it; a second trainer gets FoldBusy naming the holder."""
+    path = out / LOCK
+    with path.open("a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise FoldBusy(f"{out}: fold folder in use by {holder}; wait for it to finish or train into another folder") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            fcntl.flock(f, fcntl.LOCK_UN)

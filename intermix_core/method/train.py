@@ -1,0 +1,337 @@
+"""Train one fold: KL loss (eq. 6), Nesterov updates, reference LR schedule, checkpoints, resume.
+
+The fold's test clips are the held-out fold; every other fold trains. Crops, padding and the
+10-crop test follow BC learning's reference preprocessing (`intermix_core.method.bc_reference`), run
+batched on the training device (`intermix_core.method.bank`): the clips live there as one int16
+bank, loss and errors accumulate there, and the host reads them once per epoch. Seeded and
+deterministic on CPU: a fold stopped and resumed from its checkpoint ends where an uninterrupted
+run ends.
+
+`train_fold` reads top to bottom: set up (or resume from the checkpoint), then per epoch train,
+evaluate when due, report, checkpoint when due; then the final evaluation and the result.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from intermix_core.config import ExperimentConfig
+from intermix_core.data import load_prepared
+from intermix_core.method.bank import ClipBank, PairSampler, draw_crops, epoch_order, train_batch
+from intermix_core.method.checkpoint import CHECKPOINT_FORMAT, fold_lock, load_checkpoint, save_checkpoint
+from intermix_core.method.devices import resolve_device
+from intermix_core.method.evaluate import clip_error, confusion_matrix, predict_crops
+from intermix_core.method.mixing import Mixer
+from intermix_core.method.optim import learning_rate, make_optimizer
+from intermix_core.models import StagedModel, create_model, model_class, speed_up
+from intermix_core.records import CHECKPOINT, RESULT, EpochRecord, FoldResult, fold_label, load_result, save_result
+
+
+class FoldTracker(Protocol):
+    """What training reports to (intermix_core.tracking.Tracker satisfies it)."""
+
+    def start_fold(
+        self, cfg: ExperimentConfig, fold: int, grid_id: str, tags: dict[str, str] | None = None,
+        resume_run_id: str | None = None,
+    ) -> str: ...
+    def ensure_current(self, run_id: str) -> None: ...
+    def log_epoch(self, run_id: str, record: EpochRecord) -> None: ...
+    def flush(self, run_id: str) -> object: ...
+    def finish_fold(self, run_id: str, result: FoldResult) -> None: ...
+
+
+class TrainingDiverged(ValueError):
+    """The training loss became NaN or infinite; the message names the fold, epoch and learning rate."""
+
+
+def kl_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Eq. 6: mean over the batch of KL(target || softmax(logits))."""
+    return F.kl_div(F.log_softmax(logits.float(), dim=1), targets, reduction="batchmean")
+
+
+def training_step(
+    model: StagedModel, opt: torch.optim.Optimizer, mixer: Mixer, x: torch.Tensor, y: torch.Tensor,
+    precision: str = "fp32",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One update on a batch (x: (B, T), y: (B,)) with the mixer's draw; returns (loss, logits, targets), all on device."""
+    batch = mixer.draw(x, y)
+    inputs, targets = (x, mixer.targets(y)) if batch is None else (batch.inputs, batch.targets)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        logits = model(inputs, mix=batch)
+    loss = kl_loss(logits, targets)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach(), logits.detach(), targets
+
+def fold_seed(seed: int, fold: int) -> int:
+    """A distinct, reproducible seed for each (seed, fold)."""
+    return seed * 1000 + fold
+
+
+# --- the fold -------------------------------------------------------------------------------------
+
+
+@dataclass
+class FoldRun:
+    """One fold training in progress: what it trains, with what, and how far it got."""
+
+    cfg: ExperimentConfig  # resolved: every reference default explicit
+    fold: int
+    out: Path
+    dev: torch.device
+    train_bank: ClipBank
+    test_bank: ClipBank
+    model: StagedModel
+    opt: torch.optim.Optimizer
+    mixer: Mixer
+    data_gen: torch.Generator
+    pairs: PairSampler | None  # the authors' adjacent pairs, or None for in-batch partners
+    tracker: FoldTracker | None = None
+    eval_clips: int | None = None
+    history: list[EpochRecord] = field(default_factory=list)
+    start_epoch: int = 1
+    run_id: str | None = None
+    elapsed: float = 0.0  # seconds spent in training epochs (evaluation and checkpoints excluded)
+    seen: int = 0  # training samples seen
+
+    @property
+    def label(self) -> str:
+        """'esc10/envnet_v2/intermix/fold3'."""
+        return fold_label(self.cfg.dataset, self.cfg.setup_name, self.cfg.strategy.name, self.fold)
+
+
+def train_fold(
+    cfg: ExperimentConfig,
+    data_dir: str | Path,
+    fold: int,
+    out_dir: str | Path,
+    *,
+    tracker: FoldTracker | None = None,
+    grid_id: str = "local",
+    progress: bool = True,
+    device: str | None = None,
+    stop_after_epoch: int | None = None,
+    eval_clips: int | None = None,
+    deadline: float | None = None,
+) -> FoldResult:
+    """Train on every fold but `fold`, test on `fold`; checkpoint to `out_dir` and resume from it.
+
+    `stop_after_epoch` ends the run early after that epoch's checkpoint (to test resumption), and
+    `deadline` (a `time.time()` value) after the first epoch that ends past it; the returned result
+    then has no test error, and the resumable checkpoint lets a later call finish the fold. The
+    final checkpoint keeps only what evaluation and FGSM need (weights, config, history), not the
+    optimizer and generator states.
+    """
+    dev = resolve_device(device)  # first: a GPU task without a usable GPU stops before any work
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with fold_lock(out):
+        cfg = cfg.resolved()
+        state = _checkpoint_of(cfg, fold, out)
+        if state is not None and state["epoch"] >= cfg.optim.epochs and (out / RESULT).exists():
+            return load_result(out / RESULT)  # finished earlier
+        run = _set_up(cfg, data_dir, fold, out, dev, state, tracker, eval_clips)
+        if tracker is not None:
+            run.run_id = tracker.start_fold(cfg, fold, grid_id, resume_run_id=run.run_id)
+        return _train(run, progress, stop_after_epoch, deadline)
+
+
+def _checkpoint_of(cfg: ExperimentConfig, fold: int, out: Path) -> dict[str, Any] | None:
+    """The fold folder's checkpoint, if any; refused if it belongs to another configuration or fold."""
+    path = out / CHECKPOINT
+    state = load_checkpoint(path) if path.exists() else None
+    if state is not None and (state["config"] != cfg.model_dump(mode="json") or state["fold"] != fold):
+        raise ValueError(f"{path}: belongs to another configuration or fold; use a fresh out_dir")
+    return state
+
+
+def _open_fold(cfg: ExperimentConfig, data_dir: str | Path, fold: int, dev: torch.device) -> tuple[ClipBank, ClipBank]:
+    """(training bank, test bank) of `fold` on `dev`, after checking the preparation fits the config."""
+    data = load_prepared(data_dir)
+    cls = model_class(cfg.model)
+    if data.sample_rate != cls.sample_rate:
+        raise ValueError(f"{data_dir}: prepared at {data.sample_rate} Hz, but {cfg.model} expects {cls.sample_rate} Hz")
+    if fold not in data.folds:
+        raise ValueError(f"fold {fold} is not in {data_dir}; folds there: {sorted(data.folds)}")
+    if data.num_classes != cfg.num_classes:
+        raise ValueError(f"{data_dir}: {data.num_classes} classes, but {cfg.dataset} has {cfg.num_classes}")
+    train_folds = [f for f in sorted(data.folds) if f != fold]
+    if not train_folds:
+        raise ValueError(f"{data_dir}: fold {fold} is the only fold; nothing is left to train on")
+    length, scale_max = cfg.crop_length, cfg.augment.scale_max
+    return (ClipBank.from_prepared(data, train_folds, dev, length=length, scale_max=scale_max),
+            ClipBank.from_prepared(data, [fold], dev, length=length))
+
+
+def _set_up(
+    cfg: ExperimentConfig, data_dir: str | Path, fold: int, out: Path, dev: torch.device, state: dict[str, Any] | None,
+    tracker: FoldTracker | None, eval_clips: int | None,
+) -> FoldRun:
+    """Banks, model, optimizer and generators seeded for the fold, then the checkpoint's state on top (resume)."""
+    optim = cfg.optim
+    train_bank, test_bank = _open_fold(cfg, data_dir, fold, dev)
+    seed = fold_seed(cfg.seed, fold)
+    torch.manual_seed(seed)
+    model = speed_up(create_model(cfg.model, cfg.num_classes).to(dev), channels_last=optim.channels_last,
+                     compile_stages=optim.compile)
+    run = FoldRun(
+        cfg=cfg, fold=fold, out=out, dev=dev, train_bank=train_bank, test_bank=test_bank, model=model,
+        opt=make_optimizer(model.parameters(), optim, learning_rate(optim, 1)),
+        mixer=Mixer(cfg.strategy, cfg.num_classes, model_class(cfg.model).sample_rate, seed),
+        data_gen=torch.Generator(device=dev).manual_seed(seed + 500),
+        pairs=PairSampler(train_bank.labels, cfg.num_classes) if cfg.strategy.pairing == "adjacent_pairs" else None,
+        tracker=tracker, eval_clips=eval_clips,
+    )
+    if state is not None:
+        model.load_state_dict(state["model"])
+        run.history = [EpochRecord.model_validate(h) for h in state["history"]]
+        run.start_epoch, run.run_id = state["epoch"] + 1, state.get("run_id")
+        run.elapsed, run.seen = float(state.get("elapsed", 0.0)), int(state.get("seen", 0))
+        if state["epoch"] < optim.epochs:
+            _restore_training_state(state, run.opt, run.mixer, run.data_gen, dev, out / CHECKPOINT)
+    return run
+
+
+def _train(run: FoldRun, progress: bool, stop_after_epoch: int | None, deadline: float | None) -> FoldResult:
+    """The epoch loop from `run.start_epoch`; the fold's result (without a test error if stopped early)."""
+    epochs = run.cfg.optim.epochs
+    assert epochs is not None
+    crop_probs = None
+    bar = tqdm(range(run.start_epoch, epochs + 1), desc=run.label, disable=not progress, initial=run.start_epoch - 1,
+               total=epochs, unit="epoch")
+    try:
+        for epoch in bar:
+            record = _train_epoch(run, epoch)
+            last = epoch == epochs
+            crop_probs = _evaluate(run, record) if last or epoch % run.cfg.optim.eval_every == 0 else None
+            _report_epoch(run, record)
+            bar.set_postfix(loss=f"{record.train_loss:.3f}", err=f"{record.train_error:.1f}",
+                            val=f"{record.val_error:.1f}" if record.val_error is not None else "-")
+            stop = epoch == stop_after_epoch or (deadline is not None and time.time() >= deadline)
+            if last or epoch % run.cfg.optim.checkpoint_every == 0 or stop:
+                _checkpoint(run, epoch, final=last)
+            if stop and not last:
+                return _result(run, None, None)
+    finally:
+        bar.close()
+    return _finish(run, crop_probs)
+
+
+def _train_epoch(run: FoldRun, epoch: int) -> EpochRecord:
+    """One pass over the training folds at the epoch's learning rate; the epoch's one host sync reads loss and error."""
+    cfg, optim, bank = run.cfg, run.cfg.optim, run.train_bank
+    t0 = time.perf_counter()
+    lr = learning_rate(optim, epoch)
+    for group in run.opt.param_groups:
+        group["lr"] = lr
+    run.model.train()
+    if run.pairs is not None:  # the authors' protocol: N/2 pairs per epoch, bs pairs (2 bs rows) per step
+        rows, step = run.pairs.draw(len(bank) // 2, run.data_gen), 2 * optim.batch_size
+    else:
+        rows, step = epoch_order(len(bank), run.data_gen, run.dev), optim.batch_size
+    loss_sum = torch.zeros((), device=run.dev)
+    wrong = torch.zeros((), device=run.dev, dtype=torch.int64)
+    n_seen = 0
+    for i in range(0, len(rows), step):
+        idx = rows[i : i + step]
+        if len(idx) < 2:  # batch norm needs two samples
+            continue
+        x = train_batch(bank, draw_crops(bank, idx, cfg.augment, run.data_gen))
+        loss, logits, targets = training_step(run.model, run.opt, run.mixer, x, bank.labels[idx], optim.precision)
+        loss_sum += loss * len(idx)
+        wrong += (logits.argmax(1) != targets.argmax(1)).sum()
+        n_seen += len(idx)
+    train_loss = float(loss_sum) / max(n_seen, 1)  # the epoch's one host sync
+    if not math.isfinite(train_loss):
+        raise TrainingDiverged(f"{run.label}: the training loss became {train_loss} in epoch {epoch} (lr {lr:g}); "
+                               "the fold is failed (try a lower optim.lr)")
+    run.elapsed += time.perf_counter() - t0
+    run.seen += n_seen
+    return EpochRecord(epoch=epoch, lr=lr, train_loss=train_loss, train_error=100.0 * int(wrong) / max(n_seen, 1))
+
+
+def _evaluate(run: FoldRun, record: EpochRecord) -> torch.Tensor:
+    """The 10-crop test of the held-out fold after this epoch: sets record.val_error, returns the crops' softmax."""
+    crop_probs = predict_crops(run.model, run.test_bank, run.cfg.num_crops, run.eval_clips, run.cfg.optim.precision)
+    record.val_error = clip_error(crop_probs, run.test_bank.labels)
+    return crop_probs
+
+
+def _report_epoch(run: FoldRun, record: EpochRecord) -> None:
+    """Keep the epoch in the history and tell tracking (which stops this attempt if another took the fold over)."""
+    run.history.append(record)
+    if run.tracker is not None and run.run_id is not None:
+        run.tracker.ensure_current(run.run_id)  # FoldSuperseded if another attempt took the fold over: stop here
+        run.tracker.log_epoch(run.run_id, record)
+
+
+def _checkpoint(run: FoldRun, epoch: int, final: bool) -> None:
+    """Save the fold's state after `epoch`: resumable (optimizer, generators) unless `final` (weights and history only)."""
+    ckpt: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT, "config": run.cfg.model_dump(mode="json"), "fold": run.fold, "epoch": epoch,
+        "model": run.model.state_dict(), "history": [h.model_dump() for h in run.history],
+        "run_id": run.run_id, "elapsed": run.elapsed, "seen": run.seen,
+    }
+    if not final:  # what resuming needs; a finished fold drops it (about half the file for SGD)
+        ckpt.update(optimizer=run.opt.state_dict(), mixer_rng=run.mixer.state(), data_rng=run.data_gen.get_state(),
+                    data_rng_device=run.dev.type, torch_rng=torch.get_rng_state())
+        if run.dev.type == "cuda":
+            ckpt["cuda_rng"] = torch.cuda.get_rng_state(run.dev)
+    save_checkpoint(run.out / CHECKPOINT, ckpt)
+    if run.tracker is not None and run.run_id is not None:
+        run.tracker.flush(run.run_id)  # epoch metrics buffered during an MLflow outage go out with the checkpoint
+
+
+def _finish(run: FoldRun, crop_probs: torch.Tensor | None) -> FoldResult:
+    """The fold's result from the last epoch's evaluation; tracking is told first, then result.json is written."""
+    if crop_probs is None:  # resumed after the last epoch's checkpoint, before the result was written
+        crop_probs = predict_crops(run.model, run.test_bank, run.cfg.num_crops, run.eval_clips, run.cfg.optim.precision)
+    labels = run.test_bank.labels
+    result = _result(run, clip_error(crop_probs, labels), confusion_matrix(crop_probs, labels, run.cfg.num_classes))
+    if run.tracker is not None and run.run_id is not None:
+        run.tracker.finish_fold(run.run_id, result)  # before result.json: a fold is done only once tracking knows it
+    save_result(result, run.out / RESULT)
+    return result
+
+
+def _restore_training_state(
+    state: dict[str, Any], opt: torch.optim.Optimizer, mixer: Mixer, data_gen: torch.Generator, dev: torch.device,
+    path: Path,
+) -> None:
+    """Optimizer and generator states of a resumable checkpoint; refuses one that lacks them."""
+    missing = [k for k in ("optimizer", "mixer_rng", "data_rng", "torch_rng") if k not in state]
+    if missing:
+        raise ValueError(f"{path}: cannot resume from epoch {state['epoch']}: missing {', '.join(missing)}")
+    opt.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    same_device = state.get("data_rng_device") == dev.type and mixer.load_state(state["mixer_rng"], dev)
+    if same_device:
+        data_gen.set_state(state["data_rng"])
+        if dev.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], dev)
+    else:  # e.g. a CPU checkpoint resumed on a GPU: the weights carry over, the random draws restart
+        warnings.warn(f"{path}: written on another device type; random draws restart from the seed", stacklevel=3)
+
+
+def _result(run: FoldRun, test_error: float | None, confusion: list[list[int]] | None) -> FoldResult:
+    """Assemble the FoldResult record for this fold (with the best evaluated epoch, the authors' number)."""
+    cfg, history, elapsed = run.cfg, run.history, run.elapsed
+    evaluated = [h for h in history if h.val_error is not None]
+    best = min(evaluated, key=lambda h: (h.val_error, h.epoch)) if evaluated else None
+    return FoldResult(
+        dataset=cfg.dataset, setup=cfg.setup_name, model=cfg.model, strategy=cfg.strategy.name, fold=run.fold,
+        seed=cfg.seed, test_error=test_error, history=history, confusion=confusion,
+        best_val_error=best.val_error if best else None, best_epoch=best.epoch if best else None,
+        train_seconds=round(elapsed, 3), samples_per_second=round(run.seen / elapsed, 2) if elapsed > 0 else None,
+        config=cfg.model_dump(mode="json"),
+    )

@@ -1,0 +1,93 @@
+"""Aggregation of a grid: its fold results (files, folders and the grid's store) into the paper's tables.
+
+With a store, each aggregation is published as one report version (`intermix_core.store.reports`:
+concurrent aggregations, the newest wins), and only the newest goes on to update the grid's MLflow
+summary run (`intermix_core.tracking.summary`).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from intermix_core.config.grid import expand, grid_id, parse_grid
+from intermix_core.records import fold_label
+from intermix_core.results.statistics import MissingFold, Summary, aggregate, collect_results
+from intermix_core.results.tables import write_reports
+from intermix_core.store.grid_store import fetch_grid_results, save_grid_spec
+from intermix_core.store.reports import new_version, publish_reports
+from intermix_core.store.storage import Storage, open_storage
+from intermix_core.tracking.summary import log_summary_to_mlflow
+
+
+def publish_aggregation(store: Storage, grid_id: str, out_dir: str | Path, version: str,
+                        tracking_uri: str | None = None) -> bool:
+    """Publish one aggregation's reports; only if it is the newest, update the grid's MLflow summary run. True if newest."""
+    newest = publish_reports(store, grid_id, out_dir, version)
+    if newest and tracking_uri:
+        log_summary_to_mlflow(out_dir, tracking_uri=tracking_uri, grid_id=grid_id, version=version)
+    return newest
+
+
+def aggregate_step(
+    results: str | Path | Sequence[str | Path],
+    out_dir: str | Path,
+    expected: Sequence[Sequence[Any]] | None = None,
+    tracking_uri: str | None = None,
+    grid_id: str = "local",
+    store_root: str | None = None,
+) -> Summary:
+    """Aggregate fold results (files/dirs, plus the grid's store when store_root is set) into reports in out_dir.
+
+    `expected` lists the grid's cells as [dataset, setup, strategy, fold]; cells without any result
+    are reported as missing. With store_root, the reports are also published as one version under
+    `<root>/<grid_id>/reports/` (`intermix_core.store.reports`: concurrent aggregations, the newest wins).
+    """
+    items = [results] if isinstance(results, (str, Path)) else list(results)
+    version = None
+    if store_root:
+        version = new_version()  # taken before reading: a later version has seen at least these results
+    with tempfile.TemporaryDirectory(prefix="intermix-results-") as tmp:
+        if store_root:
+            items.append(Path(tmp))
+            fetch_grid_results(store_root, grid_id, tmp)
+        found = collect_results(items) if items else []
+    keys = [(str(d), str(s), str(st), int(f)) for d, s, st, f in (expected or [])]
+    folds: dict[str, list[int]] = {}
+    for d, _, _, f in keys:
+        folds.setdefault(d, []).append(f)
+    summary = aggregate(found, {d: sorted(set(f)) for d, f in folds.items()} or None)
+    have = {(r.dataset, r.setup, r.strategy) for r in found}
+    absent = [MissingFold(dataset=d, setup=s, strategy=st, fold=f, reason="missing") for d, s, st, f in keys if (d, s, st) not in have]
+    summary = summary.model_copy(update={"missing": summary.missing + absent})
+    write_reports(summary, out_dir, found)
+    if store_root:
+        # one atomic version; the newest wins, and only it goes on to update the MLflow summary run
+        publish_aggregation(open_storage(store_root), grid_id, out_dir, version, tracking_uri)
+    elif tracking_uri:
+        log_summary_to_mlflow(out_dir, tracking_uri=tracking_uri, grid_id=grid_id)
+    return summary
+
+
+def grid_aggregate_step(
+    grid_json: str, out_dir: str | Path, store_root: str, tracking_uri: str | None = None
+) -> tuple[str, Summary]:
+    """Aggregate a whole grid from its store (expected cells from the spec); also saves the spec there. Returns (grid id, Summary)."""
+    spec = json.loads(grid_json)
+    grid = parse_grid(spec, source="grid_json")
+    gid = grid_id(grid)
+    save_grid_spec(store_root, gid, spec)
+    expected = [c.key for c in expand(grid)]
+    return gid, aggregate_step([], out_dir, expected, tracking_uri, gid, store_root)
+
+
+def describe_absent(summary: Summary, limit: int = 6) -> str:
+    """One line on folds without a result ('' if none): how many, and the first few by name."""
+    if not summary.missing:
+        return ""
+    names = [f"{fold_label(m.dataset, m.setup, m.strategy, m.fold)} ({m.reason})" for m in summary.missing]
+    more = f", and {len(names) - limit} more" if len(names) > limit else ""
+    return f"{len(names)} fold(s) without a result: {', '.join(names[:limit])}{more}"

@@ -1,0 +1,140 @@
+"""What a grid costs: training samples per cell and device-hours from measured throughput.
+
+Throughput comes from `benchmarks/bench_throughput.py --save FILE.json` (one record per model,
+precision and augmentation, with the device it was measured on). The package ships the figures
+measured for this project in `intermix_core/run/throughput.json`; `intermix estimate GRID
+--throughput FILE` uses another file. Work per fold, from the resolved config:
+
+- training samples = epochs x rows per epoch (N training clips; N//2 pairs x 2 under adjacent pairing);
+- 10-crop evaluations = the test fold's clips x the evaluated epochs (every eval_every, and the last);
+- FGSM = the test fold's clips, as (2 + number of epsilons) evaluations (one gradient pass, one
+  forward per epsilon and eps = 0).
+Hours = samples / full_samples_per_s + evaluated clips / eval_clips_per_s.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from intermix_core.config import FOLD_CLIPS, ExperimentConfig
+from intermix_core.config.grid import GridSpec, expand
+
+THROUGHPUT_FILE = "throughput.json"
+_REQUIRED = ("model", "device", "precision", "augment", "data_samples_per_s", "step_samples_per_s", "full_samples_per_s")
+
+
+@dataclass(frozen=True)
+class FoldWork:
+    """What one fold training costs in samples and evaluated clips."""
+
+    train_samples: int
+    eval_clips: int  # 10-crop evaluations during training and at the end
+    fgsm_clips: int  # clip-evaluation equivalents of the FGSM step
+
+
+def fold_work(cfg: ExperimentConfig, fold: int, fold_clips: dict[int, int] | None = None) -> FoldWork:
+    """Training samples and evaluated clips of one fold of `cfg`: on the official dataset, or on `fold_clips`."""
+    o = cfg.resolved_optim()
+    assert o.epochs is not None
+    sizes = fold_clips or dict(enumerate(FOLD_CLIPS[cfg.dataset], start=1))
+    n_train, n_test = sum(sizes.values()) - sizes[fold], sizes[fold]
+    rows = 2 * (n_train // 2) if cfg.strategy.pairing == "adjacent_pairs" else n_train
+    evaluations = o.epochs // o.eval_every + (o.epochs % o.eval_every != 0)
+    fgsm = (2 + len([e for e in cfg.attack.epsilons if e != 0.0])) * n_test
+    return FoldWork(train_samples=o.epochs * rows, eval_clips=evaluations * n_test, fgsm_clips=fgsm)
+
+
+class ThroughputError(ValueError):
+    """A throughput file that cannot be used; the message names the file and the problem."""
+
+
+def load_throughput(path: str | Path | None = None) -> list[dict[str, Any]]:
+    """Records of a `bench_throughput.py --save` file (the packaged figures without a path)."""
+    if path is None:
+        text, where = resources.files("intermix_core.run").joinpath(THROUGHPUT_FILE).read_text(), f"intermix_core/run/{THROUGHPUT_FILE}"
+    else:
+        where = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as err:
+            raise ThroughputError(f"{where}: cannot read ({err.strerror or err})") from None
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ThroughputError(f"{where}: not JSON ({err.msg} at line {err.lineno})") from None
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise ThroughputError(f"{where}: expected a list of records written by benchmarks/bench_throughput.py --save")
+    for i, r in enumerate(records):
+        missing = [k for k in _REQUIRED if k not in r]
+        if missing:
+            raise ThroughputError(f"{where}: record {i} lacks {', '.join(missing)}")
+    return records
+
+
+@dataclass
+class SetupEstimate:
+    """The cost of one dataset x setup of a grid (all its strategies and folds)."""
+
+    dataset: str
+    setup: str
+    model: str
+    folds: int = 0
+    train_samples: int = 0
+    eval_clips: int = 0
+    hours: float | None = 0.0
+    devices: set[str] = field(default_factory=set)
+    unmeasured: set[str] = field(default_factory=set)
+
+
+def _pick(records: list[dict[str, Any]], cfg: ExperimentConfig, device: str | None) -> dict[str, Any] | None:
+    """The measurement for cfg's model, precision and augmentation (a GPU one first unless `device` says)."""
+    augment = cfg.augment.scale or cfg.augment.gain
+    hits = [r for r in records if r["model"] == cfg.model and r["precision"] == cfg.optim.precision
+            and bool(r["augment"]) == augment and (device is None or r["device"] == device)]
+    return max(hits, key=lambda r: (r["device"] == "cuda", r.get("date", ""))) if hits else None
+
+
+def estimate_grid(grid: GridSpec, records: list[dict[str, Any]], device: str | None = None) -> list[SetupEstimate]:
+    """Per dataset x setup of `grid`: samples, evaluated clips and hours."""
+    out: dict[tuple[str, str], SetupEstimate] = {}
+    for cell in expand(grid):
+        cfg = cell.config
+        est = out.setdefault((cell.dataset, cell.setup), SetupEstimate(cell.dataset, cell.setup, cfg.model))
+        work = fold_work(cfg, cell.fold)
+        est.folds += 1
+        est.train_samples += work.train_samples
+        est.eval_clips += work.eval_clips + work.fgsm_clips
+        rec = _pick(records, cfg, device)
+        if rec is None or est.hours is None:
+            est.hours = None
+            est.unmeasured.add(f"{cfg.model}/{cfg.optim.precision}/{'aug' if cfg.augment.scale or cfg.augment.gain else 'plain'}")
+            continue
+        est.devices.add(str(rec.get("device_name") or rec["device"]))
+        eval_rate = rec.get("eval_clips_per_s") or rec["full_samples_per_s"] / 10
+        est.hours += (work.train_samples / rec["full_samples_per_s"] + (work.eval_clips + work.fgsm_clips) / eval_rate) / 3600
+    return list(out.values())
+
+
+def format_estimate(grid_name: str, rows: list[SetupEstimate]) -> str:
+    """The estimate as a plain-text table with a total line naming the device(s) the figures came from."""
+    lines = [f"{'dataset':<13} {'setup':<15} {'folds':>5} {'training samples':>17} {'eval clips':>11} {'hours':>9}"]
+    for r in rows:
+        hours = f"{r.hours:9.1f}" if r.hours is not None else "        —"
+        lines.append(f"{r.dataset:<13} {r.setup:<15} {r.folds:>5} {r.train_samples:>17,} {r.eval_clips:>11,} {hours}")
+    known = [r.hours for r in rows if r.hours is not None]
+    devices = sorted({d for r in rows for d in r.devices})
+    total = sum(known)
+    lines.append(f"{'total':<29} {sum(r.folds for r in rows):>5} {sum(r.train_samples for r in rows):>17,} "
+                 f"{sum(r.eval_clips for r in rows):>11,} {total:9.1f}")
+    where = " and ".join(devices) if devices else "no measured device"
+    lines.append(f"grid {grid_name}: {total:,.1f} device-hours on {where} (one device, one fold at a time)")
+    missing = sorted({m for r in rows for m in r.unmeasured})
+    if missing:
+        lines.append(f"not measured (hours left out of the total): {', '.join(missing)}; "
+                     "run benchmarks/bench_throughput.py --save FILE.json and pass --throughput FILE.json")
+    return "\n".join(lines)
+

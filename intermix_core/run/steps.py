@@ -1,0 +1,154 @@
+"""One function per pipeline step, with the storage and tracking wiring: components and the CLI call these.
+
+Store keys are `intermix_core.store.layout`'s; how a fold's folder follows its store prefix (pull,
+periodic push, retries through outages, failed results) is `intermix_core.run.sync`; aggregation is
+`intermix_core.run.aggregate`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+from intermix_core.config import parse_config
+from intermix_core.data import Manifest, prepare_dataset
+from intermix_core.method.attack import attack_fold
+from intermix_core.method.checkpoint import FoldBusy, load_checkpoint
+from intermix_core.method.train import train_fold
+from intermix_core.records import CHECKPOINT, RESULT, FoldResult, load_result, save_result
+from intermix_core.run.sync import CheckpointPusher, patiently, pull_fold, record_failure
+from intermix_core.store.layout import cell_prefix
+from intermix_core.store.prepared import cached_prepared, publish_prepared, resolve_source
+from intermix_core.store.storage import Storage, open_storage
+from intermix_core.tracking.tracker import FoldSuperseded, Tracker
+
+
+def _storage(root: str | None) -> Storage | None:
+    return open_storage(root) if root else None
+
+
+def _tracker(tracking_uri: str | None) -> Tracker | None:
+    if not tracking_uri:
+        return None
+    return Tracker(tracking_uri=tracking_uri)
+
+
+def preprocess_step(source: str, dataset: str, sample_rate: int, out_dir: str | Path, progress: bool = False,
+                    on_silent: str = "keep") -> Manifest:
+    """Prepare `dataset` from `source` at `sample_rate` into out_dir; returns the Manifest."""
+    with tempfile.TemporaryDirectory(prefix="intermix-source-") as scratch:
+        root = resolve_source(source, scratch)
+        return prepare_dataset(root, dataset, out_dir, sample_rate, progress=progress, on_silent=on_silent)
+
+
+def train_step(
+    config_json: str,
+    data_dir: str | Path,
+    fold: int,
+    out_dir: str | Path,
+    grid_id: str = "local",
+    tracking_uri: str | None = None,
+    checkpoint_root: str | None = None,
+    *,
+    restart: bool = False,
+    progress: bool = False,
+    device: str | None = None,
+    sync_seconds: float = 60.0,
+    keep_checkpoint: bool = True,
+) -> FoldResult:
+    """Train one fold (resuming from the newer of the local and stored checkpoints unless `restart`) and persist it.
+
+    The store is brought up to date before the result: the fold's final checkpoint is uploaded first,
+    its result.json last, so a result in the store always has its checkpoint beside it. With a store
+    and `keep_checkpoint=False` the checkpoint is removed from out_dir once stored (pipelines pass the
+    result on as an artifact, and the checkpoint only once, in the store). `restart` discards the
+    fold's checkpoint and result both in out_dir and in the store.
+    """
+    cfg = parse_config(json.loads(config_json), source="config_json")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    store = _storage(checkpoint_root)
+    prefix = cell_prefix(grid_id, cfg.dataset, cfg.setup_name, cfg.strategy.name, fold)
+    if restart:
+        for name in (RESULT, CHECKPOINT):
+            (out / name).unlink(missing_ok=True)
+            if store is not None and store.exists(f"{prefix}/{name}"):
+                store.delete(f"{prefix}/{name}")
+    try:
+        in_sync = pull_fold(store, prefix, out) if store is not None and not restart else True
+        pusher = CheckpointPusher(store, prefix, out, sync_seconds, in_sync) if store is not None else None
+        with pusher.running() if pusher else contextlib.nullcontext():
+            result = train_fold(cfg, data_dir, fold, out, tracker=_tracker(tracking_uri), grid_id=grid_id,
+                                progress=progress, device=device)
+    except (FoldBusy, FoldSuperseded):
+        raise  # another attempt holds the fold: its outcome, not this refusal, belongs in the store
+    except Exception as err:
+        if store is not None:
+            record_failure(store, prefix, cfg, fold, err)
+        raise
+    if store is not None:
+        patiently(lambda: store.upload_file(out / RESULT, f"{prefix}/{RESULT}"),  # last: the fold's completion marker
+                   f"uploading {prefix}/{RESULT}")
+        if not keep_checkpoint:
+            (out / CHECKPOINT).unlink(missing_ok=True)
+    return result
+
+
+def attack_step(
+    trained_dir: str | Path,
+    data_dir: str | Path,
+    fold: int,
+    out_dir: str | Path,
+    grid_id: str = "local",
+    tracking_uri: str | None = None,
+    checkpoint_root: str | None = None,
+    *,
+    device: str | None = None,
+) -> FoldResult:
+    """FGSM on a trained fold; writes and persists the updated result.
+
+    trained_dir holds result.json and checkpoint.pt; without the checkpoint there, it is fetched
+    from the store (`checkpoint_root`), where train_step left it.
+    """
+    trained = Path(trained_dir)
+    result = load_result(trained / RESULT)
+    store = _storage(checkpoint_root)
+    prefix = cell_prefix(grid_id, result.dataset, result.setup, result.strategy, fold)
+    with tempfile.TemporaryDirectory(prefix="intermix-attack-") as tmp:
+        checkpoint = trained / CHECKPOINT
+        if not checkpoint.exists() and store is not None:
+            checkpoint = store.download_file(f"{prefix}/{CHECKPOINT}", Path(tmp) / CHECKPOINT)
+        state = load_checkpoint(checkpoint)  # once: it can be hundreds of MB
+    fgsm, fgsm_crop = attack_fold(state, data_dir, fold, device=device)
+    run_id = state.get("run_id")
+    del state
+    result = result.model_copy(update={"fgsm": fgsm, "fgsm_crop": fgsm_crop})
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_result(result, out / RESULT)
+    if store is not None:
+        store.upload_file(out / RESULT, f"{prefix}/{RESULT}")
+    tracker = _tracker(tracking_uri)
+    if tracker is not None and run_id:
+        tracker.log_fgsm(run_id, fgsm, fgsm_crop)
+    return result
+
+
+def attack_checkpoint_step(checkpoint: str | Path, data_dir: str | Path, fold: int | None = None, *,
+                           device: str | None = None) -> tuple[dict[str, float], dict[str, float]]:
+    """FGSM on a lone checkpoint (no result.json to update): (10-crop errors, single-crop errors) per epsilon."""
+    return attack_fold(checkpoint, data_dir, fold, device=device)
+
+
+def prepare_shared_step(source: str, dataset: str, sample_rate: int, store_root: str, progress: bool = False,
+                        on_silent: str = "keep") -> tuple[str, Manifest]:
+    """Prepare `dataset` once into the store, keyed by dataset, sample rate, source fingerprint and format; (URI, Manifest)."""
+    return publish_prepared(source, dataset, sample_rate, store_root, progress=progress, on_silent=on_silent)
+
+
+def prepared_data(data_uri: str, cache_dir: str | None = None, max_cache_bytes: int | None = None) -> AbstractContextManager[Path]:
+    """Context manager: a local folder with the prepared dataset at data_uri (via the node's cache_dir when given)."""
+    return cached_prepared(data_uri, cache_dir, max_cache_bytes)

@@ -1,0 +1,184 @@
+"""A one-call study: the folds of one dataset x setup trained concurrently on one device, inside a time budget.
+
+One GPU is mostly idle while a single fold of a small model trains (batches of 32 leave it waiting on
+kernel launches), so `run_study` keeps `concurrency` worker processes busy, each training one fold
+(then its FGSM) at a time. Before it starts it prints its own time estimate; at the budget every
+worker stops after its current epoch (leaving a resumable checkpoint: running the study again
+resumes), and the study keeps what finished: fold results, the report tables and `study.json`
+(device, budget, elapsed, per-fold throughput). Needs no Kubeflow, MLflow or store: only torch,
+torchaudio, numpy, pydantic, soundfile (to prepare data) and matplotlib (for the plots).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from queue import Empty
+from typing import Any
+
+import torch
+
+from intermix_core.config import parse_config
+from intermix_core.config.grid import GridSpec, expand, expected_folds, grid_id, shards
+from intermix_core.data import load_prepared
+from intermix_core.method.attack import attack_fold
+from intermix_core.method.devices import resolve_device
+from intermix_core.method.train import train_fold
+from intermix_core.records import CHECKPOINT, RESULT, fold_label, load_result, save_result
+from intermix_core.results.statistics import aggregate, collect_results
+from intermix_core.results.tables import write_reports
+from intermix_core.run.estimate import fold_work
+
+
+@dataclass
+class FoldOutcome:
+    """What one worker did with one fold."""
+
+    label: str
+    status: str  # "finished", "stopped" (budget reached), "failed"
+    seconds: float
+    epochs_done: int = 0
+    samples_per_second: float | None = None
+    test_error: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class StudyReport:
+    """The study's outcome (also written as study.json)."""
+
+    grid_id: str
+    device: str
+    device_name: str
+    concurrency: int
+    budget_seconds: float
+    elapsed_seconds: float
+    estimate_seconds: tuple[float, float] | None
+    folds: list[FoldOutcome] = field(default_factory=list)
+
+    @property
+    def finished(self) -> int:
+        """Folds trained and attacked to the end."""
+        return sum(f.status == "finished" for f in self.folds)
+
+
+def estimate_seconds(samples: int, samples_per_s: float, concurrency: int) -> tuple[float, float]:
+    """(best, worst) wall time: concurrency shares the device perfectly, or not at all."""
+    single = samples / samples_per_s
+    return single / max(concurrency, 1), single
+
+
+def _worker(cfg_json: str, data_dir: str, fold: int, out_dir: str, device: str, deadline: float, queue: Any) -> None:
+    """Train one fold until the deadline, then attack it if it finished; report a FoldOutcome on `queue`."""
+    threads = os.environ.get("INTERMIX_WORKER_THREADS")
+    if threads:
+        torch.set_num_threads(int(threads))
+    cfg = parse_config(json.loads(cfg_json), source="study")
+    label = fold_label(cfg.dataset, cfg.setup_name, cfg.strategy.name, fold)
+    t0 = time.time()
+    try:
+        result = train_fold(cfg, data_dir, fold, out_dir, progress=False, device=device, deadline=deadline)
+        if result.test_error is None:
+            queue.put(FoldOutcome(label, "stopped", time.time() - t0, len(result.history), result.samples_per_second))
+            return
+        fgsm, fgsm_crop = attack_fold(Path(out_dir) / CHECKPOINT, data_dir, fold, device=device)
+        result = result.model_copy(update={"fgsm": fgsm, "fgsm_crop": fgsm_crop})
+        save_result(result, Path(out_dir) / RESULT)
+        queue.put(FoldOutcome(label, "finished", time.time() - t0, len(result.history), result.samples_per_second,
+                              result.test_error))
+    except Exception as err:  # noqa: BLE001 - one failed fold must not end the study
+        queue.put(FoldOutcome(label, "failed", time.time() - t0, error=f"{type(err).__name__}: {err}"[:500]))
+
+
+def run_study(
+    grid: GridSpec, data_dir: str | Path, out_dir: str | Path, *, budget_seconds: float, concurrency: int,
+    device: str = "auto", samples_per_s: float | None = None, log: Any = None,
+) -> StudyReport:
+    """Train every cell of a one-shard grid  with `concurrency` workers inside the budget."""
+    log = log or sys.stdout
+    if len(shards(grid)) != 1:
+        raise ValueError("a study runs one dataset x setup (one prepared dataset); this grid has "
+                         f"{len(shards(grid))}: give it one dataset and one setup")
+    dev = resolve_device(device)
+    cells = expand(grid)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    deadline = start + budget_seconds
+    name = _device_name(dev)
+    manifest = load_prepared(data_dir, verify=False).manifest
+    sizes = {ff.fold: ff.num_clips for ff in manifest.fold_files}
+    missing = sorted({c.fold for c in cells} - set(sizes))
+    if missing:
+        raise ValueError(f"{data_dir}: no fold {missing[0]} prepared; folds there: {sorted(sizes)}")
+    samples = sum(fold_work(c.config, c.fold, sizes).train_samples for c in cells)
+    estimate = estimate_seconds(samples, samples_per_s, concurrency) if samples_per_s else None
+    print(f"study {grid_id(grid)}: {len(cells)} folds, {samples:,} training samples, {concurrency} at a time on "
+          f"{name}; budget {budget_seconds / 60:.1f} min", file=log, flush=True)
+    if estimate:
+        print(f"estimate from {samples_per_s:,.0f} samples/s per process: {estimate[0] / 60:.1f} min (the device "
+              f"shared perfectly) to {estimate[1] / 60:.1f} min (no gain from concurrency)", file=log, flush=True)
+    report = StudyReport(grid_id(grid), dev.type, name, concurrency, budget_seconds, 0.0, estimate)
+    ctx = mp.get_context("spawn")  # CUDA cannot be forked
+    queue = ctx.Queue()
+    pending = [c for c in cells if not _done(out, c.label)]
+    report.folds += [FoldOutcome(c.label, "finished", 0.0, test_error=load_result(out / c.label / RESULT).test_error)
+                     for c in cells if _done(out, c.label)]
+    running: dict[str, Any] = {}
+    while pending or running:
+        while pending and len(running) < concurrency and time.time() < deadline:
+            c = pending.pop(0)
+            p = ctx.Process(target=_worker, args=(c.config.model_dump_json(), str(data_dir), c.fold,
+                                                  str(out / c.label), str(dev), deadline, queue), daemon=False)
+            p.start()
+            running[c.label] = p
+            print(f"  started {c.label} ({len(running)} running, {len(pending)} waiting)", file=log, flush=True)
+        if time.time() >= deadline and pending:
+            report.folds += [FoldOutcome(c.label, "not started", 0.0) for c in pending]
+            pending = []
+        try:
+            outcome: FoldOutcome = queue.get(timeout=5.0)
+        except Empty:  # poll for workers that died without a word (killed, out of memory)
+            for label, p in list(running.items()):
+                if not p.is_alive() and p.exitcode:
+                    del running[label]
+                    report.folds.append(FoldOutcome(label, "failed", 0.0, error=f"worker exit code {p.exitcode}"))
+            continue
+        worker = running.pop(outcome.label, None)
+        if worker is not None:
+            worker.join()
+        report.folds.append(outcome)
+        print(f"  {outcome.status} {outcome.label} in {outcome.seconds:.0f} s"
+              + (f", test error {outcome.test_error:.1f}%" if outcome.test_error is not None else "")
+              + (f": {outcome.error}" if outcome.error else ""), file=log, flush=True)
+    report.elapsed_seconds = time.time() - start
+    _write(report, out, grid, log)
+    return report
+
+
+def _done(out: Path, label: str) -> bool:
+    path = out / label / RESULT
+    if not path.is_file():
+        return False
+    result = load_result(path)
+    return result.status == "ok" and result.test_error is not None and bool(result.fgsm)
+
+
+def _device_name(dev: torch.device) -> str:
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+
+
+def _write(report: StudyReport, out: Path, grid: GridSpec, log: Any) -> None:
+    """study.json and, from the finished folds, the report tables and plots."""
+    data = asdict(report) | {"finished": report.finished}
+    (out / "study.json").write_text(json.dumps(data, indent=1))
+    results = [r for r in collect_results(out) if r.test_error is not None] if any(out.rglob(RESULT)) else []
+    if results:
+        write_reports(aggregate(results, expected_folds(grid)), out / "reports", results)
+    print(f"study: {report.finished}/{len(report.folds)} folds finished in {report.elapsed_seconds / 60:.1f} min "
+          f"-> {out}", file=log, flush=True)

@@ -1,0 +1,98 @@
+"""Report versions of a grid in its store, published safely when several aggregations run at once (up to 18 KFP runs).
+
+Each aggregation is one version, named by when it started reading the store (a later start has
+seen at least as many results) plus a random suffix:
+
+    <grid>/reports/versions/<version>/   one complete upload (Storage.upload_dir: manifest last)
+    <grid>/reports/LATEST.json           {"version": ..., "prefix": ...}: the newest complete version
+    <grid>/reports/*                     a copy of the newest version, for browsing; it may lag
+
+A version is never rewritten, and LATEST only moves forward: a writer re-reads it after writing
+and restores the newer version if an older aggregation overwrote it meanwhile (S3 has no
+compare-and-swap; the re-check makes the newest version win). Readers go through LATEST.
+Old versions beyond `keep` are removed by the winner. Key names: `intermix_core.store.layout`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from intermix_core.store.layout import (
+    latest_key,
+    read_pointer,
+    reports_prefix,
+    versions_prefix,
+    write_pointer,
+)
+from intermix_core.store.storage import Storage
+
+KEEP_VERSIONS = 10
+
+
+def new_version(now: float | None = None) -> str:
+    """A sortable, unique version name: UTC time to the microsecond, then 8 random hex digits."""
+    stamp = datetime.fromtimestamp(time.time() if now is None else now, tz=timezone.utc)
+    return f"{stamp:%Y%m%dT%H%M%S.%fZ}-{uuid.uuid4().hex[:8]}"
+
+
+def latest_version(store: Storage, grid_id: str) -> dict[str, Any] | None:
+    """The LATEST pointer of a grid's reports ({"version", "prefix", ...}), or None if nothing was published."""
+    text = read_pointer(store, latest_key(grid_id))
+    return json.loads(text) if text else None
+
+
+def _point(store: Storage, grid_id: str, pointer: dict[str, Any]) -> None:
+    write_pointer(store, latest_key(grid_id), json.dumps(pointer, indent=1, sort_keys=True))
+
+
+def publish_reports(store: Storage, grid_id: str, out_dir: str | Path, version: str, *, keep: int = KEEP_VERSIONS,
+                    rechecks: int = 3, settle_seconds: float = 0.5) -> bool:
+    """Upload out_dir as one version and move LATEST to it unless a newer one is there; True if it is the latest."""
+    prefix = f"{versions_prefix(grid_id)}/{version}"
+    store.upload_dir(out_dir, prefix)
+    mine = {"version": version, "prefix": prefix, "published": time.time()}
+    for _ in range(rechecks):
+        current = latest_version(store, grid_id)
+        if current is not None and current["version"] > version:
+            return False
+        if current is None or current["version"] != version:
+            _point(store, grid_id, mine)
+        time.sleep(settle_seconds)  # let a concurrent writer's pointer land, then look again
+        current = latest_version(store, grid_id)
+        if current is not None and current["version"] == version:
+            break
+    else:
+        return False
+    store.upload_dir(out_dir, reports_prefix(grid_id))  # the browsable copy, written by the newest only
+    _prune(store, grid_id, keep, version)
+    return True
+
+
+def _prune(store: Storage, grid_id: str, keep: int, latest: str) -> None:
+    base = versions_prefix(grid_id)
+    names = sorted({k[len(base) + 1:].split("/", 1)[0] for k in store.list(base)})
+    for name in names[:-keep] if keep > 0 else []:
+        if name != latest:
+            store.delete(f"{base}/{name}")
+
+
+def fetch_latest_reports(store: Storage, grid_id: str, dest: str | Path) -> str | None:
+    """Download the newest complete version of a grid's reports into dest; return its version (None if none)."""
+    pointer = latest_version(store, grid_id)
+    if pointer is None:
+        return None
+    store.download_dir(pointer["prefix"], dest)
+    return str(pointer["version"])
+
+
+def fetch_latest_report_file(store: Storage, grid_id: str, name: str, dest: str | Path) -> tuple[str, Path] | None:
+    """One file (e.g. summary.json) of the newest complete version, downloaded to dest: (the version's prefix, path)."""
+    pointer = latest_version(store, grid_id)
+    if pointer is None or not store.exists(f"{pointer['prefix']}/{name}"):
+        return None
+    return str(pointer["prefix"]), store.download_file(f"{pointer['prefix']}/{name}", Path(dest) / name)

@@ -1,0 +1,405 @@
+"""Compile the paper grid and the rerun pipeline with the real KFP compiler; check structure, scale bounds,
+and what a real cluster needs from the compiled YAML (retry windows, resources, data as URIs, image
+identity, lineage), read the way the KFP backend reads it (backend/src/v2/compiler/argocompiler)."""
+
+import math
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from intermix_core import __version__
+from intermix_core.config.grid import find_cell, grid_id, load_grid, shards
+from pipelines.grid_pipeline import compile_grid
+from pipelines.options import (
+    MIN_RETRY_WINDOW_S,
+    ClusterOptions,
+    Toleration,
+    expected_train_seconds,
+    quantity_value,
+)
+
+# Bounds for one KFP run: compiled size and Argo node count per run must stay small (docs/pipelines.md,
+# "Why this respects the KFP scale limits").
+# Each run is one API request, so the per-run size is the limit that matters; the grid total
+# only adds them up (18 requests).
+MAX_RUN_YAML_BYTES = 64 * 1024
+MAX_GRID_YAML_BYTES = 1280 * 1024
+MAX_TASKS_PER_RUN = 100  # executed tasks: preprocess + strategies x folds x (train + FGSM) + aggregate
+MAX_ARGO_NODES_PER_RUN = 400
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _docs(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(pipeline spec, kubernetes platform spec or {})."""
+    docs = list(yaml.safe_load_all(path.read_text()))
+    platform = docs[1]["platforms"]["kubernetes"] if len(docs) > 1 else {}
+    return docs[0], platform
+
+
+def _tasks(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every task of every DAG, by component name + task name."""
+    out = {}
+    dags = [("root", spec["root"])] + [(n, c) for n, c in spec["components"].items() if "dag" in c]
+    for owner, comp in dags:
+        for name, task in comp["dag"]["tasks"].items():
+            out[f"{owner}/{name}"] = task
+    return out
+
+
+def _by_name(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {t["taskInfo"]["name"]: t for t in _tasks(spec).values()}
+
+
+def _container_tasks(spec: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(task, its executor's container) for every task that runs a container."""
+    executors = spec["deploymentSpec"]["executors"]
+    out = []
+    for task in _tasks(spec).values():
+        comp = spec["components"][task["componentRef"]["name"]]
+        if "executorLabel" in comp:
+            out.append((task, executors[comp["executorLabel"]]["container"]))
+    return out
+
+
+def _platform_of(spec: dict[str, Any], platform: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
+    label = spec["components"][task["componentRef"]["name"]]["executorLabel"]
+    return platform["deploymentSpec"]["executors"][label]
+
+
+def _executed_tasks(spec: dict[str, Any]) -> int:
+    """Container tasks one run executes: loop bodies count once per item."""
+
+    def count(comp: dict[str, Any]) -> int:
+        n = 0
+        for task in comp["dag"]["tasks"].values():
+            child = spec["components"][task["componentRef"]["name"]]
+            inner = count(child) if "dag" in child else 1
+            items = task.get("parameterIterator", {}).get("items", {}).get("raw")
+            n += inner * (len(yaml.safe_load(items)) if items else 1)
+        return n
+
+    return count(spec["root"])
+
+
+@pytest.fixture(scope="module")
+def paper(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return compile_grid(load_grid("paper"), tmp_path_factory.mktemp("paper"))
+
+
+def _shard_file(paper: list[Path], suffix: str) -> Path:
+    return next(p for p in paper if p.name.endswith(suffix))
+
+
+def test_paper_grid_compiles_to_bounded_runs(paper: list[Path]):
+    assert len(paper) == 18
+    sizes = [p.stat().st_size for p in paper]
+    assert max(sizes) < MAX_RUN_YAML_BYTES, max(sizes)
+    assert sum(sizes) < MAX_GRID_YAML_BYTES, sum(sizes)
+    executed = []
+    for path in paper:
+        spec, _ = _docs(path)
+        n = _executed_tasks(spec)
+        executed.append(n)
+        # each task is a driver + an executor pod; each loop iteration and DAG (sub-pipeline) adds a driver
+        loops = [t for t in _tasks(spec).values() if "parameterIterator" in t]
+        iterations = sum(len(yaml.safe_load(t["parameterIterator"]["items"]["raw"])) for t in loops)
+        dags = sum("dag" in c for c in spec["components"].values())
+        assert 2 * n + iterations + len(loops) + dags + 2 < MAX_ARGO_NODES_PER_RUN
+        assert n <= MAX_TASKS_PER_RUN
+    # 480 folds x (train + FGSM) + one preprocess and one aggregate per run
+    assert sum(executed) == 480 * 2 + 18 * 2
+    assert max(executed) == 4 * 10 * 2 + 2  # UrbanSound8K: 4 strategies x 10 folds
+
+
+def test_folds_are_parallel_for_loops_not_copies(paper: list[Path]):
+    spec, _ = _docs(_shard_file(paper, "-esc10-envnet-v2-aug.yaml"))
+    tasks = _tasks(spec)
+    loops = {t["taskInfo"]["name"]: t for t in tasks.values() if "parameterIterator" in t}
+    assert set(loops) == {f"folds esc10/envnet_v2_aug/{s}" for s in ("standard", "bc", "speechmix", "intermix")}
+    assert all(yaml.safe_load(t["parameterIterator"]["items"]["raw"]) == [1, 2, 3, 4, 5] for t in loops.values())
+    # a sane default fan-out: two folds per strategy loop at once, not all of them
+    assert {t["iteratorPolicy"]["parallelismLimit"] for t in loops.values()} == {2}
+    names = {t["taskInfo"]["name"] for t in tasks.values()}
+    assert {"train esc10/envnet_v2_aug/intermix", "fgsm esc10/envnet_v2_aug/intermix", "preprocess esc10@44100",
+            "folds esc10/envnet_v2_aug"} <= names
+    assert f"aggregate {grid_id(load_grid('paper'))}" in names
+    # kfp 2.17.3 local runs replace a loop's *parameter* inputs from outside tasks with the loop item:
+    # loops take only component inputs (the sub-pipeline's) and pipeline parameters from outside
+    for t in loops.values():
+        assert all("taskOutputParameter" not in p for p in t["inputs"].get("parameters", {}).values())
+
+
+def test_gpu_retry_and_caching(paper: list[Path]):
+    spec, _ = _docs(paper[0])
+    for task, container in _container_tasks(spec):
+        name = task["taskInfo"]["name"]
+        gpu = name.startswith(("train ", "fgsm "))
+        accel = container.get("resources", {}).get("accelerator")
+        assert (accel == {"count": "1", "resourceCount": "1", "resourceType": "nvidia.com/gpu", "type": "nvidia.com/gpu"}) == gpu, name
+        assert container["image"].endswith("-cuda" if gpu else "-cpu")
+        assert task["retryPolicy"]["maxRetryCount"] == 2, name
+        # aggregation re-reads the store and preprocessing re-checks the raw data's fingerprint every
+        # time (both cheap); train and FGSM are served from the cache
+        assert task["cachingOptions"].get("enableCache", False) == gpu, name
+        assert "pip install" not in " ".join(container["command"])  # packages come with the image
+        if gpu:  # an explicit device: a GPU task without a usable GPU fails instead of training on the CPU
+            assert task["inputs"]["parameters"]["device"]["runtimeValue"]["constant"] == "cuda", name
+    agg = next(t for t in spec["root"]["dag"]["tasks"].values() if t["taskInfo"]["name"].startswith("aggregate"))
+    assert agg["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"  # exit handler: also after a failed fold
+
+
+def test_backoff_max_duration_covers_each_cells_retries(paper: list[Path]):
+    """Argo measures backoffMaxDuration from the first attempt's start and then refuses retries (and
+    uses it as the retry pod's deadline): it must cover every attempt of the cell's training."""
+    opts = ClusterOptions()
+    grid = load_grid("paper")
+    windows: dict[tuple[str, str, str], int] = {}
+    for shard in shards(grid):
+        path = next(p for p in paper if p.name.endswith(f"-{shard.dataset}-{shard.setup.replace('_', '-')}.yaml"))
+        spec, _ = _docs(path)
+        tasks = _by_name(spec)
+        for strategy, cfg in shard.configs.items():
+            policy = tasks[f"train {shard.label}/{strategy}"]["retryPolicy"]
+            # the IR holds seconds, which the backend passes to Argo as backoff.maxDuration
+            seconds = int(re.fullmatch(r"(\d+)s", policy["backoffMaxDuration"]).group(1))
+            attempt = expected_train_seconds(cfg, opts)
+            assert seconds >= (opts.retries + 1) * attempt, (shard.label, strategy)
+            assert seconds >= MIN_RETRY_WINDOW_S > 3600  # never kfp's default hour
+            windows[(shard.dataset, shard.setup, strategy)] = seconds
+        for task, _ in _container_tasks(spec):
+            if not task["taskInfo"]["name"].startswith("train "):
+                assert int(task["retryPolicy"]["backoffMaxDuration"].rstrip("s")) >= MIN_RETRY_WINDOW_S
+    # mixing strategies train twice the epochs: their window is larger; EnvNet-v2 on UrbanSound8K is the longest
+    assert windows[("urbansound8k", "envnet_v2", "intermix")] > windows[("urbansound8k", "envnet_v2", "standard")]
+    assert max(windows, key=windows.get)[:2] in {("urbansound8k", "envnet_v2"), ("urbansound8k", "envnet_v2_aug")}
+    assert max(windows.values()) > 2 * 86400  # a multi-day window where a fold takes many hours
+
+
+def test_retry_max_duration_overrides_every_task(tmp_path: Path):
+    path = compile_grid(load_grid("demo"), tmp_path, ClusterOptions(retry_max_duration="72h", retries=1))[0]
+    spec, _ = _docs(path)
+    policies = [t["retryPolicy"] for t, _ in _container_tasks(spec)]
+    assert {p["backoffMaxDuration"] for p in policies} == {f"{72 * 3600}s"}
+    assert {p["maxRetryCount"] for p in policies} == {1}
+
+
+def test_every_task_has_requests_limits_scratch_and_threads(paper: list[Path]):
+    spec, platform = _docs(_shard_file(paper, "-urbansound8k-envnet-v2.yaml"))
+    defaults = ClusterOptions().resources
+    kinds = {"preprocess": "preprocess", "train": "train", "fgsm": "fgsm", "aggregate": "aggregate"}
+    seen = set()
+    for task, container in _container_tasks(spec):
+        kind = kinds[task["taskInfo"]["name"].split(" ", 1)[0]]
+        seen.add(kind)
+        want = defaults[kind]
+        res = container["resources"]
+        assert res["resourceCpuRequest"] == want.cpu_request and res["resourceCpuLimit"] == want.cpu_limit
+        assert res["resourceMemoryRequest"] == want.memory_request == res["resourceMemoryLimit"]
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert env["OMP_NUM_THREADS"] == str(math.ceil(quantity_value(want.cpu_request)))
+        assert env["TMPDIR"] == "/scratch"
+        mounts = _platform_of(spec, platform, task)["emptyDirMounts"]
+        assert mounts == [{"mountPath": "/scratch", "sizeLimit": want.scratch, "volumeName": "scratch"}]
+    assert seen == set(kinds)
+
+
+def test_no_task_takes_a_prepared_dataset_artifact(paper: list[Path]):
+    """Data travels as a store URI (a string parameter), never as a KFP artifact downloaded per task."""
+    for path in paper:
+        spec, _ = _docs(path)
+        for name, comp in spec["components"].items():
+            for art in comp.get("inputDefinitions", {}).get("artifacts", {}).values():
+                assert art["artifactType"]["schemaTitle"] != "system.Dataset", (path.name, name)
+        tasks = _by_name(spec)
+        loops = next(t for n, t in tasks.items() if n.startswith("folds ") and "parameterIterator" not in t)
+        # the preprocess output enters the fold loops as the sub-pipeline's data_uri input
+        assert loops["inputs"]["parameters"]["data_uri"]["taskOutputParameter"]["producerTask"] == "preprocess"
+        for n, t in tasks.items():
+            if n.startswith(("train ", "fgsm ")):
+                assert t["inputs"]["parameters"]["data_uri"] == {"componentInputParameter": "pipelinechannel--data_uri"}
+                assert set(t["inputs"].get("artifacts", {})) <= {"trained"}
+
+
+def test_images_carry_the_commit_or_a_digest(paper: list[Path], tmp_path: Path):
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    spec, platform = _docs(paper[0])
+    images = {c["image"] for _, c in _container_tasks(spec)}
+    assert images == {f"ghcr.io/intermix-project/intermix:{__version__}-{head[:12]}-{t}" for t in ("cpu", "cuda")}
+    for task, container in _container_tasks(spec):
+        assert _platform_of(spec, platform, task)["imagePullPolicy"] == "IfNotPresent"
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert env["INTERMIX_IMAGE"] == container["image"]  # what the fold's MLflow run records
+    digest = "sha256:" + "ab" * 32
+    opts = ClusterOptions(image_repository="registry.example.org/lab/intermix", image_digests={"cuda": digest},
+                          image_tag="v7", image_pull_policy="Always")
+    spec, platform = _docs(compile_grid(load_grid("demo"), tmp_path, opts)[0])
+    images = {c["image"] for _, c in _container_tasks(spec)}
+    assert images == {"registry.example.org/lab/intermix:v7-cpu", f"registry.example.org/lab/intermix@{digest}"}
+    assert {_platform_of(spec, platform, t)["imagePullPolicy"] for t, _ in _container_tasks(spec)} == {"Always"}
+
+
+def test_kfp_run_id_reaches_the_folds_mlflow_tags_through_the_pod_spec(paper: list[Path], tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch):
+    spec, platform = _docs(paper[0])
+    for task, _ in _container_tasks(spec):
+        field_env = _platform_of(spec, platform, task)["fieldPathAsEnv"]
+        assert field_env == [{"fieldPath": "metadata.labels['pipeline/runid']", "name": "KFP_RUN_ID"}]
+        assert "KFP_RUN_ID" not in task["inputs"].get("parameters", {})  # not an input: it would break caching
+    # the kubelet resolves the field path against the pod's labels (the API server labels every
+    # workflow pod pipeline/runid, backend/src/apiserver/template/argo_template.go); the fold's
+    # tracker then tags its MLflow run with it
+    pod_labels = {"pipeline/runid": "6f1c1a2e-3b7d-4a9e-9f1e-0c2d3e4f5a6b"}
+    path = re.fullmatch(r"metadata\.labels\['(.+)'\]", field_env[0]["fieldPath"]).group(1)
+    monkeypatch.setenv(field_env[0]["name"], pod_labels[path])
+    monkeypatch.chdir(tmp_path)
+    from intermix_core.tracking.tracker import Tracker
+
+    cfg = load_grid("demo")
+    cell = find_cell(cfg, "esc10", "m18", "bc", 1)
+    tracker = Tracker(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    run_id = tracker.start_fold(cell.config, 1, grid_id(cfg))
+    assert tracker.client.get_run(run_id).data.tags["intermix.kfp_run_id"] == pod_labels["pipeline/runid"]
+
+
+def test_exit_handler_can_be_a_plain_last_task(tmp_path: Path):
+    spec, _ = _docs(compile_grid(load_grid("demo"), tmp_path, ClusterOptions(exit_handler=False))[0])
+    root = spec["root"]["dag"]["tasks"]
+    agg = next(t for t in root.values() if t["taskInfo"]["name"].startswith("aggregate"))
+    assert "triggerPolicy" not in agg
+    assert [root[d]["taskInfo"]["name"] for d in agg["dependentTasks"]] == ["folds esc10/m18"]
+    assert not any(n.startswith("exit-handler") for n in root)
+
+
+def test_gpus_zero_runs_on_cpu_nodes_with_device_cpu(tmp_path: Path):
+    spec, _ = _docs(compile_grid(load_grid("demo"), tmp_path, ClusterOptions(gpus=0))[0])
+    for task, container in _container_tasks(spec):
+        assert "accelerator" not in container["resources"]
+        if "device" in task["inputs"]["parameters"]:
+            assert task["inputs"]["parameters"]["device"]["runtimeValue"]["constant"] == "cpu"
+
+
+def test_data_cache_volume_on_gpu_tasks_only(tmp_path: Path):
+    opts = ClusterOptions(data_cache_pvc="intermix-data-cache", data_cache_max_gb=150)
+    spec, platform = _docs(compile_grid(load_grid("demo"), tmp_path, opts)[0])
+    for task, container in _container_tasks(spec):
+        cfg = _platform_of(spec, platform, task)
+        env = {e["name"]: e["value"] for e in container["env"]}
+        if task["taskInfo"]["name"].startswith(("train ", "fgsm ")):
+            assert cfg["pvcMount"] == [{"constant": "intermix-data-cache", "mountPath": "/var/cache/intermix",
+                                        "pvcNameParameter": {"runtimeValue": {"constant": "intermix-data-cache"}}}]
+            assert env["INTERMIX_DATA_CACHE"] == "/var/cache/intermix" and env["INTERMIX_DATA_CACHE_MAX_GB"] == "150"
+        else:
+            assert "pvcMount" not in cfg and "INTERMIX_DATA_CACHE" not in env
+
+
+def test_node_selector_tolerations_and_pod_metadata_only_where_configured(tmp_path: Path):
+    grid = load_grid("demo")
+    plain = compile_grid(grid, tmp_path / "plain")[0]
+    _, platform = _docs(plain)
+    assert not any("nodeSelector" in e or "tolerations" in e for e in platform["deploymentSpec"]["executors"].values())
+    opts = ClusterOptions(node_selector={"cloud.google.com/gke-accelerator": "nvidia-tesla-a100"},
+                          tolerations=[Toleration.parse("nvidia.com/gpu:NoSchedule")], retries=3,
+                          secret_env={"intermix-s3": ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]},
+                          pod_labels={"team": "audio"}, pod_annotations={"example.org/cost-center": "42"})
+    spec, platform = _docs(compile_grid(grid, tmp_path / "gpu", opts)[0])
+    executors = platform["deploymentSpec"]["executors"]
+    gpu_execs = {k: v for k, v in executors.items() if re.match(r"exec-(train-fold|fgsm-attack)", k)}
+    assert len(gpu_execs) == 8  # 4 strategies x (train, FGSM)
+    for cfg in gpu_execs.values():
+        assert cfg["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-tesla-a100"}
+        assert cfg["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+        assert cfg["podMetadata"]["labels"]["intermix/strategy"] in {"standard", "bc", "speechmix", "intermix"}
+    for name, cfg in executors.items():
+        assert {e["secretNameParameter"]["runtimeValue"]["constant"] for e in cfg["secretAsEnv"]} == {"intermix-s3"}, name
+        assert cfg["podMetadata"]["labels"]["team"] == "audio"
+        assert cfg["podMetadata"]["annotations"] == {"example.org/cost-center": "42"}
+        if name not in gpu_execs:
+            assert "nodeSelector" not in cfg and "tolerations" not in cfg
+    assert all(t["retryPolicy"]["maxRetryCount"] == 3 for t in _tasks(spec).values() if "retryPolicy" in t)
+
+
+def test_rerun_pipeline_targets_one_fold(tmp_path: Path):
+    from kfp import compiler
+
+    from pipelines.rerun_pipeline import rerun_pipeline
+
+    grid = load_grid("paper")
+    cell = find_cell(grid, "urbansound8k", "envnet_v2_aug", "intermix", 7)
+    path = tmp_path / "rerun.yaml"
+    compiler.Compiler().compile(rerun_pipeline(grid, cell), str(path))
+    spec, platform = _docs(path)
+    tasks = _by_name(spec)
+    assert {"train urbansound8k/envnet_v2_aug/intermix/fold7", "fgsm urbansound8k/envnet_v2_aug/intermix/fold7",
+            "preprocess urbansound8k@44100", f"aggregate {grid_id(grid)}"} <= set(tasks)
+    assert _executed_tasks(spec) == 4
+    assert not any("parameterIterator" in t for t in tasks.values())
+    # a rerun computes: nothing comes from the cache
+    assert not any(t["cachingOptions"].get("enableCache", False) for t, _ in _container_tasks(spec))
+    train = tasks["train urbansound8k/envnet_v2_aug/intermix/fold7"]
+    assert int(train["retryPolicy"]["backoffMaxDuration"].rstrip("s")) >= 3 * expected_train_seconds(cell.config, ClusterOptions())
+    assert train["inputs"]["parameters"]["data_uri"]["taskOutputParameter"]["producerTask"] == "preprocess"
+    assert set(spec["root"]["inputDefinitions"]["parameters"]) == {"store_root", "tracking_uri", "source", "restart"}
+    labels = [e["podMetadata"]["labels"] for e in platform["deploymentSpec"]["executors"].values()]
+    assert all(lab["intermix/fold"] == "7" and lab["intermix/grid-id"] == grid_id(grid) for lab in labels)
+
+
+def test_local_pipelines_name_no_cluster_paths(tmp_path: Path):
+    """Built for the local runner (which applies env vars): no /scratch TMPDIR, no fixed thread count, device auto."""
+    from kfp import compiler
+
+    from pipelines.grid_pipeline import grid_pipelines
+
+    (shard, pipe), = grid_pipelines(load_grid("demo"), local=True)
+    compiler.Compiler().compile(pipe, str(tmp_path / "local.yaml"))
+    spec, _ = _docs(tmp_path / "local.yaml")
+    for task, container in _container_tasks(spec):
+        env = {e["name"] for e in container.get("env", [])}
+        assert not env & {"TMPDIR", "OMP_NUM_THREADS", "INTERMIX_IMAGE"}
+        if "device" in task["inputs"]["parameters"]:
+            assert task["inputs"]["parameters"]["device"]["runtimeValue"]["constant"] == "auto"
+        assert container["image"].endswith((f":{__version__}-cpu", f":{__version__}-cuda"))
+
+
+# ------------------------------------------------------------------ golden YAML (as the KFP samples test theirs)
+
+GOLDEN = ROOT / "tests" / "cluster" / "golden" / "demo-grid.yaml"
+
+
+def _normalised(text: str) -> str:
+    """The compiled YAML without what changes with every commit: the image tag's commit, the SDK version line."""
+    text = re.sub(r"(intermix:)[0-9][\w.]*?-[0-9a-f]{7,40}-(cpu|cuda)", r"\1VERSION-COMMIT-\2", text)
+    return "\n".join(line for line in text.splitlines() if not line.startswith("sdkVersion:")) + "\n"
+
+
+def test_compiled_demo_grid_matches_the_golden_yaml(tmp_path: Path) -> None:
+    """Any change to what the demo grid compiles to shows up as a diff of tests/cluster/golden/demo-grid.yaml.
+
+    After an intended change: INTERMIX_UPDATE_GOLDEN=1 pytest tests/cluster/test_pipeline_compile.py -k golden, and
+    review the diff like code.
+    """
+    import difflib
+    import os
+
+    paths = compile_grid(load_grid("demo"), tmp_path)
+    assert len(paths) == 1
+    got = _normalised(paths[0].read_text())
+    if os.environ.get("INTERMIX_UPDATE_GOLDEN"):
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(got)
+    want = GOLDEN.read_text()
+    diff = "".join(list(difflib.unified_diff(want.splitlines(True), got.splitlines(True), "golden", "compiled"))[:80])
+    assert got == want, f"the compiled demo grid changed (INTERMIX_UPDATE_GOLDEN=1 to accept):\n{diff}"
+
+
+def test_on_silent_reaches_the_preprocess_task_and_only_skip_changes_the_grid_id(tmp_path: Path) -> None:
+    demo = load_grid("demo")
+    ids = {mode: grid_id(demo.model_copy(update={"on_silent": mode})) for mode in ("keep", "skip", "error")}
+    assert ids["keep"] == ids["error"] == grid_id(demo) != ids["skip"]
+    for mode in ("keep", "skip"):
+        spec, _ = _docs(compile_grid(demo.model_copy(update={"on_silent": mode}), tmp_path / mode)[0])
+        prep = next(t for t in _tasks(spec).values() if t["taskInfo"]["name"].startswith("preprocess"))
+        assert prep["inputs"]["parameters"]["on_silent"]["runtimeValue"]["constant"] == mode

@@ -1,0 +1,293 @@
+"""The `intermix` CLI: help everywhere, one-line errors with exit 2, and submission to a KFP API test double."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipelines.cli import build_parser, main
+
+from kfp_api_double import kfp_api_double
+
+COMMANDS = ["prepare", "train", "attack", "results", "aggregate", "show", "run", "compile", "submit", "rerun"]
+
+
+def _run(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    code = main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_help_on_every_command(capsys: pytest.CaptureFixture):
+    parser = build_parser()
+    assert set(COMMANDS) <= set(parser._subparsers._group_actions[0].choices)  # noqa: SLF001
+    for argv in [["--help"]] + [[c, "--help"] for c in COMMANDS]:
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 0
+        assert "usage: intermix" in capsys.readouterr().out
+
+
+def test_console_script_help():
+    exe = Path(sys.executable).parent / "intermix"
+    if not exe.exists():
+        pytest.skip("intermix console script not installed (pip install -e .)")
+    proc = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "rerun" in proc.stdout
+
+
+def test_bad_model_exits_2_with_choices_and_no_traceback(tmp_path: Path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "train", "--model", "resnet50", "--dataset", "esc10",
+         "--data", str(tmp_path), "--fold", "1", "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "model: unknown model 'resnet50'; expected one of: envnet, envnet_v2, m18, piczak_cnn, soundnet5" in proc.stderr
+    assert not (tmp_path / "out").exists()  # rejected before anything ran
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["run", "no-such-grid.yaml"], "no-such-grid.yaml: no such grid file; packaged grids: demo, gpu-study, paper"),
+        (["rerun", "--grid", "demo", "--dataset", "esc10", "--setup", "m18", "--strategy", "bc", "--fold", "3"],
+         "fold 3 is not in the grid for esc10; expected one of: 1, 2"),
+        (["rerun", "--grid", "demo", "--dataset", "esc10", "--model", "envnet", "--strategy", "bc", "--fold", "1"],
+         "--model envnet: no setup of this grid uses it; give --setup, one of: m18 (m18)"),
+        (["train", "--set", "optim.epochs=0", "--data", ".", "--fold", "1", "--out", "x"],
+         "command line: optim.epochs: Input should be greater than or equal to 1"),
+        (["train", "--dataset", "esc10", "--data", ".", "--fold", "9", "--out", "x"],
+         "--fold 9: not a fold of esc10; expected one of: 1, 2, 3, 4, 5"),
+        (["submit", "demo", "--host", ""], "--host (or KFP_HOST) is required"),
+        (["run", "demo", "--source", "esc100=/x"], "unknown dataset 'esc100'"),
+        (["compile", "demo", "--image-digest", "cuda=sha256:12ab"],
+         "image digest cuda='sha256:12ab': expected sha256:<64 hex digits>"),
+        (["compile", "demo", "--image-digest", "gpu=sha256:" + "0" * 64], "cluster options: image_digests.gpu.[key]: Input should be 'cpu' or 'cuda'"),
+        (["compile", "demo", "--retry-max-duration", "3days"],
+         "cluster options: retry_max_duration: '3days' is not a duration; expected a number and a unit s, m, h, d or w"),
+    ],
+)
+def test_user_mistakes_are_one_line_errors(argv, expected, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _run(argv, capsys)
+    assert code == 2
+    assert expected in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "intermix-work").exists()  # nothing ran
+
+
+def test_bad_grid_file_names_file_and_field(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("datasets: [esc10]\nsetups: [piczak_cnn, envnet3]\nstrategies: [standard]\n")
+    code, _, err = _run(["run", str(grid)], capsys)
+    assert code == 2
+    assert f"{grid}: setups.1.model: unknown model 'envnet3'; expected one of: envnet, envnet_v2" in err
+    assert not (tmp_path / "intermix-work").exists()
+
+
+def test_rerun_model_picks_the_setup_named_after_it(capsys: pytest.CaptureFixture):
+    from intermix_core.config.grid import load_grid
+    from pipelines.commands import _rerun_cell
+
+    args = build_parser().parse_args(["rerun", "--dataset", "esc10", "--model", "envnet_v2", "--strategy", "bc", "--fold", "1"])
+    assert _rerun_cell(args, load_grid("paper")).setup == "envnet_v2"  # not envnet_v2_aug, which uses it too
+
+
+def test_show_prints_grid_id_and_runs(capsys: pytest.CaptureFixture):
+    code, out, _ = _run(["show", "paper"], capsys)
+    assert code == 0
+    assert "480 fold trainings" in out and out.count("  run ") == 18
+
+
+def test_submit_to_kfp_api_test_double(capsys: pytest.CaptureFixture):
+    with kfp_api_double(multi_user=True, tag_name="2.17.0") as api:
+        code, out, err = _run([
+            "submit", "demo", "--host", api.url, "--namespace", "team-a", "--existing-token", "secret-token",
+            "--experiment", "intermix-demo", "--store", "s3://intermix-data/grids", "--tracking-uri", "http://mlflow:5000",
+            "--node-selector", "nvidia.com/gpu.present=true", "--toleration", "nvidia.com/gpu:NoSchedule",
+        ], capsys)
+        assert code == 0, err
+        assert "warning" not in err  # a current backend: nothing to warn about
+        exp_posts = [r for r in api.requests if r.method == "POST" and r.path.endswith("/experiments")]
+        assert [r.body["display_name"] for r in exp_posts] == ["intermix-demo"]
+        assert exp_posts[0].body["namespace"] == "team-a"
+        runs = api.created_runs()
+        assert len(runs) == 1  # the demo grid is one dataset x setup
+        run = runs[0]
+        assert run["experiment_id"] == next(iter(api.experiments))
+        assert run["display_name"].endswith(" esc10/m18")
+        assert run["runtime_config"]["parameters"] == {
+            "store_root": "s3://intermix-data/grids", "tracking_uri": "http://mlflow:5000", "source": "demo",
+        }
+        spec = run["pipeline_spec"]["pipeline_spec"]
+        assert spec["pipelineInfo"]["name"].startswith("intermix-demo-")
+        names = {t["taskInfo"]["name"] for c in spec["components"].values() if "dag" in c for t in c["dag"]["tasks"].values()}
+        assert "train esc10/m18/intermix" in names
+        platform = run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+        assert platform["exec-train-fold"]["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+        assert all(r.headers.get("authorization") == "Bearer secret-token" for r in api.requests)
+        assert api.runs and next(iter(api.runs)) in out
+
+        # a one-fold rerun of the same grid goes to the same experiment
+        rerun_args = [
+            "rerun", "--grid", "demo", "--dataset", "esc10", "--setup", "m18", "--strategy", "bc", "--fold", "2",
+            "--restart", "--host", api.url, "--namespace", "team-a", "--existing-token", "secret-token",
+            "--experiment", "intermix-demo", "--store", "s3://intermix-data/grids",
+        ]
+        code, out, err = _run(rerun_args, capsys)
+        assert code == 0, err
+        rerun = api.created_runs()[-1]
+        assert rerun["runtime_config"]["parameters"]["restart"] is True
+        assert "rerun esc10/m18/bc/fold2" in rerun["display_name"]
+        assert len(api.experiments) == 1
+        # the same rerun again while the first one is still pending: reported, not duplicated
+        code, out, err = _run(rerun_args, capsys)
+        assert code == 0, err
+        assert "already pending" in out and len(api.runs) == 2
+
+
+@pytest.mark.parametrize(
+    "behaviour, argv, expected",
+    [
+        (dict(multi_user=True), [], "this KFP is multi-user: give --namespace"),
+        (dict(tag_name="2.4.1"), [], "KFP backend 2.4.1 is too old; intermix needs 2.5.0 or newer"),
+        (dict(v2=False), [], "KFP backend 1.8.5 has no v2 API; intermix needs KFP 2.5.0 or newer"),
+        (dict(auth={"cookie": "oauth2_proxy_kubeflow=abc"}), [], "redirected to /dex/auth?client_id=kubeflow (a login page?)"),
+    ],
+    ids=["multi-user-without-namespace", "old-backend", "kfp-v1", "login-page"],
+)
+def test_submit_refuses_a_server_it_cannot_use(behaviour, argv, expected, capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("KFP_NAMESPACE", raising=False)
+    with kfp_api_double(**behaviour) as api:
+        code, out, err = _run(["submit", "demo", "--host", api.url, "--store", "s3://b/p", *argv], capsys)
+        assert code == 2, out + err
+        assert expected in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert not api.experiments and not api.runs  # refused before anything was created
+
+
+@pytest.mark.parametrize(
+    "behaviour, argv, warning",
+    [
+        (dict(tag_name="2.17.0"), [], None),
+        (dict(tag_name="2.14.3"), [], "before 2.17.0 the UI can show a finished fold loop as running"),
+        (dict(tag_name="unknown"), [], "KFP backend version 'unknown' is not a release tag"),
+        (dict(tag_name="2.4.1"), ["--skip-version-check"], "KFP backend 2.4.1 is too old"),
+        (dict(multi_user=True, tag_name="2.5.0"), ["--namespace", "team-b"], "before 2.17.0"),
+        (dict(multi_user=True, auth={"cookie": "oauth2_proxy_kubeflow=abc"}),
+         ["--namespace", "team-b", "--cookies", "oauth2_proxy_kubeflow=abc"], None),
+    ],
+    ids=["single-user-current", "single-user-2.14", "dev-build", "old-forced", "multi-user-2.5", "multi-user-cookies"],
+)
+def test_submit_to_single_and_multi_user_old_and_new_servers(behaviour, argv, warning, capsys, monkeypatch):
+    monkeypatch.delenv("KFP_NAMESPACE", raising=False)
+    with kfp_api_double(**behaviour) as api:
+        code, out, err = _run(["submit", "demo", "--host", api.url, "--store", "s3://b/p", *argv], capsys)
+        assert code == 0, err
+        assert len(api.runs) == 1
+        warnings = [line for line in err.splitlines() if line.startswith("intermix: warning:")]
+        assert (warning is None and not warnings) or (warning is not None and warning in warnings[0])
+        namespace = argv[argv.index("--namespace") + 1] if "--namespace" in argv else None
+        assert (next(iter(api.experiments.values())).get("namespace") or None) == namespace
+        if "--cookies" in argv:
+            assert all(r.headers.get("cookie") == "oauth2_proxy_kubeflow=abc" for r in api.requests)
+
+
+def test_submit_after_a_partial_failure_creates_only_the_missing_runs(tmp_path: Path, capsys: pytest.CaptureFixture):
+    grid = tmp_path / "three.yaml"
+    grid.write_text("name: three\ndatasets: [esc10]\nsetups: [piczak_cnn, m18, envnet]\nstrategies: [bc]\n"
+                    "folds: [1]\nsources: {esc10: demo}\n")
+    argv = ["submit", str(grid), "--store", "s3://b/p"]
+    with kfp_api_double(fail_runs_after=1) as api:
+        code, _, err = _run([*argv, "--host", api.url], capsys)
+        assert code == 1
+        first = next(iter(api.runs.values()))
+        # which runs exist, which failed, which were not tried, and what to do
+        assert f"created: {first['run_id']}  {first['display_name']}" in err
+        assert "creating the run of esc10/m18 failed: " in err and "not created: esc10/m18, esc10/envnet" in err
+        assert "submit the same command again" in err and "Traceback" not in err
+
+        api.fail_runs_after = None  # the server recovers; the same command again
+        code, out, err = _run([*argv, "--host", api.url], capsys)
+        assert code == 0, err
+        assert sorted(r["display_name"].split()[-1] for r in api.runs.values()) == ["esc10/envnet", "esc10/m18", "esc10/piczak_cnn"]
+        assert "(2 created, 1 already there)" in out and "(existing, PENDING)" in out
+
+        code, out, _ = _run([*argv, "--host", api.url], capsys)  # nothing is duplicated
+        assert code == 0 and len(api.runs) == 3 and "(0 created, 3 already there)" in out
+
+        api.set_state(first["display_name"], "FAILED")  # a failed run is submitted again (the cache skips done folds)
+        code, out, _ = _run([*argv, "--host", api.url], capsys)
+        assert code == 0 and len(api.runs) == 4 and "(1 created, 2 already there)" in out
+        assert len(api.experiments) == 1
+
+
+def test_compile_writes_one_yaml_per_run(tmp_path: Path, capsys: pytest.CaptureFixture):
+    code, out, _ = _run(["compile", "demo", "-o", str(tmp_path), "--gpus", "0"], capsys)
+    assert code == 0
+    files = list(tmp_path.glob("*.yaml"))
+    assert len(files) == 1 and "accelerator" not in files[0].read_text()
+    assert str(files[0]) in out
+
+
+def test_submit_takes_store_tracking_and_placement_from_cluster_options(tmp_path: Path, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://localhost:5000")  # a port-forward: must not reach the tasks
+    options = tmp_path / "cluster-options.yaml"
+    options.write_text(
+        "gpu_type: nvidia.com/gpu\ngpus: 1\nnode_selector: {pool: gpu}\n"
+        "tolerations: [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]\n"
+        "secret_env: {intermix-s3: [AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY]}\n"
+        "env: {INTERMIX_STORAGE_ROOT: 's3://intermix/intermix', MLFLOW_TRACKING_URI: 'http://intermix-mlflow.kf.svc:5000'}\n"
+    )
+    with kfp_api_double() as api:
+        code, _, err = _run(["submit", "--grid", "demo", "--host", api.url, "--namespace", "kf",
+                             "--cluster-options", str(options), "--retries", "4"], capsys)
+        assert code == 0, err
+        run = api.created_runs()[0]
+    assert run["runtime_config"]["parameters"]["store_root"] == "s3://intermix/intermix"
+    assert run["runtime_config"]["parameters"]["tracking_uri"] == "http://intermix-mlflow.kf.svc:5000"
+    executors = run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert executors["exec-fgsm-attack"]["nodeSelector"]["labels"] == {"pool": "gpu"}
+    assert executors["exec-fgsm-attack"]["tolerations"][0]["effect"] == "NoSchedule"
+    spec = run["pipeline_spec"]["pipeline_spec"]
+    env = spec["deploymentSpec"]["executors"]["exec-train-fold"]["container"]["env"]
+    assert {"name": "INTERMIX_STORAGE_ROOT", "value": "s3://intermix/intermix"} in env
+    retries = {t["retryPolicy"]["maxRetryCount"] for c in spec["components"].values() if "dag" in c
+               for t in c["dag"]["tasks"].values() if "retryPolicy" in t}
+    assert retries == {4}
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("gpus: -1\nspot: true\n")
+    code, _, err = _run(["compile", "demo", "-o", str(tmp_path / "c"), "--cluster-options", str(bad)], capsys)
+    assert code == 2 and f"{bad}: gpus: Input should be greater than or equal to 0" in err and f"{bad}: spot: unknown key" in err
+
+
+def test_prepare_train_attack_round_trip_on_real_clips(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """prepare -> train -> attack --trained (result updated) -> attack --checkpoint of a lone copy (printed only)."""
+    import shutil
+
+    from intermix_core.records import load_result
+    from intermix_core.testing import demo_subset
+
+    src = demo_subset(tmp_path / "src", per_class_per_fold=1, folds=(1, 2), seconds=2.0)
+    data, out = tmp_path / "prep", tmp_path / "fold1"
+    code, stdout, err = _run(["prepare", "--dataset", "esc10", "--source", str(src), "--model", "piczak_cnn",
+                              "--out", str(data), "--on-silent", "error"], capsys)
+    assert code == 0 and "20 clips" in stdout, err
+    code, stdout, err = _run(["train", "--dataset", "esc10", "--model", "piczak_cnn", "--strategy", "bc",
+                              "--set", "optim.epochs=1", "--set", "optim.batch_size=4", "--set", "num_crops=2",
+                              "--set", "attack.epsilons=[0.01]", "--data", str(data), "--fold", "1",
+                              "--out", str(out)], capsys)
+    assert code == 0 and stdout.startswith("esc10/piczak_cnn/bc/fold1: test error"), err
+    code, stdout, err = _run(["attack", "--trained", str(out), "--data", str(data)], capsys)
+    assert code == 0 and stdout.startswith("esc10/piczak_cnn/bc/fold1:") and "0.01" in stdout, err
+    assert set(load_result(out / "result.json").fgsm) == {"0.0", "0.01"}  # eps 0: the clean error, same code path
+    lone = tmp_path / "lone" / "weights.pt"
+    lone.parent.mkdir()
+    shutil.copyfile(out / "checkpoint.pt", lone)
+    code, stdout, err = _run(["attack", "--checkpoint", str(lone), "--data", str(data), "--fold", "1"], capsys)
+    assert code == 0 and stdout.startswith(f"{lone}:") and "0.01" in stdout, err
+    assert sorted(p.name for p in lone.parent.iterdir()) == ["weights.pt"]  # nothing written beside it

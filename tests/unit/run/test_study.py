@@ -1,0 +1,65 @@
+"""The one-call study on CPU with a tiny budget: concurrent folds, a clean stop at the budget, resume, outputs."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from intermix_core.config.grid import parse_grid
+from intermix_core.data import prepare_dataset
+from intermix_core.run.study import estimate_seconds, run_study
+from intermix_core.testing import demo_subset
+from pipelines.cli import main
+
+GRID = {
+    "name": "tiny-study", "datasets": ["esc10"], "setups": ["piczak_cnn"], "strategies": ["standard", "bc"],
+    "folds": [1, 2], "overrides": {"optim": {"epochs": 3, "batch_size": 8, "eval_every": 3},
+                                   "attack": {"epsilons": [0.01]}, "num_crops": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("study")
+    src = demo_subset(root / "src", per_class_per_fold=1, folds=(1, 2, 3), seconds=1.5)
+    prepare_dataset(src, "esc10", root / "prepared", 22050, progress=False)
+    return root / "prepared"
+
+
+def test_estimate_brackets_perfect_and_no_sharing():
+    assert estimate_seconds(6000, 100.0, 3) == (20.0, 60.0)
+
+
+@pytest.mark.slow
+def test_study_stops_at_its_budget_keeps_what_finished_and_resumes(prepared, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("INTERMIX_WORKER_THREADS", "1")
+    grid = parse_grid(GRID)
+    out = tmp_path / "study"
+    first = run_study(grid, prepared, out, budget_seconds=0.5, concurrency=2, device="cpu", samples_per_s=50.0)
+    printed = capsys.readouterr().out
+    assert "estimate from 50 samples/s per process" in printed and "4 folds" in printed
+    statuses = sorted(f.status for f in first.folds)
+    assert statuses == ["not started", "not started", "stopped", "stopped"]  # two ran one epoch, two never started
+    data = json.loads((out / "study.json").read_text())
+    assert data["finished"] == 0 and data["concurrency"] == 2 and data["device"] == "cpu"
+    assert all((out / f.label / "checkpoint.pt").is_file() for f in first.folds if f.status == "stopped")
+
+    second = run_study(grid, prepared, out, budget_seconds=600, concurrency=2, device="cpu")
+    assert second.finished == 4 and all(f.status == "finished" for f in second.folds)
+    resumed = [f for f in second.folds if f.label in {g.label for g in first.folds if g.status == "stopped"}]
+    assert resumed and all(f.epochs_done == 3 for f in resumed)
+    table = (out / "reports" / "table1.md").read_text()
+    assert "PiczakCNN" in table and "(2/2 folds" not in table  # every fold present
+    assert (out / "reports" / "table3.csv").is_file()
+
+
+def test_study_refuses_a_grid_of_two_shards_and_bad_arguments(prepared, tmp_path, capsys):
+    two = parse_grid({**GRID, "setups": ["piczak_cnn", "m18"]})
+    with pytest.raises(ValueError, match="a study runs one dataset x setup"):
+        run_study(two, prepared, tmp_path, budget_seconds=10, concurrency=1, device="cpu")
+    grid_file = tmp_path / "g.yaml"
+    grid_file.write_text(json.dumps({**GRID, "folds": [1, 2]}))
+    assert main(["study", str(grid_file), "--data", str(prepared), "--concurrency", "0"]) == 2
+    assert "--concurrency must be >= 1" in capsys.readouterr().err
+    assert main(["study", str(grid_file), "--data", str(tmp_path / "none"), "--budget", "5"]) == 2
+    assert "no finished preparation" in capsys.readouterr().err

@@ -1,0 +1,110 @@
+"""A fold's out dir and its store prefix never drift apart: the newer checkpoint wins, the store gets what it lacks,
+and a result in the store always has its checkpoint beside it. Also: saving into a full disk fails in one line.
+
+Runs `intermix_core.steps.train_step` on the demo clips against a folder store (the same Storage
+protocol as S3); outages of a real S3 server (SeaweedFS) are in test_kill_resume.py.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from intermix_core.method.train import load_checkpoint, save_checkpoint
+from intermix_core.records import CHECKPOINT, RESULT
+from intermix_core.run.steps import cell_prefix, train_step
+from intermix_core.store.storage import open_storage
+
+from tiny import tiny_cfg
+
+
+def _epoch(path: Path) -> int:
+    return load_checkpoint(path)["epoch"]
+
+
+def _train(cfg, data, out, store_root, **kw):
+    return train_step(cfg.model_dump_json(), data, 1, out, "sync", None, str(store_root), sync_seconds=3600, **kw)
+
+
+def test_newer_local_checkpoint_wins_and_is_pushed(tiny_data, tmp_path):
+    cfg = tiny_cfg("standard", epochs=4, checkpoint_every=1)
+    store = open_storage(tmp_path / "store")
+    prefix = cell_prefix("sync", "esc10", "piczak_cnn", "standard", 1)
+    # the store holds epoch 1 (an earlier attempt), the local folder epoch 3 (a later one, never uploaded)
+    from intermix_core.method.train import train_fold
+
+    train_fold(cfg, tiny_data, 1, tmp_path / "old", progress=False, stop_after_epoch=1)
+    store.upload_file(tmp_path / "old" / CHECKPOINT, f"{prefix}/{CHECKPOINT}")
+    train_fold(cfg, tiny_data, 1, tmp_path / "node", progress=False, stop_after_epoch=3)
+    result = _train(cfg, tiny_data, tmp_path / "node", tmp_path / "store")
+    assert [h.epoch for h in result.history] == [1, 2, 3, 4]  # resumed from the local epoch 3, not the stored 1
+    fetched = store.download_file(f"{prefix}/{CHECKPOINT}", tmp_path / "fetched.pt")
+    assert _epoch(fetched) == 4 and store.exists(f"{prefix}/{RESULT}")
+
+
+def test_newer_stored_checkpoint_replaces_an_older_local_one(tiny_data, tmp_path):
+    cfg = tiny_cfg("standard", epochs=4, checkpoint_every=1)
+    store = open_storage(tmp_path / "store")
+    prefix = cell_prefix("sync", "esc10", "piczak_cnn", "standard", 1)
+    from intermix_core.method.train import train_fold
+
+    train_fold(cfg, tiny_data, 1, tmp_path / "other", progress=False, stop_after_epoch=3)
+    store.upload_file(tmp_path / "other" / CHECKPOINT, f"{prefix}/{CHECKPOINT}")
+    train_fold(cfg, tiny_data, 1, tmp_path / "node", progress=False, stop_after_epoch=1)
+    result = _train(cfg, tiny_data, tmp_path / "node", tmp_path / "store")
+    full = train_fold(cfg, tiny_data, 1, tmp_path / "uninterrupted", progress=False)
+    assert result.history == full.history  # epochs 2-3 came from the store, bit-identical to one run
+
+
+def test_a_finished_fold_missing_from_the_store_is_completed_there(tiny_data, tmp_path):
+    """After a store outage the local folder has checkpoint and result; a rerun pushes both, result last."""
+    cfg = tiny_cfg("standard", epochs=2)
+    from intermix_core.method.train import train_fold
+
+    local = train_fold(cfg, tiny_data, 1, tmp_path / "node", progress=False)
+    store = open_storage(tmp_path / "store")
+    prefix = cell_prefix("sync", "esc10", "piczak_cnn", "standard", 1)
+    assert not store.exists(f"{prefix}/{CHECKPOINT}")
+    again = _train(cfg, tiny_data, tmp_path / "node", tmp_path / "store")
+    assert again == local  # not retrained
+    assert store.exists(f"{prefix}/{CHECKPOINT}") and store.exists(f"{prefix}/{RESULT}")
+    assert _epoch(store.download_file(f"{prefix}/{CHECKPOINT}", tmp_path / "c.pt")) == 2
+
+
+def test_restart_starts_over_with_or_without_a_store(tiny_data, tmp_path):
+    cfg = tiny_cfg("standard", epochs=2)
+    first = train_step(cfg.model_dump_json(), tiny_data, 1, tmp_path / "out")
+    second = train_step(cfg.model_dump_json(), tiny_data, 1, tmp_path / "out", restart=True)
+    assert second.history == first.history and second.train_seconds != first.train_seconds  # retrained
+
+
+_FULL_DISK = """
+import resource, signal, sys, torch
+from pathlib import Path
+from intermix_core.method.train import save_checkpoint
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)             # write() then fails with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+save_checkpoint(Path(sys.argv[1]) / "checkpoint.pt", {"model": {"w": torch.zeros(2_000_000)}})
+"""
+
+
+def test_saving_into_a_full_disk_fails_in_one_line_and_leaves_no_temporary(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", _FULL_DISK, str(tmp_path)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])})
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "checkpoint.pt: cannot save the checkpoint (File too large; is the disk full?)" in last
+    assert list(tmp_path.iterdir()) == []  # neither the checkpoint nor a temporary file
+
+
+def test_an_existing_checkpoint_survives_a_failed_save(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"model": {"w": torch.ones(3)}})
+    before = path.read_bytes()
+    with pytest.raises(Exception):
+        save_checkpoint(path, {"model": lambda: None})  # unpicklable: the save fails midway
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
