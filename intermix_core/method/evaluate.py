@@ -2,7 +2,7 @@
 
 Every test clip gives `n_crops` evenly spaced crops (`bank.eval_batch`); a clip's prediction is the
 argmax of its crops' mean softmax. The softmax of every crop stays on the device; errors are read
-from it with one host transfer each.
+from it with one host transfer each (`to_host`).
 """
 
 from __future__ import annotations
@@ -12,6 +12,11 @@ import torch.nn.functional as F
 
 from intermix_core.method.bank import ClipBank, eval_batch
 from intermix_core.models import StagedModel
+
+
+def to_host(values: torch.Tensor) -> list | float | int:
+    """`values` as Python numbers: the one place the training loop reads the device (one copy, one sync on a GPU)."""
+    return values.detach().tolist()
 
 
 def default_eval_clips(device: torch.device) -> int:
@@ -37,7 +42,7 @@ def predict_crops(
 
 def clip_error(crop_probs: torch.Tensor, labels: torch.Tensor) -> float:
     """10-crop clip error (%): argmax of the mean softmax over a clip's crops (wrong clips x 100 / clips)."""
-    return 100.0 * int((crop_probs.mean(dim=1).argmax(dim=1) != labels).sum()) / len(labels)
+    return 100.0 * to_host((crop_probs.mean(dim=1).argmax(dim=1) != labels).sum()) / len(labels)
 
 
 def crop_error(crop_probs: torch.Tensor, labels: torch.Tensor) -> float:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from intermix_core.config import StrategyConfig
 from intermix_core.method.audio import a_weighted_level_db
@@ -228,8 +227,14 @@ class Mixer:
         return True
 
     def targets(self, y: torch.Tensor) -> torch.Tensor:
-        """One-hot labels (B, C) for unmixed training."""
-        return F.one_hot(y, self.num_classes).to(torch.float32)
+        """One-hot labels (B, C) for unmixed training (a scatter: F.one_hot reads the labels' maximum on the host)."""
+        return torch.zeros(len(y), self.num_classes, device=y.device).scatter_(1, y.unsqueeze(1), 1.0)
+
+    def draw_layer(self) -> int:
+        """The mixing layer of a batch, from the CPU generator: host-side by design (it picks the forward pass's
+        control flow), so reading it never waits for the device."""
+        s = self.strategy
+        return s.layers[int(torch.randint(len(s.layers), (1,), generator=self.layer_generator))]
 
     def draw(self, x: torch.Tensor, y: torch.Tensor) -> MixBatch | None:
         """Draw partners, r, phases and the layer for a batch (x: (B, T), y: (B,), same device); None for Standard."""
@@ -241,7 +246,7 @@ class Mixer:
         partner, has = adjacent_partners(y) if s.pairing == "adjacent_pairs" else draw_partners(y, g)
         r = torch.where(has, torch.rand(n, generator=g, device=x.device), 1.0)
         theta = (torch.rand(n, generator=g, device=x.device) * 2.0 - 1.0) * s.phase_max  # phi_i ~ U[-max, max]
-        layer = s.layers[int(torch.randint(len(s.layers), (1,), generator=self.layer_generator))]
+        layer = self.draw_layer()
         onehot = self.targets(y)
         targets = _expand(r, onehot) * onehot + _expand(1.0 - r, onehot) * onehot[partner]
         inputs = rotate_phase(x, theta.to(x.dtype)) if s.rotate_input_phase else x

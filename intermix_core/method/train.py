@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,11 +30,14 @@ from intermix_core.data import load_prepared
 from intermix_core.method.bank import ClipBank, PairSampler, draw_crops, epoch_order, train_batch
 from intermix_core.method.checkpoint import CHECKPOINT_FORMAT, fold_lock, load_checkpoint, save_checkpoint
 from intermix_core.method.devices import resolve_device
-from intermix_core.method.evaluate import clip_error, confusion_matrix, predict_crops
+from intermix_core.method.evaluate import clip_error, confusion_matrix, predict_crops, to_host
 from intermix_core.method.mixing import Mixer
 from intermix_core.method.optim import learning_rate, make_optimizer
 from intermix_core.models import StagedModel, create_model, model_class, speed_up
 from intermix_core.records import CHECKPOINT, RESULT, EpochRecord, FoldResult, fold_label, load_result, save_result
+
+# the clock of the checkpoint cadence (monotonic seconds); tests replace it to step time by hand
+clock: Callable[[], float] = time.monotonic
 
 
 class FoldTracker(Protocol):
@@ -43,7 +47,7 @@ class FoldTracker(Protocol):
         self, cfg: ExperimentConfig, fold: int, grid_id: str, tags: dict[str, str] | None = None,
         resume_run_id: str | None = None,
     ) -> str: ...
-    def ensure_current(self, run_id: str) -> None: ...
+    def ensure_current(self, run_id: str, force: bool = False) -> None: ...
     def log_epoch(self, run_id: str, record: EpochRecord) -> None: ...
     def flush(self, run_id: str) -> object: ...
     def finish_fold(self, run_id: str, result: FoldResult) -> None: ...
@@ -103,6 +107,7 @@ class FoldRun:
     run_id: str | None = None
     elapsed: float = 0.0  # seconds spent in training epochs (evaluation and checkpoints excluded)
     seen: int = 0  # training samples seen
+    last_checkpoint: float = 0.0  # clock() when the last checkpoint was written (or training began)
 
     @property
     def label(self) -> str:
@@ -203,10 +208,16 @@ def _set_up(
 
 
 def _train(run: FoldRun, progress: bool, stop_after_epoch: int | None, deadline: float | None) -> FoldResult:
-    """The epoch loop from `run.start_epoch`; the fold's result (without a test error if stopped early)."""
+    """The epoch loop from `run.start_epoch`; the fold's result (without a test error if stopped early).
+
+    Besides training, an epoch costs a few microseconds of bookkeeping: its record is buffered for
+    tracking (sent in the background), the progress bar redraws at most ten times a second, and
+    checkpoints are written by wall time (`optim.checkpoint_every_s`) unless an epoch cadence is asked for.
+    """
     epochs = run.cfg.optim.epochs
     assert epochs is not None
     crop_probs = None
+    run.last_checkpoint = clock()
     bar = tqdm(range(run.start_epoch, epochs + 1), desc=run.label, disable=not progress, initial=run.start_epoch - 1,
                total=epochs, unit="epoch")
     try:
@@ -216,15 +227,23 @@ def _train(run: FoldRun, progress: bool, stop_after_epoch: int | None, deadline:
             crop_probs = _evaluate(run, record) if last or epoch % run.cfg.optim.eval_every == 0 else None
             _report_epoch(run, record)
             bar.set_postfix(loss=f"{record.train_loss:.3f}", err=f"{record.train_error:.1f}",
-                            val=f"{record.val_error:.1f}" if record.val_error is not None else "-")
+                            val=f"{record.val_error:.1f}" if record.val_error is not None else "-", refresh=False)
             stop = epoch == stop_after_epoch or (deadline is not None and time.time() >= deadline)
-            if last or epoch % run.cfg.optim.checkpoint_every == 0 or stop:
+            if last or stop or _checkpoint_due(run, epoch):
                 _checkpoint(run, epoch, final=last)
             if stop and not last:
                 return _result(run, None, None)
     finally:
         bar.close()
     return _finish(run, crop_probs)
+
+
+def _checkpoint_due(run: FoldRun, epoch: int) -> bool:
+    """Whether a checkpoint is due after `epoch`: every `checkpoint_every` epochs if set, else by wall time."""
+    optim = run.cfg.optim
+    if optim.checkpoint_every is not None:
+        return epoch % optim.checkpoint_every == 0
+    return optim.checkpoint_every_s is not None and clock() - run.last_checkpoint >= optim.checkpoint_every_s
 
 
 def _train_epoch(run: FoldRun, epoch: int) -> EpochRecord:
@@ -251,13 +270,14 @@ def _train_epoch(run: FoldRun, epoch: int) -> EpochRecord:
         loss_sum += loss * len(idx)
         wrong += (logits.argmax(1) != targets.argmax(1)).sum()
         n_seen += len(idx)
-    train_loss = float(loss_sum) / max(n_seen, 1)  # the epoch's one host sync
+    loss_total, wrong_total = to_host(torch.stack([loss_sum, wrong.to(loss_sum.dtype)]))  # the epoch's one host sync
+    train_loss = loss_total / max(n_seen, 1)
     if not math.isfinite(train_loss):
         raise TrainingDiverged(f"{run.label}: the training loss became {train_loss} in epoch {epoch} (lr {lr:g}); "
                                "the fold is failed (try a lower optim.lr)")
     run.elapsed += time.perf_counter() - t0
     run.seen += n_seen
-    return EpochRecord(epoch=epoch, lr=lr, train_loss=train_loss, train_error=100.0 * int(wrong) / max(n_seen, 1))
+    return EpochRecord(epoch=epoch, lr=lr, train_loss=train_loss, train_error=100.0 * round(wrong_total) / max(n_seen, 1))
 
 
 def _evaluate(run: FoldRun, record: EpochRecord) -> torch.Tensor:
@@ -276,7 +296,13 @@ def _report_epoch(run: FoldRun, record: EpochRecord) -> None:
 
 
 def _checkpoint(run: FoldRun, epoch: int, final: bool) -> None:
-    """Save the fold's state after `epoch`: resumable (optimizer, generators) unless `final` (weights and history only)."""
+    """Save the fold's state after `epoch`: resumable (optimizer, generators) unless `final` (weights and history only).
+
+    First a look at tracking (FoldSuperseded if another attempt took the fold over: it then writes
+    nothing the store sync could push); after the save, buffered epoch metrics go out.
+    """
+    if run.tracker is not None and run.run_id is not None:
+        run.tracker.ensure_current(run.run_id, force=True)
     ckpt: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT, "config": run.cfg.model_dump(mode="json"), "fold": run.fold, "epoch": epoch,
         "model": run.model.state_dict(), "history": [h.model_dump() for h in run.history],
@@ -288,6 +314,7 @@ def _checkpoint(run: FoldRun, epoch: int, final: bool) -> None:
         if run.dev.type == "cuda":
             ckpt["cuda_rng"] = torch.cuda.get_rng_state(run.dev)
     save_checkpoint(run.out / CHECKPOINT, ckpt)
+    run.last_checkpoint = clock()
     if run.tracker is not None and run.run_id is not None:
         run.tracker.flush(run.run_id)  # epoch metrics buffered during an MLflow outage go out with the checkpoint
 

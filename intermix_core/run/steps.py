@@ -77,18 +77,22 @@ def train_step(
             (out / name).unlink(missing_ok=True)
             if store is not None and store.exists(f"{prefix}/{name}"):
                 store.delete(f"{prefix}/{name}")
+    tracker = _tracker(tracking_uri)
     try:
         in_sync = pull_fold(store, prefix, out) if store is not None and not restart else True
         pusher = CheckpointPusher(store, prefix, out, sync_seconds, in_sync) if store is not None else None
         with pusher.running() if pusher else contextlib.nullcontext():
-            result = train_fold(cfg, data_dir, fold, out, tracker=_tracker(tracking_uri), grid_id=grid_id,
-                                progress=progress, device=device)
+            result = train_fold(cfg, data_dir, fold, out, tracker=tracker, grid_id=grid_id, progress=progress,
+                                device=device)
     except (FoldBusy, FoldSuperseded):
         raise  # another attempt holds the fold: its outcome, not this refusal, belongs in the store
     except Exception as err:
         if store is not None:
             record_failure(store, prefix, cfg, fold, err)
         raise
+    finally:
+        if tracker is not None:
+            tracker.close()
     if store is not None:
         patiently(lambda: store.upload_file(out / RESULT, f"{prefix}/{RESULT}"),  # last: the fold's completion marker
                    f"uploading {prefix}/{RESULT}")

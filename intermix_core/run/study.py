@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from queue import Empty
@@ -46,6 +48,54 @@ class FoldOutcome:
     samples_per_second: float | None = None
     test_error: float | None = None
     error: str | None = None
+    # seconds from the worker's start to its first epoch's end, beyond a typical epoch: process start, data on the
+    # device, and torch.compile of the fused kernels (several workers compiling at once share the CPU)
+    warmup_seconds: float | None = None
+    threads: int | None = None  # torch threads of the worker (INTERMIX_WORKER_THREADS, else worker_threads())
+
+
+class EpochClock:
+    """A FoldTracker that only notes when each epoch ended (no MLflow in a study): how long the warm-up took."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.start = clock()
+        self.ends: list[float] = []
+
+    def start_fold(self, cfg: Any, fold: int, grid_id: str, tags: dict[str, str] | None = None,
+                   resume_run_id: str | None = None) -> str:
+        """No run to open: a study tracks nothing."""
+        return "study"
+
+    def ensure_current(self, run_id: str, force: bool = False) -> None:
+        """A study's fold has no other attempt."""
+
+    def log_epoch(self, run_id: str, record: Any) -> None:
+        """Note the epoch's end."""
+        self.ends.append(self.clock())
+
+    def flush(self, run_id: str) -> bool:
+        """Nothing is buffered."""
+        return True
+
+    def finish_fold(self, run_id: str, result: Any) -> None:
+        """Nothing to finish."""
+
+    def warmup_seconds(self) -> float | None:
+        """The first epoch's end minus the start, less the median epoch (None before two epochs ended)."""
+        if len(self.ends) < 2:
+            return None
+        steps = [b - a for a, b in zip(self.ends, self.ends[1:])]
+        return round(max(0.0, self.ends[0] - self.start - statistics.median(steps)), 2)
+
+
+def worker_threads(device: str, concurrency: int) -> int:
+    """Torch threads per worker: $INTERMIX_WORKER_THREADS, else 1 on a GPU (the GPU does the work; more threads only
+    contend), else the CPU's cores shared among the workers."""
+    value = os.environ.get("INTERMIX_WORKER_THREADS")
+    if value:
+        return max(1, int(value))
+    return 1 if device.startswith("cuda") else max(1, (os.cpu_count() or 1) // max(concurrency, 1))
 
 
 @dataclass
@@ -73,24 +123,32 @@ def estimate_seconds(samples: int, samples_per_s: float, concurrency: int) -> tu
     return single / max(concurrency, 1), single
 
 
-def _worker(cfg_json: str, data_dir: str, fold: int, out_dir: str, device: str, deadline: float, queue: Any) -> None:
-    """Train one fold until the deadline, then attack it if it finished; report a FoldOutcome on `queue`."""
-    threads = os.environ.get("INTERMIX_WORKER_THREADS")
-    if threads:
-        torch.set_num_threads(int(threads))
+def _worker(cfg_json: str, data_dir: str, fold: int, out_dir: str, device: str, deadline: float, queue: Any,
+            threads: int = 1) -> None:
+    """Train one fold until the deadline, then attack it if it finished; report a FoldOutcome on `queue`.
+
+    `threads` bounds both torch's threads and torch.compile's compile workers (TORCHINDUCTOR_COMPILE_THREADS,
+    read when inductor first loads): several workers compiling the fused kernels at once must not each take
+    every core.
+    """
+    torch.set_num_threads(threads)
+    os.environ["TORCHINDUCTOR_COMPILE_THREADS"] = str(threads)
+    clock = EpochClock()
     cfg = parse_config(json.loads(cfg_json), source="study")
     label = fold_label(cfg.dataset, cfg.setup_name, cfg.strategy.name, fold)
     t0 = time.time()
     try:
-        result = train_fold(cfg, data_dir, fold, out_dir, progress=False, device=device, deadline=deadline)
+        result = train_fold(cfg, data_dir, fold, out_dir, tracker=clock, progress=False, device=device,
+                            deadline=deadline)
         if result.test_error is None:
-            queue.put(FoldOutcome(label, "stopped", time.time() - t0, len(result.history), result.samples_per_second))
+            queue.put(FoldOutcome(label, "stopped", time.time() - t0, len(result.history), result.samples_per_second,
+                                  warmup_seconds=clock.warmup_seconds(), threads=threads))
             return
         fgsm, fgsm_crop = attack_fold(Path(out_dir) / CHECKPOINT, data_dir, fold, device=device)
         result = result.model_copy(update={"fgsm": fgsm, "fgsm_crop": fgsm_crop})
         save_result(result, Path(out_dir) / RESULT)
         queue.put(FoldOutcome(label, "finished", time.time() - t0, len(result.history), result.samples_per_second,
-                              result.test_error))
+                              result.test_error, warmup_seconds=clock.warmup_seconds(), threads=threads))
     except Exception as err:  # noqa: BLE001 - one failed fold must not end the study
         queue.put(FoldOutcome(label, "failed", time.time() - t0, error=f"{type(err).__name__}: {err}"[:500]))
 
@@ -124,6 +182,7 @@ def run_study(
         print(f"estimate from {samples_per_s:,.0f} samples/s per process: {estimate[0] / 60:.1f} min (the device "
               f"shared perfectly) to {estimate[1] / 60:.1f} min (no gain from concurrency)", file=log, flush=True)
     report = StudyReport(grid_id(grid), dev.type, name, concurrency, budget_seconds, 0.0, estimate)
+    threads = worker_threads(str(dev), concurrency)
     ctx = mp.get_context("spawn")  # CUDA cannot be forked
     queue = ctx.Queue()
     pending = [c for c in cells if not _done(out, c.label)]
@@ -134,7 +193,7 @@ def run_study(
         while pending and len(running) < concurrency and time.time() < deadline:
             c = pending.pop(0)
             p = ctx.Process(target=_worker, args=(c.config.model_dump_json(), str(data_dir), c.fold,
-                                                  str(out / c.label), str(dev), deadline, queue), daemon=False)
+                                                  str(out / c.label), str(dev), deadline, queue, threads), daemon=False)
             p.start()
             running[c.label] = p
             print(f"  started {c.label} ({len(running)} running, {len(pending)} waiting)", file=log, flush=True)
@@ -175,7 +234,12 @@ def _device_name(dev: torch.device) -> str:
 
 def _write(report: StudyReport, out: Path, grid: GridSpec, log: Any) -> None:
     """study.json and, from the finished folds, the report tables and plots."""
+    warmups = [f.warmup_seconds for f in report.folds if f.warmup_seconds is not None]
     data = asdict(report) | {"finished": report.finished}
+    if warmups:  # how long workers took to get going (compiling at the same time): median and worst
+        data["warmup_seconds"] = {"median": statistics.median(warmups), "max": max(warmups)}
+        print(f"warm-up per worker (process start, data on the device, compilation): median "
+              f"{statistics.median(warmups):.1f} s, at most {max(warmups):.1f} s", file=log, flush=True)
     (out / "study.json").write_text(json.dumps(data, indent=1))
     results = [r for r in collect_results(out) if r.test_error is not None] if any(out.rglob(RESULT)) else []
     if results:

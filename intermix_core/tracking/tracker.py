@@ -11,6 +11,7 @@ import math
 import os
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -65,6 +66,22 @@ from intermix_core.tracking.tags import (
 )
 
 
+def _seconds_from_env(name: str, default: float) -> float:
+    """A number of seconds (>= 0, finite) from the environment variable `name`, else `default`; ValueError naming it."""
+    value = os.environ.get(name) or str(default)
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < math.inf:
+        raise ValueError(f"{name}={cut(value, 40)}: expected a number of seconds, e.g. {default:g}")
+    return seconds
+
+
+SYNC_EVERY = 5.0  # seconds between the background thread's takeover checks and sends of epoch metrics
+SYNC_ENV = "INTERMIX_MLFLOW_SYNC_SECONDS"  # overrides SYNC_EVERY; 0: synchronously at every epoch
+
+
 class FoldSuperseded(RuntimeError):
     """Another attempt at the same fold took over this attempt's MLflow run: this one stops (one line)."""
 
@@ -105,24 +122,21 @@ class Tracker:
 
     `patience` (default $INTERMIX_MLFLOW_PATIENCE, else 300 s): how long a call other than per-epoch
     logging retries an unreachable MLflow before raising TrackingError.
+
+    `sync_every` (default SYNC_EVERY, 5 s): epoch metrics are buffered and a background thread, every
+    `sync_every` seconds, checks that each fold run this attempt holds is still its own (takeover) and
+    sends its buffered metrics in one batch: the training loop never waits for MLflow, except at
+    `flush` (checkpoints) and `finish_fold`. 0 does both synchronously at every epoch instead.
     """
 
     def __init__(self, tracking_uri: str | None = None, experiment: str = EXPERIMENT,
-                 patience: float | None = None) -> None:
+                 patience: float | None = None, sync_every: float | None = None) -> None:
         self.tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
-        if patience is None:
-            value = os.environ.get(PATIENCE_ENV) or str(DEFAULT_PATIENCE)
-            try:
-                patience = float(value)
-            except ValueError:
-                patience = -1.0
-            if not 0 <= patience < math.inf:
-                raise ValueError(f"{PATIENCE_ENV}={cut(value, 40)}: expected a number of seconds, e.g. 300")
-        self.patience = patience
+        self.patience = _seconds_from_env(PATIENCE_ENV, DEFAULT_PATIENCE) if patience is None else patience
         quiet_run_links(self.tracking_uri)
         with schema_lock(self.tracking_uri):  # opening a sqlite store creates or upgrades its schema
             self._mlflow = MlflowClient(tracking_uri=self.tracking_uri)
-            self.client = PatientClient(self._mlflow, self.tracking_uri, patience)
+            self.client = PatientClient(self._mlflow, self.tracking_uri, self.patience)
             self.experiment_id = self._experiment(experiment)
         self._last_step: dict[str, int] = {}  # the highest epoch MLflow holds, per run
         self._pending: dict[str, list[Metric]] = {}  # epoch metrics not yet sent, per run, oldest first
@@ -130,6 +144,13 @@ class Tracker:
         self._next_try = 0.0  # monotonic time before which per-epoch logging does not call MLflow
         self._failures = 0  # consecutive failed per-epoch attempts
         self._token = uuid.uuid4().hex  # this Tracker's attempt id (the ATTEMPT tag of the runs it holds)
+        self.sync_every = _seconds_from_env(SYNC_ENV, SYNC_EVERY) if sync_every is None else float(sync_every)
+        self._buffer_lock = threading.Lock()  # the buffers: held for list edits only, never across a request
+        self._send_lock = threading.RLock()  # one sender at a time (the background thread or a flush)
+        self._active: set[str] = set()  # fold runs this attempt holds and checks in the background
+        self._superseded: dict[str, str] = {}  # run id -> why another attempt holds it (found in the background)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     # -- experiment, search ---------------------------------------------------------------------
     def _experiment(self, name: str) -> str:
@@ -208,6 +229,7 @@ class Tracker:
             self._last_step[run_id] = -1
         if self._supersede_others(run_id, cell, fold):
             self.update_parent(*cell)
+        self._start_background(run_id)
         return run_id
 
     def _reopen(self, run_id: str, cfg: ExperimentConfig, fold: int, grid_id: str) -> str | None:
@@ -264,12 +286,21 @@ class Tracker:
             changed = True
         return changed
 
-    def ensure_current(self, run_id: str) -> None:
+    def ensure_current(self, run_id: str, force: bool = False) -> None:
         """Raise FoldSuperseded if another attempt took this run over (superseded it, or reopened it).
 
-        One quick request; while MLflow is unreachable the attempt carries on (it cannot be told), and
-        during a known outage (epoch metrics waiting for their next try) no request is made.
+        Costs nothing per epoch: the background thread looks every `sync_every` seconds, and this
+        raises what it found. `force` (before every checkpoint) looks now, with one quick request.
+        While MLflow is unreachable the attempt carries on (it cannot be told); during a known outage
+        (epoch metrics waiting for their next try) no request is made.
         """
+        if run_id in self._superseded:
+            raise FoldSuperseded(self._superseded[run_id])
+        if force or self.sync_every <= 0 or self._thread is None:
+            self._check(run_id)
+
+    def _check(self, run_id: str) -> None:
+        """One quick look at the run's tags: FoldSuperseded (remembered for this run) if it is no longer ours."""
         if time.monotonic() < self._next_try:
             return
         try:
@@ -277,13 +308,45 @@ class Tracker:
                 tags = self._mlflow.get_run(run_id).data.tags
         except Exception:  # noqa: BLE001 - an outage must not stop training
             return
-        holder = tags.get(ATTEMPT)
+        holder, why = tags.get(ATTEMPT), None
         if tags.get(SUPERSEDED) == "true":
-            raise FoldSuperseded(f"MLflow run {run_id} was superseded by run {tags.get(SUPERSEDED_BY)} (a later attempt "
-                                 "at this fold); this attempt stops")
-        if holder and holder != self._token:
-            raise FoldSuperseded(f"MLflow run {run_id} was reopened by another attempt at this fold (attempt {holder[:8]}, "
-                                 "resuming from the stored checkpoint); this attempt stops")
+            why = (f"MLflow run {run_id} was superseded by run {tags.get(SUPERSEDED_BY)} (a later attempt at this fold); "
+                   "this attempt stops")
+        elif holder and holder != self._token:
+            why = (f"MLflow run {run_id} was reopened by another attempt at this fold (attempt {holder[:8]}, resuming "
+                   "from the stored checkpoint); this attempt stops")
+        if why is not None:
+            with self._buffer_lock:  # what it has not sent yet belongs to an attempt that lost the fold
+                self._superseded[run_id] = why
+                self._active.discard(run_id)
+                self._pending.pop(run_id, None)
+            raise FoldSuperseded(why)
+
+    # -- the background thread: takeover checks and epoch metrics, every sync_every seconds ------------
+    def _start_background(self, run_id: str) -> None:
+        """Check and sync `run_id` in the background from now on (the thread starts with the first run)."""
+        with self._buffer_lock:
+            self._active.add(run_id)
+        if self.sync_every > 0 and self._thread is None:
+            self._thread = threading.Thread(target=self._background, name="mlflow-sync", daemon=True)
+            self._thread.start()
+
+    def _background(self) -> None:
+        while not self._stop.wait(self.sync_every):
+            for run_id in sorted(self._active):
+                try:
+                    self._check(run_id)
+                    self._send_pending(run_id)
+                except FoldSuperseded:
+                    continue  # remembered: the training loop raises it at its next epoch
+                except Exception as err:  # noqa: BLE001 - the thread must outlive anything MLflow does
+                    warn(f"warning: MLflow sync of run {run_id} failed ({reason(err)}); trying again later")
+
+    def close(self) -> None:
+        """Stop the background thread (what it has not sent stays buffered for `flush` or `finish_fold`)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2 * EPOCH_TIMEOUT)
 
     def _last_logged_step(self, run_id: str) -> int:
         if run_id not in self._last_step:
@@ -295,17 +358,21 @@ class Tracker:
     def log_epoch(self, run_id: str, record: EpochRecord) -> None:
         """Log train_loss, train_error, val_error (if set) and lr at step=epoch; epochs already logged are skipped.
 
-        Never fails on an MLflow outage: the metrics wait in a buffer (with a warning) and go out with
-        a later call, `flush()` or `finish_fold`, each exactly once.
+        Returns at once: the metrics wait in a buffer for the background thread (every `sync_every`
+        seconds), `flush()` or `finish_fold`, and go out exactly once, also across an MLflow outage
+        (with a warning). With `sync_every` 0 they are sent now (one quick attempt).
         """
         if record.epoch <= max(self._last_logged_step(run_id), self._pending_top.get(run_id, -1)):
             return
         now = int(time.time() * 1000)  # kept with the metric: a resend is then identical, and MLflow keeps one copy
-        self._pending.setdefault(run_id, []).extend(
-            Metric(k, float(v), now, record.epoch) for k in EPOCH_METRICS if (v := getattr(record, k)) is not None)
-        self._pending_top[run_id] = record.epoch
-        if time.monotonic() >= self._next_try:
-            self._send_pending(run_id)
+        metrics = [Metric(k, float(v), now, record.epoch) for k in EPOCH_METRICS if (v := getattr(record, k)) is not None]
+        with self._buffer_lock:
+            if run_id in self._superseded:
+                return
+            self._pending.setdefault(run_id, []).extend(metrics)
+            self._pending_top[run_id] = record.epoch
+        if (self.sync_every <= 0 or run_id not in self._active) and time.monotonic() >= self._next_try:
+            self._send_pending(run_id)  # synchronous mode, or a run the background thread does not hold
 
     def flush(self, run_id: str | None = None) -> bool:
         """Try once now to send buffered epoch metrics (of `run_id`, or of every run); True if none are left."""
@@ -315,38 +382,48 @@ class Tracker:
 
     def pending_epochs(self, run_id: str) -> list[int]:
         """Epochs of `run_id` whose metrics are buffered, not yet in MLflow."""
-        return sorted({m.step for m in self._pending.get(run_id, [])})
+        with self._buffer_lock:
+            return sorted({m.step for m in self._pending.get(run_id, [])})
 
     def _send_pending(self, run_id: str, patient: bool = False) -> None:
-        """Send `run_id`'s buffered metrics: one quick attempt (a warning if it fails), or patiently (may raise)."""
-        pending = self._pending.get(run_id)
-        if not pending:
-            return
+        """Send `run_id`'s buffered metrics: one quick attempt (a warning if it fails), or patiently (may raise).
+
+        One sender at a time; the buffer lock is held only to take a chunk and to drop it once sent, so
+        the training thread can buffer the next epochs while a request is on the way.
+        """
         send = functools.partial(self._mlflow.log_batch, run_id, synchronous=True)
-        try:
-            while pending:
-                chunk = pending[:1000]  # log_batch takes at most 1000 metrics
+        with self._send_lock:
+            with self._buffer_lock:
+                if not self._pending.get(run_id):
+                    return
+            try:
+                while True:
+                    with self._buffer_lock:
+                        chunk = list(self._pending.get(run_id, [])[:1000])  # log_batch takes at most 1000 metrics
+                    if not chunk:
+                        break
+                    if patient:
+                        self.client.call(send, metrics=chunk)
+                    else:
+                        with one_attempt(EPOCH_TIMEOUT):
+                            send(metrics=chunk)
+                    with self._buffer_lock:
+                        self._last_step[run_id] = max(self._last_step.get(run_id, -1), max(m.step for m in chunk))
+                        del self._pending[run_id][: len(chunk)]  # only this sender removes; the training thread appends
+            except Exception as err:  # noqa: BLE001 - epoch logging must not stop training
                 if patient:
-                    self.client.call(send, metrics=chunk)
-                else:
-                    with one_attempt(EPOCH_TIMEOUT):
-                        send(metrics=chunk)
-                self._last_step[run_id] = max(self._last_step.get(run_id, -1), max(m.step for m in chunk))
-                del pending[: len(chunk)]
-        except Exception as err:  # noqa: BLE001 - epoch logging must not stop training
-            if patient:
-                raise
-            self._failures += 1
-            wait = min(EPOCH_RETRY[0] * 2 ** (self._failures - 1), EPOCH_RETRY[1])
-            self._next_try = time.monotonic() + wait
-            epochs = self.pending_epochs(run_id)
-            warn(f"warning: MLflow at {redact_uris(self.tracking_uri)} unreachable ({reason(err)}); training goes on, "
-                  f"metrics of {len(epochs)} epoch(s) ({epochs[0]}..{epochs[-1]}) kept to send later, next try in "
-                  f"{wait:.0f} s")
-            return
-        if self._failures:
-            warn(f"MLflow at {redact_uris(self.tracking_uri)} reachable again: buffered epoch metrics sent")
-        self._failures, self._next_try = 0, 0.0
+                    raise
+                self._failures += 1
+                wait = min(EPOCH_RETRY[0] * 2 ** (self._failures - 1), EPOCH_RETRY[1])
+                self._next_try = time.monotonic() + wait
+                epochs = self.pending_epochs(run_id)
+                span = f" ({epochs[0]}..{epochs[-1]})" if epochs else ""
+                warn(f"warning: MLflow at {redact_uris(self.tracking_uri)} unreachable ({reason(err)}); training goes "
+                     f"on, metrics of {len(epochs)} epoch(s){span} kept to send later, next try in {wait:.0f} s")
+                return
+            if self._failures:
+                warn(f"MLflow at {redact_uris(self.tracking_uri)} reachable again: buffered epoch metrics sent")
+            self._failures, self._next_try = 0, 0.0
 
     def log_fgsm(self, run_id: str, fgsm: dict[str, float], fgsm_crop: dict[str, float] | None = None) -> None:
         """Log `fgsm_error_eps_<eps>` (and `fgsm_crop_error_eps_<eps>`) per epsilon, then refresh the parent."""
@@ -367,6 +444,8 @@ class Tracker:
                                 "run the same command again once MLflow answers to log it") from None
 
     def _finish_fold(self, run_id: str, result: FoldResult) -> None:
+        if run_id in self._superseded:  # another attempt holds the run: its end is that attempt's to log
+            raise FoldSuperseded(self._superseded[run_id])
         run = self.client.get_run(run_id)
         tags = run.data.tags
         got = (tags.get(DATASET), tags.get(SETUP), tags.get(STRATEGY), tags.get(FOLD))
@@ -388,6 +467,8 @@ class Tracker:
         if result.status == "failed":
             self.client.set_tag(run_id, ERROR, (result.error or "failed")[:TAG_MAX])
         self.client.set_terminated(run_id, "FAILED" if result.status == "failed" else "FINISHED")
+        with self._buffer_lock:
+            self._active.discard(run_id)  # ended: nothing more to check or send in the background
         self._print_link(run)
         self._refresh_parent_of(run_id)
 

@@ -43,7 +43,12 @@ def fold_runs(client: MlflowClient, grid_id: str) -> list:
     )
 
 
-def test_killed_fold_resumes_from_the_store(tmp_path: Path, s3_server, mlflow_tracking, monkeypatch):
+# checkpoints by epoch, or by wall time (the default cadence, made short enough to fall within this tiny fold)
+CADENCES = {"epochs": {"checkpoint_every": 1}, "seconds": {"checkpoint_every_s": 0.5}}
+
+
+@pytest.mark.parametrize("cadence", list(CADENCES))
+def test_killed_fold_resumes_from_the_store(cadence: str, tmp_path: Path, s3_server, mlflow_tracking, monkeypatch):
     data = tmp_path / "prepared"
     prepare_dataset(demo_data_dir(), "esc10", data, 22050, progress=False)
     for key, value in s3_server.env().items():
@@ -51,19 +56,23 @@ def test_killed_fold_resumes_from_the_store(tmp_path: Path, s3_server, mlflow_tr
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     client = MlflowClient(mlflow_tracking.url)
 
+    optim = {k: v for k, v in CONFIG["optim"].items() if k != "checkpoint_every"} | CADENCES[cadence]
+    config = json.dumps({**CONFIG, "optim": optim})
+
     def start(grid_id: str, out: Path) -> subprocess.Popen:
-        argv = [sys.executable, "-c", CHILD, json.dumps(CONFIG), str(data), str(out), grid_id, mlflow_tracking.url, STORE]
+        argv = [sys.executable, "-c", CHILD, config, str(data), str(out), f"{grid_id}-{cadence}", mlflow_tracking.url,
+                STORE]
         return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
     whole = start("uninterrupted", tmp_path / "a")
     assert whole.wait(timeout=600) == 0, whole.stderr.read()
 
     store = open_storage(STORE)
-    ckpt = "killed/esc10/soundnet5/intermix/fold1/checkpoint.pt"
+    ckpt = f"killed-{cadence}/esc10/soundnet5/intermix/fold1/checkpoint.pt"
     victim = start("killed", tmp_path / "b")
     deadline = time.monotonic() + 600
     while True:  # wait until two epochs are logged and a checkpoint has reached the store
-        runs = fold_runs(client, "killed")
+        runs = fold_runs(client, f"killed-{cadence}")
         if runs and len(client.get_metric_history(runs[0].info.run_id, "train_loss")) >= 2 and store.exists(ckpt):
             break
         assert victim.poll() is None and time.monotonic() < deadline, "training ended before it could be killed"
@@ -72,19 +81,20 @@ def test_killed_fold_resumes_from_the_store(tmp_path: Path, s3_server, mlflow_tr
     victim.wait()
     subprocess.run(["rm", "-rf", str(tmp_path / "b")], check=True)  # the node and its disk are gone
 
-    assert not store.exists("killed/esc10/soundnet5/intermix/fold1/result.json")
+    assert not store.exists(f"killed-{cadence}/esc10/soundnet5/intermix/fold1/result.json")
     again = start("killed", tmp_path / "b-elsewhere")
     assert again.wait(timeout=600) == 0, again.stderr.read()
 
     def stored(grid_id: str) -> FoldResult:
-        path = store.download_file(f"{grid_id}/esc10/soundnet5/intermix/fold1/result.json", tmp_path / f"{grid_id}.json")
+        key = f"{grid_id}-{cadence}/esc10/soundnet5/intermix/fold1/result.json"
+        path = store.download_file(key, tmp_path / f"{grid_id}.json")
         return FoldResult.model_validate_json(path.read_text())
 
     a, b = stored("uninterrupted"), stored("killed")
     assert [h.model_dump() for h in b.history] == [h.model_dump() for h in a.history]
     assert b.test_error == a.test_error and b.confusion == a.confusion
 
-    runs = fold_runs(client, "killed")
+    runs = fold_runs(client, f"killed-{cadence}")
     assert len(runs) == 1, "the resumed fold must continue its MLflow run, not open another"
     steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss")]
     assert sorted(steps) == list(range(1, EPOCHS + 1)), f"epoch metrics duplicated or missing: {steps}"

@@ -201,7 +201,7 @@ def test_outage_mid_fold_buffers_and_loses_nothing(own_mlflow: MlflowServer, cap
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """MLflow stops after epoch 2 and comes back before epoch 6: training never waits, every epoch lands once."""
     monkeypatch.setattr(tracker_module, "EPOCH_RETRY", (0.5, 1.0))  # try again soon, so the next call after the restart sends
-    t = Tracker(own_mlflow.url, patience=120)
+    t = Tracker(own_mlflow.url, patience=120, sync_every=0)  # synchronous: each log_epoch is one attempt
     cfg = ExperimentConfig(dataset="esc10", model="envnet_v2", strategy="bc", optim=OptimConfig(epochs=8))
     run_id = t.start_fold(cfg, 1, "outage")
     for e in (1, 2):
@@ -229,6 +229,43 @@ def test_outage_mid_fold_buffers_and_loses_nothing(own_mlflow: MlflowServer, cap
     assert t.client.get_run(run_id).info.status == "FINISHED"
     parent = t.find_parent("outage", "esc10", "envnet_v2", "bc")
     assert parent.info.status == "FINISHED" and parent.data.metrics["test_error_mean"] == 12.5
+
+
+def test_background_sync_rides_out_an_outage_exactly_once(own_mlflow: MlflowServer, capfd: pytest.CaptureFixture,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default: epoch metrics sent by the background thread. MLflow stops after epoch 2 and comes back: the
+    training thread never waits (log_epoch returns at once), the thread warns, retries and delivers every epoch once."""
+    monkeypatch.setattr(tracker_module, "EPOCH_RETRY", (0.5, 1.0))
+    t = Tracker(own_mlflow.url, patience=120, sync_every=0.2)
+    cfg = ExperimentConfig(dataset="esc10", model="envnet_v2", strategy="bc", optim=OptimConfig(epochs=8))
+    run_id = t.start_fold(cfg, 1, "bg-outage")
+
+    def drained(timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while t.pending_epochs(run_id) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return not t.pending_epochs(run_id)
+
+    for e in (1, 2):
+        t.log_epoch(run_id, record(e))
+    assert drained(10)
+    own_mlflow.stop()
+    for e in (3, 4, 5):
+        start = time.monotonic()
+        t.log_epoch(run_id, record(e))
+        assert time.monotonic() - start < 0.05  # never a request on the training path
+    time.sleep(1.5)
+    assert t.pending_epochs(run_id) == [3, 4, 5]
+    assert "training goes on" in capfd.readouterr().err
+    own_mlflow.start()
+    assert drained(30)
+    assert "reachable again" in capfd.readouterr().err
+    for e in (6, 7, 8):
+        t.log_epoch(run_id, record(e))
+    result = fold_result(cfg, 1, 12.5, epochs=8)
+    t.finish_fold(run_id, result.model_copy(update={"history": [record(e) for e in range(1, 9)]}))
+    assert_exactly_once(t, run_id, 8)
+    t.close()
 
 
 def test_finish_waits_for_mlflow_then_fails_in_one_line(own_mlflow: MlflowServer, capfd: pytest.CaptureFixture) -> None:

@@ -243,12 +243,13 @@ def _health(url: str) -> bool:
 
 @contextmanager
 def mlflow_server(
-    workdir: Path, s3: S3Server, bucket: str, prefix: str = "mlflow", timeout: float = 120.0,
+    workdir: Path, s3: S3Server | None = None, bucket: str = "", prefix: str = "mlflow", timeout: float = 120.0,
 ) -> Iterator[MlflowServer]:
-    """Run `mlflow server` (SQLite backend, artifacts proxied to s3://bucket/prefix) on a free port."""
+    """Run `mlflow server` (SQLite backend; artifacts proxied to s3://bucket/prefix, or to workdir/artifacts
+    without an S3 server) on a free port."""
     workdir.mkdir(parents=True, exist_ok=True)
-    env = {**_clean_env(), **s3.env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    dest = f"s3://{bucket}/{prefix}"
+    env = {**_clean_env(), **(s3.env() if s3 else {}), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    dest = f"s3://{bucket}/{prefix}" if s3 else (workdir / "artifacts").resolve().as_uri()
     last_err: Exception | None = None
     for _attempt in range(2):
         (port,) = free_ports(1)

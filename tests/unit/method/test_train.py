@@ -6,11 +6,13 @@ Runs on the ESC-10 demo clips shipped in the package (intermix_core.testing), so
 import multiprocessing
 import os
 import pickle
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from intermix_core.config import parse_config
 from intermix_core.data import prepare_dataset
@@ -180,3 +182,109 @@ def test_real_training_beats_chance(tmp_path):
     result = train_fold(cfg, tmp_path / "prep", 1, tmp_path / "out", progress=False)
     print(f"error by epoch ({time.perf_counter() - t0:.0f} s):", [(h.epoch, h.train_loss, h.val_error) for h in result.history])
     assert result.test_error is not None and result.test_error < 70.0
+
+
+# ------------------------------------------------------------------ bookkeeping that keeps up with GPU epochs
+
+
+def _saved_epochs(monkeypatch) -> list[int]:
+    """Record the epoch of every checkpoint train_fold writes (the real save still runs)."""
+    import intermix_core.method.train as train_module
+
+    epochs: list[int] = []
+    real = train_module.save_checkpoint
+
+    def spy(path, state):  # noqa: ANN001, ANN202
+        epochs.append(state["epoch"])
+        real(path, state)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", spy)
+    return epochs
+
+
+def test_checkpoints_follow_wall_time_not_epochs(tiny_data, tmp_path, monkeypatch):
+    """checkpoint_every_s: a checkpoint once 60 s passed since the last (on a clock stepping 25 s per look), and
+    after the last epoch; checkpoint_every (epochs), when set, replaces it."""
+    import intermix_core.method.train as train_module
+
+    ticks = iter(range(0, 10_000, 25))
+    monkeypatch.setattr(train_module, "clock", lambda: float(next(ticks)))
+    epochs = _saved_epochs(monkeypatch)
+    cfg = tiny_cfg("standard", epochs=7, eval_every=7, checkpoint_every=None, checkpoint_every_s=60.0)
+    train_fold(cfg, tiny_data, 1, tmp_path / "time", progress=False)
+    # looks at 0 (start), 25, 50, 75 -> due after epoch 3; saved at 100; 125, 150, 175 -> due after epoch 6; last: 7
+    assert epochs == [3, 6, 7]
+    epochs.clear()
+    train_fold(tiny_cfg("standard", epochs=5, eval_every=5, checkpoint_every=2), tiny_data, 1, tmp_path / "epochs",
+               progress=False)
+    assert epochs == [2, 4, 5]
+
+
+def test_resume_equals_uninterrupted_with_the_time_cadence(tiny_data, tmp_path, monkeypatch):
+    """Stopped at a deadline and resumed, with checkpoints by wall time (default cadence, never due in this short
+    run): the stop writes a checkpoint, and the resumed fold ends bit-identical to an uninterrupted one."""
+    cfg = tiny_cfg("intermix", checkpoint_every=None)
+    assert cfg.optim.checkpoint_every_s == 60.0
+    epochs = _saved_epochs(monkeypatch)
+    full = train_fold(cfg, tiny_data, 1, tmp_path / "full", progress=False)
+    assert epochs == [3]  # nothing due before the last epoch
+    part = train_fold(cfg, tiny_data, 1, tmp_path / "resumed", progress=False, deadline=0.0)  # past: stop after epoch 1
+    assert part.test_error is None and len(part.history) == 1 and epochs[-1] == 1
+    resumed = train_fold(cfg, tiny_data, 1, tmp_path / "resumed", progress=False)
+    assert resumed.history == full.history and resumed.test_error == full.test_error
+    a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")["model"]
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+class _HostReads(TorchDispatchMode):
+    """Counts the operators that make a device wait for the host: .item()/float()/int()/bool() on a tensor
+    (aten._local_scalar_dense) and the data-dependent shapes (nonzero, masked_select, unique)."""
+
+    SYNCING = {"_local_scalar_dense", "nonzero", "masked_select", "_unique2", "unique_dim", "unique_consecutive"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        name = func.overloadpacket.__name__
+        if name in self.SYNCING and not self._layer_draw():
+            self.seen.append(name)
+        return func(*args, **(kwargs or {}))
+
+    @staticmethod
+    def _layer_draw() -> bool:
+        """The mixer's layer comes from its CPU generator (Mixer.draw_layer): a host read that never waits for a GPU."""
+        frame = sys._getframe()
+        while frame is not None:
+            if frame.f_code.co_name == "draw_layer" and frame.f_code.co_filename.endswith("mixing.py"):
+                return True
+            frame = frame.f_back
+        return False
+
+
+@pytest.mark.parametrize("strategy", ["standard", "bc", "intermix", "intermix_official"])
+def test_an_epoch_and_an_evaluation_read_the_device_once(tiny_data, tmp_path, monkeypatch, strategy):
+    """Nothing on the training path waits for the host per step: no syncing operator at all, and one read
+    (`to_host`) per epoch and per 10-crop evaluation. (On a CPU the reads are free; on a GPU each is one sync.)"""
+    import intermix_core.method.train as train_module
+    from intermix_core.method import evaluate
+
+    cfg = tiny_cfg(strategy, augment={"scale": True, "gain": True}).resolved()
+    run = train_module._set_up(cfg, tiny_data, 1, tmp_path, torch.device("cpu"), None, None, None)
+    reads: list[object] = []
+    real = evaluate.to_host
+
+    def spy(values):  # noqa: ANN001, ANN202
+        reads.append(values.shape)
+        return real(values)
+
+    monkeypatch.setattr(train_module, "to_host", spy)
+    monkeypatch.setattr(evaluate, "to_host", spy)
+    with _HostReads() as mode:
+        record = train_module._train_epoch(run, 1)
+    assert mode.seen == [] and len(reads) == 1
+    with _HostReads() as mode:
+        train_module._evaluate(run, record)
+    assert mode.seen == [] and len(reads) == 2 and record.val_error is not None

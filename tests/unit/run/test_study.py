@@ -7,7 +7,7 @@ import pytest
 
 from intermix_core.config.grid import parse_grid
 from intermix_core.data import prepare_dataset
-from intermix_core.run.study import estimate_seconds, run_study
+from intermix_core.run.study import EpochClock, estimate_seconds, run_study, worker_threads
 from intermix_core.testing import demo_subset
 from pipelines.cli import main
 
@@ -51,6 +51,28 @@ def test_study_stops_at_its_budget_keeps_what_finished_and_resumes(prepared, tmp
     table = (out / "reports" / "table1.md").read_text()
     assert "PiczakCNN" in table and "(2/2 folds" not in table  # every fold present
     assert (out / "reports" / "table3.csv").is_file()
+    data = json.loads((out / "study.json").read_text())
+    assert all(f["threads"] == 1 and f["warmup_seconds"] >= 0.0 for f in data["folds"] if f["seconds"] > 0)
+    assert 0.0 <= data["warmup_seconds"]["median"] <= data["warmup_seconds"]["max"]
+    assert "warm-up per worker" in capsys.readouterr().out
+
+
+def test_worker_threads_one_per_gpu_worker_cores_shared_on_a_cpu(monkeypatch):
+    monkeypatch.delenv("INTERMIX_WORKER_THREADS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert worker_threads("cuda", 6) == 1 and worker_threads("cuda:0", 1) == 1
+    assert worker_threads("cpu", 4) == 4 and worker_threads("cpu", 32) == 1
+    monkeypatch.setenv("INTERMIX_WORKER_THREADS", "3")
+    assert worker_threads("cuda", 6) == 3
+
+
+def test_epoch_clock_measures_the_warmup_beyond_a_typical_epoch():
+    now = iter([100.0, 130.0, 131.0, 132.0, 133.5])  # start, then epochs end 30 s, then 1 s, 1 s, 1.5 s apart
+    clock = EpochClock(lambda: next(now))
+    assert clock.warmup_seconds() is None
+    for _ in range(4):
+        clock.log_epoch("study", None)
+    assert clock.warmup_seconds() == 29.0  # 30 s to the first end, less the median epoch (1 s)
 
 
 def test_study_refuses_a_grid_of_two_shards_and_bad_arguments(prepared, tmp_path, capsys):

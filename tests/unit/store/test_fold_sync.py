@@ -74,11 +74,18 @@ def test_a_finished_fold_missing_from_the_store_is_completed_there(tiny_data, tm
     assert _epoch(store.download_file(f"{prefix}/{CHECKPOINT}", tmp_path / "c.pt")) == 2
 
 
-def test_restart_starts_over_with_or_without_a_store(tiny_data, tmp_path):
+def test_restart_starts_over_with_or_without_a_store(tiny_data, tmp_path, monkeypatch):
+    import intermix_core.method.train as train_module
+
+    epochs: list[int] = []
+    real = train_module._train_epoch
+    monkeypatch.setattr(train_module, "_train_epoch", lambda run, epoch: epochs.append(epoch) or real(run, epoch))
     cfg = tiny_cfg("standard", epochs=2)
     first = train_step(cfg.model_dump_json(), tiny_data, 1, tmp_path / "out")
+    again = train_step(cfg.model_dump_json(), tiny_data, 1, tmp_path / "out")
+    assert again == first and epochs == [1, 2]  # finished: not trained again
     second = train_step(cfg.model_dump_json(), tiny_data, 1, tmp_path / "out", restart=True)
-    assert second.history == first.history and second.train_seconds != first.train_seconds  # retrained
+    assert second.history == first.history and epochs == [1, 2, 1, 2]  # retrained from the start, same result
 
 
 _FULL_DISK = """

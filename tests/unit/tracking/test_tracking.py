@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import time
 import uuid
 from pathlib import Path
 
@@ -147,3 +148,93 @@ def test_summarize_by_hand() -> None:
     stats = summarize([{"test_error": 10.0, "fgsm_error_eps_0.1": 50.0}, {"test_error": 14.0}, {"test_error": 12.0}])
     assert stats == {"n_folds": 3.0, "test_error_mean": 12.0, "test_error_se": pytest.approx(2.0 / math.sqrt(3)),
                      "fgsm_error_eps_0.1_mean": 50.0, "fgsm_error_eps_0.1_se": pytest.approx(float("nan"), nan_ok=True)}
+
+
+# ------------------------------------------------------------------ off the training path (a local sqlite store)
+
+
+def _metric_steps(t: Tracker, run_id: str, key: str = "train_loss") -> list[int]:
+    return sorted(m.step for m in t.client.get_metric_history(run_id, key))
+
+
+def test_epoch_metrics_go_out_in_the_background_exactly_once(tmp_path: Path) -> None:
+    """log_epoch returns at once; the background thread sends the buffer every sync_every seconds, a flush sends it
+    now, and finish_fold sends what is left: every epoch once, however the sends interleave."""
+    from fake_results import cfg_for, fold_result
+
+    t = Tracker(f"sqlite:///{tmp_path}/m.db", sync_every=0.3)
+    cfg = cfg_for("bc")
+    run_id = t.start_fold(cfg, 1, "background")
+    result = fold_result(cfg, 1, 12.5, epochs=9)
+    for record in result.history[:3]:
+        t.log_epoch(run_id, record)
+    assert t.pending_epochs(run_id) == [1, 2, 3] and _metric_steps(t, run_id) == []  # nothing sent by log_epoch
+    deadline = time.monotonic() + 10
+    while t.pending_epochs(run_id) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _metric_steps(t, run_id) == [1, 2, 3]  # the thread sent them
+    for record in result.history[3:6]:
+        t.log_epoch(run_id, record)
+    t.log_epoch(run_id, result.history[4])  # a replayed epoch is not buffered twice
+    assert t.flush(run_id) and _metric_steps(t, run_id) == [1, 2, 3, 4, 5, 6]
+    for record in result.history[6:]:
+        t.log_epoch(run_id, record)
+    t.finish_fold(run_id, result)
+    for key in ("train_loss", "train_error", "lr"):
+        assert _metric_steps(t, run_id, key) == list(range(1, 10)), key
+    assert t.client.get_run(run_id).info.status == "FINISHED"
+    t.close()
+
+
+def test_a_superseded_attempt_stops_within_one_interval_and_sends_nothing_more(tmp_path: Path) -> None:
+    """Attempt A holds the run; attempt B reopens it (a retry resuming from the stored checkpoint). Within one
+    sync interval A's ensure_current raises FoldSuperseded, without a request of its own; what A buffers after
+    that never reaches the run, and A cannot finish it."""
+    from fake_results import cfg_for, fold_result
+
+    from intermix_core.tracking.tracker import FoldSuperseded
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    a, b = Tracker(uri, sync_every=0.2), Tracker(uri, sync_every=0.2)
+    cfg = cfg_for("bc")
+    result = fold_result(cfg, 1, 12.5, epochs=6)
+    run_id = a.start_fold(cfg, 1, "takeover")
+    for record in result.history[:2]:
+        a.log_epoch(run_id, record)
+    assert a.flush(run_id)
+    a.ensure_current(run_id)  # still A's
+    assert b.start_fold(cfg, 1, "takeover", resume_run_id=run_id) == run_id
+    taken = time.monotonic()
+    while time.monotonic() - taken < 5:
+        try:
+            a.ensure_current(run_id)
+        except FoldSuperseded as err:
+            assert "reopened by another attempt" in str(err)
+            break
+        time.sleep(0.02)
+    else:
+        raise AssertionError("A never noticed the takeover")
+    assert time.monotonic() - taken < 2 * 0.2 + 1.0  # one interval, plus a request's time
+    a.log_epoch(run_id, result.history[2])  # A's epoch 3 arrives late: dropped
+    assert not a.pending_epochs(run_id)
+    with pytest.raises(FoldSuperseded):
+        a.finish_fold(run_id, result)
+    for record in result.history[2:]:
+        b.log_epoch(run_id, record)
+    b.finish_fold(run_id, result)
+    history = b.client.get_metric_history(run_id, "train_loss")
+    assert sorted(m.step for m in history) == list(range(1, 7))
+    assert b.client.get_run(run_id).info.status == "FINISHED"
+    a.close()
+    b.close()
+
+
+def test_synchronous_mode_sends_at_every_epoch(tmp_path: Path) -> None:
+    """sync_every=0 (what benchmarks/bench_overhead.py measures as the per-epoch cadence): no buffer, no thread."""
+    from fake_results import cfg_for, fold_result
+
+    t = Tracker(f"sqlite:///{tmp_path}/m.db", sync_every=0)
+    cfg = cfg_for("standard")
+    run_id = t.start_fold(cfg, 2, "sync")
+    t.log_epoch(run_id, fold_result(cfg, 2, 10.0).history[0])
+    assert t.pending_epochs(run_id) == [] and _metric_steps(t, run_id) == [1] and t._thread is None
