@@ -40,6 +40,8 @@ class FoldResult(BaseModel):
     model: str
     strategy: str
     fold: int
+    # the grid the fold was trained for (its store prefix and MLflow runs); None in results from before it was kept
+    grid_id: str | None = None
     seed: int = 0
     status: Literal["ok", "failed"] = "ok"
     error: str | None = None  # failure message when status == "failed"

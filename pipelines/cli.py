@@ -267,7 +267,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _print_error(err)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:  # a fold stopped by SIGINT/SIGTERM says which, with its checkpoint saved
+        if isinstance(err, commands.SIGNALLED):
+            print(f"intermix: {err}", file=sys.stderr)
+            return 128 + err.signum
         print("intermix: interrupted", file=sys.stderr)
         return 130
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from components.image import ImageError
+from intermix_core.common.names import check_pipeline_value
 from intermix_core.common.redact import redact_uris
 from intermix_core.common.text import cut, short
 from intermix_core.common.yamlfile import load_yaml, parse_yaml
@@ -28,6 +29,7 @@ from intermix_core.config.grid import (
     shards,
 )
 from intermix_core.data import DataError
+from intermix_core.method.train import FoldInterrupted
 from intermix_core.models import model_class
 from intermix_core.records import CHECKPOINT, RESULT, load_result
 from intermix_core.results.statistics import Summary
@@ -64,6 +66,8 @@ class UsageError(Exception):
 USER_ERRORS = (ConfigError, DataError, StorageError, UsageError, OSError, ValueError)
 # one line and exit 1: MLflow stayed unreachable, or another attempt at the fold took it over
 SERVICE_ERRORS = (TrackingError, FoldSuperseded)
+# one line and exit 128 + the signal: a fold stopped by SIGINT or SIGTERM after an epoch, its checkpoint saved
+SIGNALLED = FoldInterrupted
 
 
 def _pairs(items: list[str] | None, flag: str) -> dict[str, str]:
@@ -79,9 +83,10 @@ def _pairs(items: list[str] | None, flag: str) -> dict[str, str]:
 
 def _sources(args: argparse.Namespace) -> dict[str, str]:
     sources = _pairs(args.source, "--source")
-    for d in sources:
+    for d, value in sources.items():
         if d not in DATASETS:
             raise UsageError(f"--source {d}=...: unknown dataset {d!r}; expected one of: {', '.join(DATASETS)}")
+        check_pipeline_value(value, f"--source {d}")  # it becomes a pipeline parameter
     return sources
 
 

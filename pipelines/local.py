@@ -33,6 +33,8 @@ from kfp import local
 from mlflow import MlflowClient
 from tqdm import tqdm
 
+from intermix_core.common.names import check_pipeline_value
+from intermix_core.common.redact import redact_uris
 from intermix_core.config.grid import FoldCell, GridSpec, expand, grid_id
 from intermix_core.records import RESULT, load_result
 from intermix_core.store.grid_store import save_grid_spec
@@ -116,24 +118,40 @@ def init_local(work: Workdir, tracking: bool = True) -> None:
 
 
 class _LogStream(io.TextIOBase):
-    """A thread-safe text sink for the runner's output: a log file, optionally echoed to the terminal."""
+    """A thread-safe text sink for the runner's output: a log file, optionally echoed to the terminal.
+
+    The runner prints each task's arguments (a tracking URI with a password among them): every line is
+    written with credentials in URIs replaced by `***` (whole lines, so a URI split across writes is caught).
+    """
 
     def __init__(self, path: Path, echo: Any | None = None) -> None:
         self._file = path.open("a", buffering=1)
         self._echo = echo
         self._lock = threading.Lock()
+        self._partial = ""
 
     def write(self, s: str) -> int:
         with self._lock:
-            self._file.write(s)
-            if self._echo is not None:
-                self._echo.write(s)
+            lines = (self._partial + s).split("\n")
+            self._partial = lines.pop()
+            if lines:
+                self._emit("\n".join(redact_uris(line) for line in lines) + "\n")
         return len(s)
 
+    def _emit(self, text: str) -> None:
+        self._file.write(text)
+        if self._echo is not None:
+            self._echo.write(text)
+
     def flush(self) -> None:
+        with self._lock:
+            if self._partial:
+                self._emit(redact_uris(self._partial))
+                self._partial = ""
         self._file.flush()
 
     def close(self) -> None:
+        self.flush()
         self._file.close()
 
 
@@ -185,6 +203,9 @@ def _progress(desc: str, store: str, gid: str, cells: list[FoldCell], enabled: b
 
 def _run_pipeline(pipeline: Any, args: dict[str, Any], log: Path, verbose: bool) -> str | None:
     """Run one pipeline locally with its output in `log`; None on success, else the failure message."""
+    for name, value in args.items():  # what reaches the pipeline's parameters: no newline, no KFP placeholder
+        if isinstance(value, str):
+            check_pipeline_value(value, name)
     stream = _LogStream(log, echo=sys.stdout if verbose else None)
     # kfp 2.17.3 indents task output by swapping builtins.print per task, not thread-safely: with two
     # parallel iterations an indenting print can be left behind, so put the real one back afterwards

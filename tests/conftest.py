@@ -8,6 +8,7 @@ as a whole: docs, architecture). Tests that start servers are marked slow (the f
 from __future__ import annotations
 
 import logging
+import uuid
 import shutil
 import sys
 import tempfile
@@ -20,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent / "support"))
 
 from intermix_core.data import prepare_dataset  # noqa: E402
 from intermix_core.models import model_class  # noqa: E402
+from intermix_core.store.storage import Storage, StorageConfig, open_storage  # noqa: E402
 from intermix_core.testing import demo_subset  # noqa: E402
 
 from servers import MlflowServer, S3Server, find_weed, mlflow_server, seaweedfs  # noqa: E402
@@ -43,6 +45,18 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src = demo_subset(root / "src", per_class_per_fold=1, folds=(1, 2), seconds=2.0)
     prepare_dataset(src, "esc10", root / "prepared", model_class(FAST_MODEL).sample_rate, progress=False)
     return root / "prepared"
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Storage:
+    """A fresh, empty storage root on each backend."""
+    if request.param == "local":
+        return open_storage(tmp_path / "store")
+    s3 = request.getfixturevalue("s3_server")
+    for k, v in s3.env().items():
+        monkeypatch.setenv(k, v)
+    root = f"s3://intermix-data/t-{uuid.uuid4().hex[:8]}"
+    return open_storage(StorageConfig(root=root, endpoint_url=s3.endpoint_url))
 
 
 @pytest.fixture(scope="session")

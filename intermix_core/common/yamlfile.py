@@ -27,7 +27,10 @@ MAX_YAML_DEPTH = 32
 
 def parse_yaml(text: str, source: str) -> Any:
     """Parse YAML text safely and boundedly, raising ConfigError naming `source` on any problem."""
-    loader = yaml.SafeLoader(text)
+    try:  # the reader refuses control characters and unpaired surrogates (a non-UTF-8 byte in argv) at once
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: not valid YAML ({_reader_problem(err)})") from None
     loader.name = source  # marks in PyYAML's messages name the file, not "<unicode string>"
     try:
         node = loader.get_single_node()
@@ -43,6 +46,16 @@ def parse_yaml(text: str, source: str) -> Any:
         raise ConfigError(f"{source}: not valid YAML ({cut(' '.join(str(err).split()), 300)})") from None
     finally:
         loader.dispose()
+
+
+def _reader_problem(err: yaml.YAMLError) -> str:
+    """What PyYAML's reader refused, as a few words: the character and where (its message quotes the whole text)."""
+    if isinstance(err, yaml.reader.ReaderError):
+        char = err.character if isinstance(err.character, str) else chr(err.character)
+        what = f"U+{ord(char):04X}" if char.isprintable() else repr(char)
+        kind = "a byte that is not UTF-8" if 0xDC80 <= ord(char) <= 0xDCFF else "a control character"
+        return f"{kind}, {what}, at position {err.position}; YAML allows printable text only"
+    return cut(" ".join(str(err).split()), 300)
 
 
 def _check_yaml_size(root: yaml.Node, source: str) -> None:

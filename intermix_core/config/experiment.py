@@ -11,11 +11,13 @@ from typing import Any
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
+from intermix_core.common.names import check_name
 from intermix_core.common.text import cut, short
 from intermix_core.common.yamlfile import ConfigError, load_yaml
 from intermix_core.config.presets import STRATEGIES, STRATEGY_OPTIM_DEFAULTS, reference_schedule, strategy_preset
 from intermix_core.config.sections import (
     DATASETS,
+    MAX_CROPS,
     MAX_SEED,
     AttackConfig,
     AugmentConfig,
@@ -46,7 +48,7 @@ class ExperimentConfig(Strict):
     optim: OptimConfig = OptimConfig()
     augment: AugmentConfig = AugmentConfig()
     attack: AttackConfig = AttackConfig()
-    num_crops: int = Field(default=10, ge=1)
+    num_crops: int = Field(default=10, ge=1, le=MAX_CROPS)
     # override the model's input length in samples (small demos); None keeps the model's own.
     # Each model accepts a range (StagedModel.min_input_length..max_input_length), checked below.
     input_length: int | None = Field(default=None, ge=1)
@@ -62,6 +64,7 @@ class ExperimentConfig(Strict):
             return {**STRATEGIES[name].model_dump(), **v}
         return v
 
+    _setup = field_validator("setup")(classmethod(lambda cls, v: v if v is None else check_name(v, "setup")))
     _model = field_validator("model")(classmethod(lambda cls, v: known_model(v)))
 
     @field_validator("strategy")

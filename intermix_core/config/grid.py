@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from intermix_core.common.names import check_name, check_pipeline_value
 from intermix_core.common.text import short
 from intermix_core.common.yamlfile import ConfigError, load_yaml
 from intermix_core.config.experiment import ExperimentConfig, format_validation_error, known_model, parse_config
@@ -30,8 +30,6 @@ from intermix_core.models import model_class
 from intermix_core.records import fold_label
 
 GRIDS_DIR = Path(__file__).resolve().parent.parent / "grids"  # the packaged grids: intermix_core/grids/*.yaml
-_GRID_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
-_SETUP_NAME = re.compile(r"^[a-z0-9][a-z0-9_]{0,39}$")
 # keys a grid sets itself on every cell; overrides may not set them
 _AXES = ("dataset", "model", "strategy", "setup", "seed")
 
@@ -53,9 +51,7 @@ class SetupSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _SETUP_NAME.match(v):
-            raise ValueError(f"setup name {short(v)} must be lower-case letters, digits and '_' (at most 40)")
-        return v
+        return check_name(v, "setup name")
 
     _model = field_validator("model")(classmethod(lambda cls, v: known_model(v)))
 
@@ -92,9 +88,7 @@ class GridSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _GRID_NAME.match(v):
-            raise ValueError(f"grid name {short(v)} must be lower-case letters, digits and '-' (at most 40)")
-        return v
+        return check_name(v, "grid name")
 
     @field_validator("datasets")
     @classmethod
@@ -152,9 +146,10 @@ class GridSpec(_Strict):
     @classmethod
     def _sources(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
         datasets = info.data.get("datasets") or []
-        for d in v:
+        for d, source in v.items():
             if d not in datasets:
                 raise ValueError(f"{short(d)} is not one of the grid's datasets ({', '.join(datasets)})")
+            check_pipeline_value(source, f"source of {d}")  # it becomes a default of the compiled pipeline
         return v
 
     def folds_for(self, dataset: str) -> list[int]:

@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from intermix_core.common.names import check_name
 from intermix_core.common.text import short
 
 DATASETS: dict[str, dict[str, int]] = {
@@ -32,6 +33,18 @@ MAX_SEED = 2**32 - 1
 OnSilent = Literal["keep", "skip", "error"]
 ON_SILENT: tuple[str, ...] = typing.get_args(OnSilent)
 
+# Upper bounds where the method itself gives one, so an absurd but finite value is refused in a line instead of
+# allocating gigabytes (augment.scale_max=1e6 asked for a 40 GiB bank): scale augmentation stretches a clip by at
+# most MAX_SCALE (BC uses 1.25; the bank reserves a window of T * scale_max per crop); a gain beyond +-40 dB turns
+# a 16-bit recording into clipping or silence; the 10-crop test takes evenly spaced crops, and more than
+# MAX_CROPS of them only repeat positions; batches and epochs are bounded far above any schedule of the paper.
+MAX_SCALE = 4.0
+MAX_GAIN_DB = 40.0
+MAX_CROPS = 100
+MAX_BATCH = 8192
+MAX_EPOCHS = 100_000
+MAX_EPSILONS = 32
+
 
 class Strict(BaseModel):
     """A section: unknown keys, inf and nan refused; frozen once validated."""
@@ -43,7 +56,7 @@ class Strict(BaseModel):
 class StrategyConfig(Strict):
     """One mixing strategy as data (docs/method.md has the table of presets)."""
 
-    name: str
+    name: str  # a preset's name, or a custom strategy's (a name: intermix_core.common.names)
     mix: bool = False
     # "r": weights r, 1-r (mixup, eq. 1); "p": the sound mixing ratio p from A-weighted levels (eq. 3)
     weighting: Literal["r", "p"] = "p"
@@ -71,6 +84,8 @@ class StrategyConfig(Strict):
     gains_on: Literal["input", "hidden"] = "input"
     detach_interference: bool = False
 
+    _name = field_validator("name")(classmethod(lambda cls, v: check_name(v, "strategy name")))
+
     @field_validator("layers")
     @classmethod
     def _layers(cls, v: tuple[int, ...]) -> tuple[int, ...]:
@@ -83,15 +98,15 @@ class OptimConfig(Strict):
     """Nesterov SGD and the step schedule. None means: take the reference value."""
 
     # epochs of this run as given; None: standard_epochs (else the reference value), doubled for mixing
-    epochs: int | None = Field(default=None, ge=1)
+    epochs: int | None = Field(default=None, ge=1, le=MAX_EPOCHS)
     # Standard learning's epochs for a shorter schedule than the reference; mixing strategies then train
     # twice as many (with double_epochs_for_mixing), as the paper does. Ignored when `epochs` is set.
-    standard_epochs: int | None = Field(default=None, ge=1)
+    standard_epochs: int | None = Field(default=None, ge=1, le=MAX_EPOCHS)
     lr: float | None = Field(default=None, gt=0.0)
     schedule: tuple[float, ...] | None = None
-    warmup: int | None = Field(default=None, ge=0)
+    warmup: int | None = Field(default=None, ge=0, le=MAX_EPOCHS)
     double_epochs_for_mixing: bool = True
-    batch_size: int = Field(default=32, ge=2)
+    batch_size: int = Field(default=32, ge=2, le=MAX_BATCH)
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(default=5e-4, ge=0.0)
     nesterov: bool = True
@@ -127,9 +142,9 @@ class AugmentConfig(Strict):
     """Scale and gain augmentation (the paper's 'EnvNet-v2 + augmentation')."""
 
     scale: bool = False
-    scale_max: float = Field(default=1.25, ge=1.0)  # factor = scale_max ** U(-1, 1)
+    scale_max: float = Field(default=1.25, ge=1.0, le=MAX_SCALE)  # factor = scale_max ** U(-1, 1)
     gain: bool = False
-    gain_db: float = Field(default=6.0, ge=0.0)  # gain = 10 ** (U(-gain_db, gain_db) / 20)
+    gain_db: float = Field(default=6.0, ge=0.0, le=MAX_GAIN_DB)  # gain = 10 ** (U(-gain_db, gain_db) / 20)
 
 
 class AttackConfig(Strict):
@@ -142,6 +157,8 @@ class AttackConfig(Strict):
     @field_validator("epsilons")
     @classmethod
     def _eps(cls, v: tuple[float, ...]) -> tuple[float, ...]:
-        if any(e < 0 for e in v):
-            raise ValueError(f"epsilons must be >= 0, got {short(list(v))}")
+        if any(not 0 <= e <= 2 for e in v):  # inputs lie in [-1, 1]: a step beyond 2 moves any sample anywhere
+            raise ValueError(f"epsilons must lie in 0..2 (inputs are in [-1, 1]), got {short(list(v))}")
+        if len(v) > MAX_EPSILONS:
+            raise ValueError(f"at most {MAX_EPSILONS} epsilons, got {len(v)}")
         return v

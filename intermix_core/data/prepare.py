@@ -38,7 +38,8 @@ from intermix_core.data.raw import (
     read_metadata,
 )
 
-FORMAT_VERSION = 2  # 2: UrbanSound8K clips are no longer zero-trimmed (data.raw.TRIM_ZEROS)
+# 2: UrbanSound8K clips are no longer zero-trimmed (data.raw.TRIM_ZEROS); 3: manifest.json carries its own digest
+FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 _FOLD_FILE = re.compile(r"fold\d+\.npy")
 log = logging.getLogger(__name__)
@@ -97,6 +98,17 @@ class Manifest(_Model):
     skipped: list[SilentClip] = []  # silent clips left out (on_silent='skip')
     kept_silent: list[SilentClip] = []  # silent clips kept, untrimmed zeros (on_silent='keep')
     intermix_version: str = __version__
+    # sha256 of this manifest with `digest` empty: labels, sample rate and clip records are checked like the fold
+    # files are (an edited manifest.json trained silently wrong)
+    digest: str = ""
+
+    def computed_digest(self) -> str:
+        """The digest this manifest's fields give (what `digest` must hold)."""
+        return hashlib.sha256(self.model_copy(update={"digest": ""}).model_dump_json().encode()).hexdigest()
+
+    def sealed(self) -> "Manifest":
+        """This manifest with its digest filled in."""
+        return self.model_copy(update={"digest": self.computed_digest()})
 
     def params(self) -> tuple:
         """Everything besides the source files and on_silent that determines the prepared arrays."""
@@ -178,6 +190,7 @@ def prepare_dataset(
             # the new preparation is built whole beside the old one, which stays usable if this fails
             manifest = _build(clips, hashes, root, dataset, sample_rate, on_silent, fingerprint, staging, progress)
             tmp = staging / MANIFEST
+            manifest = manifest.sealed()
             tmp.write_text(manifest.model_dump_json(indent=1))
             _fsync(tmp)
             _swap_in(out, staging, manifest)
@@ -308,7 +321,11 @@ def _finished(out: Path, verify: bool) -> Manifest | None:
     except (ValidationError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: not a valid manifest (format {FORMAT_VERSION}): {e}") from e
     if manifest.format_version != FORMAT_VERSION:
-        raise DataError(f"{path}: format version {manifest.format_version}, expected {FORMAT_VERSION}")
+        raise DataError(f"{path}: format version {manifest.format_version}, expected {FORMAT_VERSION}; prepare the "
+                        "dataset again")
+    if manifest.digest != manifest.computed_digest():
+        raise DataError(f"{path}: its contents do not match its digest (edited after preparation?); prepare the "
+                        "dataset again")
     for ff in manifest.fold_files:
         file = out / ff.file
         if not file.is_file():

@@ -18,7 +18,7 @@ from intermix_core.method.bank import ClipBank, eval_batch
 from intermix_core.method.checkpoint import load_checkpoint, model_from_checkpoint
 from intermix_core.method.devices import resolve_device
 from intermix_core.method.evaluate import clip_error, crop_error, default_eval_clips
-from intermix_core.models import StagedModel, speed_up
+from intermix_core.models import StagedModel, model_class, speed_up
 
 
 def fgsm(
@@ -91,8 +91,15 @@ def attack_fold(
     state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     model, cfg = model_from_checkpoint(state)
     speed_up(model, channels_last=cfg.optim.channels_last)  # compile is not worth it for one pass per epsilon
-    fold = state["fold"] if fold is None else fold
+    where = "the checkpoint" if isinstance(checkpoint, dict) else str(checkpoint)
+    if fold is not None and fold != state["fold"]:
+        raise ValueError(f"{where}: trained with fold {state['fold']} held out, so attacking fold {fold} would test it "
+                         f"on its own training data; give fold {state['fold']} (or none)")
+    fold = state["fold"]
     data = load_prepared(data_dir)
+    rate = model_class(cfg.model).sample_rate
+    if data.sample_rate != rate:
+        raise ValueError(f"{data_dir}: prepared at {data.sample_rate} Hz, but {cfg.model} expects {rate} Hz")
     if fold not in data.folds:
         raise ValueError(f"fold {fold} is not in {data_dir}; folds there: {sorted(data.folds)}")
     bank = ClipBank.from_prepared(data, [fold], dev, length=cfg.crop_length)

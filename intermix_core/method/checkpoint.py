@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import socket
 import time
 import uuid
@@ -33,6 +34,19 @@ class FoldBusy(ValueError):
 def _temporary(path: Path) -> Path:
     """A temporary name beside `path`, unique to this process and call (concurrent writers never share one)."""
     return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+
+
+_TEMPORARY = re.compile(r"^\..+\.\d+-[0-9a-f]{8}\.tmp$")  # the names _temporary and records.write_json_atomic give
+
+
+def clean_temporaries(folder: Path) -> list[str]:
+    """Remove the temporary files a process killed mid-write left in a fold folder (call it holding the fold lock)."""
+    removed = []
+    for path in folder.iterdir():
+        if path.is_file() and _TEMPORARY.match(path.name):
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

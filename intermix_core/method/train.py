@@ -13,10 +13,14 @@ evaluate when due, report, checkpoint when due; then the final evaluation and th
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import sys
+import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,7 +32,9 @@ from tqdm import tqdm
 from intermix_core.config import ExperimentConfig
 from intermix_core.data import load_prepared
 from intermix_core.method.bank import ClipBank, PairSampler, draw_crops, epoch_order, train_batch
-from intermix_core.method.checkpoint import CHECKPOINT_FORMAT, fold_lock, load_checkpoint, save_checkpoint
+from intermix_core.method.checkpoint import (
+    CHECKPOINT_FORMAT, clean_temporaries, fold_lock, load_checkpoint, save_checkpoint,
+)
 from intermix_core.method.devices import resolve_device
 from intermix_core.method.evaluate import clip_error, confusion_matrix, predict_crops, to_host
 from intermix_core.method.mixing import Mixer
@@ -51,6 +57,19 @@ class FoldTracker(Protocol):
     def log_epoch(self, run_id: str, record: EpochRecord) -> None: ...
     def flush(self, run_id: str) -> object: ...
     def finish_fold(self, run_id: str, result: FoldResult) -> None: ...
+    def end_fold(self, run_id: str, status: str, reason: str) -> None: ...
+
+
+class FoldTakenOver(RuntimeError):
+    """Another attempt at the fold took it over (a FoldTracker raises it, e.g. tracking.FoldSuperseded): this stops."""
+
+
+class FoldInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the fold after an epoch, with a resumable checkpoint; the message says so."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 class TrainingDiverged(ValueError):
@@ -102,12 +121,14 @@ class FoldRun:
     pairs: PairSampler | None  # the authors' adjacent pairs, or None for in-batch partners
     tracker: FoldTracker | None = None
     eval_clips: int | None = None
+    grid_id: str = "local"
     history: list[EpochRecord] = field(default_factory=list)
     start_epoch: int = 1
     run_id: str | None = None
     elapsed: float = 0.0  # seconds spent in training epochs (evaluation and checkpoints excluded)
     seen: int = 0  # training samples seen
     last_checkpoint: float = 0.0  # clock() when the last checkpoint was written (or training began)
+    stop: StopRequest = field(default_factory=lambda: StopRequest())  # a signal asking to stop after this epoch
 
     @property
     def label(self) -> str:
@@ -141,14 +162,70 @@ def train_fold(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with fold_lock(out):
+        clean_temporaries(out)  # what a process killed while writing left (nobody else writes here: the lock)
         cfg = cfg.resolved()
         state = _checkpoint_of(cfg, fold, out)
         if state is not None and state["epoch"] >= cfg.optim.epochs and (out / RESULT).exists():
             return load_result(out / RESULT)  # finished earlier
         run = _set_up(cfg, data_dir, fold, out, dev, state, tracker, eval_clips)
+        run.grid_id = grid_id
         if tracker is not None:
             run.run_id = tracker.start_fold(cfg, fold, grid_id, resume_run_id=run.run_id)
-        return _train(run, progress, stop_after_epoch, deadline)
+        with stop_on_signals() as run.stop:
+            try:
+                ended = _train(run, progress, stop_after_epoch, deadline)
+            except FoldTakenOver:
+                raise  # the fold's run belongs to the attempt that took it over
+            except BaseException as err:  # a failure, a signal, a second Ctrl-C: the run ends saying which
+                _end_run(run, err)
+                raise
+        return ended if isinstance(ended, FoldResult) else _finish(run, ended)
+
+
+class StopRequest:
+    """The first SIGINT or SIGTERM a training receives: it stops after the epoch in progress, with a checkpoint."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if self.signum is None:
+            self.signum = signum
+            signal.signal(signum, self.previous[signum])  # a second one acts at once (Ctrl-C: KeyboardInterrupt)
+            tqdm.write(f"intermix: {signal.Signals(signum).name}: stopping after this epoch, with a checkpoint"
+                       + (" (Ctrl-C again stops at once)" if signum == signal.SIGINT else ""), file=sys.stderr)
+
+    previous: dict[int, Any] = {}
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[StopRequest]:
+    """Within the block, SIGINT and SIGTERM ask the training to stop after its current epoch (main thread only)."""
+    stop = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    stop.previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in stop.previous:
+        signal.signal(sig, stop)
+    try:
+        yield stop
+    finally:
+        for sig, handler in stop.previous.items():
+            signal.signal(sig, handler)
+
+
+def _end_run(run: FoldRun, err: BaseException) -> None:
+    """Tell tracking that the fold's run ended without finishing: KILLED (a signal, Ctrl-C) or FAILED (an error)."""
+    if run.tracker is None or run.run_id is None:
+        return
+    killed = isinstance(err, KeyboardInterrupt)
+    reason = str(err) if isinstance(err, FoldInterrupted) else "interrupted" if killed else f"{type(err).__name__}: {err}"
+    try:
+        run.tracker.end_fold(run.run_id, "KILLED" if killed else "FAILED", reason)
+    except Exception as tracking_err:  # noqa: BLE001 - the fold's own error is what the user must see
+        print(f"intermix: warning: MLflow run {run.run_id} could not be ended ({type(tracking_err).__name__}: "
+              f"{str(tracking_err).splitlines()[0] if str(tracking_err) else ''})", file=sys.stderr)
 
 
 def _checkpoint_of(cfg: ExperimentConfig, fold: int, out: Path) -> dict[str, Any] | None:
@@ -173,7 +250,8 @@ def _open_fold(cfg: ExperimentConfig, data_dir: str | Path, fold: int, dev: torc
     train_folds = [f for f in sorted(data.folds) if f != fold]
     if not train_folds:
         raise ValueError(f"{data_dir}: fold {fold} is the only fold; nothing is left to train on")
-    length, scale_max = cfg.crop_length, cfg.augment.scale_max
+    # the bank reserves a window of T * scale_max per crop: only as wide as scale augmentation reads
+    length, scale_max = cfg.crop_length, cfg.augment.scale_max if cfg.augment.scale else 1.0
     return (ClipBank.from_prepared(data, train_folds, dev, length=length, scale_max=scale_max),
             ClipBank.from_prepared(data, [fold], dev, length=length))
 
@@ -207,8 +285,10 @@ def _set_up(
     return run
 
 
-def _train(run: FoldRun, progress: bool, stop_after_epoch: int | None, deadline: float | None) -> FoldResult:
-    """The epoch loop from `run.start_epoch`; the fold's result (without a test error if stopped early).
+def _train(run: FoldRun, progress: bool, stop_after_epoch: int | None,
+           deadline: float | None) -> FoldResult | torch.Tensor | None:
+    """The epoch loop from `run.start_epoch`: the last evaluation's crop softmax (None if resumed past the last
+    epoch), or the fold's result without a test error if stopped early; FoldInterrupted after a signal's checkpoint.
 
     Besides training, an epoch costs a few microseconds of bookkeeping: its record is buffered for
     tracking (sent in the background), the progress bar redraws at most ten times a second, and
@@ -228,14 +308,18 @@ def _train(run: FoldRun, progress: bool, stop_after_epoch: int | None, deadline:
             _report_epoch(run, record)
             bar.set_postfix(loss=f"{record.train_loss:.3f}", err=f"{record.train_error:.1f}",
                             val=f"{record.val_error:.1f}" if record.val_error is not None else "-", refresh=False)
-            stop = epoch == stop_after_epoch or (deadline is not None and time.time() >= deadline)
+            signalled = run.stop.signum is not None
+            stop = signalled or epoch == stop_after_epoch or (deadline is not None and time.time() >= deadline)
             if last or stop or _checkpoint_due(run, epoch):
                 _checkpoint(run, epoch, final=last)
+            if signalled and not last:
+                raise FoldInterrupted(run.stop.signum, f"{run.label}: stopped by {signal.Signals(run.stop.signum).name} "
+                                      f"after epoch {epoch}, with its checkpoint: the same command resumes it")
             if stop and not last:
                 return _result(run, None, None)
     finally:
         bar.close()
-    return _finish(run, crop_probs)
+    return crop_probs
 
 
 def _checkpoint_due(run: FoldRun, epoch: int) -> bool:
@@ -306,7 +390,7 @@ def _checkpoint(run: FoldRun, epoch: int, final: bool) -> None:
     ckpt: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT, "config": run.cfg.model_dump(mode="json"), "fold": run.fold, "epoch": epoch,
         "model": run.model.state_dict(), "history": [h.model_dump() for h in run.history],
-        "run_id": run.run_id, "elapsed": run.elapsed, "seen": run.seen,
+        "run_id": run.run_id, "elapsed": run.elapsed, "seen": run.seen, "grid_id": run.grid_id,
     }
     if not final:  # what resuming needs; a finished fold drops it (about half the file for SGD)
         ckpt.update(optimizer=run.opt.state_dict(), mixer_rng=run.mixer.state(), data_rng=run.data_gen.get_state(),
@@ -357,7 +441,7 @@ def _result(run: FoldRun, test_error: float | None, confusion: list[list[int]] |
     best = min(evaluated, key=lambda h: (h.val_error, h.epoch)) if evaluated else None
     return FoldResult(
         dataset=cfg.dataset, setup=cfg.setup_name, model=cfg.model, strategy=cfg.strategy.name, fold=run.fold,
-        seed=cfg.seed, test_error=test_error, history=history, confusion=confusion,
+        grid_id=run.grid_id, seed=cfg.seed, test_error=test_error, history=history, confusion=confusion,
         best_val_error=best.val_error if best else None, best_epoch=best.epoch if best else None,
         train_seconds=round(elapsed, 3), samples_per_second=round(run.seen / elapsed, 2) if elapsed > 0 else None,
         config=cfg.model_dump(mode="json"),

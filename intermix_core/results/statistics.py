@@ -141,6 +141,7 @@ class MissingFold(BaseModel):
     fold: int
     reason: str  # "missing" or "failed"
     error: str | None = None
+    state: str | None = None  # what tracking says of it, when asked: "running (heartbeat 40 s ago)", "killed? ..."
 
 
 class Comparison(BaseModel):

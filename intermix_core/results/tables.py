@@ -8,6 +8,7 @@ plain-text view for the CLI.
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -269,6 +270,19 @@ def write_reports(summary: Summary, out_dir: str | Path, results: list[FoldResul
     for name in REPORT_FILES - written.keys():  # drop what an earlier aggregation wrote and this one did not
         (out / name).unlink(missing_ok=True)
     return written
+
+
+def install_reports(staging: str | Path, out_dir: str | Path) -> list[Path]:
+    """Move the complete report files of `staging` into out_dir, each with one rename; drop report files it lacks."""
+    src, out = Path(staging), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    moved = []
+    for path in sorted(p for p in src.iterdir() if p.is_file()):
+        os.replace(path, out / path.name)
+        moved.append(out / path.name)
+    for name in REPORT_FILES - {p.name for p in moved}:  # what an earlier aggregation wrote and this one did not
+        (out / name).unlink(missing_ok=True)
+    return moved
 
 
 def format_terminal(summary: Summary) -> str:

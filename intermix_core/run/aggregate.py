@@ -8,19 +8,23 @@ summary run (`intermix_core.tracking.summary`).
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from intermix_core.common.names import check_name
 from intermix_core.config.grid import expand, grid_id, parse_grid
 from intermix_core.records import fold_label
 from intermix_core.results.statistics import MissingFold, Summary, aggregate, collect_results
-from intermix_core.results.tables import write_reports
+from intermix_core.results.tables import install_reports, write_reports
 from intermix_core.store.grid_store import fetch_grid_results, save_grid_spec
 from intermix_core.store.reports import new_version, publish_reports
 from intermix_core.store.storage import Storage, open_storage
 from intermix_core.tracking.summary import log_summary_to_mlflow
+from intermix_core.tracking.tracker import Tracker
 
 
 def publish_aggregation(store: Storage, grid_id: str, out_dir: str | Path, version: str,
@@ -46,15 +50,23 @@ def aggregate_step(
     are reported as missing. With store_root, the reports are also published as one version under
     `<root>/<grid_id>/reports/` (`intermix_core.store.reports`: concurrent aggregations, the newest wins).
     """
+    check_name(grid_id, "grid id")
     items = [results] if isinstance(results, (str, Path)) else list(results)
-    version = None
+    where = ", ".join(str(p) for p in items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
+    version, refused = None, []
     if store_root:
         version = new_version()  # taken before reading: a later version has seen at least these results
+        where = open_storage(store_root).uri(grid_id)
     with tempfile.TemporaryDirectory(prefix="intermix-results-") as tmp:
         if store_root:
             items.append(Path(tmp))
-            fetch_grid_results(store_root, grid_id, tmp)
+            refused = fetch_grid_results(store_root, grid_id, tmp)[1]
         found = collect_results(items) if items else []
+    for line in refused:
+        print(f"intermix: warning: {line}", file=sys.stderr)
+    if not found:  # nothing to say: no empty tables, no report version, no MLflow summary run
+        raise NoResults(f"{where or 'no paths given'}: no fold results there; nothing aggregated and nothing written "
+                        "(run or submit the grid first, or point at its store)")
     keys = [(str(d), str(s), str(st), int(f)) for d, s, st, f in (expected or [])]
     folds: dict[str, list[int]] = {}
     for d, _, _, f in keys:
@@ -62,14 +74,47 @@ def aggregate_step(
     summary = aggregate(found, {d: sorted(set(f)) for d, f in folds.items()} or None)
     have = {(r.dataset, r.setup, r.strategy) for r in found}
     absent = [MissingFold(dataset=d, setup=s, strategy=st, fold=f, reason="missing") for d, s, st, f in keys if (d, s, st) not in have]
-    summary = summary.model_copy(update={"missing": summary.missing + absent})
-    write_reports(summary, out_dir, found)
-    if store_root:
-        # one atomic version; the newest wins, and only it goes on to update the MLflow summary run
-        publish_aggregation(open_storage(store_root), grid_id, out_dir, version, tracking_uri)
-    elif tracking_uri:
-        log_summary_to_mlflow(out_dir, tracking_uri=tracking_uri, grid_id=grid_id)
+    summary = summary.model_copy(update={"missing": summary.missing + absent, "notes": summary.notes + refused})
+    if tracking_uri and summary.missing:
+        summary = _with_tracking_states(summary, tracking_uri, grid_id)
+    # every aggregation writes into a staging folder of its own: what it publishes (store, MLflow) and then moves
+    # into out_dir file by file is complete, whatever other aggregations of the grid do at the same moment
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    try:
+        write_reports(summary, staging, found)
+        if store_root:
+            # one atomic version; the newest wins, and only it goes on to update the MLflow summary run
+            publish_aggregation(open_storage(store_root), grid_id, staging, version, tracking_uri)
+        elif tracking_uri:
+            log_summary_to_mlflow(staging, tracking_uri=tracking_uri, grid_id=grid_id)
+        install_reports(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return summary
+
+
+def _with_tracking_states(summary: Summary, tracking_uri: str, grid_id: str) -> Summary:
+    """Missing folds annotated with what MLflow says of them (running, or killed: RUNNING without a heartbeat); the
+    parents of cells with a killed fold are brought up to date (KILLED), since nothing else could end them."""
+    try:
+        tracker = Tracker(tracking_uri)
+        states = {(s.dataset, s.setup, s.strategy, s.fold): s for s in tracker.fold_states(grid_id)}
+        missing = [m.model_copy(update={"state": states[key].describe()}) if (key := (m.dataset, m.setup, m.strategy,
+                   m.fold)) in states and states[key].status != "FINISHED" else m for m in summary.missing]
+        for cell in sorted({k[:3] for k, s in states.items() if s.stale}):
+            tracker.update_parent(grid_id, *cell)
+        tracker.close()
+    except Exception as err:  # noqa: BLE001 - tracking only adds words to the tables; it must not stop them
+        print(f"intermix: warning: the states of the folds in MLflow could not be read ({type(err).__name__}: "
+              f"{str(err).splitlines()[0] if str(err) else ''})", file=sys.stderr)
+        return summary
+    return summary.model_copy(update={"missing": missing})
+
+
+class NoResults(ValueError):
+    """An aggregation found no fold result at all: it writes and publishes nothing (the message says where it looked)."""
 
 
 def grid_aggregate_step(
@@ -88,6 +133,6 @@ def describe_absent(summary: Summary, limit: int = 6) -> str:
     """One line on folds without a result ('' if none): how many, and the first few by name."""
     if not summary.missing:
         return ""
-    names = [f"{fold_label(m.dataset, m.setup, m.strategy, m.fold)} ({m.reason})" for m in summary.missing]
+    names = [f"{fold_label(m.dataset, m.setup, m.strategy, m.fold)} ({m.state or m.reason})" for m in summary.missing]
     more = f", and {len(names) - limit} more" if len(names) > limit else ""
     return f"{len(names)} fold(s) without a result: {', '.join(names[:limit])}{more}"

@@ -13,6 +13,7 @@ import tempfile
 from contextlib import AbstractContextManager
 from pathlib import Path
 
+from intermix_core.common.names import check_name
 from intermix_core.config import parse_config
 from intermix_core.data import Manifest, prepare_dataset
 from intermix_core.method.attack import attack_fold
@@ -68,6 +69,7 @@ def train_step(
     fold's checkpoint and result both in out_dir and in the store.
     """
     cfg = parse_config(json.loads(config_json), source="config_json")
+    check_name(grid_id, "grid id")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     store = _storage(checkpoint_root)
@@ -88,7 +90,7 @@ def train_step(
         raise  # another attempt holds the fold: its outcome, not this refusal, belongs in the store
     except Exception as err:
         if store is not None:
-            record_failure(store, prefix, cfg, fold, err)
+            record_failure(store, grid_id, cfg, fold, err)
         raise
     finally:
         if tracker is not None:
@@ -115,18 +117,28 @@ def attack_step(
     """FGSM on a trained fold; writes and persists the updated result.
 
     trained_dir holds result.json and checkpoint.pt; without the checkpoint there, it is fetched
-    from the store (`checkpoint_root`), where train_step left it.
+    from the store (`checkpoint_root`), where train_step left it. The result is written only where
+    it belongs: the fold, cell and grid that the result and its checkpoint both say (a mismatch is
+    refused in one line, before anything is written).
     """
+    check_name(grid_id, "grid id")
     trained = Path(trained_dir)
     result = load_result(trained / RESULT)
+    if fold != result.fold:
+        raise ValueError(f"{trained / RESULT}: the result of fold {result.fold}, not fold {fold}; a fold's result is "
+                         "updated only under its own fold")
+    if result.grid_id is not None and result.grid_id != grid_id:
+        raise ValueError(f"{trained / RESULT}: a result of grid {result.grid_id}, not of grid {grid_id}; give that grid "
+                         "id (or train into this grid)")
     store = _storage(checkpoint_root)
-    prefix = cell_prefix(grid_id, result.dataset, result.setup, result.strategy, fold)
+    prefix = cell_prefix(grid_id, result.dataset, result.setup, result.strategy, result.fold)
     with tempfile.TemporaryDirectory(prefix="intermix-attack-") as tmp:
         checkpoint = trained / CHECKPOINT
         if not checkpoint.exists() and store is not None:
             checkpoint = store.download_file(f"{prefix}/{CHECKPOINT}", Path(tmp) / CHECKPOINT)
         state = load_checkpoint(checkpoint)  # once: it can be hundreds of MB
-    fgsm, fgsm_crop = attack_fold(state, data_dir, fold, device=device)
+    _check_same_fold(result, state, checkpoint)
+    fgsm, fgsm_crop = attack_fold(state, data_dir, result.fold, device=device)
     run_id = state.get("run_id")
     del state
     result = result.model_copy(update={"fgsm": fgsm, "fgsm_crop": fgsm_crop})
@@ -139,6 +151,18 @@ def attack_step(
     if tracker is not None and run_id:
         tracker.log_fgsm(run_id, fgsm, fgsm_crop)
     return result
+
+
+def _check_same_fold(result: FoldResult, state: dict, checkpoint: Path) -> None:
+    """Refuse a checkpoint that is not the result's fold (another cell, fold or grid)."""
+    cfg = parse_config(state["config"], source=f"{checkpoint}: config")
+    got = (cfg.dataset, cfg.setup_name, cfg.strategy.name, state["fold"])
+    if got != result.key:
+        raise ValueError(f"{checkpoint}: the checkpoint of {'/'.join(map(str, got))}, but the result beside it is of "
+                         f"{result.label}; refused")
+    if result.grid_id is not None and state.get("grid_id") not in (None, result.grid_id):
+        raise ValueError(f"{checkpoint}: a checkpoint of grid {state['grid_id']}, the result of grid {result.grid_id}; "
+                         "refused")
 
 
 def attack_checkpoint_step(checkpoint: str | Path, data_dir: str | Path, fold: int | None = None, *,

@@ -81,6 +81,9 @@ class EpochClock:
     def finish_fold(self, run_id: str, result: Any) -> None:
         """Nothing to finish."""
 
+    def end_fold(self, run_id: str, status: str, reason: str) -> None:
+        """Nothing to end."""
+
     def warmup_seconds(self) -> float | None:
         """The first epoch's end minus the start, less the median epoch (None before two epochs ended)."""
         if len(self.ends) < 2:

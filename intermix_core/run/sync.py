@@ -23,6 +23,7 @@ from typing import Any
 from intermix_core.config import ExperimentConfig
 from intermix_core.method.checkpoint import load_checkpoint
 from intermix_core.records import CHECKPOINT, RESULT, FoldResult, load_result, save_result
+from intermix_core.store.layout import cell_prefix
 from intermix_core.store.storage import Storage, StorageError
 from intermix_core.tracking.tracker import FoldSuperseded
 
@@ -138,15 +139,16 @@ def pull_fold(store: Storage, prefix: str, out: Path) -> bool:
     return local_epoch == stored_epoch
 
 
-def record_failure(store: Storage, prefix: str, cfg: ExperimentConfig, fold: int, err: Exception) -> None:
+def record_failure(store: Storage, grid_id: str, cfg: ExperimentConfig, fold: int, err: BaseException) -> None:
     """Leave a 'failed' result in the store (unless an ok one is there) so the tables say why a fold is absent."""
     with contextlib.suppress(Exception):
-        key = f"{prefix}/{RESULT}"
+        key = f"{cell_prefix(grid_id, cfg.dataset, cfg.setup_name, cfg.strategy.name, fold)}/{RESULT}"
         with tempfile.TemporaryDirectory() as tmp:
             if store.exists(key) and load_result(store.download_file(key, Path(tmp) / "old.json")).status == "ok":
                 return
             failed = FoldResult(
                 dataset=cfg.dataset, setup=cfg.setup_name, model=cfg.model, strategy=cfg.strategy.name, fold=fold,
+                grid_id=grid_id,
                 seed=cfg.seed, status="failed", error=f"{type(err).__name__}: {err}"[:2000],
                 config=cfg.model_dump(mode="json"),
             )

@@ -7,8 +7,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from intermix_core.store.layout import GRID_FILE, grid_spec_key, is_fold_result
-from intermix_core.store.storage import open_storage
+from intermix_core.common.names import check_name
+from intermix_core.records import RESULT, FoldResult, load_result
+from intermix_core.store.layout import GRID_FILE, cell_prefix, grid_spec_key, is_fold_result
+from intermix_core.store.storage import StorageError, open_storage
 
 
 def save_grid_spec(store_root: str, grid_id: str, spec: dict[str, Any]) -> None:
@@ -21,6 +23,7 @@ def save_grid_spec(store_root: str, grid_id: str, spec: dict[str, Any]) -> None:
 
 def load_grid_spec(store_root: str, grid_id: str) -> dict[str, Any]:
     """The grid spec saved by `save_grid_spec` (raises FileNotFoundError naming the location)."""
+    check_name(grid_id, "grid id")
     store = open_storage(store_root)
     key = grid_spec_key(grid_id)
     if not store.exists(key):
@@ -29,11 +32,38 @@ def load_grid_spec(store_root: str, grid_id: str) -> dict[str, Any]:
         return json.loads(store.download_file(key, Path(tmp) / GRID_FILE).read_text())
 
 
-def fetch_grid_results(store_root: str, grid_id: str, dest: str | Path) -> list[Path]:
-    """Download every fold result.json under `<store_root>/<grid_id>/` to dest (same layout); return the files."""
+def fetch_grid_results(store_root: str, grid_id: str, dest: str | Path) -> tuple[list[Path], list[str]]:
+    """Download every fold result.json under `<store_root>/<grid_id>/` to dest (same layout).
+
+    Returns (the files, one line per result refused). A result is read only where it belongs: its grid id
+    (when it has one), dataset, setup, strategy and fold must be the ones its key names; one that is not
+    (another grid's result copied here, a relabelled file), or that fails its checksum or signature, is
+    left out and named, instead of changing the tables.
+    """
     store = open_storage(store_root)
-    files = []
+    files, refused = [], []
     for key in store.list(grid_id):
-        if is_fold_result(key):
-            files.append(store.download_file(key, Path(dest) / key))
-    return files
+        if not is_fold_result(key):
+            continue
+        path = Path(dest) / key
+        try:
+            store.download_file(key, path)
+            problem = _misplaced(load_result(path), key, grid_id)
+        except (StorageError, ValueError) as err:
+            problem = str(err).split(": ", 1)[-1] if isinstance(err, StorageError) else str(err)
+        if problem:
+            path.unlink(missing_ok=True)
+            refused.append(f"{store.uri(key)}: {problem}; left out")
+        else:
+            files.append(path)
+    return files, refused
+
+
+def _misplaced(result: FoldResult, key: str, grid_id: str) -> str | None:
+    """Why `result` does not belong at `key` of grid `grid_id` (None if it does)."""
+    where = (grid_id, result.dataset, result.setup, result.strategy, result.fold)
+    if key != f"{cell_prefix(*where)}/{RESULT}":
+        return f"the result of {result.label}, not of the fold its key names"
+    if result.grid_id is not None and result.grid_id != grid_id:
+        return f"a result of grid {result.grid_id}, not of grid {grid_id}"
+    return None

@@ -14,7 +14,6 @@ Every key of the store is built here; readers of reports go through LATEST (`rea
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 
 from intermix_core.records import RESULT, fold_label
@@ -69,31 +68,33 @@ def prepared_prefix(dataset: str, sample_rate: int, format_version: int, fingerp
     return f"{PREPARED}/{dataset}/{int(sample_rate)}hz/v{format_version}/{fingerprint[:20]}{suffix}"
 
 
-def read_pointer(store: Storage, key: str, attempts: int = 6) -> str | None:
-    """The text of a small object that other writers may be replacing right now; None if absent.
+def split_prepared_uri(uri: str) -> tuple[str, str]:
+    """(store root URI, prepared prefix) of a prepared dataset's URI; (uri, "") if it is not in this layout.
 
-    While a writer replaces it (marker removed, object written, marker written: storage.py) a reader
-    can find it absent for a moment, or pair one writer's object with another's marker, which reads
-    as damaged: both are read again, with short waits.
+    Objects are read through the store's root, where their (signed) keys are: never through a sub-prefix.
     """
-    for attempt in range(attempts):
-        last = attempt == attempts - 1
-        try:
-            if store.exists(key):
-                with tempfile.TemporaryDirectory(prefix="intermix-ptr-") as tmp:
-                    return store.download_file(key, Path(tmp) / "pointer").read_text()
-            if attempt >= 2:  # absent three times in a row: it is not being rewritten, it is not there
-                return None
-        except StorageError:
-            if last:
-                raise
-        time.sleep(0.05 * 2**attempt)
-    return None
+    parts = uri.rstrip("/").split("/")
+    if len(parts) >= 6 and parts[-5] == PREPARED:
+        return "/".join(parts[:-5]) or "/", "/".join(parts[-5:])
+    return uri, ""
+
+
+def read_pointer(store: Storage, key: str) -> str | None:
+    """The text of a small object that other writers may be replacing right now (a sealed object); None if absent.
+
+    A pointer written by an earlier version (object plus marker) is still read, through its marker.
+    """
+    try:
+        return store.get_sealed(key)
+    except StorageError as err:
+        if err.sealed:
+            raise
+    if not store.exists(key):
+        return None
+    with tempfile.TemporaryDirectory(prefix="intermix-ptr-") as tmp:
+        return store.download_file(key, Path(tmp) / "pointer").read_text()
 
 
 def write_pointer(store: Storage, key: str, text: str) -> None:
-    """Write a small object (object first, checksum marker last)."""
-    with tempfile.TemporaryDirectory(prefix="intermix-ptr-") as tmp:
-        path = Path(tmp) / "pointer"
-        path.write_text(text)
-        store.upload_file(path, key)
+    """Write a small object that other writers may replace at the same moment: one sealed write, never torn."""
+    store.put_sealed(key, text)

@@ -48,7 +48,7 @@ from intermix_core.data import (
     load_prepared,
     prepare_dataset,
 )
-from intermix_core.store.layout import CURRENT, LEASE, prepared_prefix, read_pointer, write_pointer
+from intermix_core.store.layout import CURRENT, LEASE, prepared_prefix, read_pointer, split_prepared_uri, write_pointer
 from intermix_core.store.storage import LocalStorage, S3Storage, Storage, open_storage
 
 COMPLETE = ".complete"
@@ -248,8 +248,10 @@ def cached_prepared(uri: str, cache_dir: str | Path | None = None, max_bytes: in
     directory written with Storage.upload_dir. A local store is read in place. From S3 the dataset is downloaded once per `cache_dir` (the
     node's cache volume) and kept; without a usable cache_dir, into a temporary folder removed after.
     """
-    store = open_storage(uri)
-    writer = _read_text(store, CURRENT) or ""  # a dataset prefix points at its writer's directory
+    root_uri, prefix = split_prepared_uri(uri)
+    store = open_storage(root_uri)
+    pointer = _read_text(store, f"{prefix}/{CURRENT}" if prefix else CURRENT)  # the prefix names its writer's folder
+    writer = f"{prefix}/{pointer}" if prefix and pointer else (pointer or prefix)
     manifest = store.manifest(writer)
     if manifest is None:
         raise DataError(f"{uri}: no complete prepared dataset there (expected one written by the preprocess step)")
@@ -262,7 +264,7 @@ def cached_prepared(uri: str, cache_dir: str | Path | None = None, max_bytes: in
             store.download_dir(writer, tmp)
             yield Path(tmp)
         return
-    entry = root / _entry_name(f"{uri}/{writer}")
+    entry = root / _entry_name(store.uri(writer))
     lock = root / f"{entry.name}.lock"
     marker = entry / COMPLETE
     stamp = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()

@@ -13,10 +13,15 @@ Completion protocol (the same for both backends, see docs/tracking.md):
 * Uploads hash and send the same open file, so a file replaced meanwhile cannot pair wrongly.
 * Downloads go to a temporary local file, are hashed, compared with the sidecar, then renamed.
 * Signed markers (optional): with INTERMIX_STORE_KEY set, every marker also carries an HMAC-SHA256
-  of the object's digest under that key, and reads refuse a marker without a valid one. The digest
-  alone catches truncation; the signature catches content (with a recomputed marker) put there by
-  anyone who lacks the key. It binds content, not place: stores are opened at different prefixes and
-  mounted at different paths, so an object written with the key stays valid when copied elsewhere.
+  of the object's key and digest under that key, and reads refuse a marker without a valid one. The
+  digest alone catches truncation; the signature catches content (with a recomputed marker) put there
+  by anyone who lacks the key, and, since it binds the key too, an object copied from another place
+  of the store (another grid's result under this grid's prefix). The key is relative to the store's
+  root, so a whole store moved to another path or prefix stays valid; readers open the store at its
+  root (intermix_core.store.layout) and never at a sub-prefix.
+* Sealed objects (small pointers that several writers replace: LATEST.json, CURRENT, LEASE) are one
+  object holding their text, key, digest and signature: a writer replaces one whole (one PUT, one
+  os.replace), so concurrent writers never leave one's object beside another's marker.
 
 Credentials are never part of the configuration: boto3 reads them from the standard AWS
 environment variables, shared credentials file or profile.
@@ -52,10 +57,11 @@ _CHUNK = 1 << 20
 class StorageError(RuntimeError):
     """A transfer failed; the message names the URI and what was expected there."""
 
-    def __init__(self, uri: str, reason: str, transient: bool = False) -> None:
+    def __init__(self, uri: str, reason: str, transient: bool = False, sealed: bool = True) -> None:
         super().__init__(f"{uri}: {reason}")
         self.uri, self.reason = uri, reason
         self.transient = transient  # the store was unreachable or failed on its side: trying again may succeed
+        self.sealed = sealed  # False: get_sealed found an object in another format (a pointer of an older version)
 
 
 SIGNING_KEY_ENV = "INTERMIX_STORE_KEY"  # a secret shared by every writer and reader of one store (docs/tracking.md)
@@ -68,15 +74,18 @@ def _signing_key() -> bytes | None:
     return value.encode() if value else None
 
 
-def _signature(secret: bytes, sha: str) -> str:
-    """HMAC-SHA256 of an object's digest under the store key."""
-    return hmac.new(secret, f"intermix-object\n{sha}".encode(), hashlib.sha256).hexdigest()
+def _signature(secret: bytes, key: str, sha: str, kind: str = "object") -> str:
+    """HMAC-SHA256 of an object's root-relative key and digest under the store key."""
+    return hmac.new(secret, f"intermix-{kind}\n{key}\n{sha}".encode(), hashlib.sha256).hexdigest()
 
 
-def _marker(sha: str) -> bytes:
-    """A completion marker: the object's digest, signed when a signing key is set."""
+def _marker(key: str, sha: str) -> bytes:
+    """A completion marker: the object's digest, signed (with its key) when a signing key is set."""
     secret = _signing_key()
-    return (sha if secret is None else f"{sha} {_SIG}{_signature(secret, sha)}").encode()
+    return (sha if secret is None else f"{sha} {_SIG}{_signature(secret, key, sha)}").encode()
+
+
+SEALED = "intermix-sealed/1"
 
 
 def _sha256_stream(f: BinaryIO) -> str:
@@ -205,7 +214,7 @@ class Storage(ABC):
         sha, _, signature = data.decode(errors="replace").strip().partition(" ")
         secret = _signing_key()
         if secret is not None and not (signature.startswith(_SIG) and hmac.compare_digest(
-                signature.removeprefix(_SIG), _signature(secret, sha))):
+                signature.removeprefix(_SIG), _signature(secret, key, sha))):
             raise StorageError(self.uri(key), f"no valid signature on its {SIDECAR} marker ({SIGNING_KEY_ENV} is set, "
                                "so only objects written with that key are trusted); refused")
         return sha
@@ -217,7 +226,7 @@ class Storage(ABC):
     def _put_complete_bytes(self, key: str, data: bytes) -> None:
         self._delete_raw(key + SIDECAR)
         self._put_bytes(key, data)
-        self._put_bytes(key + SIDECAR, _marker(hashlib.sha256(data).hexdigest()))
+        self._put_bytes(key + SIDECAR, _marker(key, hashlib.sha256(data).hexdigest()))
 
     def upload_file(self, local: str | Path, key: str) -> str:
         """Upload one file; the sidecar checksum is written last. Returns the hex SHA-256."""
@@ -229,7 +238,7 @@ class Storage(ABC):
             src.seek(0)
             self._delete_raw(key + SIDECAR)  # while rewriting, the key reads as absent, never as stale
             self._put_file(src, key, sha)
-        self._put_bytes(key + SIDECAR, _marker(sha))
+        self._put_bytes(key + SIDECAR, _marker(key, sha))
         return sha
 
     def download_file(self, key: str, local: str | Path) -> Path:
@@ -315,6 +324,41 @@ class Storage(ABC):
         rels = sorted(k[cut:] for k in raw if _TMP_MARK not in k)
         self._map(lambda rel: self._fetch(_join(prefix, rel), dest / rel, None), rels)
         return DirTransfer(transferred=rels, verified=False)
+
+    def put_sealed(self, key: str, text: str) -> None:
+        """Write a small text (a pointer) as one sealed object: text, key, digest and signature in one write."""
+        key = _clean_key(key)
+        sha = hashlib.sha256(text.encode()).hexdigest()
+        body: dict[str, str] = {"format": SEALED, "key": key, "sha256": sha, "text": text}
+        secret = _signing_key()
+        if secret is not None:
+            body["signature"] = _signature(secret, key, sha, kind="sealed")
+        self._delete_raw(key + SIDECAR)  # a marker left by an older writer of this key would outrank nothing
+        self._put_bytes(key, json.dumps(body, sort_keys=True).encode())
+
+    def get_sealed(self, key: str) -> str | None:
+        """The text of a sealed object, or None if absent; StorageError if it is not one, or not for this key."""
+        key = _clean_key(key)
+        data = self._get_bytes(key)
+        if data is None:
+            return None
+        try:
+            body = json.loads(data)
+            ok = isinstance(body, dict) and body.get("format") == SEALED and isinstance(body.get("text"), str)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise StorageError(self.uri(key), "not a sealed intermix object (expected a pointer written by intermix)",
+                               sealed=False)
+        text, sha = body["text"], hashlib.sha256(body["text"].encode()).hexdigest()
+        if body.get("key") != key or body.get("sha256") != sha:
+            raise StorageError(self.uri(key), f"sealed for {body.get('key')!r}, or its digest does not match; refused")
+        secret = _signing_key()
+        if secret is not None and not hmac.compare_digest(str(body.get("signature", "")),
+                                                          _signature(secret, key, sha, kind="sealed")):
+            raise StorageError(self.uri(key), f"no valid signature ({SIGNING_KEY_ENV} is set, so only objects written "
+                               "with that key are trusted); refused")
+        return text
 
     def exists(self, key: str) -> bool:
         """True for a complete object, or a complete directory (its manifest is present)."""

@@ -18,6 +18,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
+from intermix_core.common.names import check_name
 from intermix_core.tracking.client import ensure_experiment, quiet_run_links, schema_lock
 from intermix_core.tracking.tags import GRID, KIND, SUMMARY_KIND, SUMMARY_REVISION, SUMMARY_VERSION
 
@@ -93,9 +94,7 @@ def log_summary_to_mlflow(
     out = Path(out_dir)
     if not (out / "table1.csv").is_file():
         raise FileNotFoundError(f"{out}: no table1.csv; run write_reports first")
-    grid_id = grid_id or out.resolve().name
-    if "'" in grid_id or "\\" in grid_id:
-        raise ValueError(f"grid_id must not contain quotes or backslashes: {grid_id!r}")
+    grid_id = check_name(grid_id or out.resolve().name, "grid id")
     quiet_run_links(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))  # no password in "View run" lines
     with schema_lock(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or ""):
         client = MlflowClient(tracking_uri=tracking_uri)

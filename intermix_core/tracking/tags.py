@@ -15,6 +15,13 @@ ATTEMPT_STARTED = T + "attempt_started"
 # a random id of the process attempt that holds the run; another attempt that reopens the run (a KFP
 # retry resuming from the stored checkpoint while the first pod is still dying) replaces it
 ATTEMPT = T + "attempt"
+# when the attempt holding a fold run last showed it was alive (ms since the epoch): set when it starts, at every
+# checkpoint and every HEARTBEAT_EVERY seconds in the background. A RUNNING run without one for STALE_AFTER seconds
+# belongs to an attempt that was killed (SIGKILL, a lost node): nothing could end its run
+HEARTBEAT = T + "heartbeat"
+HEARTBEAT_EVERY = 60.0
+LAST_EPOCH = T + "epoch"  # the last epoch whose metrics reached MLflow, refreshed with the heartbeat
+STALE_AFTER = 15 * 60.0
 PARENT_ID = "mlflow.parentRunId"
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # the UI opens on runs, not GenAI
 FGSM_PREFIX = "fgsm_error_eps_"  # 10-crop clip error under FGSM

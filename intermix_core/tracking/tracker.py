@@ -6,6 +6,7 @@ MLflow runs table compares strategies directly. See docs/tracking.md for tags an
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -15,15 +16,18 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 
+from intermix_core.common.names import check_name
 from intermix_core.common.redact import has_credentials, redact_uris
 from intermix_core.common.text import cut
 from intermix_core.config import ExperimentConfig
+from intermix_core.method.train import FoldTakenOver
 from intermix_core.records import EpochRecord, FoldResult, fold_label
 from intermix_core.results.plots import plot_confusion
 from intermix_core.results.statistics import mean_se
@@ -55,9 +59,13 @@ from intermix_core.tracking.tags import (
     FGSM_PREFIX,
     FOLD,
     GRID,
+    HEARTBEAT,
+    HEARTBEAT_EVERY,
     KIND,
+    LAST_EPOCH,
     PARENT_ID,
     SETUP,
+    STALE_AFTER,
     STRATEGY,
     SUPERSEDED,
     SUPERSEDED_BY,
@@ -82,7 +90,7 @@ SYNC_EVERY = 5.0  # seconds between the background thread's takeover checks and 
 SYNC_ENV = "INTERMIX_MLFLOW_SYNC_SECONDS"  # overrides SYNC_EVERY; 0: synchronously at every epoch
 
 
-class FoldSuperseded(RuntimeError):
+class FoldSuperseded(FoldTakenOver):
     """Another attempt at the same fold took over this attempt's MLflow run: this one stops (one line)."""
 
 
@@ -150,6 +158,7 @@ class Tracker:
         self._active: set[str] = set()  # fold runs this attempt holds and checks in the background
         self._superseded: dict[str, str] = {}  # run id -> why another attempt holds it (found in the background)
         self._stop = threading.Event()
+        self._beats: dict[str, float] = {}  # monotonic time of each active run's last heartbeat
         self._thread: threading.Thread | None = None
 
     # -- experiment, search ---------------------------------------------------------------------
@@ -206,6 +215,7 @@ class Tracker:
     ) -> str:
         """Find or create the cell's parent, create (or reopen `resume_run_id`) the nested fold run; returns its id."""
         cfg = cfg.resolved()
+        check_name(grid_id, "grid id")  # it goes into MLflow names and search filters
         cell = (grid_id, cfg.dataset, cfg.setup_name, cfg.strategy.name)
         run_id = self._reopen(resume_run_id, cfg, fold, grid_id) if resume_run_id else None
         if run_id is None:
@@ -213,7 +223,7 @@ class Tracker:
             fold_tags = {
                 **(tags or {}), PARENT_ID: parent_id, GRID: grid_id, DATASET: cfg.dataset, SETUP: cfg.setup_name,
                 STRATEGY: cfg.strategy.name, T + "model": cfg.model, FOLD: str(fold), KIND: "fold", SUPERSEDED: "false",
-                ATTEMPT_STARTED: str(int(time.time() * 1000)), ATTEMPT: self._token,
+                ATTEMPT_STARTED: str(int(time.time() * 1000)), ATTEMPT: self._token, HEARTBEAT: str(int(time.time() * 1000)),
             }
             for tag, value in ((T + "git_commit", git_commit()), (T + "image", os.environ.get("INTERMIX_IMAGE")),
                                (T + "kfp_run_id", os.environ.get("KFP_RUN_ID"))):
@@ -257,8 +267,9 @@ class Tracker:
         if parent_id:
             self.client.update_run(parent_id, status="RUNNING")
         self.client.update_run(run_id, status="RUNNING")
+        now = str(int(time.time() * 1000))
         self.client.log_batch(run_id, tags=[RunTag(SUPERSEDED, "false"), RunTag(ATTEMPT, self._token),
-                                            RunTag(ATTEMPT_STARTED, str(int(time.time() * 1000)))])
+                                            RunTag(ATTEMPT_STARTED, now), RunTag(HEARTBEAT, now)])
         self._last_step.pop(run_id, None)
         self._last_logged_step(run_id)  # read now, while MLflow answers: epochs replayed after a resume are skipped
         return run_id
@@ -337,10 +348,26 @@ class Tracker:
                 try:
                     self._check(run_id)
                     self._send_pending(run_id)
+                    if time.monotonic() - self._beats.get(run_id, 0.0) >= HEARTBEAT_EVERY:
+                        self.heartbeat(run_id)
                 except FoldSuperseded:
                     continue  # remembered: the training loop raises it at its next epoch
                 except Exception as err:  # noqa: BLE001 - the thread must outlive anything MLflow does
                     warn(f"warning: MLflow sync of run {run_id} failed ({reason(err)}); trying again later")
+
+    def heartbeat(self, run_id: str) -> None:
+        """Tag the run as alive now (one quick request; skipped during a known outage, never raises)."""
+        if time.monotonic() < self._next_try:
+            return
+        try:
+            tags = [RunTag(HEARTBEAT, str(int(time.time() * 1000)))]
+            if self._last_step.get(run_id, -1) > 0:
+                tags.append(RunTag(LAST_EPOCH, str(self._last_step[run_id])))
+            with one_attempt(EPOCH_TIMEOUT):
+                self._mlflow.log_batch(run_id, tags=tags, synchronous=True)
+            self._beats[run_id] = time.monotonic()
+        except Exception:  # noqa: BLE001 - a missed heartbeat is made up by the next one
+            pass
 
     def close(self) -> None:
         """Stop the background thread (what it has not sent stays buffered for `flush` or `finish_fold`)."""
@@ -375,9 +402,14 @@ class Tracker:
             self._send_pending(run_id)  # synchronous mode, or a run the background thread does not hold
 
     def flush(self, run_id: str | None = None) -> bool:
-        """Try once now to send buffered epoch metrics (of `run_id`, or of every run); True if none are left."""
+        """Try once now to send buffered epoch metrics (of `run_id`, or of every run); True if none are left.
+
+        Training calls it after every checkpoint: the run's heartbeat is refreshed with it.
+        """
         for rid in [run_id] if run_id else list(self._pending):
             self._send_pending(rid)
+        if run_id and run_id in self._active:
+            self.heartbeat(run_id)
         return not any(self._pending.get(rid) for rid in ([run_id] if run_id else list(self._pending)))
 
     def pending_epochs(self, run_id: str) -> list[int]:
@@ -424,6 +456,20 @@ class Tracker:
             if self._failures:
                 warn(f"MLflow at {redact_uris(self.tracking_uri)} reachable again: buffered epoch metrics sent")
             self._failures, self._next_try = 0, 0.0
+
+    def end_fold(self, run_id: str, status: str, reason: str) -> None:
+        """End a fold run that did not finish: FAILED (an error) or KILLED (interrupted), the reason's first line as
+        its `intermix.error` tag; what was buffered goes first; then the parent follows. Patient, like finish_fold."""
+        if run_id in self._superseded:
+            return  # another attempt holds the run: its end is that attempt's to log
+        with contextlib.suppress(TrackingError):  # what is buffered is sent if MLflow answers; the end matters more
+            self._send_pending(run_id, patient=True)
+        line = (reason.strip().splitlines() or [status.lower()])[0]
+        self.client.set_tag(run_id, ERROR, cut(line, TAG_MAX - 100))
+        self.client.set_terminated(run_id, status)
+        with self._buffer_lock:
+            self._active.discard(run_id)
+        self._refresh_parent_of(run_id)
 
     def log_fgsm(self, run_id: str, fgsm: dict[str, float], fgsm_crop: dict[str, float] | None = None) -> None:
         """Log `fgsm_error_eps_<eps>` (and `fgsm_crop_error_eps_<eps>`) per epsilon, then refresh the parent."""
@@ -513,10 +559,91 @@ class Tracker:
         self._log_metrics(parent.info.run_id, stats, timestamp=seen_at)
         folds = sorted(current, key=int)
         self.client.set_tag(parent.info.run_id, T + "folds", ",".join(folds))
-        active = any(r.info.status == "RUNNING" and r.data.tags.get(SUPERSEDED) != "true" for r in runs)
-        if not active:
-            self.client.set_terminated(parent.info.run_id, "FINISHED")
+        status = parent_status(runs)
+        if status != "RUNNING":
+            self.client.set_terminated(parent.info.run_id, status)
+        elif parent.info.status != "RUNNING":
+            self.client.update_run(parent.info.run_id, status="RUNNING")
         return stats
+
+    # -- the state of a grid's folds, for `intermix status`, results and the aggregate ------------------------
+    def fold_states(self, grid_id: str) -> list["FoldState"]:
+        """The newest current (not superseded) run of every fold of `grid_id` in this experiment, as FoldStates."""
+        runs = self._search(f"tags.`{GRID}` = {_quote(check_name(grid_id, 'grid id'))} and tags.`{KIND}` = 'fold'")
+        newest: dict[tuple[str, str, str, int], Run] = {}
+        for run in runs:  # oldest first
+            tags = run.data.tags
+            if tags.get(SUPERSEDED) != "true" and tags.get(FOLD, "").isdigit():
+                newest[(tags.get(DATASET, ""), tags.get(SETUP, ""), tags.get(STRATEGY, ""), int(tags[FOLD]))] = run
+        return [FoldState.of(key, run) for key, run in sorted(newest.items())]
+
+
+def _heartbeat_seconds(run: Run) -> float:
+    """When the run's attempt last showed it was alive (seconds since the epoch): its heartbeat, else its start."""
+    tags = run.data.tags
+    for value in (tags.get(HEARTBEAT), tags.get(ATTEMPT_STARTED), run.info.start_time):
+        if value is not None and str(value).isdigit():
+            return int(value) / 1000.0
+    return 0.0
+
+
+def is_stale(run: Run, now: float | None = None) -> bool:
+    """True for a RUNNING run whose attempt has shown no sign of life for STALE_AFTER seconds (it was killed)."""
+    return run.info.status == "RUNNING" and (now or time.time()) - _heartbeat_seconds(run) > STALE_AFTER
+
+
+def parent_status(fold_runs: list[Run], now: float | None = None) -> str:
+    """What a parent is while these are its folds' runs: RUNNING while one current fold runs (with a heartbeat),
+    else FAILED if one ended so, else KILLED if one was interrupted or killed (a stale RUNNING one), else FINISHED."""
+    current: dict[str, Run] = {}
+    for run in fold_runs:  # oldest first: the newest attempt per fold counts
+        if run.data.tags.get(SUPERSEDED) != "true":
+            current[run.data.tags.get(FOLD, "")] = run
+    states = {("STALE" if is_stale(r, now) else r.info.status) for r in current.values()}
+    for status in ("RUNNING", "FAILED"):
+        if status in states:
+            return status
+    return "KILLED" if states & {"KILLED", "STALE"} else "FINISHED"
+
+
+@dataclass(frozen=True)
+class FoldState:
+    """What MLflow says of one fold: its newest current run's status, epoch and heartbeat."""
+
+    dataset: str
+    setup: str
+    strategy: str
+    fold: int
+    run_id: str
+    status: str  # MLflow's: RUNNING, FINISHED, FAILED, KILLED
+    stale: bool  # RUNNING without a heartbeat for STALE_AFTER seconds: its attempt was killed
+    heartbeat: float  # seconds since the epoch
+    epoch: int | None  # the last epoch whose metrics reached MLflow
+    error: str | None  # the first line of why it failed or stopped
+
+    @classmethod
+    def of(cls, key: tuple[str, str, str, int], run: Run) -> "FoldState":
+        """The state of fold `key` from its run."""
+        return cls(*key, run_id=run.info.run_id, status=run.info.status, stale=is_stale(run),
+                   heartbeat=_heartbeat_seconds(run), epoch=_last_epoch(run), error=run.data.tags.get(ERROR))
+
+    def describe(self, now: float | None = None) -> str:
+        """A few words: 'running (heartbeat 40 s ago)', 'killed? RUNNING with no heartbeat for 3 h', 'failed: ...'."""
+        age = (now or time.time()) - self.heartbeat
+        ago = f"{age / 3600:.1f} h" if age >= 3600 else f"{age / 60:.0f} min" if age >= 60 else f"{age:.0f} s"
+        if self.stale:
+            return f"killed? its MLflow run has been RUNNING with no heartbeat for {ago}"
+        if self.status == "RUNNING":
+            return f"running (heartbeat {ago} ago)"
+        if self.status in ("FAILED", "KILLED"):
+            return f"{self.status.lower()}: {self.error or 'no reason recorded'}"
+        return self.status.lower()
+
+
+def _last_epoch(run: Run) -> int | None:
+    """The last epoch logged, from the run's `intermix.epoch` tag (refreshed with the heartbeat: no history request)."""
+    value = run.data.tags.get(LAST_EPOCH)
+    return int(value) if value and value.isdigit() else None
 
 
 def _fgsm_metrics(fgsm: dict[str, float], fgsm_crop: dict[str, float]) -> dict[str, float]:

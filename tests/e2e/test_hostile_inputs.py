@@ -163,6 +163,18 @@ SCENARIOS: dict[str, Callable[[Path, pytest.MonkeyPatch], list[str]]] = {
     "audio-missing": lambda tmp, mp: _prepare(_esc_audio(tmp, lambda p: p.unlink())),
     "audio-broken": lambda tmp, mp: _prepare(_esc_audio(tmp, lambda p: p.write_bytes(p.read_bytes()[:3000]))),
     "mlflow-down-at-start": _mlflow_down,
+    "yaml-control-char": lambda tmp, mp: [*TRAIN, "--config", str(_write(tmp / "ctl.yaml", "dataset: esc10\x07\n"))],
+    "set-not-utf8": lambda tmp, mp: [*TRAIN, "--set", "optim.epochs=\udcff"],  # what Python makes of byte 0xff in argv
+    "scale-max-absurd": lambda tmp, mp: [*TRAIN, "--set", "augment.scale_max=1e6"],
+    "num-crops-absurd": lambda tmp, mp: [*TRAIN, "--set", "num_crops=100000000"],
+    "setup-backslash": lambda tmp, mp: [*TRAIN, "--setup", "a\\b"],
+    "grid-id-backslash": lambda tmp, mp: ["train", "--dataset", "esc10", "--model", "piczak_cnn", "--data",
+                                          str(tmp / "empty"), "--fold", "1", "--out", str(tmp / "out"), "--grid-id",
+                                          "a\\b"],
+    "source-newline": lambda tmp, mp: ["show", str(_write(tmp / "grid.yaml", 'datasets: [esc10]\nsetups: [piczak_cnn]\n'
+                                                           'strategies: [bc]\nsources: {esc10: "demo\\nx"}\n'))],
+    "source-placeholder": lambda tmp, mp: ["run", "demo", "--no-tracking", "--source",
+                                           "esc10={{$.inputs.parameters['store_root']}}"],
 }
 FORBIDDEN = {"mlflow-down-at-start": ["alice", ":pw@"]}
 
@@ -249,7 +261,7 @@ def test_alias_bomb_is_refused_in_seconds_with_bounded_memory(tmp_path: Path) ->
 def test_credentials_in_the_tracking_uri_are_never_printed(mlflow_tracking: MlflowServer, capfd: pytest.CaptureFixture,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """A password in the tracking URI: runs are logged, MLflow's own "View run" line is silenced, ours shows ***."""
-    from test_tracking import run_fold
+    from fake_results import run_fold
 
     from intermix_core.tracking.tracker import Tracker
 

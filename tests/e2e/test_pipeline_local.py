@@ -102,7 +102,10 @@ def test_grid_failure_cached_resubmit_and_rerun(tmp_path: Path, monkeypatch: pyt
 
 def test_local_run_uses_the_configured_store_and_mlflow_server(tmp_path: Path, s3_server, mlflow_tracking, monkeypatch,
                                                              capsys):
-    """`intermix run --store s3://... --tracking-uri http://...`: the embedded default's commands on real servers."""
+    """`intermix run --store s3://... --tracking-uri http://...`: the embedded default's commands on real servers.
+
+    The tracking URI carries a password (the server ignores it): no file the run leaves holds it, nor its output
+    (the local runner's task log printed it six times)."""
     import mlflow
 
     from pipelines.cli import main
@@ -114,9 +117,14 @@ def test_local_run_uses_the_configured_store_and_mlflow_server(tmp_path: Path, s
     grid_file = tmp_path / "grid.yaml"
     grid_file.write_text(str({**TINY, "strategies": ["standard"], "folds": [1]}).replace("'", '"'))
     root = f"s3://intermix-data/local-run-{tmp_path.name}"
-    code = main(["run", str(grid_file), "--store", root, "--tracking-uri", mlflow_tracking.url, "--no-progress"])
+    secret = "s3cret-pw-7d1f"
+    with_password = mlflow_tracking.url.replace("http://", f"http://alice:{secret}@")
+    code = main(["run", str(grid_file), "--store", root, "--tracking-uri", with_password, "--no-progress"])
     out = capsys.readouterr()
     assert code == 0, out.err
+    assert secret not in out.out + out.err
+    leaked = [p for p in tmp_path.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert len(list((tmp_path / "intermix-work" / "logs").iterdir())) >= 1 and leaked == [], leaked
     gid = grid_id(parse_grid({**TINY, "strategies": ["standard"], "folds": [1]}))
     store = open_storage(root)
     assert store.exists(f"{cell_prefix(gid, 'esc10', 'piczak_cnn', 'standard', 1)}/{RESULT}")

@@ -363,7 +363,7 @@ def test_only_esc_datasets_are_zero_trimmed(tmp_path: Path, signal: np.ndarray) 
     prepare_dataset(esc, "esc10", tmp_path / "esc_prep", 22050, progress=False)
     trimmed = load_prepared(tmp_path / "esc_prep").clips(1)[0]
     assert trimmed[0] != 0 and trimmed[-1] != 0 and len(trimmed) < len(quiet) - 2000
-    assert m.format_version == FORMAT_VERSION == 2
+    assert m.format_version == FORMAT_VERSION == 3
 
 
 def test_prepared_data_pickles_without_the_arrays(prepared: tuple[Path, Manifest]) -> None:
@@ -438,3 +438,23 @@ def test_a_silent_clip_is_kept_skipped_or_refused_as_asked(subset: Path, tmp_pat
     other = "skip" if on_silent == "keep" else "keep"  # another choice is another preparation
     again = prepare_dataset(src, "esc10", out, 16000, progress=False, on_silent=other)
     assert again.on_silent == other and len(again.clips) == 20 - (other == "skip")
+
+
+@pytest.mark.parametrize("edit", ["relabel", "sample_rate"])
+def test_an_edited_manifest_is_refused_in_a_line(prepared: tuple[Path, Manifest], tmp_path: Path, edit: str) -> None:
+    """manifest.json is checked like the fold files: relabelled clips or another sample rate no longer train silently."""
+    import json
+    import shutil
+
+    copy = Path(shutil.copytree(prepared[0], tmp_path / "copy"))
+    data = json.loads((copy / "manifest.json").read_text())
+    assert len(data["digest"]) == 64
+    if edit == "relabel":
+        data["clips"][0]["label"] = (data["clips"][0]["label"] + 1) % data["num_classes"]
+    else:
+        data["sample_rate"] = 8000
+    (copy / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"manifest.json: its contents do not match its digest \(edited after "
+                                        r"preparation\?\); prepare the dataset again"):
+        load_prepared(copy)
+    load_prepared(prepared[0])  # the original still loads

@@ -50,3 +50,34 @@ def test_attack_fold_reports_clip_and_crop_errors_with_eps_zero_the_clean_error(
     # single-crop errors are multiples of 100 / (10 clips x 3 crops), clip errors of 100 / 10
     assert all(abs(v * 30 / 100 - round(v * 30 / 100)) < 1e-6 for v in crop_err.values())
     assert all(abs(v / 10 - round(v / 10)) < 1e-6 for v in clip_err.values())
+
+
+def test_an_attack_writes_only_under_its_own_fold_and_at_its_own_rate(tiny_data, tmp_path, capsys):
+    """`attack --trained <fold 1> --fold 2 --store S` overwrote fold 2's stored result with fold 1's: now refused in a
+    line before anything is written; a checkpoint attacked on data prepared at another rate is refused as train does."""
+    from intermix_core.data import prepare_dataset
+    from intermix_core.method.checkpoint import load_checkpoint
+    from intermix_core.run.steps import train_step
+    from intermix_core.testing import demo_subset
+    from pipelines.cli import main
+
+    cfg = tiny_cfg("standard", epochs=1).model_dump_json()
+    store = tmp_path / "store"
+    for fold in (1, 2):
+        train_step(cfg, tiny_data, fold, tmp_path / f"f{fold}", "g", None, str(store))
+    stored = store / "g/esc10/piczak_cnn/standard/fold2/result.json"
+    before = stored.read_bytes()
+    argv = ["attack", "--trained", str(tmp_path / "f1"), "--data", str(tiny_data), "--grid-id", "g", "--store", str(store)]
+    assert main([*argv, "--fold", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "f1/result.json: the result of fold 1, not fold 2; a fold's result is updated only under its own fold" in err
+    assert stored.read_bytes() == before and len(err.strip().splitlines()) == 1
+    assert main([*argv[:-4], "--grid-id", "other", "--fold", "1"]) == 2
+    assert "a result of grid g, not of grid other" in capsys.readouterr().err
+
+    with pytest.raises(ValueError, match="trained with fold 1 held out, so attacking fold 2 would test it on its own"):
+        attack_fold(tmp_path / "f1" / "checkpoint.pt", tiny_data, 2, device="cpu")
+    src = demo_subset(tmp_path / "src8k", per_class_per_fold=1, folds=(1,), seconds=2.0)
+    prepare_dataset(src, "esc10", tmp_path / "p8k", 8000, progress=False)
+    with pytest.raises(ValueError, match="p8k: prepared at 8000 Hz, but piczak_cnn expects 22050 Hz"):
+        attack_fold(load_checkpoint(tmp_path / "f1" / "checkpoint.pt"), tmp_path / "p8k", device="cpu")

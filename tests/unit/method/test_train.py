@@ -288,3 +288,17 @@ def test_an_epoch_and_an_evaluation_read_the_device_once(tiny_data, tmp_path, mo
     with _HostReads() as mode:
         train_module._evaluate(run, record)
     assert mode.seen == [] and len(reads) == 2 and record.val_error is not None
+
+
+def test_temporaries_a_killed_save_left_are_removed_when_the_fold_starts(tiny_data, tmp_path):
+    """SIGKILL during a checkpoint save leaves `.checkpoint.pt.<pid>-<hex>.tmp`: the next start (holding the fold lock)
+    removes it and what else such a write leaves, and nothing else."""
+    out = tmp_path / "fold"
+    out.mkdir()
+    leftovers = [".checkpoint.pt.4242-0123abcd.tmp", ".result.json.77-deadbeef.tmp"]
+    for name in leftovers:
+        (out / name).write_bytes(b"half a file")
+    (out / "notes.txt").write_text("mine")
+    train_fold(tiny_cfg("standard", epochs=1), tiny_data, 1, out, progress=False)
+    names = sorted(p.name for p in out.iterdir())
+    assert not set(leftovers) & set(names) and "notes.txt" in names and "checkpoint.pt" in names

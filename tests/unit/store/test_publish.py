@@ -75,7 +75,7 @@ def test_concurrent_publications_converge_on_the_newest(tmp_path: Path):
     for t in threads:
         t.join()
     assert latest_version(store, GID)["version"] == versions[-1]
-    pointer = json.loads((tmp_path / "store" / GID / "reports" / LATEST).read_text())
+    pointer = json.loads(json.loads((tmp_path / "store" / GID / "reports" / LATEST).read_text())["text"])  # sealed
     assert (tmp_path / "store" / pointer["prefix"] / "table1.md").read_text() == f"table of {versions[-1]}\n"
 
 

@@ -4,6 +4,8 @@ threads and processes."""
 
 from __future__ import annotations
 
+import json
+
 import fcntl
 import multiprocessing
 import os
@@ -25,6 +27,7 @@ from intermix_core.store.prepared import (
     publish_prepared,
     source_fingerprint,
 )
+from intermix_core.store.layout import read_pointer
 from intermix_core.store.storage import open_storage
 
 RATE = 8000  # the demo subset at M18's rate: the cheapest preparation
@@ -54,14 +57,13 @@ def test_prepared_once_into_s3_and_reused_by_every_task(s3_env: str, tmp_path: P
     store = open_storage(s3_env)
     prefix = prepared_prefix("esc10", RATE, FORMAT_VERSION, source_fingerprint("demo"))
     assert uri == store.uri(prefix)  # names the dataset, not who wrote it: a stable cache key for tasks
-    writer = (tmp_path / "current")
-    writer = store.download_file(f"{prefix}/{CURRENT}", writer).read_text().strip()
-    assert store.manifest(f"{prefix}/{writer}") is not None and not store.exists(f"{prefix}/LEASE")
+    writer = read_pointer(store, f"{prefix}/{CURRENT}").strip()
+    assert store.manifest(f"{prefix}/{writer}") is not None and read_pointer(store, f"{prefix}/LEASE") is None
     # a second shard, rerun or grid with the same data: nothing is prepared again
     again, _ = prepare_shared_step("demo", "esc10", RATE, s3_env)
     assert again == uri
-    writers = {k[len(prefix) + 1:].split("/")[0] for k in store.list(prefix)}
-    assert writers == {CURRENT, writer}
+    writers = {k[len(prefix) + 1:].split("/")[0] for k in store.list(prefix)}  # sealed pointers are not listed
+    assert writers == {writer}
     # a task reads it through the node cache: downloaded once, then served from the cache
     cache = tmp_path / "node-cache"
     with prepared_data(uri, str(cache)) as data:
@@ -99,7 +101,7 @@ def test_concurrent_writers_prepare_once(tmp_path: Path):
     prefix = Path(uris.pop())
     written = [d for d in prefix.iterdir() if d.is_dir()]
     assert len(written) == 1, written  # one preparation; the others waited for it (the lease)
-    assert (prefix / CURRENT).read_text().strip() == written[0].name
+    assert json.loads((prefix / CURRENT).read_text())["text"] == written[0].name  # a sealed pointer
 
 
 def test_a_local_store_is_read_in_place(tmp_path: Path):

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-import uuid
 from pathlib import Path
 
 import pytest
@@ -12,7 +12,6 @@ import pytest
 from intermix_core.store.storage import (
     MANIFEST,
     SIDECAR,
-    LocalStorage,
     S3Storage,
     Storage,
     StorageConfig,
@@ -21,30 +20,8 @@ from intermix_core.store.storage import (
     sha256_file,
 )
 
+from raw_store import raw_get, raw_put
 from servers import S3Server
-
-
-@pytest.fixture(params=["local", "s3"])
-def storage(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Storage:
-    """A fresh, empty storage root on each backend."""
-    if request.param == "local":
-        return open_storage(tmp_path / "store")
-    s3 = request.getfixturevalue("s3_server")
-    for k, v in s3.env().items():
-        monkeypatch.setenv(k, v)
-    root = f"s3://intermix-data/t-{uuid.uuid4().hex[:8]}"
-    return open_storage(StorageConfig(root=root, endpoint_url=s3.endpoint_url))
-
-
-def raw_put(storage: Storage, key: str, data: bytes) -> None:
-    """Write bytes behind the Storage API's back (to simulate corruption or an interrupted upload)."""
-    if isinstance(storage, LocalStorage):
-        path = storage.path / key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    else:
-        assert isinstance(storage, S3Storage)
-        storage.client.put_object(Bucket=storage.bucket, Key=storage._full(key), Body=data)
 
 
 def make_dataset(root: Path) -> dict[str, bytes]:
@@ -228,16 +205,44 @@ def test_signed_markers_refuse_what_was_written_without_the_key(storage: Storage
         storage.download_file("g/fold2/checkpoint.pt", tmp_path / "y.pt")
 
     storage.upload_file(src, "g/fold3/checkpoint.pt")
-    sub = open_storage(storage.uri("g"))  # the same object through a store rooted elsewhere: still valid
-    assert sub.download_file("fold3/checkpoint.pt", tmp_path / "w.pt").read_bytes() == src.read_bytes()
-    assert _raw_get(storage, "g/fold3/checkpoint.pt" + SIDECAR).decode().count("hmac-sha256:") == 1
+    assert raw_get(storage, "g/fold3/checkpoint.pt" + SIDECAR).decode().count("hmac-sha256:") == 1
+    # the same bytes with their validly signed marker, copied to another place: refused (the signature binds the key)
+    raw_put(storage, "other-grid/fold3/checkpoint.pt", src.read_bytes())
+    raw_put(storage, "other-grid/fold3/checkpoint.pt" + SIDECAR, raw_get(storage, "g/fold3/checkpoint.pt" + SIDECAR))
+    with pytest.raises(StorageError, match="other-grid/fold3/checkpoint.pt: no valid signature"):
+        storage.download_file("other-grid/fold3/checkpoint.pt", tmp_path / "moved.pt")
+    sub = open_storage(storage.uri("g"))  # keys are the root's: a store opened at a sub-prefix reads other keys
+    with pytest.raises(StorageError, match="no valid signature"):
+        sub.download_file("fold3/checkpoint.pt", tmp_path / "w.pt")
 
     monkeypatch.delenv(SIGNING_KEY_ENV)  # without a key, signed markers still read (the digest is checked)
     assert storage.download_file("g/fold3/checkpoint.pt", tmp_path / "v.pt").read_bytes() == src.read_bytes()
 
 
-def _raw_get(storage: Storage, key: str) -> bytes:
-    """Read bytes behind the Storage API's back."""
-    if isinstance(storage, LocalStorage):
-        return (storage.path / key).read_bytes()
-    return storage.client.get_object(Bucket=storage.bucket, Key=storage._full(key))["Body"].read()
+def test_sealed_pointers_survive_racing_writers_and_are_bound_to_their_key(storage: Storage, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pointer (LATEST.json, CURRENT, LEASE) is one sealed object: 8 threads replacing it at once leave one
+    writer's text whole (an object and a marker from two writers used to pair: a permanent checksum mismatch),
+    a sealed object copied to another key is refused, and with a store key an unsigned one is refused."""
+    import threading
+
+    from intermix_core.store.layout import read_pointer, write_pointer
+    from intermix_core.store.storage import SIGNING_KEY_ENV
+
+    texts = [json.dumps({"version": f"v{i}", "pad": "x" * (i * 300)}) for i in range(8)]
+    for _ in range(5):
+        threads = [threading.Thread(target=write_pointer, args=(storage, "g/reports/LATEST.json", t)) for t in texts]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert read_pointer(storage, "g/reports/LATEST.json") in texts
+    assert read_pointer(storage, "g/reports/absent.json") is None
+    raw_put(storage, "h/reports/LATEST.json", raw_get(storage, "g/reports/LATEST.json"))
+    with pytest.raises(StorageError, match="sealed for 'g/reports/LATEST.json'"):
+        read_pointer(storage, "h/reports/LATEST.json")
+    monkeypatch.setenv(SIGNING_KEY_ENV, "the-store-secret")
+    with pytest.raises(StorageError, match="no valid signature"):
+        read_pointer(storage, "g/reports/LATEST.json")  # written without the key
+    write_pointer(storage, "g/reports/LATEST.json", texts[0])
+    assert read_pointer(storage, "g/reports/LATEST.json") == texts[0]
