@@ -17,6 +17,7 @@ from intermix_core.config.grid import expand, grid_id, parse_grid
 from intermix_core.records import fold_label
 from intermix_core.results.statistics import MissingFold, Summary, aggregate, collect_results
 from intermix_core.results.tables import write_reports
+from intermix_core.run.status import rerun_command
 from intermix_core.store.grid_store import fetch_grid_results, save_grid_spec
 from intermix_core.store.reports import new_version, publish_reports
 from intermix_core.store.storage import Storage, open_storage
@@ -63,7 +64,8 @@ def aggregate_step(
     have = {(r.dataset, r.setup, r.strategy) for r in found}
     absent = [MissingFold(dataset=d, setup=s, strategy=st, fold=f, reason="missing") for d, s, st, f in keys if (d, s, st) not in have]
     summary = summary.model_copy(update={"missing": summary.missing + absent})
-    write_reports(summary, out_dir, found)
+    write_reports(summary, out_dir, found, title=grid_id,
+                  rerun_command=lambda m: rerun_command(grid_id, m.dataset, m.setup, m.strategy, m.fold, store_root))
     if store_root:
         # one atomic version; the newest wins, and only it goes on to update the MLflow summary run
         publish_aggregation(open_storage(store_root), grid_id, out_dir, version, tracking_uri)
