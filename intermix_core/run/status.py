@@ -120,6 +120,7 @@ class FoldStatus:
     fgsm: bool = False
     error: str | None = None
     heartbeat: float | None = None
+    started: float | None = None  # when the current attempt's MLflow run began (unix seconds)
     seconds_per_epoch: float | None = None
     samples_per_s: float | None = None
     superseded: int = 0  # earlier attempts replaced by later ones
@@ -268,6 +269,7 @@ def grid_status(grid: GridSpec, store_root: str, tracking_uri: str | None = None
                 f.seconds_per_epoch = result.train_seconds / len(result.history)
         elif state == "running" and current is not None:
             f.epoch, f.heartbeat, f.seconds_per_epoch = current.epoch, current.heartbeat, current.seconds_per_epoch
+            f.started = current.started
         if state in ("failed", "stopped"):
             f.rerun = rerun_command(gid, *cell.key, store_root)
         folds.append(f)
@@ -290,7 +292,7 @@ def _rates_and_time_left(folds: list[FoldStatus], results: dict[tuple, FoldResul
 
     per_cell: dict[tuple, list[float]] = {}
     per_setup: dict[tuple, list[float]] = {}
-    samples: dict[tuple, list[float]] = {}
+    samples: dict[tuple, list[float]] = {}  # per cell, and per dataset x setup (the same training clips per epoch)
     for f in folds:
         if f.seconds_per_epoch:
             per_cell.setdefault((f.dataset, f.setup, f.strategy), []).append(f.seconds_per_epoch)
@@ -298,11 +300,13 @@ def _rates_and_time_left(folds: list[FoldStatus], results: dict[tuple, FoldResul
         spe = _samples_per_epoch(results.get((f.dataset, f.setup, f.strategy, f.fold)))
         if spe:
             samples.setdefault((f.dataset, f.setup, f.strategy), []).append(spe)
+            samples.setdefault((f.dataset, f.setup), []).append(spe)
     for f in folds:
         cell = (f.dataset, f.setup, f.strategy)
         rate = f.seconds_per_epoch or median(per_cell.get(cell, [])) or median(per_setup.get((f.dataset, f.setup), []))
-        if f.state == "running" and f.seconds_per_epoch and samples.get(cell):
-            f.samples_per_s = median(samples[cell]) / f.seconds_per_epoch  # type: ignore[operator]
+        per_epoch = median(samples.get(cell, [])) or median(samples.get((f.dataset, f.setup), []))
+        if f.state == "running" and f.seconds_per_epoch and per_epoch:
+            f.samples_per_s = per_epoch / f.seconds_per_epoch
         if f.state != "done" and rate:
             done_epochs = f.epoch if f.state == "running" and f.epoch else 0
             f.seconds_left = max(0, f.epochs - done_epochs) * rate
@@ -328,6 +332,8 @@ def describe_fold(f: FoldStatus, now: float) -> str:
         parts = [f"epoch {f.epoch} of {f.epochs}" if f.epoch is not None else f"no epoch logged yet (of {f.epochs})"]
         if f.heartbeat:
             parts.append(f"last heartbeat {_ago(max(0.0, now - f.heartbeat))}")
+        elif f.started:
+            parts.append(f"started {_ago(max(0.0, now - f.started))}")
         if f.samples_per_s:
             parts.append(f"{f.samples_per_s:.1f} samples/s")
         elif f.seconds_per_epoch:
