@@ -75,17 +75,21 @@ def _series(runs: Sequence[FoldResult], field: str) -> dict[int, list[float]]:
     return by_epoch
 
 
-def _draw(ax: object, by_epoch: dict[int, list[float]], color: str, label: str, every_epoch: bool) -> None:
-    """Mean ± SE over folds: a line with a band where every epoch has a value, else markers with error bars."""
+def _draw(ax: object, by_epoch: dict[int, list[float]], color: str, label: str, every_epoch: bool,
+          dodge: float = 0.0) -> None:
+    """Mean ± SE over folds: a line with a band where every epoch has a value, else markers with error bars.
+
+    `dodge` shifts the markers sideways (in epochs) so that strategies evaluated at the same epochs stay apart.
+    """
     epochs = sorted(by_epoch)
     m, lo, hi = _mean_band([by_epoch[e] for e in epochs])
-    if every_epoch and len(epochs) > FEW_POINTS:
-        ax.plot(epochs, m, color=color, label=label)  # type: ignore[attr-defined]
+    if every_epoch or len(epochs) > FEW_POINTS:
+        ax.plot(epochs, m, color=color, label=label, marker="." if len(epochs) <= 2 * FEW_POINTS else None)  # type: ignore[attr-defined]
         ax.fill_between(epochs, lo, hi, color=color, alpha=0.2, linewidth=0)  # type: ignore[attr-defined]
     else:  # a handful of evaluations: points, never a straight line pretending to be a curve between them
         yerr = [[a - b for a, b in zip(m, lo)], [b - a for a, b in zip(m, hi)]]
-        ax.errorbar(epochs, m, yerr=yerr, color=color, label=label, marker="o", markersize=5, capsize=3,  # type: ignore[attr-defined]
-                    linestyle=":" if len(epochs) > 1 else "none", linewidth=0.8)
+        ax.errorbar([e + dodge for e in epochs], m, yerr=yerr, color=color, label=label, marker="o", markersize=5,  # type: ignore[attr-defined]
+                    capsize=3, linestyle="none")
 
 
 def plot_learning_curves(results: Sequence[FoldResult], path: str | Path) -> Path | None:
@@ -105,13 +109,16 @@ def learning_curves_figure(results: Sequence[FoldResult]) -> Figure | None:
     axes = fig.subplots(len(groups), 2, squeeze=False)
     for row, (dataset, setup) in enumerate(groups):
         mine = [r for r in with_history if (r.dataset, r.setup) == (dataset, setup)]
-        for strategy in _strategy_sort({r.strategy for r in mine}):
+        order = _strategy_sort({r.strategy for r in mine})
+        last = max(e.epoch for r in mine for e in r.history)
+        for i, strategy in enumerate(order):
             runs = [r for r in mine if r.strategy == strategy]
             label = f"{_label('strategy', strategy)} ({len(runs)} folds)"
+            dodge = (i - (len(order) - 1) / 2) * 0.012 * last
             for col, field in enumerate(("train_loss", "val_error")):
                 by_epoch = _series(runs, field)
                 if by_epoch:
-                    _draw(axes[row][col], by_epoch, colors[strategy], label, every_epoch=field == "train_loss")
+                    _draw(axes[row][col], by_epoch, colors[strategy], label, field == "train_loss", dodge)
         title = f"{_label('dataset', dataset)} / {_label('setup', setup)}"
         axes[row][0].set(title=f"{title}: training loss", xlabel="epoch", ylabel="loss (mixed labels)")
         axes[row][1].set(title=f"{title}: test-fold error (evaluated epochs)", xlabel="epoch", ylabel="error (%)")

@@ -395,8 +395,9 @@ def format_terminal(summary: Summary) -> str:
     if any(c.metric == "test_error" for c in summary.comparisons):
         parts.append(_plain(_comparisons_table(summary, compact=True)))
         parts.append(comparisons_statement(summary) + "\n")
-        parts.append("".join(f"  - {c.conclusion}\n" for c in summary.comparisons
-                             if c.metric == "test_error" and c.significant))
+        called = "".join(f"  - {c.conclusion}\n" for c in summary.comparisons if c.metric == "test_error" and c.significant)
+        if called:
+            parts.append(called)
     more = [name for name, there in (
         ("Table 2 (ablation)", any(c.strategy in ABLATION_ONLY for c in summary.cells)),
         ("Table 3 (FGSM)", bool(summary.fgsm)),
