@@ -43,6 +43,7 @@ def _put(store_root: str, key: tuple, name: str, path: Path) -> None:
 def make_grid_state(store_root: str, tracking_uri: str, tmp: Path) -> None:
     """The demo grid with a fold in each state: done x2 (one after a superseded attempt), running, failed, stopped,
     superseded, not started x2."""
+    open_storage(store_root).upload_file(_spec(tmp), f"{GID}/grid.json")  # what `run` and `submit` leave there
     tracker = Tracker(tracking_uri)
     client = MlflowClient(tracking_uri)
     k = lambda strategy, fold: ("esc10", "m18", strategy, fold)  # noqa: E731
@@ -123,7 +124,6 @@ def test_status_on_the_embedded_default(tmp_path: Path, capsys: pytest.CaptureFi
     work = tmp_path / "intermix-work"
     store = str((work / "store").resolve())
     make_grid_state(store, f"sqlite:///{work / 'mlflow.db'}", tmp_path)
-    open_storage(store).upload_file(_spec(tmp_path), f"{GID}/grid.json")
     check_status(["status"], capsys, store)
     # by grid id (read from the store), with the KFP run states of the grid's experiment
     with kfp_api_double() as api:
