@@ -358,7 +358,8 @@ def _html_report(summary: Summary, tables: dict[str, tuple[_Table, list[str], li
             items.append((what, rerun_command(m) if rerun_command else ""))
         sections.append('<section id="absent"><h2>Folds without a result</h2>'
                         + html.paragraph(f"{len(absent)} expected fold(s) are not in the tables; each line gives the"
-                                         " command that trains it again (resuming from its stored checkpoint).", "bad")
+                                         " command that trains it again (resuming from its stored checkpoint; on"
+                                         " Kubeflow add --host URL and --cluster-options FILE).", "bad")
                         + html.commands(items) + "</section>")
         nav.append(("absent", "Absent folds"))
     for stem in ("table1", "table2", "table3"):

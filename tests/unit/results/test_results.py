@@ -261,7 +261,7 @@ def test_mlflow_summary_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert run.data.tags["intermix.kind"] == "summary" and run.data.tags["intermix.grid_id"] == "paper-0123456789"
     assert run.data.metrics["test_error/esc10/envnet_v2/intermix"] == pytest.approx(sum(MIX) / 5)
     artifacts = {a.path for a in client.list_artifacts(run_id)}
-    assert {"table1.md", "table1.csv", "table1.tex", "comparisons.md", "fold_spread.png"} <= artifacts
+    assert {"table1.md", "table1.csv", "table1.tex", "comparisons.md", "fold_spread.png", "report.html"} <= artifacts
     # a rerun of the aggregation updates the same summary run
     assert log_summary_to_mlflow(out, tracking_uri=uri, grid_id="paper-0123456789") == run_id
     assert client.get_run(run_id).data.tags["intermix.summary_revision"] == "1"
