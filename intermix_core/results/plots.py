@@ -248,6 +248,48 @@ def plot_fold_spread(summary: Summary, path: str | Path) -> Path | None:
     return _save(fig, Path(path))
 
 
+def plot_confusions(results: Sequence[FoldResult], path: str | Path) -> Path | None:
+    """Confusion matrices summed over each cell's folds, one panel per dataset x setup x strategy; None if none."""
+    with_matrix = [r for r in results if r.status == "ok" and r.confusion]
+    if not with_matrix:
+        return None
+    groups = _groups([(r.dataset, r.setup) for r in with_matrix])
+    strategies = _strategy_sort({r.strategy for r in with_matrix})
+    n = max(len(r.confusion) for r in with_matrix)  # type: ignore[arg-type]
+    side = 2.6 + (0.2 if n <= 12 else 0.09) * n
+    fig = Figure(figsize=(side * len(strategies) + 1.5, side * len(groups) + 0.6), layout="constrained")
+    axes = fig.subplots(len(groups), len(strategies), squeeze=False)
+    for row, (dataset, setup) in enumerate(groups):
+        classes = next((r.classes for r in with_matrix if r.dataset == dataset and r.classes), None)
+        for col, strategy in enumerate(strategies):
+            ax = axes[row][col]
+            runs = [r for r in with_matrix if (r.dataset, r.setup, r.strategy) == (dataset, setup, strategy)]
+            ax.set_title(f"{_label('dataset', dataset)} / {_label('setup', setup)} / {_label('strategy', strategy)}\n"
+                         f"{len(runs)} fold(s) summed", fontsize=8)
+            if not runs:
+                ax.set_axis_off()
+                continue
+            k = len(runs[0].confusion)  # type: ignore[arg-type]
+            total = [[sum(r.confusion[i][j] for r in runs if len(r.confusion) == k) for j in range(k)]  # type: ignore[index,arg-type]
+                     for i in range(k)]
+            ax.imshow(total, cmap="Blues")
+            names = [(classes[i] if classes and i < len(classes) and classes[i] else str(i)) for i in range(k)]
+            size = 6 if k <= 12 else 3.5
+            ax.set_xticks(range(k), names, rotation=90, fontsize=size)
+            ax.set_yticks(range(k), names if col == 0 else [""] * k, fontsize=size)
+            if k <= 12:
+                top = max(max(row_) for row_ in total) or 1
+                for i, row_ in enumerate(total):
+                    for j, v in enumerate(row_):
+                        if v:
+                            ax.text(j, i, str(v), ha="center", va="center", fontsize=6,
+                                    color="white" if v > 0.6 * top else "black")
+        axes[row][0].set_ylabel("true class")
+    fig.supxlabel("predicted class", fontsize=9)
+    fig.suptitle("Confusion matrices of the 10-crop clip predictions, summed over folds")
+    return _save(fig, Path(path), dpi=90)
+
+
 def plot_confusion(confusion: list[list[int]], path: str | Path, classes: Sequence[str | None] | None = None,
                    title: str | None = None) -> Path:
     """One fold's 10-crop confusion matrix (rows: true class, columns: predicted), titled, every class named on both axes."""

@@ -217,7 +217,8 @@ def _plain(t: _Table, notes: bool = True) -> str:
 
 _STEMS = ("table1", "table2", "table3", "comparisons")
 REPORT_FILES = {f"{stem}.{ext}" for stem in _STEMS for ext in ("md", "csv", "tex")}
-REPORT_FILES |= {"summary.json", "learning_curves.png", "fold_curves.png", "fgsm.png", "fold_spread.png", "report.html"}
+REPORT_FILES |= {"summary.json", "learning_curves.png", "fold_curves.png", "fgsm.png", "fold_spread.png", "confusion.png",
+                 "report.html"}
 REPORT_HTML = "report.html"  # the one file to open: every table, note, figure and absent fold of the aggregation
 CELL_FIELDS = ["dataset", "setup", "model", "strategy", "epsilon", "fgsm_kind", "n", "n_expected", "mean", "se",
                "folds_ok", "folds_failed", "folds_missing", "per_fold", "best_mean", "best_se", "best_per_fold",
@@ -309,6 +310,7 @@ def write_reports(summary: Summary, out_dir: str | Path, results: list[FoldResul
         ("learning_curves.png", plots.plot_learning_curves(chosen, out / "learning_curves.png")),
         ("fold_curves.png", plots.plot_fold_curves(chosen, out / "fold_curves.png")),
         ("fgsm.png", plots.plot_fgsm(summary, out / "fgsm.png")),
+        ("confusion.png", plots.plot_confusions(chosen, out / "confusion.png")),
     ):
         if path is not None:
             written[name] = path
@@ -328,6 +330,8 @@ FIGURES = {  # file -> (section title, caption)
                         " (markers) and the training error on the (mixed) labels (thin)."),
     "fgsm.png": ("FGSM", "Error vs epsilon (log scale), 10-crop clip (solid) and single crop (dotted), ±1 SE;"
                  " the paper's Table 3 dashed."),
+    "confusion.png": ("Confusion matrices", "Rows: true class, columns: predicted class, counts of test clips summed"
+                      " over each cell's folds (10-crop clip predictions after the last epoch)."),
 }
 
 

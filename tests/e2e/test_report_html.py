@@ -19,6 +19,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 SCREENSHOT = Path(__file__).resolve().parents[2] / "test-artifacts" / "report_html.png"
+CLASSES = ["dog", "rooster", "rain", "sea_waves", "crackling_fire", "crying_baby", "sneezing", "clock_tick", "helicopter",
+           "chainsaw"]
 
 
 def _results() -> list:
@@ -30,8 +32,9 @@ def _results() -> list:
             history = [EpochRecord(epoch=e, lr=0.1, train_loss=2.0 / e, train_error=60.0 / e,
                                    val_error=err + 12.0 / e if e % 5 == 0 else None) for e in range(1, 21)]
             fgsm = {"0.0": err, "0.01": err + 30, "0.001": err + 8, "0.0001": err + 1}
+            confusion = [[3 if i == j else (1 if j == (i + fold) % 10 else 0) for j in range(10)] for i in range(10)]
             out.append(fr(strategy, fold, err, setup="envnet_v2_aug", history=history, fgsm=fgsm,
-                          fgsm_crop={k: v + 10 for k, v in fgsm.items()}))
+                          fgsm_crop={k: v + 10 for k, v in fgsm.items()}, confusion=confusion, classes=CLASSES))
     out = [r for r in out if (r.strategy, r.fold) != ("bc", 5)]  # missing
     return [r for r in out if (r.strategy, r.fold) != ("intermix", 2)] + [fr("intermix", 2, None, setup="envnet_v2_aug")]
 
@@ -47,7 +50,7 @@ def test_report_html_renders_offline_in_chromium(tmp_path: Path) -> None:
                           rerun_command=lambda m: rerun_command(gid, m.dataset, m.setup, m.strategy, m.fold, store))
     page_file = files["report.html"]
     assert sorted(p.name for p in page_file.parent.iterdir() if p.suffix == ".png") == [
-        "fgsm.png", "fold_curves.png", "fold_spread.png", "learning_curves.png"]
+        "confusion.png", "fgsm.png", "fold_curves.png", "fold_spread.png", "learning_curves.png"]
 
     outside: list[str] = []
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
@@ -79,7 +82,8 @@ def test_report_html_renders_offline_in_chromium(tmp_path: Path) -> None:
             browser.close()
 
     assert outside == []
-    assert len(images) == 4
+    assert [alt for alt, *_ in images] == ["Per-fold test errors", "Learning curves", "Learning curves per fold", "FGSM",
+                                           "Confusion matrices"]
     for alt, complete, width, height, src in images:
         assert complete and width > 300 and height > 200, alt
         assert src == "data:image/png;base64,"
