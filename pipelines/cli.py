@@ -1,4 +1,4 @@
-"""`intermix`: prepare data, train/attack one fold, run a grid locally, compile/submit it to Kubeflow, rerun a fold.
+"""`intermix`: prepare data, train/attack one fold, run a grid locally or on Kubeflow, watch it, read its report, rerun a fold.
 
 User mistakes (a bad grid or config, a missing file, an unknown name) print one line per problem
 naming the file/field/value and exit with status 2; a failed run exits with 1.

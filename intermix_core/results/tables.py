@@ -335,11 +335,6 @@ FIGURES = {  # file -> (section title, caption)
 }
 
 
-def absent_folds(summary: Summary) -> list[MissingFold]:
-    """Every expected fold of the report without a counted result (failed or missing), in table order."""
-    return list(summary.missing)
-
-
 def _html_report(summary: Summary, tables: dict[str, tuple[_Table, list[str], list[dict[str, str]]]],
                  files: dict[str, Path], title: str | None, rerun_command: RerunCommand | None) -> str:
     """report.html: what was aggregated, absent folds with their rerun commands, the tables, comparisons, figures."""
@@ -353,7 +348,7 @@ def _html_report(summary: Summary, tables: dict[str, tuple[_Table, list[str], li
         head.append(html.paragraph(SHORT_SCHEDULE_NOTE, "warn"))
     sections = ["".join(head)]
     nav = []
-    absent = absent_folds(summary)
+    absent = summary.missing
     if absent:
         items = []
         for m in absent:

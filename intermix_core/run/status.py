@@ -9,7 +9,6 @@ measures seconds per epoch and samples per second, and estimates the training ti
 from __future__ import annotations
 
 import contextlib
-import math
 import shlex
 import statistics
 import tempfile
@@ -24,6 +23,7 @@ from mlflow.entities import ViewType
 from intermix_core.common.redact import redact_uris
 from intermix_core.config.grid import GridSpec, expand, grid_id
 from intermix_core.records import CHECKPOINT, RESULT, FoldResult, fold_label, load_result
+from intermix_core.results.statistics import first_line
 from intermix_core.store.layout import cell_prefix
 from intermix_core.store.storage import open_storage
 from intermix_core.tracking.client import EXPERIMENT, one_attempt, reason, schema_lock
@@ -71,12 +71,6 @@ class FoldView:
     result: FoldResult | None = None
     checkpoint: bool = False
     runs: list[RunView] = field(default_factory=list)
-
-
-def first_line(text: str | None) -> str:
-    """The first non-empty line of a message, at most 160 characters."""
-    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    return lines[0][:160] if lines else "no message"
 
 
 def fold_state(view: FoldView) -> tuple[str, str | None]:
@@ -380,9 +374,3 @@ def kfp_run_states(runs: dict[str, Any]) -> list[dict[str, str]]:
     """KFP runs (display name -> run, as `pipelines.submit.existing_runs` returns them) as name/state/id rows."""
     return [{"name": name, "state": str(getattr(r, "state", "") or "UNKNOWN").upper(), "run_id": str(r.run_id)}
             for name, r in sorted(runs.items())]
-
-
-def seconds_text(value: float | None) -> str:
-    """A duration for people ('unknown' for None)."""
-    return "unknown" if value is None or not math.isfinite(value) else _duration(value)
-
