@@ -159,7 +159,10 @@ def test_status_says_when_mlflow_is_not_there_and_never_invents_a_rate(tmp_path:
     out = capsys.readouterr().out
     assert "no MLflow store at sqlite:///" in out and "8 not started" in out
     assert "time left: unknown (no fold of these cells has a measured rate yet; 8 to train)" in out
-    assert not (tmp_path / "w" / "mlflow.db").exists()
+    assert not (tmp_path / "w").exists()  # status reads; it creates nothing
+    assert main(["status", "demo", "--workdir", str(tmp_path / "w"), "--tracking-uri", "http://127.0.0.1:9"]) == 0
+    assert "MLflow at http://127.0.0.1:9 not readable (Connection refused): states from the store only" in \
+        capsys.readouterr().out
 
 
 @pytest.mark.parametrize("view, state", [
