@@ -403,7 +403,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     work = _workdir(args)
     store = work.store
     grid = _load_grid(args, store)
-    status = grid_status(grid, store, work.tracking_uri)
+    status = grid_status(grid, store, work.tracking_uri, progress=not args.json and sys.stderr.isatty())
     if args.host:
         ep = endpoint(args)
         client = kfp_client(ep)

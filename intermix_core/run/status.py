@@ -19,6 +19,7 @@ from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
+from tqdm import tqdm
 
 from intermix_core.common.redact import redact_uris
 from intermix_core.config.grid import GridSpec, expand, grid_id
@@ -156,13 +157,15 @@ class GridStatus:
                 "kfp_runs": self.kfp_runs, "folds": [asdict(f) | {"label": f.label} for f in self.folds]}
 
 
-def _store_views(store_root: str, gid: str, keys: list[tuple[str, str, str, int]]) -> dict[tuple, FoldView]:
-    """Each fold's result and checkpoint as the store holds them."""
+def _store_views(store_root: str, gid: str, keys: list[tuple[str, str, str, int]],
+                 progress: bool = False) -> dict[tuple, FoldView]:
+    """Each fold's result and checkpoint as the store holds them (a bar on stderr with `progress`)."""
     storage = open_storage(store_root)
     present = set(storage.list(gid))
     views: dict[tuple, FoldView] = {}
     with tempfile.TemporaryDirectory(prefix="intermix-status-") as tmp:
-        for i, key in enumerate(keys):
+        for i, key in enumerate(tqdm(keys, desc="reading fold results", unit="fold", disable=not progress,
+                                     leave=False)):
             prefix = cell_prefix(gid, *key)
             view = FoldView(checkpoint=f"{prefix}/{CHECKPOINT}" in present)
             if f"{prefix}/{RESULT}" in present:
@@ -238,13 +241,14 @@ def _samples_per_epoch(result: FoldResult | None) -> float | None:
     return result.samples_per_second * result.train_seconds / len(result.history)
 
 
-def grid_status(grid: GridSpec, store_root: str, tracking_uri: str | None = None, now: float | None = None) -> GridStatus:
+def grid_status(grid: GridSpec, store_root: str, tracking_uri: str | None = None, now: float | None = None,
+                progress: bool = False) -> GridStatus:
     """The state of every fold of `grid` from its store and MLflow, with rates measured so far and the time left."""
     gid = grid_id(grid)
     now = time.time() if now is None else now
     cells = expand(grid)
     keys = [c.key for c in cells]
-    views = _store_views(store_root, gid, keys)
+    views = _store_views(store_root, gid, keys, progress)
     runs, tracking = _tracking_views(tracking_uri, gid)
     folds: list[FoldStatus] = []
     for cell in cells:
