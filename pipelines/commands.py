@@ -217,17 +217,12 @@ def _fgsm_text(fgsm: dict[str, float], fgsm_crop: dict[str, float]) -> str:
     )
 
 
-def _grid_for_results(args: argparse.Namespace, store_root: str) -> GridSpec:
-    """The grid named by GRID, --grid or --grid-id: a file, a packaged grid, or a grid id saved in the store."""
-    return _load_grid(args, store_root)
-
-
 def _result_items(args: argparse.Namespace) -> list[str]:
     """Split `results` positionals: result files and folders are paths; one other word is the grid (GRID)."""
     paths, grids = [], []
     for item in args.items:
         p = Path(item)
-        (paths if p.is_dir() or (p.is_file() and p.suffix == ".json") else grids).append(item)
+        (paths if p.is_dir() or p.suffix == ".json" else grids).append(item)  # a missing .json: "no such result file"
     if len(grids) > 1:
         raise UsageError(f"results: {', '.join(grids)}: one grid at a time (a grid file, a packaged grid or a grid id), "
                          "or result files and folders that exist")
@@ -246,7 +241,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         summary = aggregate_step(paths, out, tracking_uri=args.tracking_uri)
     else:
         store = _workdir(args).store
-        grid = _grid_for_results(args, store)
+        grid = _load_grid(args, store)
         gid = grid_id(grid)
         out = Path(args.out or Path(args.workdir) / "reports" / gid)
         expected = [c.key for c in expand(grid)]
@@ -517,7 +512,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     if args.host:
         ep, opts = endpoint(args), cluster_options(args)
         store = _require_store(args, opts)
-        grid = _grid_for_results(args, store)
+        grid = _load_grid(args, store)
         cell = _rerun_cell(args, grid)
         _require_sources(grid.model_copy(update={"datasets": [cell.dataset]}), _sources(args))
         try:
@@ -535,7 +530,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         return 0
 
     work = _workdir(args)
-    grid = _grid_for_results(args, work.store)
+    grid = _load_grid(args, work.store)
     cell = _rerun_cell(args, grid)
     _require_sources(grid.model_copy(update={"datasets": [cell.dataset]}), _sources(args))
     report = rerun_fold_local(grid, cell, work, _sources(args).get(cell.dataset), restart=args.from_scratch,

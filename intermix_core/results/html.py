@@ -65,8 +65,8 @@ def paragraph(text: str, cls: str = "") -> str:
 
 
 def commands(items: Sequence[tuple[str, str]]) -> str:
-    """A list of (what, shell command) pairs, each command in its own copyable block."""
-    return "".join(f"<div>{esc(what)}</div><pre>{esc(cmd)}</pre>" for what, cmd in items)
+    """A list of (what, shell command) pairs, each command in its own copyable block (none where it is empty)."""
+    return "".join(f"<div>{esc(what)}</div>" + (f"<pre>{esc(cmd)}</pre>" if cmd else "") for what, cmd in items)
 
 
 def page(title: str, sections: Sequence[str], nav: Sequence[tuple[str, str]] = ()) -> str:
