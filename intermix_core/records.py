@@ -54,6 +54,7 @@ class FoldResult(BaseModel):
     fgsm_crop: dict[str, float] = Field(default_factory=dict)  # str(epsilon) -> single-crop error %
     history: list[EpochRecord] = Field(default_factory=list)
     confusion: list[list[int]] | None = None  # rows: true class, cols: predicted
+    classes: list[str | None] | None = None  # class name of each label, from the prepared data's manifest
     train_seconds: float | None = None
     samples_per_second: float | None = None
     config: dict[str, Any] = Field(default_factory=dict)  # the resolved ExperimentConfig

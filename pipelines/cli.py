@@ -1,4 +1,4 @@
-"""`intermix`: prepare data, train/attack one fold, run a grid locally, compile/submit it to Kubeflow, rerun a fold.
+"""`intermix`: prepare data, train/attack one fold, run a grid locally or on Kubeflow, watch it, read its report, rerun a fold.
 
 User mistakes (a bad grid or config, a missing file, an unknown name) print one line per problem
 naming the file/field/value and exit with status 2; a failed run exits with 1.
@@ -14,15 +14,22 @@ from intermix_core.common.text import cut
 from intermix_core.config import DATASETS, ON_SILENT, STRATEGIES
 
 EXAMPLES = """examples:
-  intermix run                                   # the demo grid, locally, then its results table
+  intermix run                                   # the demo grid, locally; prints the report to open
+  intermix status                                # each fold of the demo grid: done, running, failed, ...
+  intermix results                               # aggregate again: tables and report.html
+  intermix rerun demo --dataset esc10 --setup m18 --strategy bc --fold 2
+  intermix config demo --strategy intermix       # the resolved configuration of a cell, as YAML
   intermix show paper                            # grid id, cells and KFP runs of the paper grid
   intermix estimate paper                        # training samples and device-hours of the paper grid
   intermix compile paper -o compiled/            # one IR YAML per dataset x setup
   intermix submit paper --host https://kfp.example.org --store s3://bucket/intermix \\
       --tracking-uri http://mlflow:5000 --source esc10=s3://bucket/raw/ESC-50 ...
-  intermix rerun --grid demo --dataset esc10 --setup piczak_cnn --strategy bc --fold 2
-  intermix results --grid demo                   # tables of the demo grid from ./intermix-work
+  intermix status paper --store s3://bucket/intermix --tracking-uri http://mlflow:5000 --host https://kfp.example.org
+
+GRID is the same everywhere: a grid file, a packaged grid (demo, gpu-study, paper; default demo) or, where
+a store is read (results, rerun, status), the id of a grid saved there (e.g. demo-0123456789).
 """
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
 
 
 # ------------------------------------------------------------------------------------------ parser
@@ -32,10 +39,43 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name) or default
 
 
-def _grid_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("grid_pos", nargs="?", metavar="GRID", help="grid file, or a packaged grid: demo, paper (default: demo)")
+GRID_HELP = "grid file, or a packaged grid: demo, gpu-study, paper (default: demo)"
+GRID_ID_HELP = GRID_HELP[:-len(" (default: demo)")] + ", or the id of a grid saved in the store (default: demo)"
+
+
+def _grid_args(p: argparse.ArgumentParser, ids: bool = False, name: bool = True) -> None:
+    p.add_argument("grid_pos", nargs="?", metavar="GRID", help=GRID_ID_HELP if ids else GRID_HELP)
     p.add_argument("--grid", help="the same as GRID")
-    p.add_argument("--name", help="grid name to use instead of the file's (it is part of the grid id)")
+    if ids:
+        p.add_argument("--grid-id", help="the same as GRID, for a grid id (kept for older scripts)")
+    if name:
+        p.add_argument("--name", help="grid name to use instead of the file's (it is part of the grid id)")
+
+
+def device(text: str) -> str:
+    """argparse type of --device: auto, cpu, cuda or cuda:N (anything else is a usage error naming the choices)."""
+    if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {DEVICE_CHOICES})")
+
+
+def _device_arg(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    p.add_argument("--device", type=device, default=default, metavar="{auto,cpu,cuda,cuda:N}",
+                   help="where to train or attack: auto (default: cuda when usable, else cpu), cpu, cuda or cuda:N; "
+                   "an explicit cuda that is not usable is an error")
+
+
+FROM_SCRATCH_HELP = ("discard the fold's checkpoint and result (in its folder and in the store) and train it from epoch 1; "
+                     "without it a fold resumes from its newest checkpoint")
+
+
+def _from_scratch_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--from-scratch", action="store_true", help=FROM_SCRATCH_HELP)
+    p.add_argument("--restart", action="store_true", dest="restart_old", help=argparse.SUPPRESS)  # the old spelling
+
+
+def _json_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of text (for scripts)")
 
 
 def _source_args(p: argparse.ArgumentParser) -> None:
@@ -108,11 +148,13 @@ def _kfp_args(p: argparse.ArgumentParser, required_host: bool) -> None:
                    "MLFLOW_TRACKING_URI, else sqlite in <workdir>)")
 
 
-def _fold_cell_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", choices=list(DATASETS), help="dataset")
-    p.add_argument("--model", help="model name, e.g. envnet_v2 (an unknown name is rejected with the list of models)")
+def _fold_cell_args(p: argparse.ArgumentParser, in_grid: bool = False) -> None:
+    p.add_argument("--dataset", choices=list(DATASETS), help="dataset" + (" of the grid" if in_grid else ""))
+    p.add_argument("--model", help="the setup named after this model, else the only setup using it" if in_grid else
+                   "model name, e.g. envnet_v2 (an unknown name is rejected with the list of models)")
     p.add_argument("--strategy", choices=list(STRATEGIES), help="strategy preset")
-    p.add_argument("--setup", help="setup label in tables (default: the model name)")
+    p.add_argument("--setup", help="setup of the grid (a row of the tables)" if in_grid else
+                   "setup label in tables (default: the model name)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("prepare", help="prepare a raw dataset into per-fold arrays")
-    p.add_argument("--dataset", required=True, choices=list(DATASETS))
+    p.add_argument("--dataset", required=True, choices=list(DATASETS), help="which dataset the raw data is")
     p.add_argument("--source", required=True, help="raw dataset: a folder (ESC-50 / UrbanSound8K layout), s3:// URI, or 'demo'")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model", help="take the sample rate of this model")
@@ -135,12 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one fold")
     p.add_argument("--config", help="ExperimentConfig YAML (optional; flags below override it)")
     _fold_cell_args(p)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="random seed of the run (default: 0); each fold derives its own from it")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. optim.epochs=2 (repeatable)")
-    p.add_argument("--data", required=True, help="prepared dataset folder (from `intermix prepare`)")
-    p.add_argument("--fold", type=int, required=True, help="test fold (the others train)")
-    p.add_argument("--out", required=True, help="output folder: checkpoint.pt, result.json (resumes from a checkpoint there)")
-    p.add_argument("--restart", action="store_true", help="ignore a checkpoint in --store and start over")
+    p.add_argument("--data", help="prepared dataset folder (from `intermix prepare`); required unless --print-config")
+    p.add_argument("--fold", type=int, help="test fold (the others train); required unless --print-config")
+    p.add_argument("--out", help="output folder: checkpoint.pt, result.json (resumes from a checkpoint there); "
+                   "required unless --print-config")
+    _from_scratch_arg(p)
+    p.add_argument("--print-config", "--cfg", action="store_true",
+                   help="print the resolved configuration as YAML and exit without training (Hydra's --cfg job)")
     p.set_defaults(func="cmd_train")
 
     p = sub.add_parser("attack", help="FGSM evaluation of one trained fold")
@@ -157,13 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--grid-id", default="local", help="grid id for tracking and the store (default: local)")
         p.add_argument("--store", help="grid store root (folder or s3://) to sync the fold with")
         p.add_argument("--tracking-uri", default=_env("MLFLOW_TRACKING_URI"), help="MLflow URI (env MLFLOW_TRACKING_URI)")
-        p.add_argument("--device", help="auto (default: cuda when usable, else cpu), cpu, cuda or cuda:N; an explicit cuda that is not usable is an error")
+        _device_arg(p)
 
     for name in ("results", "aggregate"):
         p = sub.add_parser(name, help="aggregate a grid's results and print its tables" + (" (alias of results)" if name == "aggregate" else ""))
-        p.add_argument("paths", nargs="*", help="result files or folders (instead of a grid)")
-        p.add_argument("--grid", help="grid file or packaged grid (default: demo)")
-        p.add_argument("--grid-id", help="a grid id from the store (instead of --grid)")
+        p.add_argument("items", nargs="*", metavar="GRID|PATH", help=GRID_ID_HELP + "; or result files and folders "
+                       "(*.json, folders of them) to aggregate instead of a grid")
+        p.add_argument("--grid", help="the same as GRID")
+        p.add_argument("--grid-id", help="the same as GRID, for a grid id (kept for older scripts)")
         p.add_argument("--store", help="grid store root: a folder or s3:// (default: <workdir>/store)")
         p.add_argument("--workdir", default=_env("INTERMIX_WORKDIR", "intermix-work"), help="local work directory (default: ./intermix-work)")
         p.add_argument("--out", help="report folder (default: <workdir>/reports/<grid id>)")
@@ -171,9 +217,34 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also log the summary to this MLflow (default: MLFLOW_TRACKING_URI)")
         p.set_defaults(func="cmd_results")
 
-    p = sub.add_parser("show", help="print a grid's id, cells and KFP runs")
+    p = sub.add_parser("show", help="print a grid's id, cells and KFP runs (the plan; `status` says how far it got)")
     _grid_args(p)
+    _json_arg(p)
     p.set_defaults(func="cmd_show")
+
+    p = sub.add_parser("status", help="each fold of a grid: done, running (epoch, heartbeat, samples/s), failed (why), "
+                       "stopped, superseded or not started; the time left; rerun commands")
+    _grid_args(p, ids=True, name=False)
+    p.add_argument("--workdir", default=_env("INTERMIX_WORKDIR", "intermix-work"),
+                   help="local work directory whose store and MLflow are read (default: ./intermix-work, env INTERMIX_WORKDIR)")
+    p.add_argument("--store", help="grid store root: a folder or s3://bucket/prefix (default: <workdir>/store)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite in <workdir>)")
+    g = p.add_argument_group("Kubeflow Pipelines (optional: adds each run's state)")
+    g.add_argument("--host", default=_env("KFP_HOST"), help="KFP API URL (env KFP_HOST)")
+    g.add_argument("--namespace", default=_env("KFP_NAMESPACE"), help="namespace of a multi-user KFP (env KFP_NAMESPACE)")
+    g.add_argument("--existing-token", default=_env("KFP_EXISTING_TOKEN"), help="bearer token (env KFP_EXISTING_TOKEN)")
+    g.add_argument("--cookies", default=_env("KFP_COOKIES"), help="session cookies for a KFP behind a login (env KFP_COOKIES)")
+    g.add_argument("--ssl-ca-cert", default=_env("KFP_SSL_CA_CERT"), help="CA bundle of the KFP endpoint (env KFP_SSL_CA_CERT)")
+    g.add_argument("--experiment", default=_env("KFP_EXPERIMENT"), help="KFP experiment (default: the grid id; env KFP_EXPERIMENT)")
+    _json_arg(p)
+    p.set_defaults(func="cmd_status")
+
+    p = sub.add_parser("config", help="print the resolved configuration of a grid's cells as YAML (every default explicit)")
+    _grid_args(p, name=False)
+    _fold_cell_args(p, in_grid=True)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a value on top, e.g. optim.epochs=2 (repeatable)")
+    p.add_argument("--print", action="store_true", help="print it (what the command does anyway; for Hydra habits)")
+    p.set_defaults(func="cmd_config")
 
     p = sub.add_parser("study", help="train one dataset x setup's folds concurrently on one device inside a time budget")
     _grid_args(p)
@@ -181,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="study", help="output folder: fold results, reports/, study.json (default: ./study)")
     p.add_argument("--budget", type=float, default=540.0, help="seconds; workers stop after the epoch that passes it")
     p.add_argument("--concurrency", type=int, default=4, help="folds trained at once (worker processes)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
+    _device_arg(p, "auto")
     p.add_argument("--throughput", metavar="FILE", help="bench_throughput.py --save records for the time estimate")
     p.set_defaults(func="cmd_study")
 
@@ -189,8 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     _grid_args(p)
     p.add_argument("--throughput", metavar="FILE", help="records from benchmarks/bench_throughput.py --save "
                    "(default: the figures shipped in the package)")
-    p.add_argument("--device", choices=["cpu", "cuda"], help="use only measurements of this device type "
-                   "(default: a GPU's where there is one)")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="estimate for this device type: use only its "
+                   "measurements (default: a GPU's where there is one)")
+    _json_arg(p)
     p.set_defaults(func="cmd_estimate")
 
     p = sub.add_parser("run", help="run a grid locally with KFP's local runner (default: the demo grid)")
@@ -214,12 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func="cmd_submit")
 
     p = sub.add_parser("rerun", help="rerun one fold of an earlier grid, locally or on --host, and update its tables")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--grid", help="grid file or packaged grid (default: demo)")
-    g.add_argument("--grid-id", help="id of a grid saved in the store (instead of --grid)")
-    _fold_cell_args(p)
-    p.add_argument("--fold", type=int, required=True)
-    p.add_argument("--restart", action="store_true", help="train from scratch instead of resuming from the stored checkpoint")
+    _grid_args(p, ids=True, name=False)
+    _fold_cell_args(p, in_grid=True)
+    p.add_argument("--fold", type=int, required=True, help="the fold to train again (its test fold)")
+    _from_scratch_arg(p)
     _source_args(p)
     _local_args(p, servers=False)
     _kfp_args(p, required_host=False)
@@ -247,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "rerun" and (args.dataset is None or args.strategy is None or (args.setup or args.model) is None):
         print("intermix rerun: error: give --dataset, --strategy, --fold and --setup (or --model)", file=sys.stderr)
         return 2
+    if getattr(args, "restart_old", False):
+        print(f"intermix: note: --restart is now --from-scratch (the same in `train` and `rerun`): {FROM_SCRATCH_HELP}",
+              file=sys.stderr)
+        args.from_scratch = True
 
     # the subcommands pull in torch's models, MLflow, boto3 and kfp (seconds of imports): loaded only once the
     # command line parsed, so `intermix --help` and usage errors answer at once

@@ -5,8 +5,12 @@ Errors a user can fix raise UsageError, ConfigError, DataError, StorageError or 
 """
 
 import argparse
+import dataclasses
+import json
 import os
+import re
 import sys
+import time
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -15,7 +19,7 @@ from components.image import ImageError
 from intermix_core.common.names import check_pipeline_value
 from intermix_core.common.redact import redact_uris
 from intermix_core.common.text import cut, short
-from intermix_core.common.yamlfile import load_yaml, parse_yaml
+from intermix_core.common.yamlfile import dump_yaml, load_yaml, parse_yaml
 from intermix_core.config import DATASETS, ConfigError, ExperimentConfig, parse_config
 from intermix_core.config.grid import (
     FoldCell,
@@ -24,6 +28,7 @@ from intermix_core.config.grid import (
     find_cell,
     grid_id,
     load_grid,
+    packaged_grids,
     parse_grid,
     setup_of_model,
     shards,
@@ -33,9 +38,10 @@ from intermix_core.method.train import FoldInterrupted
 from intermix_core.models import model_class
 from intermix_core.records import CHECKPOINT, RESULT, load_result
 from intermix_core.results.statistics import Summary
-from intermix_core.results.tables import format_terminal
+from intermix_core.results.tables import REPORT_HTML, format_terminal
 from intermix_core.run.aggregate import aggregate_step, describe_absent
 from intermix_core.run.estimate import estimate_grid, format_estimate, load_throughput
+from intermix_core.run.status import format_status, grid_status, kfp_run_states
 from intermix_core.run.steps import attack_checkpoint_step, attack_step, preprocess_step, train_step
 from intermix_core.run.study import run_study
 from intermix_core.store.grid_store import load_grid_spec
@@ -51,6 +57,8 @@ from pipelines.submit import (
     KfpServerError,
     PartialSubmitError,
     ServerInfo,
+    existing_runs,
+    kfp_client,
     submit_grid,
     submit_rerun,
 )
@@ -90,11 +98,25 @@ def _sources(args: argparse.Namespace) -> dict[str, str]:
     return sources
 
 
-def _load_grid(args: argparse.Namespace) -> GridSpec:
-    pos, opt = getattr(args, "grid_pos", None), args.grid
-    if pos and opt and pos != opt:
-        raise UsageError(f"two grids given: {pos} and --grid {opt}")
-    grid = load_grid(pos or opt or "demo", name=getattr(args, "name", None))
+GRID_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}-[0-9a-f]{10}$")  # config.grid.grid_id: <name>-<10 hex digits>
+
+
+def _grid_name(args: argparse.Namespace) -> str:
+    """The one grid the command line names (GRID, --grid or --grid-id), default demo; two different ones are an error."""
+    given = {flag: v for flag, v in (("GRID", getattr(args, "grid_pos", None)), ("--grid", getattr(args, "grid", None)),
+                                     ("--grid-id", getattr(args, "grid_id", None))) if v}
+    if len(set(given.values())) > 1:
+        raise UsageError("two grids given: " + " and ".join(f"{k} {v}" for k, v in given.items()))
+    return next(iter(given.values()), "demo")
+
+
+def _load_grid(args: argparse.Namespace, store: str | None = None) -> GridSpec:
+    """The grid named on the command line: a file, a packaged grid, or (with a store) the id of a grid saved there."""
+    name = _grid_name(args)
+    if store and GRID_ID.match(name) and not Path(name).is_file() and name not in packaged_grids():
+        grid = parse_grid(load_grid_spec(store, name), source=f"{store}/{name}/grid.json")
+    else:
+        grid = load_grid(name, name=getattr(args, "name", None))
     if getattr(args, "on_silent", None):
         grid = grid.model_copy(update={"on_silent": args.on_silent})
     return grid
@@ -148,13 +170,25 @@ def _check_fold(dataset: str, fold: int) -> None:
         raise UsageError(f"--fold {fold}: not a fold of {dataset}; expected one of: {', '.join(map(str, range(1, n + 1)))}")
 
 
+def config_yaml(cfg: ExperimentConfig, label: str | None = None) -> str:
+    """A configuration with every reference default resolved, as YAML (headed by a comment naming the cell)."""
+    head = f"# {label}\n" if label else ""
+    return head + dump_yaml(cfg.resolved().model_dump(mode="json"))
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train one fold."""
+    """Train one fold (or, with --print-config, print its resolved configuration)."""
     cfg = build_config(args)
+    if args.print_config:
+        print(config_yaml(cfg), end="")
+        return 0
+    missing = [flag for flag, v in (("--data", args.data), ("--fold", args.fold), ("--out", args.out)) if v is None]
+    if missing:
+        raise UsageError(f"train: give {', '.join(missing)} (or --print-config to only print the configuration)")
     _check_fold(cfg.dataset, args.fold)
     result = train_step(
         cfg.model_dump_json(), args.data, args.fold, args.out, args.grid_id, args.tracking_uri, args.store,
-        restart=args.restart, progress=True, device=args.device,
+        restart=args.from_scratch, progress=True, device=args.device,
     )
     print(f"{result.label}: test error {result.test_error:.2f}% -> {args.out}")
     return 0
@@ -188,21 +222,31 @@ def _fgsm_text(fgsm: dict[str, float], fgsm_crop: dict[str, float]) -> str:
     )
 
 
-def _grid_for_results(args: argparse.Namespace, store_root: str) -> GridSpec:
-    """The grid named by --grid-id (from the store) or --grid."""
-    if args.grid_id:
-        return parse_grid(load_grid_spec(store_root, args.grid_id), source=f"{store_root}/{args.grid_id}/grid.json")
-    return _load_grid(args)
+def _result_items(args: argparse.Namespace) -> list[str]:
+    """Split `results` positionals: result files and folders are paths; one other word is the grid (GRID)."""
+    paths, grids = [], []
+    for item in args.items:
+        p = Path(item)
+        (paths if p.is_dir() or p.suffix == ".json" else grids).append(item)  # a missing .json: "no such result file"
+    if len(grids) > 1:
+        raise UsageError(f"results: {', '.join(grids)}: one grid at a time (a grid file, a packaged grid or a grid id), "
+                         "or result files and folders that exist")
+    if grids and paths:
+        raise UsageError(f"results: give a grid ({grids[0]}) or result paths ({paths[0]}), not both")
+    if grids:
+        args.grid_pos = grids[0]
+    return paths
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    """Aggregate and print a grid's tables (or those of result files given as paths)."""
-    if args.paths:
+    """Aggregate and print a grid's tables (or those of result files given as paths); report.html is the file to open."""
+    paths = _result_items(args)
+    if paths:
         out = Path(args.out or "intermix-reports")
-        summary = aggregate_step(args.paths, out, tracking_uri=args.tracking_uri)
+        summary = aggregate_step(paths, out, tracking_uri=args.tracking_uri)
     else:
         store = _workdir(args).store
-        grid = _grid_for_results(args, store)
+        grid = _load_grid(args, store)
         gid = grid_id(grid)
         out = Path(args.out or Path(args.workdir) / "reports" / gid)
         expected = [c.key for c in expand(grid)]
@@ -211,7 +255,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     print(format_terminal(summary))
     if describe_absent(summary):
         print(describe_absent(summary))
-    print(f"reports: {out}")
+    print(f"report: {(out / REPORT_HTML).resolve()}")
     return 0
 
 
@@ -227,7 +271,11 @@ def _print_summary(store: str, gid: str) -> None:
     print(format_terminal(summary))
     if describe_absent(summary):
         print(describe_absent(summary))
-    print(f"reports: {storage.uri(prefix)}")
+    report = storage.uri(f"{prefix}/{REPORT_HTML}")
+    if "://" in report:
+        print(f"report: {report} (a local copy: intermix results {gid} --store {store})")
+    else:
+        print(f"report: {report}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -298,6 +346,13 @@ def cmd_show(args: argparse.Namespace) -> int:
     """Print a grid's id, cells and the KFP runs it becomes."""
     grid = _load_grid(args)
     cells = expand(grid)
+    if args.json:
+        runs = [{"run": f"{grid_id(grid)} {sh.label}", "dataset": sh.dataset, "setup": sh.setup,
+                 "sample_rate": sh.sample_rate, "strategies": list(sh.configs), "folds": list(sh.folds)}
+                for sh in shards(grid)]
+        print(json.dumps({"grid_id": grid_id(grid), "name": grid.name, "fold_trainings": len(cells),
+                          "cells": [list(c.key) for c in cells], "runs": runs}, indent=2))
+        return 0
     print(f"grid {grid_id(grid)}: {len(cells)} fold trainings (+ FGSM each)")
     for sh in shards(grid):
         print(f"  run {sh.label} @ {sh.sample_rate} Hz: {len(sh.configs)} strategies x folds {list(sh.folds)}"
@@ -308,7 +363,60 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_estimate(args: argparse.Namespace) -> int:
     """Print a grid's training samples and device-hours from measured throughput."""
     grid = _load_grid(args)
-    print(format_estimate(grid.name, estimate_grid(grid, load_throughput(args.throughput), args.device)))
+    rows = estimate_grid(grid, load_throughput(args.throughput), args.device)
+    if args.json:
+        known = [r.hours for r in rows if r.hours is not None]
+        print(json.dumps({"grid_id": grid_id(grid), "total_hours": sum(known) if known else None,
+                          "unmeasured": sorted({m for r in rows for m in r.unmeasured}),
+                          "setups": [dataclasses.asdict(r) | {"devices": sorted(r.devices), "unmeasured": sorted(r.unmeasured)}
+                                     for r in rows]}, indent=2))
+        return 0
+    print(format_estimate(grid.name, rows))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print the resolved configuration of the grid's cells that match --dataset/--setup/--strategy, as YAML."""
+    grid = _load_grid(args)
+    setup = args.setup or (setup_of_model(grid, args.model) if args.model else None)
+    cells = {}
+    for c in expand(grid):  # one config per dataset x setup x strategy (folds share it)
+        if (args.dataset in (None, c.dataset) and setup in (None, c.setup) and args.strategy in (None, c.strategy)):
+            cells.setdefault((c.dataset, c.setup, c.strategy), c.config)
+    if not cells:
+        choices = sorted({f"{c.dataset}/{c.setup}/{c.strategy}" for c in expand(grid)})
+        raise UsageError(f"config: no cell of grid {grid.name} matches; its cells: {', '.join(choices[:12])}"
+                         + (" ..." if len(choices) > 12 else ""))
+    docs = []
+    for (dataset, setup_name, strategy), cfg in cells.items():
+        data = cfg.model_dump(mode="json")
+        for dotted, text in _pairs(args.set, "--set").items():
+            _set_dotted(data, dotted, parse_yaml(text, f"--set {cut(dotted, 80)}"))
+        cfg = parse_config(data, source="command line") if args.set else cfg
+        docs.append(config_yaml(cfg, f"{grid_id(grid)}: {dataset}/{setup_name}/{strategy}"))
+    print("---\n".join(docs), end="")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print each fold's state (done, running, failed, stopped, superseded, not started), the time left, rerun commands."""
+    work = _workdir(args)
+    store = work.store
+    grid = _load_grid(args, store)
+    status = grid_status(grid, store, work.tracking_uri, progress=not args.json and sys.stderr.isatty())
+    if args.host:
+        ep = endpoint(args)
+        client = kfp_client(ep)
+        try:
+            exp = client.get_experiment(experiment_name=ep.experiment or status.grid_id, namespace=ep.namespace)
+        except Exception as err:  # noqa: BLE001 - the KFP client raises many types; none stops the report
+            status.notes.append(f"Kubeflow: no run states ({cut(str(getattr(err, 'body', '') or err), 200)})")
+        else:
+            status.kfp_runs = kfp_run_states(existing_runs(client, exp.experiment_id))
+    if args.json:
+        print(json.dumps(status.to_json(), indent=2))
+    else:
+        print(format_status(status, time.time()))
     return 0
 
 
@@ -347,7 +455,8 @@ def endpoint(args: argparse.Namespace) -> KfpEndpoint:
         raise UsageError(f"--ssl-ca-cert {args.ssl_ca_cert}: no such file")
     return KfpEndpoint(host=args.host, namespace=args.namespace, existing_token=args.existing_token,
                        cookies=args.cookies, ssl_ca_cert=args.ssl_ca_cert, experiment=args.experiment,
-                       service_account=args.service_account, skip_version_check=args.skip_version_check)
+                       service_account=getattr(args, "service_account", None),
+                       skip_version_check=getattr(args, "skip_version_check", False))
 
 
 def _server_notes(info: ServerInfo) -> None:
@@ -408,12 +517,12 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     if args.host:
         ep, opts = endpoint(args), cluster_options(args)
         store = _require_store(args, opts)
-        grid = _grid_for_results(args, store)
+        grid = _load_grid(args, store)
         cell = _rerun_cell(args, grid)
         _require_sources(grid.model_copy(update={"datasets": [cell.dataset]}), _sources(args))
         try:
             run = _submission(lambda: submit_rerun(grid, cell, ep, store, _tracking(args, opts),
-                                                   _sources(args).get(cell.dataset), args.restart, opts,
+                                                   _sources(args).get(cell.dataset), args.from_scratch, opts,
                                                    on_server=_server_notes))
         except PartialSubmitError as err:
             for line in str(err).splitlines():
@@ -426,10 +535,10 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         return 0
 
     work = _workdir(args)
-    grid = _grid_for_results(args, work.store)
+    grid = _load_grid(args, work.store)
     cell = _rerun_cell(args, grid)
     _require_sources(grid.model_copy(update={"datasets": [cell.dataset]}), _sources(args))
-    report = rerun_fold_local(grid, cell, work, _sources(args).get(cell.dataset), restart=args.restart,
+    report = rerun_fold_local(grid, cell, work, _sources(args).get(cell.dataset), restart=args.from_scratch,
                               tracking=not args.no_tracking, progress=not args.no_progress, verbose=args.verbose)
     _print_summary(work.store, grid_id(grid))
     return _report(report, work, not args.no_tracking)

@@ -104,3 +104,8 @@ def load_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{p}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); "
                           "save it as UTF-8") from None
     return parse_yaml(text, str(p)) or {}
+
+
+def dump_yaml(data: Any) -> str:
+    """Data as block-style YAML in its own key order (how `intermix config` prints a resolved configuration)."""
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)

@@ -119,6 +119,7 @@ class FoldRun:
     mixer: Mixer
     data_gen: torch.Generator
     pairs: PairSampler | None  # the authors' adjacent pairs, or None for in-batch partners
+    classes: list[str | None] | None = None  # class names by label (the prepared data's manifest)
     tracker: FoldTracker | None = None
     eval_clips: int | None = None
     grid_id: str = "local"
@@ -237,8 +238,9 @@ def _checkpoint_of(cfg: ExperimentConfig, fold: int, out: Path) -> dict[str, Any
     return state
 
 
-def _open_fold(cfg: ExperimentConfig, data_dir: str | Path, fold: int, dev: torch.device) -> tuple[ClipBank, ClipBank]:
-    """(training bank, test bank) of `fold` on `dev`, after checking the preparation fits the config."""
+def _open_fold(cfg: ExperimentConfig, data_dir: str | Path, fold: int, dev: torch.device
+               ) -> tuple[ClipBank, ClipBank, list[str | None]]:
+    """(training bank, test bank, class names) of `fold` on `dev`, after checking the preparation fits the config."""
     data = load_prepared(data_dir)
     cls = model_class(cfg.model)
     if data.sample_rate != cls.sample_rate:
@@ -253,7 +255,7 @@ def _open_fold(cfg: ExperimentConfig, data_dir: str | Path, fold: int, dev: torc
     # the bank reserves a window of T * scale_max per crop: only as wide as scale augmentation reads
     length, scale_max = cfg.crop_length, cfg.augment.scale_max if cfg.augment.scale else 1.0
     return (ClipBank.from_prepared(data, train_folds, dev, length=length, scale_max=scale_max),
-            ClipBank.from_prepared(data, [fold], dev, length=length))
+            ClipBank.from_prepared(data, [fold], dev, length=length), data.manifest.classes)
 
 
 def _set_up(
@@ -262,7 +264,7 @@ def _set_up(
 ) -> FoldRun:
     """Banks, model, optimizer and generators seeded for the fold, then the checkpoint's state on top (resume)."""
     optim = cfg.optim
-    train_bank, test_bank = _open_fold(cfg, data_dir, fold, dev)
+    train_bank, test_bank, classes = _open_fold(cfg, data_dir, fold, dev)
     seed = fold_seed(cfg.seed, fold)
     torch.manual_seed(seed)
     model = speed_up(create_model(cfg.model, cfg.num_classes).to(dev), channels_last=optim.channels_last,
@@ -273,7 +275,7 @@ def _set_up(
         mixer=Mixer(cfg.strategy, cfg.num_classes, model_class(cfg.model).sample_rate, seed),
         data_gen=torch.Generator(device=dev).manual_seed(seed + 500),
         pairs=PairSampler(train_bank.labels, cfg.num_classes) if cfg.strategy.pairing == "adjacent_pairs" else None,
-        tracker=tracker, eval_clips=eval_clips,
+        classes=classes, tracker=tracker, eval_clips=eval_clips,
     )
     if state is not None:
         model.load_state_dict(state["model"])
@@ -442,6 +444,7 @@ def _result(run: FoldRun, test_error: float | None, confusion: list[list[int]] |
     return FoldResult(
         dataset=cfg.dataset, setup=cfg.setup_name, model=cfg.model, strategy=cfg.strategy.name, fold=run.fold,
         grid_id=run.grid_id, seed=cfg.seed, test_error=test_error, history=history, confusion=confusion,
+        classes=run.classes,
         best_val_error=best.val_error if best else None, best_epoch=best.epoch if best else None,
         train_seconds=round(elapsed, 3), samples_per_second=round(run.seen / elapsed, 2) if elapsed > 0 else None,
         config=cfg.model_dump(mode="json"),

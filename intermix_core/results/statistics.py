@@ -162,6 +162,10 @@ class Comparison(BaseModel):
     p_t: float | None = None
     wilcoxon: float | None = None
     p_wilcoxon: float | None = None
+    # Holm-adjusted p-values over the family of comparisons of the same metric (holm_adjust); the call uses these
+    p_t_holm: float | None = None
+    p_wilcoxon_holm: float | None = None
+    family: int = 1  # comparisons in that family
     significant: bool = False
     conclusion: str = ""
 
@@ -275,12 +279,8 @@ def paired_test(baseline: Sequence[float], other: Sequence[float]) -> dict[str, 
     return out
 
 
-def _context(c: TableCell) -> str:
-    where = f"{_name('dataset', c.dataset)} / {_name('setup', c.setup)}"
-    return where if c.epsilon is None else f"{where}, FGSM eps={eps_label(c.epsilon)}"
-
-
-def _compare(cell: TableCell, base: TableCell, alpha: float) -> Comparison:
+def _compare(cell: TableCell, base: TableCell) -> Comparison:
+    """Means, difference, relative improvement and raw paired tests on the folds both cells have (no call yet)."""
     folds = sorted(set(cell.values) & set(base.values))
     comp = Comparison(
         dataset=cell.dataset, setup=cell.setup, metric=cell.metric, strategy=cell.strategy,
@@ -288,35 +288,79 @@ def _compare(cell: TableCell, base: TableCell, alpha: float) -> Comparison:
     )
     if base.published is not None and cell.published is not None:
         comp.published_relative = pub.relative_improvement(base.published, cell.published)
-    name, bname = _name("strategy", cell.strategy), _name("strategy", base.strategy)
-    pair = f"{name} vs {bname} on {_context(cell)}"
     if not folds:
-        comp.conclusion = f"{pair}: no fold has both results; nothing to compare."
         return comp
     comp.baseline_mean = sum(base.values[f] for f in folds) / len(folds)
     comp.mean = sum(cell.values[f] for f in folds) / len(folds)
     comp.diff = comp.baseline_mean - comp.mean
     if comp.baseline_mean > 0:
         comp.relative = pub.relative_improvement(comp.baseline_mean, comp.mean)
-    comp = comp.model_copy(update=paired_test([base.values[f] for f in folds], [cell.values[f] for f in folds]))
-    both = comp.p_t is not None and comp.p_t < alpha and (comp.p_wilcoxon is None or comp.p_wilcoxon < alpha)
-    comp.significant = both
+    return comp.model_copy(update=paired_test([base.values[f] for f in folds], [cell.values[f] for f in folds]))
+
+
+def holm_adjust(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1); None stays None and is not counted."""
+    index = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    m = len(index)
+    out: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(index):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
+
+
+def _conclude(comp: Comparison, alpha: float) -> Comparison:
+    """Call the comparison on its Holm-adjusted p-values and write its one-sentence conclusion."""
+    cell_where = _where(comp)
+    name, bname = _name("strategy", comp.strategy), _name("strategy", comp.baseline)
+    pair = f"{name} vs {bname} on {cell_where}"
+    if not comp.folds:
+        return comp.model_copy(update={"conclusion": f"{pair}: no fold has both results; nothing to compare."})
+    p_t, p_w = comp.p_t_holm, comp.p_wilcoxon_holm
+    both = p_t is not None and p_t < alpha and (p_w is None or p_w < alpha)
     rel = f"{comp.relative:+.1f}% relative reduction" if comp.relative is not None else "relative n/a"
     nums = f"{comp.mean:.1f}% vs {comp.baseline_mean:.1f}% error ({rel})"
-    tests = [f"paired t-test p={comp.p_t:.3g}"] if comp.p_t is not None else []
-    tests += [f"Wilcoxon p={comp.p_wilcoxon:.3g}"] if comp.p_wilcoxon is not None else []
-    tests_text = ", ".join([*tests, f"n={len(folds)} folds"])
-    if len(folds) < 2:
-        comp.conclusion = f"{pair}: {nums}; only {len(folds)} paired fold, no test possible."
+    holm = f" (Holm, {comp.family} comparisons)" if comp.family > 1 else ""
+    tests = [f"paired t-test p={comp.p_t:.3g}" + (f", adjusted {p_t:.3g}" if comp.family > 1 else "")] \
+        if comp.p_t is not None and p_t is not None else []
+    tests += [f"Wilcoxon p={comp.p_wilcoxon:.3g}" + (f", adjusted {p_w:.3g}" if comp.family > 1 else "")] \
+        if comp.p_wilcoxon is not None and p_w is not None else []
+    n = len(comp.folds)
+    tests_text = ", ".join([*tests, f"n={n} folds"])
+    if n < 2:
+        text = f"{pair}: {nums}; only {n} paired fold, no test possible."
     elif comp.p_t is None:
-        comp.conclusion = f"{pair}: {nums}; the same difference on every fold, test undefined ({tests_text})."
+        text = f"{pair}: {nums}; the same difference on every fold, test undefined ({tests_text})."
     elif both:
-        verb = "has lower error than" if comp.diff > 0 else "has higher error than"
-        comp.conclusion = f"{name} {verb} {bname} on {_context(cell)}: {nums}; {tests_text}."
+        verb = "has lower error than" if (comp.diff or 0) > 0 else "has higher error than"
+        text = f"{name} {verb} {bname} on {cell_where}: {nums}; {tests_text}{holm}."
     else:
-        why = f"p >= {alpha}" if comp.p_t >= alpha else f"the t-test alone is below {alpha}, Wilcoxon is not"
-        comp.conclusion = f"{pair}: {nums} is within fold-to-fold noise ({tests_text}; {why})."
-    return comp
+        why = (f"adjusted p >= {alpha}" if comp.family > 1 else f"p >= {alpha}") if p_t is None or p_t >= alpha \
+            else f"the t-test alone is below {alpha}, Wilcoxon is not"
+        text = f"{pair}: {nums} is within fold-to-fold noise ({tests_text}; {why})."
+    return comp.model_copy(update={"significant": both, "conclusion": text})
+
+
+def _where(comp: Comparison) -> str:
+    where = f"{_name('dataset', comp.dataset)} / {_name('setup', comp.setup)}"
+    if comp.metric == "test_error":
+        return where
+    kind, _, eps = comp.metric.partition("@")
+    return f"{where}, FGSM eps={eps}" + (" (single crop)" if kind == "fgsm_crop" else "")
+
+
+def correct_and_conclude(comparisons: list[Comparison], alpha: float = ALPHA) -> list[Comparison]:
+    """Holm-adjust each metric's family of comparisons (the clean error; each FGSM epsilon and kind), then call them."""
+    out = list(comparisons)
+    for metric in dict.fromkeys(c.metric for c in comparisons):
+        idx = [i for i, c in enumerate(comparisons) if c.metric == metric]
+        family = sum(comparisons[i].p_t is not None for i in idx)
+        adj_t = holm_adjust([comparisons[i].p_t for i in idx])
+        adj_w = holm_adjust([comparisons[i].p_wilcoxon for i in idx])
+        for i, pt, pw in zip(idx, adj_t, adj_w, strict=True):
+            out[i] = out[i].model_copy(update={"p_t_holm": pt, "p_wilcoxon_holm": pw, "family": max(family, 1)})
+    return [_conclude(c, alpha) for c in out]
 
 
 def _pairs(strategies: Iterable[str]) -> list[tuple[str, str]]:
@@ -365,13 +409,15 @@ def aggregate(
                 missing += [MissingFold(**where, fold=f, reason="missing") for f in cell.missing]
                 fgsm_cells += _fgsm_cells(head, ok, failed)
     comparisons = []
-    for pool in (cells, fgsm_cells):
+    # eps = 0 is the clean error through the attack's code: no attack, and its clip column repeats the test error
+    for pool in (cells, [c for c in fgsm_cells if c.epsilon != 0.0]):
         index = {(c.dataset, c.setup, c.metric, c.strategy): c for c in pool}
         for dataset, setup, metric in dict.fromkeys((c.dataset, c.setup, c.metric) for c in pool):
             strategies = [s for (d, su, m, s) in index if (d, su, m) == (dataset, setup, metric)]
             for s, b in _pairs(strategies):
                 new, base = index[(dataset, setup, metric, s)], index[(dataset, setup, metric, b)]
-                comparisons.append(_compare(new, base, alpha))
+                comparisons.append(_compare(new, base))
+    comparisons = correct_and_conclude(comparisons, alpha)
     return Summary(
         cells=cells, fgsm=fgsm_cells, comparisons=comparisons, missing=missing, notes=notes,
         n_results=len(results), n_superseded=len(results) - len(chosen), alpha=alpha,

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 from intermix_core.records import FoldResult
+from intermix_core.results import html, plots
 from intermix_core.results import paper as pub
-from intermix_core.results import plots
 from intermix_core.results.paper import display_name as _name
 from intermix_core.results.statistics import (
     ABLATION_ONLY,
@@ -23,6 +24,7 @@ from intermix_core.results.statistics import (
     STRATEGY_ORDER,
     WILCOXON_MIN_N,
     Comparison,
+    MissingFold,
     Summary,
     TableCell,
     eps_label,
@@ -63,7 +65,7 @@ BEST_NOTE = ("best†: the lowest 10-crop test-fold error over the evaluated epo
 
 def _grid_table(
     title: str, summary: Summary, strategies: Sequence[str], names: dict[str, str], row_label: str = "Learning",
-    delta: bool = True,
+    delta: bool = True, schedule_note: bool = True,
 ) -> _Table:
     cells = [c for c in summary.cells if c.strategy in strategies]
     index = {(c.dataset, c.setup, c.strategy): c for c in cells}
@@ -91,6 +93,8 @@ def _grid_table(
         "paper: the published value (UrbanSound8K without ±)"
         + ("; Δ = measured (last epoch) − paper, in points." if delta else "."),
     ] + ([f"Human error (paper): {human}."] if human else [])
+    if not summary.paper_schedule and schedule_note:
+        notes.insert(0, SHORT_SCHEDULE_NOTE)
     return _Table(title, header, rows, notes + _absent_notes(summary, strategies))
 
 
@@ -126,32 +130,57 @@ def _verdict(c: Comparison) -> str:
     return "noise" if c.p_t is not None else "untestable"
 
 
+def _fold_counts(comparisons: Sequence[Comparison]) -> str:
+    """'n = 2 paired folds' or 'n = 3 to 5 paired folds' over the comparisons that have folds."""
+    ns = sorted({len(c.folds) for c in comparisons if c.folds})
+    if not ns:
+        return "no paired folds"
+    return f"n = {ns[0]} paired fold{'s' if ns[0] != 1 else ''}" if len(ns) == 1 else f"n = {ns[0]} to {ns[-1]} paired folds"
+
+
+def comparisons_statement(summary: Summary) -> str:
+    """How many comparisons, on how many folds, corrected how, and how many are called: one plain sentence."""
+    comps = summary.comparisons
+    if not comps:
+        return "No comparisons: fewer than two strategies with results on the same dataset and model."
+    called = sum(c.significant for c in comps)
+    families = len({c.metric for c in comps})
+    few = min((len(c.folds) for c in comps if c.folds), default=0)
+    power = (f" With {few} folds a paired test has {few - 1} degree{'s' if few != 2 else ''} of freedom: only large,"
+             " consistent differences can be called." if 0 < few < 5 else "")
+    return (f"{len(comps)} paired comparison(s), each on the folds both strategies completed ({_fold_counts(comps)})."
+            f" p-values are Holm-adjusted within each metric ({families} famil{'y' if families == 1 else 'ies'}: the"
+            f" clean error, each FGSM epsilon and kind); a difference is called at adjusted p < {summary.alpha}"
+            f" (t-test, and Wilcoxon where >= {WILCOXON_MIN_N} non-zero pairs). Called: {called}; the other"
+            f" {len(comps) - called} are within fold-to-fold noise or untestable.{power}")
+
+
 def _comparisons_table(summary: Summary, compact: bool = False) -> _Table:
     if compact:  # terminal: clean test error only, fewer columns
-        header = ["Dataset / Model", "Learning", "vs", "n", "e vs e_base", "rel. %", "t-test p", "Wilcoxon p",
-                  "verdict"]
+        header = ["Dataset / Model", "Learning", "vs", "n", "e vs e_base", "rel. %", "t-test p", "Holm p", "verdict"]
         rows = [[f"{_name('dataset', c.dataset)} / {_name('setup', c.setup)}", _name("strategy", c.strategy),
                  _name("strategy", c.baseline), str(len(c.folds)),
                  f"{_signed(c.mean, '.1f')} vs {_signed(c.baseline_mean, '.1f')}", _signed(c.relative),
-                 _signed(c.p_t, ".3g"), _signed(c.p_wilcoxon, ".3g"), _verdict(c)]
+                 _signed(c.p_t, ".3g"), _signed(c.p_t_holm, ".3g"), _verdict(c)]
                 for c in summary.comparisons if c.metric == "test_error"]
         return _Table("Comparisons (paired across folds)", header, rows, [])
     header = ["Dataset", "Model", "Metric", "Learning", "vs", "n", "e_base", "e", "Δ pts", "rel. %",
-              "paper rel. %", "t-test p", "Wilcoxon p", "verdict"]
+              "paper rel. %", "t-test p", "Holm p", "Wilcoxon p", "verdict"]
     rows = [[
         _name("dataset", c.dataset), _name("setup", c.setup), c.metric, _name("strategy", c.strategy),
         _name("strategy", c.baseline), str(len(c.folds)), _signed(c.baseline_mean, ".1f"), _signed(c.mean, ".1f"),
         _signed(c.diff), _signed(c.relative), _signed(c.published_relative), _signed(c.p_t, ".3g"),
+        _signed(c.p_t_holm, ".3g"),
         _signed(c.p_wilcoxon, ".3g") if len(c.folds) >= WILCOXON_MIN_N else f"n/a (n<{WILCOXON_MIN_N})", _verdict(c),
     ] for c in summary.comparisons]
+    called = [c.conclusion for c in summary.comparisons if c.significant]
     notes = [
+        comparisons_statement(summary),
         "Δ pts = e_base − e and rel. % = 100 (e_base − e) / e_base on the folds both strategies completed;"
-        " > 0 means fewer errors than the baseline. paper rel. %: the same from the paper's tables.",
-        f"A difference is called only when the paired t-test gives p < {summary.alpha} and, where it is computed"
-        f" (>= {WILCOXON_MIN_N} non-zero pairs), the Wilcoxon signed-rank test agrees; p-values are not corrected"
-        " for the number of comparisons.",
-    ]
-    notes += [c.conclusion for c in summary.comparisons]
+        " > 0 means fewer errors than the baseline. paper rel. %: the same from the paper's tables."
+        " Metric: test_error (clean, last epoch), fgsm@ε (10-crop clip error under FGSM), fgsm_crop@ε (single crop);"
+        " ε = 0 is not compared (no attack; Table 3 shows it).",
+    ] + (called or ["No difference is called."])
     return _Table("Comparisons (paired across folds)", header, rows, notes)
 
 
@@ -189,20 +218,22 @@ def _plain(t: _Table, notes: bool = True) -> str:
 
 _STEMS = ("table1", "table2", "table3", "comparisons")
 REPORT_FILES = {f"{stem}.{ext}" for stem in _STEMS for ext in ("md", "csv", "tex")}
-REPORT_FILES |= {"summary.json", "learning_curves.png", "fgsm.png", "fold_spread.png"}
+REPORT_FILES |= {"summary.json", "learning_curves.png", "fold_curves.png", "fgsm.png", "fold_spread.png", "confusion.png",
+                 "report.html"}
+REPORT_HTML = "report.html"  # the one file to open: every table, note, figure and absent fold of the aggregation
 CELL_FIELDS = ["dataset", "setup", "model", "strategy", "epsilon", "fgsm_kind", "n", "n_expected", "mean", "se",
                "folds_ok", "folds_failed", "folds_missing", "per_fold", "best_mean", "best_se", "best_per_fold",
                "published", "published_se", "diff"]
 COMPARISON_FIELDS = ["dataset", "setup", "metric", "strategy", "baseline", "n", "folds", "baseline_mean", "mean",
-                     "diff", "relative", "published_relative", "t", "p_t", "wilcoxon", "p_wilcoxon", "significant",
-                     "conclusion"]
+                     "diff", "relative", "published_relative", "t", "p_t", "wilcoxon", "p_wilcoxon", "p_t_holm",
+                     "p_wilcoxon_holm", "family", "significant", "conclusion"]
 
 
 def _num(x: float | None) -> str:
     return "" if x is None else repr(round(x, 6))
 
 
-def _cell_row(c: TableCell) -> dict[str, str]:
+def _cell_row(c: TableCell, delta: bool = True) -> dict[str, str]:
     return {
         "dataset": c.dataset, "setup": c.setup, "model": c.model, "strategy": c.strategy, "epsilon": _num(c.epsilon),
         "fgsm_kind": c.fgsm_kind or "", "n": str(c.n), "n_expected": str(len(c.expected)), "mean": _num(c.mean), "se": _num(c.se),
@@ -211,15 +242,17 @@ def _cell_row(c: TableCell) -> dict[str, str]:
         "per_fold": " ".join(f"{f}:{_num(v)}" for f, v in sorted(c.values.items())),
         "best_mean": _num(c.best_mean), "best_se": _num(c.best_se),
         "best_per_fold": " ".join(f"{f}:{_num(v)}" for f, v in sorted(c.best_values.items())),
-        "published": _num(c.published), "published_se": _num(c.published_se), "diff": _num(c.diff),
+        "published": _num(c.published), "published_se": _num(c.published_se), "diff": _num(c.diff) if delta else "",
     }
 
 
 def _comparison_row(c: Comparison) -> dict[str, str]:
-    nums = ("baseline_mean", "mean", "diff", "relative", "published_relative", "t", "p_t", "wilcoxon", "p_wilcoxon")
+    nums = ("baseline_mean", "mean", "diff", "relative", "published_relative", "t", "p_t", "wilcoxon", "p_wilcoxon",
+            "p_t_holm", "p_wilcoxon_holm")
     return {k: _num(getattr(c, k)) for k in nums} | {
         "dataset": c.dataset, "setup": c.setup, "metric": c.metric, "strategy": c.strategy, "baseline": c.baseline,
         "n": str(len(c.folds)), "folds": " ".join(map(str, c.folds)), "significant": str(c.significant).lower(),
+        "family": str(c.family),
         "conclusion": c.conclusion,
     }
 
@@ -231,25 +264,38 @@ def _write_csv(path: Path, fields: list[str], rows: Iterable[dict[str, str]]) ->
         w.writerows(rows)
 
 
-def write_reports(summary: Summary, out_dir: str | Path, results: list[FoldResult] | None = None) -> dict[str, Path]:
-    """Write tables (.md/.csv/.tex), summary.json and PNG plots to out_dir; return file name -> path."""
+RerunCommand = Callable[[MissingFold], str]
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+
+def report_tables(summary: Summary) -> dict[str, tuple[_Table, list[str], list[dict[str, str]]]]:
+    """The report's tables by file stem (table1, table2 if ablation results exist, table3 if FGSM, comparisons)."""
+    delta = summary.paper_schedule  # measured − paper means something only on the paper's schedule
     t1_strategies = [s for s in paper_order({c.strategy for c in summary.cells}, STRATEGY_ORDER) if s not in ABLATION_ONLY]
     ablation_setups = {c.setup for c in summary.cells if c.strategy in ABLATION_ONLY}
     tables: dict[str, tuple[_Table, list[str], list[dict[str, str]]]] = {
-        "table1": (_grid_table("Table 1: error rates (%)", summary, t1_strategies, pub.STRATEGY_NAMES),
-                   CELL_FIELDS, [_cell_row(c) for c in summary.cells if c.strategy in t1_strategies]),
+        "table1": (_grid_table("Table 1: error rates (%)", summary, t1_strategies, pub.STRATEGY_NAMES, delta=delta),
+                   CELL_FIELDS, [_cell_row(c, delta) for c in summary.cells if c.strategy in t1_strategies]),
     }
     if ablation_setups:
         abl = summary.model_copy(update={"cells": [c for c in summary.cells if c.setup in ablation_setups]})
-        t2 = _grid_table("Table 2: ablation, error rates (%)", abl, ABLATION_ROWS, pub.ABLATION_NAMES, "Variant")
-        tables["table2"] = (t2, CELL_FIELDS, [_cell_row(c) for c in abl.cells if c.strategy in ABLATION_ROWS])
+        t2 = _grid_table("Table 2: ablation, error rates (%)", abl, ABLATION_ROWS, pub.ABLATION_NAMES, "Variant", delta)
+        tables["table2"] = (t2, CELL_FIELDS, [_cell_row(c, delta) for c in abl.cells if c.strategy in ABLATION_ROWS])
     if summary.fgsm:
         tables["table3"] = (_table3(summary), CELL_FIELDS, [_cell_row(c) for c in summary.fgsm])
     tables["comparisons"] = (_comparisons_table(summary), COMPARISON_FIELDS,
                              [_comparison_row(c) for c in summary.comparisons])
+    return tables
+
+
+def write_reports(summary: Summary, out_dir: str | Path, results: list[FoldResult] | None = None, *,
+                  title: str | None = None, rerun_command: RerunCommand | None = None) -> dict[str, Path]:
+    """Write tables (.md/.csv/.tex), summary.json, PNG plots and report.html to out_dir; return file name -> path.
+
+    `title` heads report.html (e.g. the grid id); `rerun_command` gives the command that reruns an absent fold.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tables = report_tables(summary)
     written: dict[str, Path] = {}
     for stem, (table, fields, rows) in tables.items():
         for ext, text in (("md", _markdown(table)), ("tex", _latex(table))):
@@ -261,12 +307,16 @@ def write_reports(summary: Summary, out_dir: str | Path, results: list[FoldResul
     written["summary.json"] = out / "summary.json"
     chosen = list(select_results(results)[0].values()) if results else []
     for name, path in (
-        ("learning_curves.png", plots.plot_learning_curves(chosen, out / "learning_curves.png")),
-        ("fgsm.png", plots.plot_fgsm(summary, out / "fgsm.png")),
         ("fold_spread.png", plots.plot_fold_spread(summary, out / "fold_spread.png")),
+        ("learning_curves.png", plots.plot_learning_curves(chosen, out / "learning_curves.png")),
+        ("fold_curves.png", plots.plot_fold_curves(chosen, out / "fold_curves.png")),
+        ("fgsm.png", plots.plot_fgsm(summary, out / "fgsm.png")),
+        ("confusion.png", plots.plot_confusions(chosen, out / "confusion.png")),
     ):
         if path is not None:
             written[name] = path
+    (out / REPORT_HTML).write_text(_html_report(summary, tables, written, title, rerun_command))
+    written[REPORT_HTML] = out / REPORT_HTML
     for name in REPORT_FILES - written.keys():  # drop what an earlier aggregation wrote and this one did not
         (out / name).unlink(missing_ok=True)
     return written
@@ -285,19 +335,88 @@ def install_reports(staging: str | Path, out_dir: str | Path) -> list[Path]:
     return moved
 
 
+FIGURES = {  # file -> (section title, caption)
+    "fold_spread.png": ("Per-fold test errors", "Each fold's last-epoch test error per strategy, fold numbers marked;"
+                        " the paper's value as a red x; absent folds listed under each strategy."),
+    "learning_curves.png": ("Learning curves", "Mean over folds with a ±1 SE band; test-fold error at every evaluated"
+                            " epoch (markers)."),
+    "fold_curves.png": ("Learning curves per fold", "Every fold on its own: test-fold error at each evaluated epoch"
+                        " (markers) and the training error on the (mixed) labels (thin)."),
+    "fgsm.png": ("FGSM", "Error vs epsilon (log scale), 10-crop clip (solid) and single crop (dotted), ±1 SE;"
+                 " the paper's Table 3 dashed."),
+    "confusion.png": ("Confusion matrices", "Rows: true class, columns: predicted class, counts of test clips summed"
+                      " over each cell's folds (10-crop clip predictions after the last epoch)."),
+}
+
+
+def _html_report(summary: Summary, tables: dict[str, tuple[_Table, list[str], list[dict[str, str]]]],
+                 files: dict[str, Path], title: str | None, rerun_command: RerunCommand | None) -> str:
+    """report.html: what was aggregated, absent folds with their rerun commands, the tables, comparisons, figures."""
+    folds = sorted({len(c.expected) for c in summary.cells})
+    counted = sorted({c.n for c in summary.cells})
+    head = [html.paragraph(
+        f"Aggregated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from {summary.n_results} fold result(s)"
+        f" ({summary.n_superseded} superseded by reruns); {len(summary.cells)} cell(s), each a mean over"
+        f" {'/'.join(map(str, counted)) or 0} fold(s) of {'/'.join(map(str, folds)) or 0} expected.", "meta")]
+    if not summary.paper_schedule:
+        head.append(html.paragraph(SHORT_SCHEDULE_NOTE, "warn"))
+    sections = ["".join(head)]
+    nav = []
+    absent = summary.missing
+    if absent:
+        items = []
+        for m in absent:
+            what = f"{m.dataset}/{m.setup}/{m.strategy} fold {m.fold}: " + (
+                "no result yet" if m.reason == "missing" else f"failed: {first_line(m.error)}")
+            items.append((what, rerun_command(m) if rerun_command else ""))
+        sections.append('<section id="absent"><h2>Folds without a result</h2>'
+                        + html.paragraph(f"{len(absent)} expected fold(s) are not in the tables; each line gives the"
+                                         " command that trains it again (resuming from its stored checkpoint; on"
+                                         " Kubeflow add --host URL and --cluster-options FILE).", "bad")
+                        + html.commands(items) + "</section>")
+        nav.append(("absent", "Absent folds"))
+    for stem in ("table1", "table2", "table3"):
+        if stem in tables:
+            t = tables[stem][0]
+            sections.append(html.table(stem, t.title, t.header, t.rows, t.notes))
+            nav.append((stem, t.title.split(":")[0]))
+    comp = tables["comparisons"][0]
+    called = [c for c in summary.comparisons if c.significant]
+    rows_called = [r for r, c in zip(comp.rows, summary.comparisons) if c.significant]
+    body = html.paragraph(comparisons_statement(summary))
+    if rows_called:
+        body += html.table("called", "Called differences", comp.header, rows_called, [c.conclusion for c in called])
+    body += ("<details><summary>All comparisons</summary>"
+             + html.table("all-comparisons", "All comparisons", comp.header, comp.rows, comp.notes[1:2],
+                          ["called" if c.significant else "" for c in summary.comparisons]) + "</details>")
+    sections.append(f'<section id="comparisons"><h2>Comparisons</h2>{body}</section>')
+    nav.append(("comparisons", "Comparisons"))
+    for name, (section, caption) in FIGURES.items():
+        if name in files:
+            anchor = name.removesuffix(".png")
+            sections.append(f'<section id="{anchor}"><h2>{html.esc(section)}</h2>'
+                            f"{html.image(files[name], section, caption)}</section>")
+            nav.append((anchor, section))
+    return html.page(f"intermix report: {title}" if title else "intermix report", sections, nav)
+
+
 def format_terminal(summary: Summary) -> str:
     """Table 1 with its absent folds, then the test-error comparisons, as compact plain text for the CLI."""
     t1_strategies = [s for s in paper_order({c.strategy for c in summary.cells}, STRATEGY_ORDER) if s not in ABLATION_ONLY]
     parts = [] if summary.paper_schedule else [SHORT_SCHEDULE_NOTE + "\n"]
     parts.append(_plain(_grid_table("Table 1: error rates (%)", summary, t1_strategies, pub.STRATEGY_NAMES,
-                                    delta=summary.paper_schedule)))
+                                    delta=summary.paper_schedule, schedule_note=False)))
     if any(c.metric == "test_error" for c in summary.comparisons):
         parts.append(_plain(_comparisons_table(summary, compact=True)))
-        parts.append(f"A difference is called only at p < {summary.alpha} (paired t-test, and Wilcoxon where"
-                     f" n >= {WILCOXON_MIN_N}); otherwise it is within fold-to-fold noise.\n")
-        parts.append("".join(f"  - {c.conclusion}\n" for c in summary.comparisons
-                             if c.metric == "test_error" and c.significant))
-    n_fgsm = sum(c.metric != "test_error" for c in summary.comparisons)
-    if n_fgsm:
-        parts.append(f"{n_fgsm} FGSM comparison(s), Tables 2-3 and plots: see the report directory.\n")
+        parts.append(comparisons_statement(summary) + "\n")
+        called = "".join(f"  - {c.conclusion}\n" for c in summary.comparisons if c.metric == "test_error" and c.significant)
+        if called:
+            parts.append(called)
+    more = [name for name, there in (
+        ("Table 2 (ablation)", any(c.strategy in ABLATION_ONLY for c in summary.cells)),
+        ("Table 3 (FGSM)", bool(summary.fgsm)),
+        (f"{sum(c.metric != 'test_error' for c in summary.comparisons)} FGSM comparison(s)",
+         any(c.metric != "test_error" for c in summary.comparisons)),
+    ) if there]
+    parts.append(f"{', '.join(more + ['the figures'])}: in {REPORT_HTML}.\n")
     return "\n".join(parts)

@@ -20,6 +20,7 @@ from intermix_core.config.grid import expand, grid_id, parse_grid
 from intermix_core.records import fold_label
 from intermix_core.results.statistics import MissingFold, Summary, aggregate, collect_results
 from intermix_core.results.tables import install_reports, write_reports
+from intermix_core.run.status import rerun_command
 from intermix_core.store.grid_store import fetch_grid_results, save_grid_spec
 from intermix_core.store.reports import new_version, publish_reports
 from intermix_core.store.storage import Storage, open_storage
@@ -83,7 +84,8 @@ def aggregate_step(
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
     try:
-        write_reports(summary, staging, found)
+        write_reports(summary, staging, found, title=grid_id, rerun_command=lambda m: rerun_command(
+            grid_id, m.dataset, m.setup, m.strategy, m.fold, store_root))
         if store_root:
             # one atomic version; the newest wins, and only it goes on to update the MLflow summary run
             publish_aggregation(open_storage(store_root), grid_id, staging, version, tracking_uri)

@@ -127,14 +127,17 @@ def format_estimate(grid_name: str, rows: list[SetupEstimate]) -> str:
         lines.append(f"{r.dataset:<13} {r.setup:<15} {r.folds:>5} {r.train_samples:>17,} {r.eval_clips:>11,} {hours}")
     known = [r.hours for r in rows if r.hours is not None]
     devices = sorted({d for r in rows for d in r.devices})
-    total = sum(known)
+    total = f"{sum(known):9.1f}" if known else "        —"
     lines.append(f"{'total':<29} {sum(r.folds for r in rows):>5} {sum(r.train_samples for r in rows):>17,} "
-                 f"{sum(r.eval_clips for r in rows):>11,} {total:9.1f}")
-    where = " and ".join(devices) if devices else "no measured device"
-    lines.append(f"grid {grid_name}: {total:,.1f} device-hours on {where} (one device, one fold at a time)")
+                 f"{sum(r.eval_clips for r in rows):>11,} {total}")
     missing = sorted({m for r in rows for m in r.unmeasured})
+    if not known:  # nothing measured: no number at all, never a 0.0 that reads as "free"
+        lines.append(f"grid {grid_name}: device-hours unknown: no throughput measured for {', '.join(missing)}")
+    else:
+        where = " and ".join(devices) if devices else "no measured device"
+        lines.append(f"grid {grid_name}: {'at least ' if missing else ''}{sum(known):,.1f} device-hours on {where} "
+                     "(one device, one fold at a time)")
     if missing:
-        lines.append(f"not measured (hours left out of the total): {', '.join(missing)}; "
+        lines.append(f"not measured{' (hours left out of the total)' if known else ''}: {', '.join(missing)}; "
                      "run benchmarks/bench_throughput.py --save FILE.json and pass --throughput FILE.json")
     return "\n".join(lines)
-

@@ -509,7 +509,7 @@ class Tracker:
         # a value the run already holds is not logged again: finishing twice (after a failed end) adds nothing
         self._log_metrics(run_id, {k: v for k, v in final.items() if v is not None and run.data.metrics.get(k) != v})
         if result.confusion is not None:
-            self._log_confusion(run_id, result.confusion)
+            self._log_confusion(run_id, result.confusion, result.classes, result.label)
         if result.status == "failed":
             self.client.set_tag(run_id, ERROR, (result.error or "failed")[:TAG_MAX])
         self.client.set_terminated(run_id, "FAILED" if result.status == "failed" else "FINISHED")
@@ -531,11 +531,12 @@ class Tracker:
         for i in range(0, len(metrics), 1000):
             self.client.log_batch(run_id, metrics=metrics[i : i + 1000], synchronous=True)
 
-    def _log_confusion(self, run_id: str, confusion: list[list[int]]) -> None:
-        self.client.log_dict(run_id, {"rows": "true class", "cols": "predicted class", "matrix": confusion},
-                             "confusion.json")
+    def _log_confusion(self, run_id: str, confusion: list[list[int]], classes: list[str | None] | None = None,
+                       title: str | None = None) -> None:
+        self.client.log_dict(run_id, {"rows": "true class", "cols": "predicted class", "matrix": confusion,
+                                      "classes": classes}, "confusion.json")
         with tempfile.TemporaryDirectory() as tmp:
-            self.client.log_artifact(run_id, str(plot_confusion(confusion, Path(tmp) / "confusion.png")))
+            self.client.log_artifact(run_id, str(plot_confusion(confusion, Path(tmp) / "confusion.png", classes, title)))
 
     def _refresh_parent_of(self, run_id: str) -> None:
         tags = self.client.get_run(run_id).data.tags

@@ -1,5 +1,6 @@
 """The `intermix` CLI: help everywhere, one-line errors with exit 2, and submission to a KFP API test double."""
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,8 @@ from pipelines.cli import build_parser, main
 
 from kfp_api_double import kfp_api_double
 
-COMMANDS = ["prepare", "train", "attack", "results", "aggregate", "show", "run", "compile", "submit", "rerun"]
+COMMANDS = ["prepare", "train", "attack", "results", "aggregate", "show", "status", "config", "run", "compile", "submit",
+            "rerun", "estimate", "study"]
 
 
 def _run(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
@@ -62,6 +64,11 @@ def test_bad_model_exits_2_with_choices_and_no_traceback(tmp_path: Path):
         (["train", "--dataset", "esc10", "--data", ".", "--fold", "9", "--out", "x"],
          "--fold 9: not a fold of esc10; expected one of: 1, 2, 3, 4, 5"),
         (["submit", "demo", "--host", ""], "--host (or KFP_HOST) is required"),
+        (["rerun", "demo", "--grid", "paper", "--dataset", "esc10", "--setup", "m18", "--strategy", "bc", "--fold", "1"],
+         "two grids given: GRID demo and --grid paper"),
+        (["results", "paper", "demo"], "results: paper, demo: one grid at a time"),
+        (["config", "demo", "--strategy", "mixup"], "config: no cell of grid demo matches; its cells: esc10/m18/bc"),
+        (["train", "--dataset", "esc10", "--model", "m18", "--strategy", "bc"], "train: give --data, --fold, --out"),
         (["run", "demo", "--source", "esc100=/x"], "unknown dataset 'esc100'"),
         (["compile", "demo", "--image-digest", "cuda=sha256:12ab"],
          "image digest cuda='sha256:12ab': expected sha256:<64 hex digits>"),
@@ -140,6 +147,7 @@ def test_submit_to_kfp_api_test_double(capsys: pytest.CaptureFixture):
         ]
         code, out, err = _run(rerun_args, capsys)
         assert code == 0, err
+        assert "--restart is now --from-scratch" in err  # the old spelling still works, with a note
         rerun = api.created_runs()[-1]
         assert rerun["runtime_config"]["parameters"]["restart"] is True
         assert "rerun esc10/m18/bc/fold2" in rerun["display_name"]
@@ -291,3 +299,92 @@ def test_prepare_train_attack_round_trip_on_real_clips(tmp_path: Path, capsys: p
     code, stdout, err = _run(["attack", "--checkpoint", str(lone), "--data", str(data), "--fold", "1"], capsys)
     assert code == 0 and stdout.startswith(f"{lone}:") and "0.01" in stdout, err
     assert sorted(p.name for p in lone.parent.iterdir()) == ["weights.pt"]  # nothing written beside it
+
+
+def test_every_flag_has_help_and_device_choices_are_shown_and_enforced(capsys: pytest.CaptureFixture):
+    parser = build_parser()
+    subparsers = parser._subparsers._group_actions[0].choices  # noqa: SLF001
+    for name, sub in subparsers.items():
+        for action in sub._actions:  # noqa: SLF001
+            if action.help == "==SUPPRESS==" or isinstance(action, argparse._HelpAction):  # noqa: SLF001
+                continue
+            assert action.help and action.help.strip(), f"intermix {name} {'/'.join(action.option_strings) or action.dest}: no help"
+    for name in ("train", "attack", "study"):
+        text = subparsers[name].format_help()
+        assert "--device {auto,cpu,cuda,cuda:N}" in text, name
+        with pytest.raises(SystemExit) as info:
+            main([name, "--device", "gpu"])
+        assert info.value.code == 2
+        assert "argument --device: invalid choice: 'gpu' (choose from auto, cpu, cuda or cuda:N)" in capsys.readouterr().err
+    assert "--device {cpu,cuda}" in subparsers["estimate"].format_help()
+    assert "--from-scratch" in subparsers["train"].format_help() and "--from-scratch" in subparsers["rerun"].format_help()
+    assert "--restart" not in subparsers["train"].format_help()  # the old spelling is accepted, not advertised
+
+
+def test_config_prints_the_resolved_cell_as_yaml_that_reads_back(capsys: pytest.CaptureFixture):
+    import yaml
+
+    from intermix_core.config import parse_config
+    from intermix_core.config.grid import expand, load_grid
+
+    code, out, _ = _run(["config", "demo", "--strategy", "intermix", "--set", "optim.lr=0.05"], capsys)
+    assert code == 0 and out.startswith("# demo-")
+    data = yaml.safe_load(out)
+    cell = next(c for c in expand(load_grid("demo")) if c.strategy == "intermix")
+    assert parse_config(data) == parse_config({**cell.config.resolved().model_dump(mode="json"),
+                                               "optim": {**cell.config.resolved().optim.model_dump(mode="json"), "lr": 0.05}})
+    assert data["optim"]["epochs"] == 40 and data["input_length"] == 16000  # every default explicit
+    code, out, _ = _run(["config", "demo"], capsys)
+    assert code == 0 and out.count("---\n") == 3  # four cells, one document each
+    code, out, _ = _run(["train", "--dataset", "esc10", "--model", "m18", "--strategy", "bc", "--set", "optim.epochs=2",
+                         "--cfg"], capsys)
+    assert code == 0 and yaml.safe_load(out)["optim"]["epochs"] == 2
+
+
+def test_results_takes_the_grid_positionally_and_names_the_report(tmp_path: Path, capsys: pytest.CaptureFixture):
+    from intermix_core.config.grid import grid_id, load_grid
+    from intermix_core.records import FoldResult, save_result
+    from intermix_core.store.layout import cell_prefix
+    from intermix_core.store.storage import open_storage
+
+    gid = grid_id(load_grid("demo"))
+    store = open_storage(str(tmp_path / "work" / "store"))
+    for strategy, errs in (("standard", (50.0, 45.0)), ("bc", (40.0, 42.5))):
+        for fold, err in enumerate(errs, start=1):
+            path = tmp_path / f"{strategy}{fold}.json"
+            save_result(FoldResult(dataset="esc10", setup="m18", model="m18", strategy=strategy, fold=fold,
+                                   test_error=err), path)
+            store.upload_file(path, f"{cell_prefix(gid, 'esc10', 'm18', strategy, fold)}/result.json")
+    for grid in ("demo", gid):  # a packaged grid, or the id of a grid saved in the store
+        if grid == gid:
+            store.upload_file(_spec_file(tmp_path), f"{gid}/grid.json")
+        code, out, err = _run(["results", grid, "--workdir", str(tmp_path / "work")], capsys)
+        assert code == 0, err
+        report = tmp_path / "work" / "reports" / gid / "report.html"
+        assert f"report: {report}" in out and report.is_file()
+        assert "Table 2" not in out and "the figures: in report.html" in out
+        html = report.read_text()
+        assert "intermix rerun " + gid + " --dataset esc10 --setup m18 --strategy speechmix --fold 1 --workdir" in html
+
+
+def _spec_file(tmp_path: Path) -> Path:
+    import json
+
+    from intermix_core.config.grid import load_grid
+
+    path = tmp_path / "grid.json"
+    path.write_text(json.dumps(load_grid("demo").model_dump(mode="json")))
+    return path
+
+
+def test_estimate_never_prints_hours_it_did_not_measure(capsys: pytest.CaptureFixture):
+    import json
+
+    code, out, _ = _run(["estimate", "demo"], capsys)
+    assert code == 0 and "0.0" not in out and "device-hours unknown: no throughput measured for m18/bf16/plain" in out
+    code, out, _ = _run(["estimate", "demo", "--json"], capsys)
+    assert json.loads(out)["total_hours"] is None
+    code, out, _ = _run(["estimate", "paper", "--json"], capsys)
+    assert json.loads(out)["total_hours"] > 1000
+    code, out, _ = _run(["show", "paper", "--json"], capsys)
+    assert len(json.loads(out)["runs"]) == 18 and json.loads(out)["fold_trainings"] == 480

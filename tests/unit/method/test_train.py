@@ -19,6 +19,7 @@ from intermix_core.data import prepare_dataset
 from intermix_core.method.checkpoint import CHECKPOINT_FORMAT, FoldBusy, fold_lock, load_checkpoint, model_from_checkpoint
 from intermix_core.method.train import TrainingDiverged, train_fold
 from intermix_core.models import model_class
+from intermix_core.data import load_prepared
 from intermix_core.records import load_result
 from intermix_core.testing import demo_subset
 
@@ -33,6 +34,8 @@ def test_same_seed_same_result(tiny_data, tmp_path, strategy):
     assert a.history == b.history and a.test_error == b.test_error
     assert [h.val_error is not None for h in a.history] == [False, True, True]
     assert len(a.history) == 3 and a.confusion is not None and sum(map(sum, a.confusion)) == 10
+    # the class names come from the prepared data's manifest, so the confusion matrix can be labelled
+    assert a.classes == load_prepared(tiny_data).manifest.classes and "dog" in a.classes
     # the best evaluated epoch, the authors' number, is recorded beside the last epoch's
     evaluated = [h for h in a.history if h.val_error is not None]
     assert a.best_val_error == min(h.val_error for h in evaluated)

@@ -261,7 +261,7 @@ def test_mlflow_summary_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert run.data.tags["intermix.kind"] == "summary" and run.data.tags["intermix.grid_id"] == "paper-0123456789"
     assert run.data.metrics["test_error/esc10/envnet_v2/intermix"] == pytest.approx(sum(MIX) / 5)
     artifacts = {a.path for a in client.list_artifacts(run_id)}
-    assert {"table1.md", "table1.csv", "table1.tex", "comparisons.md", "fold_spread.png"} <= artifacts
+    assert {"table1.md", "table1.csv", "table1.tex", "comparisons.md", "fold_spread.png", "report.html"} <= artifacts
     # a rerun of the aggregation updates the same summary run
     assert log_summary_to_mlflow(out, tracking_uri=uri, grid_id="paper-0123456789") == run_id
     assert client.get_run(run_id).data.tags["intermix.summary_revision"] == "1"
@@ -318,3 +318,97 @@ def test_terminal_table_of_a_short_schedule_says_so_first_and_drops_the_delta_co
     assert "paper" in text.splitlines()[3]  # the paper's column stays
     full = aggregate(results({}))
     assert full.paper_schedule and "Δ" in format_terminal(full)
+
+
+# ------------------------------------------------------------------ multiple comparisons, report.html, figures
+
+
+def test_holm_adjustment_by_hand_and_in_the_calls() -> None:
+    from intermix_core.results.statistics import holm_adjust
+
+    # sorted 0.01, 0.02, 0.04 (m = 3): 3 x 0.01 = 0.03, 2 x 0.02 = 0.04, then max(0.04, 1 x 0.04) = 0.04
+    assert holm_adjust([0.04, None, 0.01, 0.02]) == pytest.approx([0.04, None, 0.03, 0.04], nan_ok=False)
+    assert holm_adjust([0.5, 0.6]) == [pytest.approx(1.0), pytest.approx(1.0)]  # capped at 1, monotone
+    # three strategies against Standard (and BC): a family of 3 clean-error comparisons
+    s = aggregate(grid({"standard": STD, "bc": MIX, "intermix": [14.0, 16.0, 18.5, 16.0, 18.0]}))
+    clean = [c for c in s.comparisons if c.metric == "test_error"]
+    assert len(clean) == 3 and all(c.family == 3 for c in clean)
+    raw = [c.p_t for c in clean]
+    assert [c.p_t_holm for c in clean] == pytest.approx(holm_adjust(raw))
+    for c in clean:
+        assert c.significant == (c.p_t_holm < 0.05)
+        assert f"n={len(c.folds)} folds" in c.conclusion
+
+
+def test_fgsm_at_eps_zero_is_not_compared_and_comparisons_md_lists_only_the_calls(tmp_path: Path) -> None:
+    results = full_grid()
+    s = aggregate(results)
+    assert s.comparisons and not any(c.metric.endswith("@0") for c in s.comparisons)
+    assert any(c.metric == "fgsm@0.01" for c in s.comparisons)
+    md = write_reports(s, tmp_path, results)["comparisons.md"].read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| ") and "Dataset" not in line]
+    bullets = [line for line in md.splitlines() if line.startswith("- ")]
+    assert len(rows) == len(s.comparisons)
+    called = [c for c in s.comparisons if c.significant]
+    assert len(bullets) == 2 + len(called)  # the statement, the legend, then one line per called difference
+    assert "Holm-adjusted" in bullets[0] and "n = 4 to 5 paired folds" in bullets[0]
+
+
+def test_off_schedule_tables_carry_the_note_and_no_delta(tmp_path: Path) -> None:
+    from intermix_core.config import parse_config
+
+    cfg = parse_config({"dataset": "esc10", "model": "envnet_v2", "strategy": "bc", "optim": {"epochs": 3}})
+    results = grid({"standard": STD, "bc": MIX}, config=cfg.resolved().model_dump(mode="json"))
+    files = write_reports(aggregate(results), tmp_path, results)
+    for name in ("table1.md", "table1.tex", "report.html"):
+        text = files[name].read_text()
+        assert "Not the paper" in text, name
+        assert "measured (last epoch) − paper" not in text and "<th>Δ</th>" not in text, name
+    assert "| Δ |" not in files["table1.md"].read_text() and r"$\Delta$" not in files["table1.tex"].read_text()
+    assert {r["diff"] for r in csv.DictReader(files["table1.csv"].open(newline=""))} == {""}
+
+
+def test_terminal_names_only_the_tables_there_are() -> None:
+    no_ablation = [r for r in full_grid() if r.strategy not in ("intermix_vanilla", "intermix_hidden")]
+    text = format_terminal(aggregate(no_ablation))
+    assert "Table 2" not in text and "Tables 2-3" not in text and "Table 3 (FGSM)" in text and "report.html" in text
+    assert "Table 2 (ablation)" in format_terminal(aggregate(full_grid()))
+
+
+def test_report_html_is_one_self_contained_file(tmp_path: Path) -> None:
+    results = full_grid() + [fr("intermix", 3, None, setup="envnet_v2_aug")]
+    s = aggregate([r for r in results if not (r.setup == "envnet_v2_aug" and r.strategy == "intermix" and r.fold == 3
+                                              and r.status == "ok")])
+    files = write_reports(s, tmp_path, results, title="paper-0123456789",
+                          rerun_command=lambda m: f"intermix rerun paper-0123456789 --fold {m.fold} --strategy {m.strategy}")
+    page = files["report.html"].read_text()
+    assert page.startswith("<!DOCTYPE html>") and "intermix report: paper-0123456789" in page
+    assert not re.search(r"""(src|href)=["'](?!data:|#)""", page)  # nothing outside the file
+    assert page.count("<img ") == 4 and page.count('src="data:image/png;base64,') == 4
+    for title in ("Table 1", "Table 2", "Table 3", "Comparisons", "Learning curves per fold"):
+        assert title in page
+    assert "intermix rerun paper-0123456789 --fold 5 --strategy bc" in page  # the missing fold
+    assert "intermix rerun paper-0123456789 --fold 3 --strategy intermix" in page  # the failed one
+    assert "failed: CUDA out of memory" in page and "Holm-adjusted" in page
+
+
+def test_legends_sit_outside_the_data_and_confusion_names_every_class(tmp_path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from intermix_core.results.plots import confusion_figure, fgsm_figure, learning_curves_figure
+
+    results = full_grid()
+    for fig in (fgsm_figure(aggregate(results)), learning_curves_figure(results)):
+        FigureCanvasAgg(fig).draw()
+        for ax in fig.axes:
+            legend = ax.get_legend()
+            if legend is not None:
+                box, frame = legend.get_window_extent(), ax.get_window_extent()
+                assert box.x0 >= frame.x1 - 1, "the legend overlaps the plotting area"
+    names = ["dog", "rooster", "rain", "sea_waves", "crackling_fire", "crying_baby", "sneezing", "clock_tick",
+             "helicopter", "chainsaw"]
+    fig = confusion_figure([[4 if i == j else 0 for j in range(10)] for i in range(10)], names, "esc10/m18/bc/fold1")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [f"{i} {n}" for i, n in enumerate(names)]
+    assert [t.get_text() for t in ax.get_yticklabels()] == [f"{i} {n}" for i, n in enumerate(names)]
+    assert ax.get_title().startswith("esc10/m18/bc/fold1") and "40/40 correct" in ax.get_title()
