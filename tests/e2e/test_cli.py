@@ -154,11 +154,16 @@ def test_submit_to_kfp_api_test_double(capsys: pytest.CaptureFixture):
     "behaviour, argv, expected",
     [
         (dict(multi_user=True), [], "this KFP is multi-user: give --namespace"),
-        (dict(tag_name="2.4.1"), [], "KFP backend 2.4.1 is too old; intermix needs 2.5.0 or newer"),
-        (dict(v2=False), [], "KFP backend 1.8.5 has no v2 API; intermix needs KFP 2.5.0 or newer"),
+        (dict(tag_name="2.4.1"), [], "KFP backend 2.4.1 is too old; intermix needs 2.14.0 or newer"),
+        # 2.5 to 2.13 would run the grid without retries inside the fold loops and with one strategy label on
+        # every pod (kubeflow/pipelines #11861, #12049): refused, naming why
+        (dict(tag_name="2.13.9"), [], "KFP backend 2.13.9 is too old; intermix needs 2.14.0 or newer (retries of "
+         "tasks inside loops and sub-pipelines, kubeflow/pipelines #11861; pod labels that differ between tasks, "
+         "kubeflow/pipelines #12049)"),
+        (dict(v2=False), [], "KFP backend 1.8.5 has no v2 API; intermix needs KFP 2.14.0 or newer"),
         (dict(auth={"cookie": "oauth2_proxy_kubeflow=abc"}), [], "redirected to /dex/auth?client_id=kubeflow (a login page?)"),
     ],
-    ids=["multi-user-without-namespace", "old-backend", "kfp-v1", "login-page"],
+    ids=["multi-user-without-namespace", "old-backend", "backend-before-nested-retries", "kfp-v1", "login-page"],
 )
 def test_submit_refuses_a_server_it_cannot_use(behaviour, argv, expected, capsys, tmp_path, monkeypatch):
     monkeypatch.delenv("KFP_NAMESPACE", raising=False)
@@ -176,11 +181,11 @@ def test_submit_refuses_a_server_it_cannot_use(behaviour, argv, expected, capsys
         (dict(tag_name="2.14.3"), [], "before 2.17.0 the UI can show a finished fold loop as running"),
         (dict(tag_name="unknown"), [], "KFP backend version 'unknown' is not a release tag"),
         (dict(tag_name="2.4.1"), ["--skip-version-check"], "KFP backend 2.4.1 is too old"),
-        (dict(multi_user=True, tag_name="2.5.0"), ["--namespace", "team-b"], "before 2.17.0"),
+        (dict(multi_user=True, tag_name="2.14.0"), ["--namespace", "team-b"], "before 2.17.0"),
         (dict(multi_user=True, auth={"cookie": "oauth2_proxy_kubeflow=abc"}),
          ["--namespace", "team-b", "--cookies", "oauth2_proxy_kubeflow=abc"], None),
     ],
-    ids=["single-user-current", "single-user-2.14", "dev-build", "old-forced", "multi-user-2.5", "multi-user-cookies"],
+    ids=["single-user-current", "single-user-2.14", "dev-build", "old-forced", "multi-user-2.14", "multi-user-cookies"],
 )
 def test_submit_to_single_and_multi_user_old_and_new_servers(behaviour, argv, warning, capsys, monkeypatch):
     monkeypatch.delenv("KFP_NAMESPACE", raising=False)
