@@ -403,3 +403,60 @@ def test_on_silent_reaches_the_preprocess_task_and_only_skip_changes_the_grid_id
         spec, _ = _docs(compile_grid(demo.model_copy(update={"on_silent": mode}), tmp_path / mode)[0])
         prep = next(t for t in _tasks(spec).values() if t["taskInfo"]["name"].startswith("preprocess"))
         assert prep["inputs"]["parameters"]["on_silent"]["runtimeValue"]["constant"] == mode
+
+
+# ------------------------------------------------------------------ the KFP backend the compiled grid needs
+
+
+def test_the_compiled_paper_grid_needs_kfp_2_14(paper: list[Path]) -> None:
+    """Retries below the root DAG and per-strategy pod labels are what the grid compiles to; KFP before 2.14.0
+    drops the first and shares the second (kubeflow/pipelines #11861, #12049): `submit` refuses such a backend."""
+    from pipelines.submit import MIN_KFP_BACKEND, required_backend
+
+    spec, platform = _docs(_shard_file(paper, "-esc50-envnet-v2.yaml"))
+    root = set(spec["root"]["dag"]["tasks"])
+    nested = {t["taskInfo"]["name"].split(" ", 1)[0] for n, c in spec["components"].items() if "dag" in c
+              for k, t in c["dag"]["tasks"].items() if "retryPolicy" in t and not (n == "root" and k in root)}
+    assert nested >= {"preprocess", "train", "fgsm"}  # inside the exit handler, the sub-pipeline, the fold loops
+    strategies = {e["podMetadata"]["labels"]["intermix/strategy"]
+                  for e in platform["deploymentSpec"]["executors"].values() if "strategy" in str(e.get("podMetadata"))}
+    assert strategies == {"standard", "bc", "speechmix", "intermix"}
+    need = required_backend(paper)
+    assert need.version == MIN_KFP_BACKEND == (2, 14, 0)
+    assert [r.rsplit("#", 1)[1] for r in need.reasons] == ["11861", "12049"]
+
+
+def test_required_backend_follows_what_a_pipeline_uses(tmp_path: Path) -> None:
+    """A pipeline with retries only at the root and one kind of pod metadata runs on the 2.5 floor; a pod label on
+    one task of two, or a retry inside a loop, raises it to 2.14 (real kfp compilation of small pipelines)."""
+    from kfp import compiler, dsl, kubernetes
+
+    from pipelines.submit import BASE_KFP_BACKEND, required_backend
+
+    @dsl.component(base_image="python:3.11")
+    def step(n: int) -> int:
+        return n
+
+    @dsl.pipeline(name="flat")
+    def flat():
+        step(n=1).set_retry(num_retries=2)
+        step(n=2).set_retry(num_retries=2)
+
+    @dsl.pipeline(name="labelled")
+    def labelled():
+        kubernetes.add_pod_label(step(n=1), "team", "a")
+        step(n=2)
+
+    @dsl.pipeline(name="looped")
+    def looped():
+        with dsl.ParallelFor([1, 2]) as item:
+            step(n=item).set_retry(num_retries=2)
+
+    paths = {}
+    for pipe in (flat, labelled, looped):
+        paths[pipe.name] = tmp_path / f"{pipe.name}.yaml"
+        compiler.Compiler().compile(pipe, str(paths[pipe.name]))
+    assert required_backend([paths["flat"]]).version == BASE_KFP_BACKEND == (2, 5, 0)
+    assert required_backend([paths["labelled"]]).reasons == ("pod labels that differ between tasks, kubeflow/pipelines #12049",)
+    assert required_backend([paths["looped"]]).version == (2, 14, 0)
+    assert required_backend(list(paths.values())).version == (2, 14, 0)  # the most any package needs
