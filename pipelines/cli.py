@@ -75,11 +75,17 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--retries", type=int, help="retries of a failed task (default: 2)")
     g.add_argument("--retry-max-duration", metavar="DURATION", help="how long after a task's first start it may "
                    "still be retried, e.g. 72h (default: from each task's expected duration)")
-    g.add_argument("--parallelism", type=int, help="fold iterations at once per strategy loop (default: 2; 0: unlimited)")
+    g.add_argument("--max-gpus", type=int, help="GPUs the whole grid may use at once, split into fold-loop "
+                   "parallelism (default: 8; 0: no bound; the chart's GPU quota takes the same number)")
+    g.add_argument("--parallelism", type=int, help="at most this many folds at once per strategy loop, on top of "
+                   "--max-gpus (default: 0, no such cap)")
     g.add_argument("--cpu-limit", help="CPU limit of train/FGSM tasks, e.g. 8")
     g.add_argument("--memory-limit", help="memory request and limit of train/FGSM tasks, e.g. 32Gi")
     g.add_argument("--image-repository", help="repository of the intermix images (default: ghcr.io/intermix-project/intermix)")
-    g.add_argument("--image-tag", help="image tag prefix instead of <version>-<git commit>: <TAG>-cpu, <TAG>-cuda")
+    g.add_argument("--image-tag", help="image tag prefix instead of <version>-<hash of the image inputs>: "
+                   "<TAG>-cpu, <TAG>-cuda<CUDA>")
+    g.add_argument("--cuda", dest="cuda_version", help="CUDA build of the cuda image: 12.6, 12.8 or 13.0 "
+                   "(default: 12.8; docs/cluster.md, driver matrix)")
     g.add_argument("--image-digest", action="append", metavar="TARGET=sha256:DIGEST",
                    help="pin the cpu or cuda image by digest (repeatable)")
     g.add_argument("--no-exit-handler", action="store_true", help="aggregate as a plain last task (only after every "
@@ -98,6 +104,8 @@ def _kfp_args(p: argparse.ArgumentParser, required_host: bool) -> None:
                    "'oauth2_proxy_kubeflow=...' (env KFP_COOKIES)")
     g.add_argument("--skip-version-check", action="store_true",
                    help="submit even to a KFP backend older than intermix supports (it warns instead of refusing)")
+    g.add_argument("--skip-image-check", action="store_true",
+                   help="do not ask the registries whether the images exist (e.g. one only the cluster can reach)")
     g.add_argument("--ssl-ca-cert", default=_env("KFP_SSL_CA_CERT"), help="CA bundle to verify the KFP endpoint (env KFP_SSL_CA_CERT)")
     g.add_argument("--experiment", default=_env("KFP_EXPERIMENT"), help="KFP experiment (default: the grid id; env KFP_EXPERIMENT)")
     g.add_argument("--service-account", help="Kubernetes service account of the runs")
@@ -202,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", help="compile a grid to IR YAML, one pipeline per dataset x setup")
     _grid_args(p)
     p.add_argument("-o", "--output", default="compiled", help="output folder (default: ./compiled)")
+    p.add_argument("--check-images", action="store_true",
+                   help="also ask each image's registry whether it exists (as submit does)")
     _cluster_args(p)
     p.set_defaults(func="cmd_compile")
 
@@ -213,13 +223,21 @@ def build_parser() -> argparse.ArgumentParser:
     _cluster_args(p)
     p.set_defaults(func="cmd_submit")
 
-    p = sub.add_parser("rerun", help="rerun one fold of an earlier grid, locally or on --host, and update its tables")
+    p = sub.add_parser("rerun", help="rerun one fold of an earlier grid, locally or on --host, and update its tables",
+                       description="Rerun one fold of an earlier grid (same grid id and store), then re-aggregate the "
+                       "grid's tables. Without --restart a fold whose training finished is NOT trained again: its "
+                       "stored checkpoint and result are kept and only FGSM and the aggregation run again; a fold "
+                       "that did not finish resumes from its stored checkpoint (or starts, if it has none). With "
+                       "--restart the fold's stored checkpoint and result are deleted and it trains from scratch, "
+                       "then FGSM and the aggregation run; the earlier MLflow run is marked superseded.")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--grid", help="grid file or packaged grid (default: demo)")
     g.add_argument("--grid-id", help="id of a grid saved in the store (instead of --grid)")
     _fold_cell_args(p)
     p.add_argument("--fold", type=int, required=True)
-    p.add_argument("--restart", action="store_true", help="train from scratch instead of resuming from the stored checkpoint")
+    p.add_argument("--restart", action="store_true", help="delete the fold's stored checkpoint and result and train it "
+                   "from scratch; without it a finished fold is not retrained (only FGSM and the tables run again) "
+                   "and an unfinished one resumes from its stored checkpoint")
     _source_args(p)
     _local_args(p, servers=False)
     _kfp_args(p, required_host=False)

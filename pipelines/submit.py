@@ -1,9 +1,11 @@
 """Submit grid and rerun pipelines to a Kubeflow Pipelines endpoint: one run per shard, one KFP experiment.
 
-Before anything is created the server is asked what it is (`GET /apis/v2beta1/healthz`: `tag_name`
-and `multi_user`, kubeflow/pipelines backend/src/apiserver/main.go): a backend older than
-MIN_KFP_BACKEND is refused, a multi-user one needs --namespace, and a login page instead of the API
-says the credentials are missing. Every pipeline is compiled before the first run is created.
+Every pipeline is compiled before anything is created; then each image the pipelines name is looked
+up in its registry (pipelines/registry.py: a missing one is named with the command that builds it),
+and the server is asked what it is (`GET /apis/v2beta1/healthz`: `tag_name` and `multi_user`,
+kubeflow/pipelines backend/src/apiserver/main.go): a backend older than the compiled pipelines need
+(required_backend) is refused, a multi-user one needs --namespace, and a login page instead of the
+API says the credentials are missing.
 Submission is idempotent: a run of the same name that is pending, running or succeeded in the
 experiment is reported, not created again; a failure midway says which runs exist.
 """
@@ -30,6 +32,7 @@ from pydantic import BaseModel, ConfigDict
 from intermix_core.config.grid import FoldCell, GridSpec, grid_id
 from pipelines.grid_pipeline import grid_pipelines
 from pipelines.options import ClusterOptions
+from pipelines.registry import check_images, compiled_images
 from pipelines.rerun_pipeline import rerun_pipeline
 
 # What a compiled pipeline needs from the KFP backend (docs/cluster.md, "Minimum versions"); required_backend
@@ -314,9 +317,12 @@ def _submit(client: Any, endpoint: KfpEndpoint, experiment: str,
 def submit_grid(
     grid: GridSpec, endpoint: KfpEndpoint, store_root: str, tracking_uri: str = "",
     sources: dict[str, str] | None = None, opts: ClusterOptions | None = None, enable_caching: bool | None = None,
-    client: Any = None, on_server: Callable[[ServerInfo], None] | None = None,
+    client: Any = None, on_server: Callable[[ServerInfo], None] | None = None, verify_images: bool = True,
 ) -> list[SubmittedRun]:
-    """Create one KFP run per dataset x setup of `grid` under one experiment (default: the grid id), at most once."""
+    """Create one KFP run per dataset x setup of `grid` under one experiment (default: the grid id), at most once.
+
+    verify_images=False skips asking the registries (e.g. one only the cluster can reach).
+    """
     gid = grid_id(grid)
     sources = {**grid.sources, **(sources or {})}
     with tempfile.TemporaryDirectory(prefix="intermix-submit-") as tmp:
@@ -325,6 +331,8 @@ def submit_grid(
             name = f"{gid} {shard.label}"
             args = {"store_root": store_root, "tracking_uri": tracking_uri, "source": sources.get(shard.dataset, "")}
             jobs.append((shard.label, name, _compile(pipe, Path(tmp), f"{shard.dataset}-{shard.setup}"), args))
+        if verify_images:
+            check_images(compiled_images(job[2] for job in jobs))
         info = probe_server(endpoint, required_backend([job[2] for job in jobs]))
         if on_server:
             on_server(info)
@@ -335,15 +343,21 @@ def submit_grid(
 def submit_rerun(
     grid: GridSpec, cell: FoldCell, endpoint: KfpEndpoint, store_root: str, tracking_uri: str = "",
     source: str | None = None, restart: bool = False, opts: ClusterOptions | None = None, client: Any = None,
-    on_server: Callable[[ServerInfo], None] | None = None,
+    on_server: Callable[[ServerInfo], None] | None = None, verify_images: bool = True,
 ) -> SubmittedRun:
-    """Create the KFP run that retrains one fold of `grid` and re-aggregates it (not while one is in progress)."""
+    """Create the KFP run that reruns one fold of `grid` and re-aggregates it (not while one is in progress).
+
+    Without `restart` a finished fold is taken from the store and only FGSM runs again; an unfinished one
+    resumes from its stored checkpoint. `restart` deletes the fold's stored checkpoint and result first.
+    """
     gid = grid_id(grid)
     name = f"{gid} rerun {cell.label}"
     args = {"store_root": store_root, "tracking_uri": tracking_uri,
             "source": source or grid.sources.get(cell.dataset, ""), "restart": restart}
     with tempfile.TemporaryDirectory(prefix="intermix-submit-") as tmp:
         path = _compile(rerun_pipeline(grid, cell, opts), Path(tmp), "rerun")
+        if verify_images:
+            check_images(compiled_images([path]))
         info = probe_server(endpoint, required_backend([path]))
         if on_server:
             on_server(info)
