@@ -5,8 +5,10 @@ dependencies: its CUDA wheels, sympy, networkx, ...), then exactly these pins wi
 `pip check` fails the build if anything is missing or inconsistent. The lock is the closure of
 pyproject.toml's [project] dependencies without torch and torchaudio (markers evaluated for this
 interpreter: Linux x86_64, CPython 3.11, the images' platform), read from the installed
-distributions, so the images run the versions the tests ran. Its hash is part of the image names
-(components/image.py). Run from the repository root, in the project's environment:
+distributions, so the images run the versions the tests ran; scripts/test.sh and scripts/demo.sh
+install with it as pip constraints, so a fresh environment has exactly these versions. Its hash is
+part of the image names (components/image.py). Run from the repository root, in the project's
+environment, after a dependency change:
 
     .venv/bin/python scripts/lock_deps.py            # rewrite docker/requirements.lock
     .venv/bin/python scripts/lock_deps.py --check    # exit 1 if the lock differs from this environment
