@@ -207,11 +207,14 @@ def test_image_version_agrees_with_package_and_components() -> None:
 
 def test_docs_build_and_push_the_tags_the_pipelines_use() -> None:
     docs = DOCS.read_text()
-    # the names come from components.image (by commit), never typed by hand
+    # the names come from components.image (by their inputs), never typed by hand
     assert "eval \"$(.venv/bin/python -m components.image --shell)\"" in docs
     for target, variable in (("cpu", "IMAGE_CPU"), ("cuda", "IMAGE_GPU")):
         assert re.search(rf"docker buildx build [^\n]*--target {target}\b[^`]*--tag \"\${variable}\"", docs, re.S)
     assert '--build-arg VERSION="$VERSION"' in docs and '--build-arg GIT_COMMIT="$GIT_COMMIT"' in docs
+    # the cuda image is built with the flavour its name carries
+    assert re.search(r'docker buildx build [^\n]*--target cuda\b[^`]*--build-arg CUDA_FLAVOUR="\$CUDA_FLAVOUR"[^`]*'
+                     r'--tag "\$IMAGE_GPU"', docs, re.S)
     assert IMAGE_REPOSITORY in docs and "--image-repository" in docs
 
 
