@@ -16,9 +16,9 @@ environment, after a dependency change:
 
 from __future__ import annotations
 
-import importlib.metadata as metadata
 import sys
 import tomllib
+from importlib import metadata
 from pathlib import Path
 
 from packaging.requirements import Requirement

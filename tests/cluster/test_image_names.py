@@ -86,7 +86,8 @@ def test_the_lock_pins_every_runtime_dependency() -> None:
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
-    check = subprocess.run([sys.executable, "scripts/lock_deps.py", "--check"], cwd=ROOT, capture_output=True, text=True)
+    check = subprocess.run([sys.executable, "scripts/lock_deps.py", "--check"], cwd=ROOT, capture_output=True, text=True,
+                           check=False)
     assert check.returncode == 0, check.stderr
     pins = dict(line.split("==") for line in (ROOT / LOCK).read_text().splitlines() if line and line[0] != "#")
     for dep in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
