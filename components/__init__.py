@@ -1,7 +1,7 @@
 """Thin KFP components: each parses its inputs, calls one `intermix_core.run.steps` function, writes its outputs.
 
 The functions are turned into components per image set (`component_set`), so that a compiled
-pipeline names its images by commit or digest (components/image.py). The module attributes
+pipeline names its images by their inputs or digest (components/image.py). The module attributes
 `preprocess`, `train_fold`, `fgsm_attack`, `aggregate` are the components with the version-only
 images, for the local runner.
 

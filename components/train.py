@@ -3,7 +3,9 @@
 With a store the checkpoint lives there only (it can be hundreds of MB). `device` is 'cuda' on GPU
 tasks (no silent CPU fallback: intermix_core.method.devices), 'cpu' on CPU-only nodes, 'auto' locally.
 INTERMIX_DATA_CACHE, set by the pipeline when a cache volume is mounted, is the node's dataset
-cache. (The function's source travels in every compiled task: its comments stay here.)
+cache. When the node's NVIDIA driver supports an older CUDA than the image's torch is built for,
+the task's log starts with one line naming both (intermix_core.method.devices.cuda_driver_note).
+(The function's source travels in every compiled task: its comments stay here.)
 """
 
 from kfp.dsl import Model, Output
@@ -23,8 +25,12 @@ def train_fold(
     """Train one fold of one grid cell (intermix_core.run.steps.train_step); empty strings mean 'not set'."""
     import os
 
+    from intermix_core.method.devices import cuda_driver_note
     from intermix_core.run.steps import prepared_data, train_step
 
+    note = cuda_driver_note() if device != "cpu" else None
+    if note:
+        print(f"warning: {note}", flush=True)
     cache_gb = float(os.environ.get("INTERMIX_DATA_CACHE_MAX_GB") or 0)
     with prepared_data(data_uri, os.environ.get("INTERMIX_DATA_CACHE") or None, int(cache_gb * 2**30) or None) as data:
         result = train_step(

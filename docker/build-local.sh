@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Build both image targets with podman, without pulling any public base image:
 #   1. a Debian bookworm base (Python 3.11) made with debootstrap and imported into podman
-#   2. a wheelhouse of every Python dependency, downloaded once with pip (offline builds after that)
+#   2. a wheelhouse of every Python dependency (docker/requirements.lock, torch and torchaudio from
+#      PyPI), downloaded once with pip (offline builds after that)
 #   3. `podman build --target cpu` and `--target cuda` of docker/Dockerfile on that base
-# Images: localhost/intermix:<version>-<commit12>-cpu / -cuda (components/image.py names them).
+# Images: localhost/intermix:<version>-<inputs hash>-cpu / -cuda13.0 (components/image.py names them).
+# The cuda target is the cu130 flavour here: PyPI's torch 2.11.0 is that build, and the PyTorch index
+# (the other flavours) is not reachable from this repository's CI.
 # Needs root (debootstrap), podman, runc and debootstrap: apt-get install podman runc debootstrap.
 #
 # Environment:
 #   INTERMIX_IMAGE_CACHE  work folder (default .cache/images): rootfs, wheelhouse, containers.conf
 #   TORCH_CPU_INDEX_URL   torch index of the cpu target (default empty: PyPI; the PyPI wheel is the
 #                         CUDA build, so the local cpu image is larger than one from the CPU index)
+#   PYTHON                the project's interpreter (default .venv/bin/python)
 #   TARGETS               targets to build (default "cpu cuda")
 #   REBUILD               set to rebuild a target whose image for this commit exists
 # Prints the image names and sizes at the end. Re-running reuses the base and the wheelhouse; build
@@ -34,12 +38,11 @@ runtime = "runc"
 EOF
 export CONTAINERS_CONF="$CACHE/containers.conf"
 
-VERSION="$(.venv/bin/python -c 'import intermix_core; print(intermix_core.__version__)')"
-GIT_COMMIT="$(git rev-parse HEAD)"
-TAG="$VERSION-${GIT_COMMIT:0:12}"
-if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
-  echo "warning: uncommitted changes are built into images tagged $TAG" >&2
-fi
+PYTHON="${PYTHON:-.venv/bin/python}"
+# VERSION, GIT_COMMIT, CUDA_FLAVOUR, IMAGE_CPU, IMAGE_GPU: the names compiled pipelines would use
+eval "$("$PYTHON" -m components.image --shell --repository=localhost/intermix --cuda=13.0)"
+TAG="${IMAGE_CPU#localhost/intermix:}"
+TAG="${TAG%-cpu}"
 
 if ! podman image exists "$BASE"; then
   echo "== debootstrap Debian bookworm into $CACHE/rootfs"
@@ -53,18 +56,15 @@ if ! podman image exists "$BASE"; then
 fi
 
 WHEELS="$CACHE/wheelhouse"
-if [ ! -f "$WHEELS/.complete-$VERSION" ]; then
+LOCK_SUM="$(sha256sum docker/requirements.lock | cut -c1-12)"
+if [ ! -f "$WHEELS/.complete-$LOCK_SUM" ]; then
   echo "== wheelhouse $WHEELS"
   mkdir -p "$WHEELS"
-  # the project's dependencies for Linux x86_64 / CPython 3.11 (this machine's platform) and the
-  # build tool the wheel stage pins; the project itself is built inside the image
-  .venv/bin/pip download --quiet --dest "$WHEELS" setuptools==80.9.0 \
-    $(.venv/bin/python - <<'PY'
-import tomllib
-print(" ".join(f"'{d}'" if " " in d else d for d in tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))
-PY
-)
-  touch "$WHEELS/.complete-$VERSION"
+  # for Linux x86_64 / CPython 3.11 (this machine's platform): torch with its own dependencies, the
+  # lock's pins, and the build tool the wheel stage pins; the project itself is built inside the image
+  "$PYTHON" -m pip download --quiet --dest "$WHEELS" setuptools==80.9.0 torch==2.11.0 torchaudio==2.11.0
+  "$PYTHON" -m pip download --quiet --no-deps --dest "$WHEELS" -r docker/requirements.lock
+  touch "$WHEELS/.complete-$LOCK_SUM"
 fi
 
 # disk: each target is ~6 GB (torch with its CUDA wheels) plus as much again for its build stage
@@ -75,20 +75,22 @@ done
 podman image prune --force > /dev/null
 
 for target in $TARGETS; do
-  if podman image exists "localhost/intermix:$TAG-$target" && [ -z "${REBUILD:-}" ]; then
-    echo "== localhost/intermix:$TAG-$target exists (REBUILD=1 builds it again)"
-    continue
+  image="$IMAGE_CPU"
+  index_arg=(--build-arg "TORCH_CPU_INDEX_URL=${TORCH_CPU_INDEX_URL:-}")
+  if [ "$target" = cuda ]; then
+    image="$IMAGE_GPU"
+    index_arg=(--build-arg "CUDA_FLAVOUR=$CUDA_FLAVOUR" --build-arg "TORCH_CUDA_INDEX_URL=")
   fi
-  index_arg=()
-  if [ "$target" = cpu ]; then
-    index_arg=(--build-arg "TORCH_CPU_INDEX_URL=${TORCH_CPU_INDEX_URL:-}")
+  if podman image exists "$image" && [ -z "${REBUILD:-}" ]; then
+    echo "== $image exists (REBUILD=1 builds it again)"
+    continue
   fi
   echo "== podman build --target $target"
   podman build --runtime runc --file docker/Dockerfile --target "$target" \
     --build-arg PYTHON_IMAGE="$BASE" --build-arg VERSION="$VERSION" --build-arg GIT_COMMIT="$GIT_COMMIT" \
     "${index_arg[@]}" --build-arg PIP_FIND_LINKS=/wheelhouse --build-arg PIP_NO_INDEX=1 \
     --volume "$WHEELS:/wheelhouse:ro" --network none \
-    --tag "localhost/intermix:$TAG-$target" .
+    --tag "$image" .
   podman image prune --force > /dev/null   # the stage images (the venv alone is ~6 GB)
 done
 

@@ -66,7 +66,8 @@ def _device_arg(p: argparse.ArgumentParser, default: str | None = None) -> None:
 
 
 FROM_SCRATCH_HELP = ("discard the fold's checkpoint and result (in its folder and in the store) and train it from epoch 1; "
-                     "without it a fold resumes from its newest checkpoint")
+                     "without it an unfinished fold resumes from its newest checkpoint and a finished one is not "
+                     "trained again")
 
 
 def _from_scratch_arg(p: argparse.ArgumentParser) -> None:
@@ -115,11 +116,17 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--retries", type=int, help="retries of a failed task (default: 2)")
     g.add_argument("--retry-max-duration", metavar="DURATION", help="how long after a task's first start it may "
                    "still be retried, e.g. 72h (default: from each task's expected duration)")
-    g.add_argument("--parallelism", type=int, help="fold iterations at once per strategy loop (default: 2; 0: unlimited)")
+    g.add_argument("--max-gpus", type=int, help="GPUs the whole grid may use at once, split into fold-loop "
+                   "parallelism (default: 8; 0: no bound; the chart's GPU quota takes the same number)")
+    g.add_argument("--parallelism", type=int, help="at most this many folds at once per strategy loop, on top of "
+                   "--max-gpus (default: 0, no such cap)")
     g.add_argument("--cpu-limit", help="CPU limit of train/FGSM tasks, e.g. 8")
     g.add_argument("--memory-limit", help="memory request and limit of train/FGSM tasks, e.g. 32Gi")
     g.add_argument("--image-repository", help="repository of the intermix images (default: ghcr.io/intermix-project/intermix)")
-    g.add_argument("--image-tag", help="image tag prefix instead of <version>-<git commit>: <TAG>-cpu, <TAG>-cuda")
+    g.add_argument("--image-tag", help="image tag prefix instead of <version>-<hash of the image inputs>: "
+                   "<TAG>-cpu, <TAG>-cuda<CUDA>")
+    g.add_argument("--cuda", dest="cuda_version", help="CUDA build of the cuda image: 12.6, 12.8 or 13.0 "
+                   "(default: 12.8; docs/cluster.md, driver matrix)")
     g.add_argument("--image-digest", action="append", metavar="TARGET=sha256:DIGEST",
                    help="pin the cpu or cuda image by digest (repeatable)")
     g.add_argument("--no-exit-handler", action="store_true", help="aggregate as a plain last task (only after every "
@@ -138,6 +145,8 @@ def _kfp_args(p: argparse.ArgumentParser, required_host: bool) -> None:
                    "'oauth2_proxy_kubeflow=...' (env KFP_COOKIES)")
     g.add_argument("--skip-version-check", action="store_true",
                    help="submit even to a KFP backend older than intermix supports (it warns instead of refusing)")
+    g.add_argument("--skip-image-check", action="store_true",
+                   help="do not ask the registries whether the images exist (e.g. one only the cluster can reach)")
     g.add_argument("--ssl-ca-cert", default=_env("KFP_SSL_CA_CERT"), help="CA bundle to verify the KFP endpoint (env KFP_SSL_CA_CERT)")
     g.add_argument("--experiment", default=_env("KFP_EXPERIMENT"), help="KFP experiment (default: the grid id; env KFP_EXPERIMENT)")
     g.add_argument("--service-account", help="Kubernetes service account of the runs")
@@ -274,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", help="compile a grid to IR YAML, one pipeline per dataset x setup")
     _grid_args(p)
     p.add_argument("-o", "--output", default="compiled", help="output folder (default: ./compiled)")
+    p.add_argument("--check-images", action="store_true",
+                   help="also ask each image's registry whether it exists (as submit does)")
     _cluster_args(p)
     p.set_defaults(func="cmd_compile")
 
@@ -285,7 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
     _cluster_args(p)
     p.set_defaults(func="cmd_submit")
 
-    p = sub.add_parser("rerun", help="rerun one fold of an earlier grid, locally or on --host, and update its tables")
+    p = sub.add_parser("rerun", help="rerun one fold of an earlier grid, locally or on --host, and update its tables",
+                       description="Rerun one fold of an earlier grid (same grid id and store), then re-aggregate the "
+                       "grid's tables. Without --from-scratch a fold whose training finished is NOT trained again: its "
+                       "stored checkpoint and result are kept and only FGSM and the aggregation run again; a fold "
+                       "that did not finish resumes from its stored checkpoint (or starts, if it has none). With "
+                       "--from-scratch the fold's stored checkpoint and result are deleted and it trains from scratch, "
+                       "then FGSM and the aggregation run; the earlier MLflow run is marked superseded.")
     _grid_args(p, ids=True, name=False)
     _fold_cell_args(p, in_grid=True)
     p.add_argument("--fold", type=int, required=True, help="the fold to train again (its test fold)")

@@ -52,6 +52,7 @@ from intermix_core.tracking.tracker import FoldSuperseded
 from pipelines.grid_pipeline import compile_grid
 from pipelines.local import LocalRun, Workdir, rerun_fold_local, run_grid_local
 from pipelines.options import ClusterOptions, Toleration, load_cluster_options
+from pipelines.registry import ImageCheckError, check_images, compiled_images
 from pipelines.submit import (
     KfpEndpoint,
     KfpServerError,
@@ -325,7 +326,8 @@ def cluster_options(args: argparse.Namespace) -> ClusterOptions:
             raise UsageError(f"--secret-env {item!r}: expected SECRET:KEY[,KEY...]")
         secret_env[name] = keys.split(",")
     plain = {key: getattr(args, key) for key in
-             ("gpu_type", "gpus", "retries", "retry_max_duration", "parallelism", "image_repository", "image_tag")}
+             ("gpu_type", "gpus", "retries", "retry_max_duration", "max_gpus", "parallelism", "image_repository",
+              "image_tag", "cuda_version")}
     return base.merged(
         secret_env=secret_env, node_selector=_pairs(args.node_selector, "--node-selector"),
         tolerations=[_toleration(t) for t in args.toleration or []], env=_pairs(args.env, "--env"),
@@ -441,6 +443,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     """Compile a grid to one IR YAML per dataset x setup."""
     grid = _load_grid(args)
     paths = _submission(lambda: compile_grid(grid, args.output, cluster_options(args)))
+    if args.check_images:
+        _submission(lambda: check_images(compiled_images(paths)))
     print(f"grid {grid_id(grid)}: {len(paths)} pipeline(s), {sum(p.stat().st_size for p in paths) // 1024} KiB")
     for p in paths:
         print(f"  {p}")
@@ -469,7 +473,7 @@ def _submission(call: Any) -> Any:
     """Run a submission; server refusals and image naming problems become one-line usage errors."""
     try:
         return call()
-    except (KfpServerError, ImageError) as err:
+    except (KfpServerError, ImageError, ImageCheckError) as err:
         raise UsageError(str(err)) from None
 
 
@@ -494,7 +498,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     store = _require_store(args, opts)
     try:
         runs = _submission(lambda: submit_grid(grid, ep, store, _tracking(args, opts), sources, opts,
-                                               enable_caching=False if args.no_cache else None, on_server=_server_notes))
+                                               enable_caching=False if args.no_cache else None, on_server=_server_notes,
+                                               verify_images=not args.skip_image_check))
     except PartialSubmitError as err:
         for line in str(err).splitlines():
             print(f"intermix: {line}", file=sys.stderr)
@@ -523,7 +528,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         try:
             run = _submission(lambda: submit_rerun(grid, cell, ep, store, _tracking(args, opts),
                                                    _sources(args).get(cell.dataset), args.from_scratch, opts,
-                                                   on_server=_server_notes))
+                                                   on_server=_server_notes, verify_images=not args.skip_image_check))
         except PartialSubmitError as err:
             for line in str(err).splitlines():
                 print(f"intermix: {line}", file=sys.stderr)

@@ -25,6 +25,7 @@ from kfp import compiler, dsl
 from components import ComponentSet, component_set
 from components.image import resolve_images
 from intermix_core.config.grid import GridSpec, Shard, grid_id, load_grid, shards
+from pipelines.gpu_budget import plan_gpus
 from pipelines.options import ClusterOptions, configure_task, expected_train_seconds, retry_seconds
 
 
@@ -39,10 +40,10 @@ def grid_json(grid: GridSpec) -> str:
 
 
 def pipeline_components(opts: ClusterOptions, local: bool = False) -> ComponentSet:
-    """The components with the images a compiled pipeline names (by commit or digest); version tags locally."""
+    """The components with the images a compiled pipeline names (by their inputs' hash or digest); version tags locally."""
     if local:
         return component_set()
-    images = resolve_images(opts.image_repository, opts.image_tag, dict(opts.image_digests))
+    images = resolve_images(opts.image_repository, opts.image_tag, dict(opts.image_digests), opts.cuda_version)
     return component_set(images.cpu, images.cuda)
 
 
@@ -60,6 +61,8 @@ def shard_pipeline(grid: GridSpec, shard: Shard, opts: ClusterOptions | None = N
     default_source = grid.sources.get(shard.dataset, "")
     base_labels = {"grid-id": gid, "dataset": shard.dataset, "setup": shard.setup}
     short_window = retry_seconds(opts)
+    plan = plan_gpus(grid, opts)  # the grid's GPU budget as loop parallelism, and the wait it implies
+    gpu_short_window = retry_seconds(opts, queue_seconds=plan.queue_seconds)
     pname = pipeline_name(gid, shard)
 
     @dsl.pipeline(name=f"{pname}-folds", description=f"every strategy x fold of {shard.label}")
@@ -67,8 +70,9 @@ def shard_pipeline(grid: GridSpec, shard: Shard, opts: ClusterOptions | None = N
         for strategy, cfg in shard.configs.items():
             name = f"{shard.label}/{strategy}"
             labels = {**base_labels, "strategy": strategy}
-            window = retry_seconds(opts, expected_train_seconds(cfg, opts))
-            with dsl.ParallelFor(list(shard.folds), parallelism=opts.parallelism, name=f"folds {name}") as fold:
+            window = retry_seconds(opts, expected_train_seconds(cfg, opts), plan.queue_seconds)
+            parallelism = plan.loop(shard.dataset, shard.setup, strategy)
+            with dsl.ParallelFor(list(shard.folds), parallelism=parallelism, name=f"folds {name}") as fold:
                 train = comps.train_fold(
                     config_json=cfg.model_dump_json(), fold=fold, grid_id=gid, tracking_uri=tracking_uri,
                     store_root=store_root, data_uri=data_uri, device=device,
@@ -80,7 +84,7 @@ def shard_pipeline(grid: GridSpec, shard: Shard, opts: ClusterOptions | None = N
                     trained=train.outputs["trained"], device=device,
                 )
                 configure_task(attack.set_display_name(f"fgsm {name}"), opts, kind="fgsm", cache=True,
-                               labels=labels, retry_window_s=short_window, local=local)
+                               labels=labels, retry_window_s=gpu_short_window, local=local)
 
     @dsl.pipeline(name=pname, description=f"intermix grid {gid}: {shard.label}, every strategy x fold")
     def run_shard(store_root: str, tracking_uri: str = "", source: str = default_source):

@@ -14,11 +14,12 @@ from typing import Literal
 
 from kfp import kubernetes
 from kfp.dsl import PipelineTask
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from components.image import IMAGE_REPOSITORY
 from intermix_core.common.yamlfile import load_yaml
 from intermix_core.config import FOLD_CLIPS, ConfigError, format_validation_error
+from intermix_core.method.devices import CUDA_BUILDS, DEFAULT_CUDA
 from intermix_core.run.estimate import fold_work
 
 _LABEL_VALUE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -36,6 +37,9 @@ GPU_SAMPLES_PER_S = {"envnet_v2": 150.0, "envnet": 400.0, "m18": 300.0, "soundne
 CPU_SAMPLES_PER_S_PER_CORE = {"envnet_v2": 2.5, "envnet": 6.0, "m18": 10.0, "soundnet5": 10.0, "piczak_cnn": 40.0}
 MIN_RETRY_WINDOW_S = 6 * 3600  # FGSM, preprocessing, aggregation and short folds: at least 6 h
 MAX_RETRY_WINDOW_S = 60 * 86400
+# GPUs a grid may use at once unless told otherwise (the chart's pipeline.gpu.max default is the same number):
+# one 8-GPU node, or a few smaller ones; it becomes fold-loop parallelism (pipelines/gpu_budget.py)
+DEFAULT_MAX_GPUS = 8
 
 
 class Toleration(BaseModel):
@@ -108,16 +112,19 @@ class ClusterOptions(BaseModel):
     """How grid tasks are built, placed, sized and retried on a cluster (docs/cluster.md)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    # images: tagged by code identity at compile time (components/image.py); a digest pins harder
+    # images: named by a hash of their build inputs at compile time (components/image.py); a digest pins harder
     image_repository: str = IMAGE_REPOSITORY
-    image_tag: str | None = None  # default '<version>-<git commit[:12]>' of the compiling checkout
+    image_tag: str | None = None  # default '<version>-<hash of the image inputs>' of the compiling checkout
     image_digests: dict[Literal["cpu", "cuda"], str] = Field(default_factory=dict)
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"  # tags are immutable
-    # GPU placement
+    cuda_version: str = DEFAULT_CUDA  # the cuda image's CUDA build (its tag ends in -cuda<version>; driver matrix)
+    # GPU placement: the GPU resource request is what lands a task on a GPU node; no node label is required
     gpu_type: str = "nvidia.com/gpu"
     gpus: int = Field(default=1, ge=0)  # per train / attack task; 0 runs them on CPU nodes (device 'cpu')
+    # tolerate the NoSchedule taint named like the resource (nvidia.com/gpu), as GPU node pools commonly carry
+    gpu_taint_toleration: bool = True
     node_selector: dict[str, str] = Field(default_factory=dict)  # GPU tasks only
-    tolerations: list[Toleration] = Field(default_factory=list)  # GPU tasks only
+    tolerations: list[Toleration] = Field(default_factory=list)  # GPU tasks only, besides the taint toleration
     # sizes, per kind of task
     resources: dict[TaskKind, TaskResources] = Field(default_factory=_default_resources)
     # retries: Argo counts backoffMaxDuration from the first attempt's start (see retry_seconds)
@@ -125,8 +132,10 @@ class ClusterOptions(BaseModel):
     retry_backoff: str = "60s"
     retry_max_duration: str | None = None  # e.g. "72h" for every task; None: from each task's expected duration
     duration_scale: float = Field(default=1.0, gt=0)  # >1 for slower GPUs than the T4 the estimate assumes
-    # fan-out: fold iterations at once per strategy loop (a run has one loop per strategy)
-    parallelism: int = Field(default=2, ge=0)  # 0 = unlimited
+    # fan-out: GPUs the whole grid may use at once (0: no bound), split into fold-loop parallelism by
+    # pipelines/gpu_budget.py; the chart's GPU ResourceQuota takes the same number
+    max_gpus: int = Field(default=DEFAULT_MAX_GPUS, ge=0)
+    parallelism: int = Field(default=0, ge=0)  # at most this many folds at once per strategy loop; 0: no such cap
     # a node-level dataset cache: a PVC (e.g. the chart's hostPath volume) mounted at DATA_CACHE
     data_cache_pvc: str | None = None
     data_cache_max_gb: float = Field(default=0, ge=0)  # 0: no eviction
@@ -148,6 +157,31 @@ class ClusterOptions(BaseModel):
                 base[kind] = {**base.get(kind, {}), **res} if isinstance(res, dict) and kind in base else res
             return base
         return v
+
+    @field_validator("cuda_version")
+    @classmethod
+    def _cuda(cls, v: str) -> str:
+        if v not in CUDA_BUILDS:
+            raise ValueError(f"{v!r} is not a CUDA build of the images; expected one of {', '.join(CUDA_BUILDS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _budget_fits_a_task(self) -> "ClusterOptions":
+        if self.max_gpus and self.gpus > self.max_gpus:
+            raise ValueError(f"max_gpus {self.max_gpus} is less than gpus {self.gpus} per task: no task could run")
+        return self
+
+    def gpu_slots(self) -> int | None:
+        """Train/FGSM tasks the GPU budget lets run at once (max_gpus // gpus); None without a budget."""
+        if not self.max_gpus:
+            return None
+        return self.max_gpus // self.gpus if self.gpus else self.max_gpus
+
+    def gpu_tolerations(self) -> list[Toleration]:
+        """The GPU tasks' tolerations: the taint named like the GPU resource (unless turned off), then the listed ones."""
+        default = [Toleration(key=self.gpu_type, operator="Exists", effect="NoSchedule")] \
+            if self.gpu_taint_toleration and self.gpus else []
+        return default + [t for t in self.tolerations if t not in default]
 
     @field_validator("retry_backoff", "retry_max_duration")
     @classmethod
@@ -225,18 +259,21 @@ def expected_train_seconds(cfg: object, opts: ClusterOptions) -> float:
     return 1.1 * samples / rate * opts.duration_scale
 
 
-def retry_seconds(opts: ClusterOptions, attempt_seconds: float = 0.0) -> int:
-    """backoffMaxDuration for a task whose attempt takes up to attempt_seconds.
+def retry_seconds(opts: ClusterOptions, attempt_seconds: float = 0.0, queue_seconds: float = 0.0) -> int:
+    """backoffMaxDuration for a task whose attempt takes up to attempt_seconds after waiting up to queue_seconds for a GPU.
 
     Argo measures it from the FIRST attempt's start, refuses any retry after it, and gives a retry
     pod the rest as its deadline (argo-workflows workflow/controller/operator.go processNodeRetries).
-    So it must cover every attempt and every backoff: (retries + 1) x 2 x attempt + the backoffs.
+    An attempt starts when Argo initialises its node, before the pod exists (operator.go,
+    initializeNode stamps StartedAt), so time a pod waits for a GPU (quota, Pending) counts too.
+    So it must cover every attempt, each one's wait, and every backoff:
+    (retries + 1) x (2 x attempt + wait) + the backoffs.
     """
     if opts.retry_max_duration:
         return _seconds(opts.retry_max_duration)
     backoff = _seconds(opts.retry_backoff)
     waits = sum(backoff * 2**i for i in range(opts.retries))  # factor 2.0, as configure_task sets it
-    window = (opts.retries + 1) * 2 * attempt_seconds + waits
+    window = (opts.retries + 1) * (2 * attempt_seconds + queue_seconds) + waits
     return int(min(MAX_RETRY_WINDOW_S, max(MIN_RETRY_WINDOW_S, math.ceil(window))))
 
 
@@ -283,7 +320,7 @@ def configure_task(task: PipelineTask, opts: ClusterOptions, *, kind: TaskKind, 
                 task.set_env_variable("INTERMIX_DATA_CACHE_MAX_GB", f"{opts.data_cache_max_gb:g}")
         for key, value in opts.node_selector.items():
             kubernetes.add_node_selector(task, key, value)
-        for t in opts.tolerations:
+        for t in opts.gpu_tolerations():
             kubernetes.add_toleration(task, key=t.key, operator=t.operator, value=t.value, effect=t.effect,
                                       toleration_seconds=t.toleration_seconds)
     return task

@@ -13,6 +13,7 @@ from kfp import compiler, dsl
 
 from intermix_core.config.grid import FoldCell, GridSpec, find_cell, grid_id, load_grid
 from intermix_core.models import model_class
+from pipelines.gpu_budget import plan_gpus
 from pipelines.grid_pipeline import grid_json, pipeline_components
 from pipelines.options import ClusterOptions, configure_task, expected_train_seconds, retry_seconds
 
@@ -34,6 +35,7 @@ def rerun_pipeline(grid: GridSpec, cell: FoldCell, opts: ClusterOptions | None =
     labels = {"grid-id": gid, "dataset": cell.dataset, "setup": cell.setup, "strategy": cell.strategy,
               "fold": str(cell.fold)}
     short_window = retry_seconds(opts)
+    queue = plan_gpus(grid, opts).queue_seconds  # the grid may still hold the GPUs the rerun's tasks wait for
 
     @dsl.pipeline(name=rerun_name(gid, cell), description=f"intermix grid {gid}: rerun {cell.label}")
     def rerun_fold(store_root: str, tracking_uri: str = "", source: str = grid.sources.get(cell.dataset, ""),
@@ -52,13 +54,14 @@ def rerun_pipeline(grid: GridSpec, cell: FoldCell, opts: ClusterOptions | None =
                 store_root=store_root, data_uri=prep.outputs["Output"], restart=restart, device=device,
             )
             configure_task(train.set_display_name(f"train {cell.label}"), opts, kind="train", cache=False, labels=labels,
-                           retry_window_s=retry_seconds(opts, expected_train_seconds(cell.config, opts)), local=local)
+                           retry_window_s=retry_seconds(opts, expected_train_seconds(cell.config, opts), queue),
+                           local=local)
             attack = comps.fgsm_attack(
                 fold=cell.fold, grid_id=gid, tracking_uri=tracking_uri, store_root=store_root,
                 data_uri=prep.outputs["Output"], trained=train.outputs["trained"], device=device,
             )
             return configure_task(attack.set_display_name(f"fgsm {cell.label}"), opts, kind="fgsm", cache=False,
-                                  labels=labels, retry_window_s=short_window, local=local)
+                                  labels=labels, retry_window_s=retry_seconds(opts, queue_seconds=queue), local=local)
 
         if opts.exit_handler:
             with dsl.ExitHandler(agg, name=f"rerun {cell.label}"):

@@ -1,9 +1,11 @@
 """Submit grid and rerun pipelines to a Kubeflow Pipelines endpoint: one run per shard, one KFP experiment.
 
-Before anything is created the server is asked what it is (`GET /apis/v2beta1/healthz`: `tag_name`
-and `multi_user`, kubeflow/pipelines backend/src/apiserver/main.go): a backend older than
-MIN_KFP_BACKEND is refused, a multi-user one needs --namespace, and a login page instead of the API
-says the credentials are missing. Every pipeline is compiled before the first run is created.
+Every pipeline is compiled before anything is created; then each image the pipelines name is looked
+up in its registry (pipelines/registry.py: a missing one is named with the command that builds it),
+and the server is asked what it is (`GET /apis/v2beta1/healthz`: `tag_name` and `multi_user`,
+kubeflow/pipelines backend/src/apiserver/main.go): a backend older than the compiled pipelines need
+(required_backend) is refused, a multi-user one needs --namespace, and a login page instead of the
+API says the credentials are missing.
 Submission is idempotent: a run of the same name that is pending, running or succeeded in the
 experiment is reported, not created again; a failure midway says which runs exist.
 """
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import kfp
+import yaml
 from kfp import compiler
 from pydantic import BaseModel, ConfigDict
 
@@ -30,14 +33,27 @@ from intermix_core.common.names import check_pipeline_value
 from intermix_core.config.grid import FoldCell, GridSpec, grid_id
 from pipelines.grid_pipeline import grid_pipelines
 from pipelines.options import ClusterOptions
+from pipelines.registry import check_images, compiled_images
 from pipelines.rerun_pipeline import rerun_pipeline
 
-# The oldest backend the compiled pipelines work on (docs/cluster.md, "Minimum versions"):
+# What a compiled pipeline needs from the KFP backend (docs/cluster.md, "Minimum versions"); required_backend
+# reads it from the compiled IR. Every intermix pipeline needs BASE_KFP_BACKEND:
 #   2.3  scratch emptyDirs at /gcs, /minio, /s3 (needed by the non-root images)
-#   2.4.1/2.5  execution-level retries on Argo (#11673), upstream artifacts inside ParallelFor (#11520,
-#        fixed by #11627), DAG status after all tasks (#11651, 2.5.0 only); exit handler as an
-#        Argo lifecycle hook since 2.4 (#11470)
-MIN_KFP_BACKEND = (2, 5, 0)
+#   2.4.1/2.5  upstream artifacts inside ParallelFor (#11520, fixed by #11627), DAG status after all
+#        tasks (#11651, 2.5.0 only); exit handler as an Argo lifecycle hook since 2.4 (#11470)
+BASE_KFP_BACKEND = (2, 5, 0)
+# Retries of a task below the root DAG (inside the exit handler, a sub-pipeline or a ParallelFor):
+# before 2.14.0 the Argo compiler looks a task's retry policy up in the ROOT dag only
+# (backend/src/v2/compiler/argocompiler/container.go at 2.5.0, getTaskRetryPolicySpec), so nested
+# tasks get no retryStrategy at all; 2.14.0 reads it from the task itself (#11861, and #11908 for
+# sub-pipelines).
+NESTED_RETRY_BACKEND = (2, 14, 0)
+# Different pod labels or annotations per task: before 2.14.0 every task without a root-level retry
+# shares one executor template, and the pod metadata lands on it once, from the first task compiled
+# (container.go at 2.5.0, extendPodMetadata on "system-container-impl"); 2.14.0 passes it per task (#12049).
+POD_METADATA_BACKEND = (2, 14, 0)
+# The oldest backend any grid compiled by intermix runs on: every grid has nested retries and per-strategy labels.
+MIN_KFP_BACKEND = max(BASE_KFP_BACKEND, NESTED_RETRY_BACKEND, POD_METADATA_BACKEND)
 # ParallelFor status propagation to the ExitHandler group (#13321, #11979; fixed by #13322 in 2.17.0)
 RECOMMENDED_KFP_BACKEND = (2, 17, 0)
 # runs in these states are not created again by a second submit (a failed or canceled one is)
@@ -141,8 +157,44 @@ def _text(version: tuple[int, int, int]) -> str:
     return ".".join(map(str, version))
 
 
-def probe_server(endpoint: KfpEndpoint) -> ServerInfo:
-    """Ask the KFP API for its version and mode; KfpServerError with one line naming what is wrong."""
+@dataclass(frozen=True)
+class BackendNeed:
+    """The oldest KFP backend that runs a set of compiled pipelines, and the features that set it."""
+
+    version: tuple[int, int, int]
+    reasons: tuple[str, ...] = ()
+
+    def text(self) -> str:
+        """'2.14.0 or newer (retries of ...; pod labels ...)'."""
+        return f"{_text(self.version)} or newer" + (f" ({'; '.join(self.reasons)})" if self.reasons else "")
+
+
+def required_backend(packages: list[Path]) -> BackendNeed:
+    """The oldest backend that runs every compiled package (KFP IR YAML), read from what the packages use."""
+    needs: dict[str, tuple[int, int, int]] = {}
+    for path in packages:
+        docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if d]
+        spec = docs[0]
+        platform = docs[1].get("platforms", {}).get("kubernetes", {}) if len(docs) > 1 else {}
+        nested = [task for name, comp in spec.get("components", {}).items()
+                  for task in comp.get("dag", {}).get("tasks", {}).values() if "retryPolicy" in task]
+        if nested:
+            needs["retries of tasks inside loops and sub-pipelines, kubeflow/pipelines #11861"] = NESTED_RETRY_BACKEND
+        executors = platform.get("deploymentSpec", {}).get("executors", {})
+        metadata = {json.dumps(executors.get(label, {}).get("podMetadata"), sort_keys=True)
+                    for label in spec.get("deploymentSpec", {}).get("executors", {})}
+        if len(metadata) > 1:
+            needs["pod labels that differ between tasks, kubeflow/pipelines #12049"] = POD_METADATA_BACKEND
+    version = max([BASE_KFP_BACKEND, *needs.values()])
+    return BackendNeed(version, tuple(r for r, v in needs.items() if v == version and v > BASE_KFP_BACKEND))
+
+
+def probe_server(endpoint: KfpEndpoint, need: BackendNeed | None = None) -> ServerInfo:
+    """Ask the KFP API for its version and mode; KfpServerError with one line naming what is wrong.
+
+    `need` is what the pipelines to submit require (required_backend); default: MIN_KFP_BACKEND.
+    """
+    need = need or BackendNeed(MIN_KFP_BACKEND)
     host = endpoint.host
     status, body, headers = _get(endpoint, "/apis/v2beta1/healthz")
     if status in (301, 302, 303, 307, 308):
@@ -156,7 +208,7 @@ def probe_server(endpoint: KfpEndpoint) -> ServerInfo:
         tag = _healthz(old_body).get("tag_name", "") if old_status == 200 else ""
         if old_status == 200:
             raise KfpServerError(f"--host {host}: KFP backend {tag or '(version unknown)'} has no v2 API; "
-                                 f"intermix needs KFP {_text(MIN_KFP_BACKEND)} or newer")
+                                 f"intermix needs KFP {_text(need.version)} or newer")
         raise KfpServerError(f"--host {host}: no KFP API there (HTTP 404 on /apis/v2beta1/healthz); expected the "
                              "KFP endpoint, e.g. http://localhost:8080 (port-forward of svc/ml-pipeline-ui) or "
                              "https://KUBEFLOW/pipeline")
@@ -170,10 +222,10 @@ def probe_server(endpoint: KfpEndpoint) -> ServerInfo:
     warnings = []
     if version is None:
         warnings.append(f"KFP backend version {tag!r} is not a release tag; intermix needs "
-                        f"{_text(MIN_KFP_BACKEND)} or newer and cannot check it")
-    elif version < MIN_KFP_BACKEND:
+                        f"{_text(need.version)} or newer and cannot check it")
+    elif version < need.version:
         message = (f"--host {host}: KFP backend {_text(version)} is too old; intermix needs "
-                   f"{_text(MIN_KFP_BACKEND)} or newer (retries, ParallelFor inputs; docs/cluster.md)")
+                   f"{need.text()}, docs/cluster.md section 1")
         if not endpoint.skip_version_check:
             raise KfpServerError(message + "; --skip-version-check submits anyway")
         warnings.append(message.split(": ", 1)[1] + " (submitting anyway: --skip-version-check)")
@@ -270,9 +322,12 @@ def _submit(client: Any, endpoint: KfpEndpoint, experiment: str,
 def submit_grid(
     grid: GridSpec, endpoint: KfpEndpoint, store_root: str, tracking_uri: str = "",
     sources: dict[str, str] | None = None, opts: ClusterOptions | None = None, enable_caching: bool | None = None,
-    client: Any = None, on_server: Callable[[ServerInfo], None] | None = None,
+    client: Any = None, on_server: Callable[[ServerInfo], None] | None = None, verify_images: bool = True,
 ) -> list[SubmittedRun]:
-    """Create one KFP run per dataset x setup of `grid` under one experiment (default: the grid id), at most once."""
+    """Create one KFP run per dataset x setup of `grid` under one experiment (default: the grid id), at most once.
+
+    verify_images=False skips asking the registries (e.g. one only the cluster can reach).
+    """
     gid = grid_id(grid)
     sources = {**grid.sources, **(sources or {})}
     with tempfile.TemporaryDirectory(prefix="intermix-submit-") as tmp:
@@ -281,7 +336,9 @@ def submit_grid(
             name = f"{gid} {shard.label}"
             args = {"store_root": store_root, "tracking_uri": tracking_uri, "source": sources.get(shard.dataset, "")}
             jobs.append((shard.label, name, _compile(pipe, Path(tmp), f"{shard.dataset}-{shard.setup}"), args))
-        info = probe_server(endpoint)
+        if verify_images:
+            check_images(compiled_images(job[2] for job in jobs))
+        info = probe_server(endpoint, required_backend([job[2] for job in jobs]))
         if on_server:
             on_server(info)
         client = client or kfp_client(endpoint)
@@ -291,16 +348,22 @@ def submit_grid(
 def submit_rerun(
     grid: GridSpec, cell: FoldCell, endpoint: KfpEndpoint, store_root: str, tracking_uri: str = "",
     source: str | None = None, restart: bool = False, opts: ClusterOptions | None = None, client: Any = None,
-    on_server: Callable[[ServerInfo], None] | None = None,
+    on_server: Callable[[ServerInfo], None] | None = None, verify_images: bool = True,
 ) -> SubmittedRun:
-    """Create the KFP run that retrains one fold of `grid` and re-aggregates it (not while one is in progress)."""
+    """Create the KFP run that reruns one fold of `grid` and re-aggregates it (not while one is in progress).
+
+    Without `restart` a finished fold is taken from the store and only FGSM runs again; an unfinished one
+    resumes from its stored checkpoint. `restart` deletes the fold's stored checkpoint and result first.
+    """
     gid = grid_id(grid)
     name = f"{gid} rerun {cell.label}"
     args = {"store_root": store_root, "tracking_uri": tracking_uri,
             "source": source or grid.sources.get(cell.dataset, ""), "restart": restart}
     with tempfile.TemporaryDirectory(prefix="intermix-submit-") as tmp:
         path = _compile(rerun_pipeline(grid, cell, opts), Path(tmp), "rerun")
-        info = probe_server(endpoint)
+        if verify_images:
+            check_images(compiled_images([path]))
+        info = probe_server(endpoint, required_backend([path]))
         if on_server:
             on_server(info)
         client = client or kfp_client(endpoint)

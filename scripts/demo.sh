@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh
-.venv/bin/pip install -q -e .
+.venv/bin/pip install -q -e . -c docker/requirements.lock  # the versions the images pin
 exec .venv/bin/intermix run "$@"

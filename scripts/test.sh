@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh
-.venv/bin/pip install -q -e ".[test]"
+# the runtime dependencies at the versions the images pin (docker/requirements.lock), so tests run what the images run
+.venv/bin/pip install -q -e ".[test]" -c docker/requirements.lock
 bash .ci/install_browser.sh
 bash .ci/cluster_tools.sh
 exec .venv/bin/python -m pytest "$@"

@@ -4,11 +4,103 @@
 laptop. `resolve_device("cuda")` is what the GPU components pass: if CUDA is not usable (no GPU,
 a driver older than the wheel's CUDA needs, a CPU-only build of torch) it raises `DeviceError`
 instead of training on the CPU while a GPU is held.
+
+`CUDA_BUILDS` is the driver matrix of torch 2.11's CUDA flavours (docker/Dockerfile's `CUDA_FLAVOUR`
+builds one; docs/cluster.md shows the table); `cuda_driver_note` names the node's driver and the
+image's CUDA in one line when they do not match.
 """
 
 from __future__ import annotations
 
+import ctypes
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
+
+
+@dataclass(frozen=True)
+class CudaBuild:
+    """One CUDA flavour of the torch 2.11 wheels: its index name, the NVIDIA drivers it needs, the GPUs it runs on."""
+
+    version: str  # CUDA version, as torch.version.cuda reports it
+    flavour: str  # PyTorch's name: https://download.pytorch.org/whl/<flavour>
+    min_driver: str  # oldest Linux driver: CUDA minor version compatibility (12.x: >= 525.60.13, 13.x: >= 580)
+    release_driver: str  # the driver of this CUDA release: every feature, PTX JIT included
+    architectures: str  # compiled GPU architectures (torch._C._cuda_getArchFlags())
+
+
+# torch 2.11's stable CUDA builds are 12.6, 12.8 and 13.0 (pytorch/pytorch RELEASE.md, release compatibility
+# matrix); the architectures are PyTorch's build lists (pytorch/test-infra tools/pkg-helpers cuda.py, #7046; 13.0
+# checked in a built image); drivers from NVIDIA's CUDA compatibility guide (minor version compatibility) and
+# the CUDA toolkit release notes. Wheels carry the CUDA runtime: a node needs only the driver.
+CUDA_BUILDS = {
+    "12.6": CudaBuild("12.6", "cu126", "525.60.13", "560.28.03", "sm_50 sm_60 sm_70 sm_75 sm_80 sm_86 sm_90"),
+    "12.8": CudaBuild("12.8", "cu128", "525.60.13", "570.26", "sm_70 sm_75 sm_80 sm_86 sm_90 sm_100 sm_120"),
+    "13.0": CudaBuild("13.0", "cu130", "580.65.06", "580.65.06", "sm_75 sm_80 sm_86 sm_90 sm_100 sm_120"),
+}
+# the default flavour of the cuda image: runs on every driver from R525 on (the branches managed GPU node pools
+# install) and on V100 to Blackwell; PyPI's torch 2.11 is the 13.0 build, which needs R580
+DEFAULT_CUDA = "12.8"
+_NVRM = re.compile(r"Kernel Module(?: for \S+)?\s+([0-9]+\.[0-9]+(?:\.[0-9]+)?)")
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", text))
+
+
+def driver_versions() -> tuple[str | None, tuple[int, int] | None]:
+    """(NVIDIA driver version, e.g. '535.104.05'; newest CUDA it supports, e.g. (12, 2)); None for what is not found.
+
+    The CUDA version comes from libcuda's cuDriverGetVersion (the driver library the NVIDIA container
+    runtime mounts), the driver version from /proc/driver/nvidia/version or nvidia-smi.
+    """
+    supported = None
+    try:
+        value = ctypes.c_int()
+        if ctypes.CDLL("libcuda.so.1").cuDriverGetVersion(ctypes.byref(value)) == 0 and value.value > 0:
+            supported = (value.value // 1000, value.value % 1000 // 10)
+    except (OSError, AttributeError):
+        pass
+    driver = None
+    try:
+        match = _NVRM.search(Path("/proc/driver/nvidia/version").read_text())
+        driver = match.group(1) if match else None
+    except OSError:
+        pass
+    if driver is None and supported is not None:
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=20, check=True).stdout.split()
+            driver = out[0] if out else None
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return driver, supported
+
+
+def cuda_driver_note(runtime: str | None = None, driver: str | None = None,
+                     supported: tuple[int, int] | None = None) -> str | None:
+    """One line naming the driver and torch's CUDA version when the driver supports an older CUDA; else None.
+
+    Without arguments it reads torch.version.cuda and the node (driver_versions); no driver: None.
+    """
+    runtime = runtime if runtime is not None else torch.version.cuda
+    if supported is None:
+        driver, supported = driver_versions()
+    if runtime is None or supported is None or supported >= _version(runtime)[:2]:
+        return None
+    build = CUDA_BUILDS.get(runtime)
+    have = f"NVIDIA driver {driver or '(version unknown)'} supports CUDA up to {supported[0]}.{supported[1]}"
+    want = f"this image's torch {torch.__version__.split('+')[0]} is built for CUDA {runtime}"
+    if supported[0] == _version(runtime)[0] and build and driver and _version(driver) >= _version(build.min_driver):
+        return (f"{have}; {want}: it runs by CUDA minor version compatibility (driver >= {build.min_driver}; "
+                f"no PTX JIT); docs/cluster.md, driver matrix")
+    fits = [b for b in CUDA_BUILDS.values() if driver and _version(driver) >= _version(b.min_driver)]
+    hint = (f"use the image built with --build-arg CUDA_FLAVOUR={fits[-1].flavour}" if fits
+            else f"upgrade the driver to >= {min((b.min_driver for b in CUDA_BUILDS.values()), key=_version)}")
+    return f"{have}; {want}, which needs driver >= {build.min_driver if build else '?'}: {hint} (docs/cluster.md, driver matrix)"
 
 
 class DeviceError(ValueError):
@@ -20,8 +112,9 @@ def _cuda_problem() -> str | None:
     if torch.version.cuda is None:
         return f"this torch ({torch.__version__}) is a CPU-only build"
     if not torch.cuda.is_available():
-        return (f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no usable GPU: no device, or an NVIDIA "
-                "driver too old for this CUDA version (see docs/cluster.md, GPU requirements)")
+        return cuda_driver_note() or (
+            f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no usable GPU: no device, or an NVIDIA "
+            "driver too old for this CUDA version (see docs/cluster.md, driver matrix)")
     return None
 
 

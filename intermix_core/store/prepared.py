@@ -17,7 +17,10 @@ The source fingerprint is computed without downloading: an s3:// source by its o
 
 On a node, `cached_prepared` copies a dataset once into a cache folder (a volume shared by the
 node's pods) under an exclusive lock and hands out the folder under a shared lock, which eviction
-respects: a dataset in use is never removed.
+respects: a dataset in use is never removed. The cache is not trusted: whenever a task uses an
+entry, every file is checked against the SHA-256 sums of the store's directory manifest (itself
+checked, and signed with INTERMIX_STORE_KEY where set) and an entry that differs in any file, holds
+an extra one or a link is downloaded again. The chart also gives each namespace its own folder.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from intermix_core.data import (
     prepare_dataset,
 )
 from intermix_core.store.layout import CURRENT, LEASE, prepared_prefix, read_pointer, split_prepared_uri, write_pointer
-from intermix_core.store.storage import LocalStorage, S3Storage, Storage, open_storage
+from intermix_core.store.storage import LocalStorage, S3Storage, Storage, open_storage, sha256_file
 
 COMPLETE = ".complete"
 LEASE_SECONDS = 600.0  # a writer renews its lease every LEASE_SECONDS / 4; a dead writer's lapses
@@ -270,7 +273,7 @@ def cached_prepared(uri: str, cache_dir: str | Path | None = None, max_bytes: in
     stamp = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
     for _ in range(5):
         with _flock(lock, fcntl.LOCK_EX):  # one download per node; the others wait for it
-            if not (marker.is_file() and marker.read_text().strip() == stamp):
+            if not (marker.is_file() and marker.read_text().strip() == stamp and _intact(entry, manifest)):
                 _download_entry(store, writer, root, entry, stamp)
             os.utime(marker)  # last use, for eviction
         # the shared lock keeps eviction away while the task reads; an eviction between the two
@@ -282,6 +285,23 @@ def cached_prepared(uri: str, cache_dir: str | Path | None = None, max_bytes: in
                 yield entry
                 return
     raise DataError(f"{entry}: the cached dataset keeps disappearing (is the cache too small for it?)")
+
+
+def _intact(entry: Path, checksums: dict[str, str]) -> bool:
+    """True if `entry` holds exactly the store's files (regular files, same SHA-256) besides its marker."""
+    found = {}
+    for path in entry.rglob("*"):
+        rel = path.relative_to(entry).as_posix()
+        if path.is_symlink() or (not path.is_dir() and not path.is_file()):
+            found[rel] = "not a regular file"
+        elif path.is_file() and rel != COMPLETE:
+            found[rel] = path
+    problem = next((rel for rel in sorted(set(found) | set(checksums)) if rel not in found or rel not in checksums
+                    or not isinstance(found[rel], Path) or sha256_file(found[rel]) != checksums[rel]), None)
+    if problem is not None:
+        log.warning("%s: cached dataset differs from the store at %s (missing, extra, a link or another "
+                    "checksum); downloading it again", entry, problem)
+    return problem is None
 
 
 def _download_entry(store: Any, prefix: str, root: Path, entry: Path, stamp: str) -> None:

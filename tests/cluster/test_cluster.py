@@ -149,8 +149,8 @@ def _arg_default(stage: list[tuple[str, str]], name: str) -> str | None:
 
 def test_dockerfile_pins_torch_and_every_pip_install() -> None:
     stages = _dockerfile_stages()
-    # where torch comes from is a build argument; the defaults are the real registries' (CPU index / PyPI)
-    indexes = {"cpu": "https://download.pytorch.org/whl/cpu", "cuda": ""}
+    # where torch comes from is a build argument; the defaults are the PyTorch indexes (CPU, the CUDA flavour's)
+    indexes = {"cpu": "https://download.pytorch.org/whl/cpu", "cuda": "https://download.pytorch.org/whl/${CUDA_FLAVOUR}"}
     for target, venv in (("cpu", "venv-cpu"), ("cuda", "venv-cuda")):
         assert any(kw == "COPY" and f"--from={venv}" in args for kw, args in stages[target])
         installs = " ".join(args for kw, args in stages[venv] if kw == "RUN")
@@ -158,6 +158,12 @@ def test_dockerfile_pins_torch_and_every_pip_install() -> None:
         arg = f"TORCH_{target.upper()}_INDEX_URL"
         assert _arg_default(stages[venv], arg) == indexes[target], venv
         assert f'${{{arg}:+--index-url "${arg}"}}' in installs, venv  # empty: PyPI
+        # everything else from the lock, unresolved, and the set proven consistent
+        assert "--no-deps -r /wheels/requirements.lock" in installs and "/opt/venv/bin/pip check" in installs, venv
+        assert any(kw == "COPY" and args == "docker/requirements.lock /wheels/requirements.lock" for kw, args in stages[venv])
+    # the cuda build fails unless the installed torch is the CUDA_FLAVOUR build the tag will name
+    cuda_run = " ".join(args for kw, args in stages["venv-cuda"] if kw == "RUN")
+    assert "got = 'cu' + (torch.version.cuda" in cuda_run and "got == '${CUDA_FLAVOUR}'" in cuda_run
     for stage, instructions in stages.items():
         for keyword, args in instructions:
             for command in re.findall(r"pip install ([^&;]+)", args) if keyword == "RUN" else []:
@@ -168,7 +174,8 @@ def test_dockerfile_pins_torch_and_every_pip_install() -> None:
                 ]
                 for package in packages:
                     package = package.strip("\"'")
-                    assert "==" in package or package.endswith(".whl"), f"{stage}: unpinned `{package}`"
+                    pinned = "==" in package or package.endswith((".whl", "requirements.lock"))
+                    assert pinned, f"{stage}: unpinned `{package}`"
 
 
 def test_build_local_script_builds_both_targets_offline() -> None:
@@ -200,11 +207,14 @@ def test_image_version_agrees_with_package_and_components() -> None:
 
 def test_docs_build_and_push_the_tags_the_pipelines_use() -> None:
     docs = DOCS.read_text()
-    # the names come from components.image (by commit), never typed by hand
+    # the names come from components.image (by their inputs), never typed by hand
     assert "eval \"$(.venv/bin/python -m components.image --shell)\"" in docs
     for target, variable in (("cpu", "IMAGE_CPU"), ("cuda", "IMAGE_GPU")):
         assert re.search(rf"docker buildx build [^\n]*--target {target}\b[^`]*--tag \"\${variable}\"", docs, re.S)
     assert '--build-arg VERSION="$VERSION"' in docs and '--build-arg GIT_COMMIT="$GIT_COMMIT"' in docs
+    # the cuda image is built with the flavour its name carries
+    assert re.search(r'docker buildx build [^\n]*--target cuda\b[^`]*--build-arg CUDA_FLAVOUR="\$CUDA_FLAVOUR"[^`]*'
+                     r'--tag "\$IMAGE_GPU"', docs, re.S)
     assert IMAGE_REPOSITORY in docs and "--image-repository" in docs
 
 
@@ -423,7 +433,8 @@ def test_cluster_options_load_into_the_pipeline_model() -> None:
     options_module = pytest.importorskip("pipelines.options")
     data = next(d for d in _render(*RENDERS["gpu"]) if d["kind"] == "ConfigMap")["data"]
     options = options_module.ClusterOptions.model_validate(yaml.safe_load(data["cluster-options.yaml"]))
-    assert options.gpus == 1 and options.tolerations[0].key == "nvidia.com/gpu"
+    assert options.gpus == 1 and options.max_gpus == 4 and options.cuda_version == "12.8"
+    assert [t.key for t in options.gpu_tolerations()] == ["nvidia.com/gpu", "dedicated"]
 
 
 # ---------------------------------------------------------------- chart: cluster hardening (issue 10)
@@ -511,7 +522,8 @@ def test_task_resources_and_fan_out_reach_the_pipeline(render: str) -> None:
         got = options.resources[kind]
         assert (got.cpu_request, got.cpu_limit, got.memory_request, got.memory_limit, got.scratch) == (
             res["cpuRequest"], res["cpuLimit"], res["memoryRequest"], res["memoryLimit"], res["scratch"])
-    assert options.parallelism == values["parallelism"] == 2
+    assert options.parallelism == values["parallelism"] == 0  # no per-loop cap: the GPU budget decides
+    assert options.max_gpus == (16 if render == "multi-user" else values["gpu"]["max"])
     assert (options.retries, options.retry_backoff, options.retry_max_duration) == (2, "60s", None)
     if render == "multi-user":
         assert options.image_repository == "registry.example.org/lab/intermix"
@@ -525,7 +537,11 @@ def test_data_cache_is_a_hostpath_volume_bound_to_one_claim() -> None:
     docs = _render(*RENDERS["multi-user"])
     (pv,) = [d for d in docs if d["kind"] == "PersistentVolume"]
     (pvc,) = [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
-    assert pv["spec"]["hostPath"] == {"path": "/var/lib/intermix-cache", "type": "DirectoryOrCreate"}
+    # one folder per namespace: pods of another profile (the same uid 10001) never see this one's datasets
+    assert pv["spec"]["hostPath"] == {"path": f"/var/lib/intermix-cache/{NAMESPACE}", "type": "DirectoryOrCreate"}
+    other = _render(*RENDERS["multi-user"], "--namespace", "kubeflow-user-b")  # the later --namespace wins
+    (pv_b,) = [d for d in other if d["kind"] == "PersistentVolume"]
+    assert pv_b["spec"]["hostPath"]["path"] == "/var/lib/intermix-cache/kubeflow-user-b" != pv["spec"]["hostPath"]["path"]
     assert "nodeAffinity" not in pv["spec"]  # every pod mounts its own node's folder
     assert pv["spec"]["claimRef"] == {"namespace": NAMESPACE, "name": pvc["metadata"]["name"]}
     assert pvc["spec"]["volumeName"] == pv["metadata"]["name"] and NAMESPACE in pv["metadata"]["name"]
@@ -536,8 +552,61 @@ def test_data_cache_is_a_hostpath_volume_bound_to_one_claim() -> None:
 
 def test_gpu_quota_limits_only_the_gpu_resource() -> None:
     (quota,) = [d for d in _render(*RENDERS["multi-user"]) if d["kind"] == "ResourceQuota"]
-    assert quota["spec"]["hard"] == {"requests.nvidia.com/gpu": "8"}  # no CPU/memory: KFP's driver pods have no requests
-    assert not [d for d in _render() if d["kind"] == "ResourceQuota"]
+    assert quota["spec"]["hard"] == {"requests.nvidia.com/gpu": "16"}  # no CPU/memory: KFP's driver pods have no requests
+    assert not [d for d in _render("--set", "pipeline.gpu.quota=false") if d["kind"] == "ResourceQuota"]
+    assert not [d for d in _render("--set", "pipeline.gpu.max=0") if d["kind"] == "ResourceQuota"]
+
+
+@pytest.mark.parametrize("gpus", [8, 144])
+def test_the_quota_and_the_compiled_fan_out_come_from_one_number(gpus: int, tmp_path: Path) -> None:
+    """pipeline.gpu.max renders the namespace's GPU quota and the compiler's budget; the compiled paper grid's
+    loops start at most that many GPU tasks once the budget covers its 72 loops (below it the quota holds
+    the excess, and the retry windows count the wait: test_pipeline_compile.py)."""
+    from intermix_core.config.grid import load_grid
+    from pipelines.grid_pipeline import compile_grid
+    from pipelines.options import DEFAULT_MAX_GPUS, ClusterOptions
+
+    assert yaml.safe_load((CHART / "values.yaml").read_text())["pipeline"]["gpu"]["max"] == DEFAULT_MAX_GPUS
+    docs = _render("--set", f"pipeline.gpu.max={gpus}")
+    (quota,) = [d for d in docs if d["kind"] == "ResourceQuota"]
+    data = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    options = ClusterOptions.model_validate(yaml.safe_load(data["cluster-options.yaml"]))
+    assert int(quota["spec"]["hard"]["requests.nvidia.com/gpu"]) == options.max_gpus == gpus
+    limits = []
+    for path in compile_grid(load_grid("paper"), tmp_path, options):
+        spec = yaml.safe_load(path.read_text().split("\n---\n")[0])
+        limits += [t["iteratorPolicy"]["parallelismLimit"] for c in spec["components"].values() if "dag" in c
+                   for t in c["dag"]["tasks"].values() if "parameterIterator" in t]
+    assert len(limits) == 72 and sum(limits) == max(gpus, 72) and min(limits) >= 1
+
+
+def test_gpu_tasks_rely_on_the_gpu_resource_and_tolerate_its_taint(tmp_path: Path) -> None:
+    """The default values place GPU tasks by the nvidia.com/gpu request alone (no node label a managed pool may
+    lack) and tolerate the nvidia.com/gpu:NoSchedule taint; the values' examples keep that."""
+    from intermix_core.config.grid import load_grid
+    from pipelines.grid_pipeline import compile_grid
+    from pipelines.options import ClusterOptions
+
+    for render in ("default", "gpu", "multi-user"):
+        data = next(d for d in _render(*RENDERS[render]) if d["kind"] == "ConfigMap")["data"]
+        options = ClusterOptions.model_validate(yaml.safe_load(data["cluster-options.yaml"]))
+        assert options.node_selector == {} and options.gpu_taint_toleration, render
+        path = compile_grid(load_grid("demo"), tmp_path / render, options)[0]
+        platform = list(yaml.safe_load_all(path.read_text()))[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+        for name, executor in platform.items():
+            gpu = name.startswith(("exec-train-fold", "exec-fgsm-attack"))
+            assert "nodeSelector" not in executor, name
+            tolerations = executor.get("tolerations", [])
+            assert ({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tolerations) == gpu, name
+    assert "nvidia.com/gpu.present" not in GPU_VALUES.read_text().split("#")[0]  # no GPU Operator label required
+
+
+def test_the_cuda_choices_of_the_chart_are_the_images() -> None:
+    from intermix_core.method.devices import CUDA_BUILDS, DEFAULT_CUDA
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema["properties"]["pipeline"]["properties"]["image"]["properties"]["cuda"]["enum"] == list(CUDA_BUILDS)
+    assert yaml.safe_load((CHART / "values.yaml").read_text())["pipeline"]["image"]["cuda"] == DEFAULT_CUDA
 
 
 def test_mlflow_auth_takes_its_accounts_from_the_secret() -> None:

@@ -2,7 +2,8 @@
 from a debootstrap Debian base, then every component's real entry point runs inside the CPU image
 through KFP's DockerRunner (on podman's Docker-API socket) as the image's non-root user, with a
 read-only root filesystem and no network: preprocess the demo data, train one fold for one epoch,
-FGSM, aggregate.
+FGSM, aggregate. The CUDA image (the cu130 flavour locally: PyPI's torch) starts and runs the
+CPU-only paths, preprocess and aggregate, the same way; no GPU is needed for those.
 
 Marker `images`: not part of the default run (pyproject's addopts deselect it). Run it with
 `.venv/bin/python -m pytest -m images tests/cluster/test_images.py` as root on a machine with podman, runc
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from components import component_set
-from components.image import code_tag
+from components.image import resolve_images
 from intermix_core.config.grid import expand, grid_id, parse_grid
 
 pytestmark = [pytest.mark.images, pytest.mark.slow]  # -m "not slow" leaves it out too
@@ -51,7 +52,8 @@ def images() -> dict[str, str]:
             pytest.skip(f"{tool} not installed: apt-get install podman runc debootstrap")
     if os.geteuid() != 0:
         pytest.skip("debootstrap and rootful podman need root")
-    refs = {t: f"localhost/intermix:{code_tag()}-{t}" for t in ("cpu", "cuda")}  # the script tags HEAD
+    names = resolve_images("localhost/intermix", cuda="13.0")  # what the script tags: this checkout's inputs
+    refs = {"cpu": names.cpu, "cuda": names.cuda}
     started = time.time()
     build = subprocess.run(["bash", "docker/build-local.sh"], cwd=ROOT, capture_output=True, text=True, timeout=3 * 3600)
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
@@ -147,5 +149,41 @@ def test_every_component_runs_in_the_cpu_image(images: dict[str, str], docker_ap
     revision = subprocess.run(["podman", "image", "inspect", "--format",
                                '{{index .Labels "org.opencontainers.image.revision"}}', images["cpu"]],
                               env=_podman_env(), capture_output=True, text=True, check=True).stdout.strip()
-    assert revision[:12] in images["cpu"]
+    assert len(revision) == 40
     assert len(runs) == 1 and runs[0].data.tags["intermix.git_commit"] == revision  # the image's commit, in MLflow
+
+
+def test_cuda_image_starts_and_runs_the_cpu_only_paths(images: dict[str, str], docker_api: str, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch):
+    """The train/FGSM image, without a GPU: it starts as uid 10001, its torch is the flavour its tag names, and
+    preprocess and aggregate run in it through KFP's DockerRunner (read-only root, no network)."""
+    from kfp import dsl, local
+
+    run = ["podman", "run", "--rm", "--read-only", "--network", "none", images["cuda"]]
+    probe = subprocess.run([*run, "python", "-c", "import os, torch; from intermix_core.method.devices import "
+                            "cuda_driver_note; print(os.getuid(), torch.version.cuda, cuda_driver_note())"],
+                           env=_podman_env(), capture_output=True, text=True, timeout=300)
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.split() == [str(UID), images["cuda"].rsplit("-cuda", 1)[1], "None"]  # no driver: no note
+    monkeypatch.setenv("DOCKER_HOST", docker_api)
+    work = tmp_path / "work"
+    store = work / "store"
+    store.mkdir(parents=True)
+    for path in [work, store]:
+        os.chown(path, UID, UID)
+    local.init(runner=local.DockerRunner(read_only=True, user=f"{UID}:{UID}", network_mode="none",
+                                         tmpfs={"/tmp": "rw,size=2g,mode=1777"}), pipeline_root=str(work),
+               raise_on_error=True)
+    comps = component_set(images["cuda"], images["cuda"])
+    grid = parse_grid(TINY, source="image smoke grid")
+
+    @dsl.pipeline(name="cuda-image-cpu-paths")
+    def cpu_paths(store_root: str):
+        prep = comps.preprocess(source="demo", dataset="esc10", sample_rate=22050, store_root=store_root)
+        comps.aggregate(grid_json=grid.model_dump_json(), store_root=store_root, tracking_uri="").after(prep)
+
+    cpu_paths(store_root=str(store))
+    (data_uri,) = (store / "prepared" / "esc10" / "22050hz").glob("v*/*")
+    assert data_uri.stat().st_uid == UID
+    latest = json.loads((store / grid_id(grid) / "reports" / "LATEST.json").read_text())
+    assert (store / latest["prefix"] / "summary.json").is_file()  # an (empty) report: no fold has run

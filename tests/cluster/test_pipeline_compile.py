@@ -4,7 +4,6 @@ identity, lineage), read the way the KFP backend reads it (backend/src/v2/compil
 
 import math
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from intermix_core import __version__
 from intermix_core.config.grid import find_cell, grid_id, load_grid, shards
 from pipelines.grid_pipeline import compile_grid
 from pipelines.options import (
+    MAX_RETRY_WINDOW_S,
     MIN_RETRY_WINDOW_S,
     ClusterOptions,
     Toleration,
@@ -121,8 +121,8 @@ def test_folds_are_parallel_for_loops_not_copies(paper: list[Path]):
     loops = {t["taskInfo"]["name"]: t for t in tasks.values() if "parameterIterator" in t}
     assert set(loops) == {f"folds esc10/envnet_v2_aug/{s}" for s in ("standard", "bc", "speechmix", "intermix")}
     assert all(yaml.safe_load(t["parameterIterator"]["items"]["raw"]) == [1, 2, 3, 4, 5] for t in loops.values())
-    # a sane default fan-out: two folds per strategy loop at once, not all of them
-    assert {t["iteratorPolicy"]["parallelismLimit"] for t in loops.values()} == {2}
+    # the default GPU budget (8) is below the paper grid's 72 loops: each loop runs one fold at a time
+    assert {t["iteratorPolicy"]["parallelismLimit"] for t in loops.values()} == {1}
     names = {t["taskInfo"]["name"] for t in tasks.values()}
     assert {"train esc10/envnet_v2_aug/intermix", "fgsm esc10/envnet_v2_aug/intermix", "preprocess esc10@44100",
             "folds esc10/envnet_v2_aug"} <= names
@@ -140,7 +140,7 @@ def test_gpu_retry_and_caching(paper: list[Path]):
         gpu = name.startswith(("train ", "fgsm "))
         accel = container.get("resources", {}).get("accelerator")
         assert (accel == {"count": "1", "resourceCount": "1", "resourceType": "nvidia.com/gpu", "type": "nvidia.com/gpu"}) == gpu, name
-        assert container["image"].endswith("-cuda" if gpu else "-cpu")
+        assert container["image"].endswith("-cuda12.8" if gpu else "-cpu")
         assert task["retryPolicy"]["maxRetryCount"] == 2, name
         # aggregation re-reads the store and preprocessing re-checks the raw data's fingerprint every
         # time (both cheap); train and FGSM are served from the cache
@@ -224,11 +224,13 @@ def test_no_task_takes_a_prepared_dataset_artifact(paper: list[Path]):
                 assert set(t["inputs"].get("artifacts", {})) <= {"trained"}
 
 
-def test_images_carry_the_commit_or_a_digest(paper: list[Path], tmp_path: Path):
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+def test_images_are_named_by_their_inputs_or_a_digest(paper: list[Path], tmp_path: Path):
+    from components.image import content_tag
+
     spec, platform = _docs(paper[0])
     images = {c["image"] for _, c in _container_tasks(spec)}
-    assert images == {f"ghcr.io/intermix-project/intermix:{__version__}-{head[:12]}-{t}" for t in ("cpu", "cuda")}
+    assert images == {f"ghcr.io/intermix-project/intermix:{content_tag()}-{t}" for t in ("cpu", "cuda12.8")}
+    assert content_tag().startswith(f"{__version__}-")
     for task, container in _container_tasks(spec):
         assert _platform_of(spec, platform, task)["imagePullPolicy"] == "IfNotPresent"
         env = {e["name"]: e["value"] for e in container["env"]}
@@ -239,6 +241,8 @@ def test_images_carry_the_commit_or_a_digest(paper: list[Path], tmp_path: Path):
     spec, platform = _docs(compile_grid(load_grid("demo"), tmp_path, opts)[0])
     images = {c["image"] for _, c in _container_tasks(spec)}
     assert images == {"registry.example.org/lab/intermix:v7-cpu", f"registry.example.org/lab/intermix@{digest}"}
+    spec, _ = _docs(compile_grid(load_grid("demo"), tmp_path / "cu126", ClusterOptions(image_tag="v7", cuda_version="12.6"))[0])
+    assert {c["image"].rsplit(":", 1)[1] for _, c in _container_tasks(spec)} == {"v7-cpu", "v7-cuda12.6"}
     assert {_platform_of(spec, platform, t)["imagePullPolicy"] for t, _ in _container_tasks(spec)} == {"Always"}
 
 
@@ -300,7 +304,14 @@ def test_node_selector_tolerations_and_pod_metadata_only_where_configured(tmp_pa
     grid = load_grid("demo")
     plain = compile_grid(grid, tmp_path / "plain")[0]
     _, platform = _docs(plain)
-    assert not any("nodeSelector" in e or "tolerations" in e for e in platform["deploymentSpec"]["executors"].values())
+    # by default: no node selector (the nvidia.com/gpu request places GPU tasks), and GPU tasks tolerate the
+    # nvidia.com/gpu:NoSchedule taint GPU pools carry; CPU tasks tolerate nothing
+    taint = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    for name, e in platform["deploymentSpec"]["executors"].items():
+        assert "nodeSelector" not in e, name
+        assert e.get("tolerations") == (taint if re.match(r"exec-(train-fold|fgsm-attack)", name) else None), name
+    _, platform = _docs(compile_grid(grid, tmp_path / "bare", ClusterOptions(gpu_taint_toleration=False))[0])
+    assert not any("tolerations" in e for e in platform["deploymentSpec"]["executors"].values())
     opts = ClusterOptions(node_selector={"cloud.google.com/gke-accelerator": "nvidia-tesla-a100"},
                           tolerations=[Toleration.parse("nvidia.com/gpu:NoSchedule")], retries=3,
                           secret_env={"intermix-s3": ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]},
@@ -370,8 +381,8 @@ GOLDEN = ROOT / "tests" / "cluster" / "golden" / "demo-grid.yaml"
 
 
 def _normalised(text: str) -> str:
-    """The compiled YAML without what changes with every commit: the image tag's commit, the SDK version line."""
-    text = re.sub(r"(intermix:)[0-9][\w.]*?-[0-9a-f]{7,40}-(cpu|cuda)", r"\1VERSION-COMMIT-\2", text)
+    """The compiled YAML without what changes with the code: the image tag's inputs hash, the SDK version line."""
+    text = re.sub(r"(intermix:)[0-9][\w.]*?-[0-9a-f]{12}-(cpu|cuda[0-9.]+)", r"\1VERSION-INPUTS-\2", text)
     return "\n".join(line for line in text.splitlines() if not line.startswith("sdkVersion:")) + "\n"
 
 
@@ -403,3 +414,121 @@ def test_on_silent_reaches_the_preprocess_task_and_only_skip_changes_the_grid_id
         spec, _ = _docs(compile_grid(demo.model_copy(update={"on_silent": mode}), tmp_path / mode)[0])
         prep = next(t for t in _tasks(spec).values() if t["taskInfo"]["name"].startswith("preprocess"))
         assert prep["inputs"]["parameters"]["on_silent"]["runtimeValue"]["constant"] == mode
+
+
+# ------------------------------------------------------------------ the KFP backend the compiled grid needs
+
+
+def test_the_compiled_paper_grid_needs_kfp_2_14(paper: list[Path]) -> None:
+    """Retries below the root DAG and per-strategy pod labels are what the grid compiles to; KFP before 2.14.0
+    drops the first and shares the second (kubeflow/pipelines #11861, #12049): `submit` refuses such a backend."""
+    from pipelines.submit import MIN_KFP_BACKEND, required_backend
+
+    spec, platform = _docs(_shard_file(paper, "-esc50-envnet-v2.yaml"))
+    root = set(spec["root"]["dag"]["tasks"])
+    nested = {t["taskInfo"]["name"].split(" ", 1)[0] for n, c in spec["components"].items() if "dag" in c
+              for k, t in c["dag"]["tasks"].items() if "retryPolicy" in t and not (n == "root" and k in root)}
+    assert nested >= {"preprocess", "train", "fgsm"}  # inside the exit handler, the sub-pipeline, the fold loops
+    strategies = {e["podMetadata"]["labels"]["intermix/strategy"]
+                  for e in platform["deploymentSpec"]["executors"].values() if "strategy" in str(e.get("podMetadata"))}
+    assert strategies == {"standard", "bc", "speechmix", "intermix"}
+    need = required_backend(paper)
+    assert need.version == MIN_KFP_BACKEND == (2, 14, 0)
+    assert [r.rsplit("#", 1)[1] for r in need.reasons] == ["11861", "12049"]
+
+
+def test_required_backend_follows_what_a_pipeline_uses(tmp_path: Path) -> None:
+    """A pipeline with retries only at the root and one kind of pod metadata runs on the 2.5 floor; a pod label on
+    one task of two, or a retry inside a loop, raises it to 2.14 (real kfp compilation of small pipelines)."""
+    from kfp import compiler, dsl, kubernetes
+
+    from pipelines.submit import BASE_KFP_BACKEND, required_backend
+
+    @dsl.component(base_image="python:3.11")
+    def step(n: int) -> int:
+        return n
+
+    @dsl.pipeline(name="flat")
+    def flat():
+        step(n=1).set_retry(num_retries=2)
+        step(n=2).set_retry(num_retries=2)
+
+    @dsl.pipeline(name="labelled")
+    def labelled():
+        kubernetes.add_pod_label(step(n=1), "team", "a")
+        step(n=2)
+
+    @dsl.pipeline(name="looped")
+    def looped():
+        with dsl.ParallelFor([1, 2]) as item:
+            step(n=item).set_retry(num_retries=2)
+
+    paths = {}
+    for pipe in (flat, labelled, looped):
+        paths[pipe.name] = tmp_path / f"{pipe.name}.yaml"
+        compiler.Compiler().compile(pipe, str(paths[pipe.name]))
+    assert required_backend([paths["flat"]]).version == BASE_KFP_BACKEND == (2, 5, 0)
+    assert required_backend([paths["labelled"]]).reasons == ("pod labels that differ between tasks, kubeflow/pipelines #12049",)
+    assert required_backend([paths["looped"]]).version == (2, 14, 0)
+    assert required_backend(list(paths.values())).version == (2, 14, 0)  # the most any package needs
+
+
+# ------------------------------------------------------------------ the grid's GPU budget
+
+
+def _loop_limits(paths: list[Path]) -> dict[str, int]:
+    """Fold-loop name -> its compiled parallelism (0: none), over every compiled run."""
+    out = {}
+    for path in paths:
+        spec, _ = _docs(path)
+        for t in _tasks(spec).values():
+            if "parameterIterator" in t:
+                out[t["taskInfo"]["name"]] = t.get("iteratorPolicy", {}).get("parallelismLimit", 0)
+    return out
+
+
+def test_a_gpu_budget_above_the_loop_count_bounds_the_whole_grid(tmp_path: Path) -> None:
+    """max_gpus is split over the grid's 72 loops: together they never start more GPU tasks than it allows, each
+    loop runs at least one and at most all of its folds, and the longest loops get the most."""
+    grid = load_grid("paper")
+    limits = _loop_limits(compile_grid(grid, tmp_path, ClusterOptions(max_gpus=144)))
+    assert len(limits) == 72 and sum(limits.values()) == 144
+    folds = {f"folds {sh.label}/{s}": len(sh.folds) for sh in shards(grid) for s in sh.configs}
+    assert all(1 <= limits[name] <= folds[name] for name in limits)
+    assert limits["folds urbansound8k/envnet_v2/intermix"] > limits["folds esc10/m18/intermix"] == 1
+    # two GPUs per task: half the slots
+    limits = _loop_limits(compile_grid(grid, tmp_path / "two", ClusterOptions(max_gpus=288, gpus=2)))
+    assert sum(limits.values()) == 144
+
+
+def test_retry_windows_include_the_wait_for_a_gpu(paper: list[Path]) -> None:
+    """Below the loop count (the default 8 GPUs for 72 loops) the quota holds pods back while their attempts run
+    (Argo stamps StartedAt before the pod exists): every GPU task's window covers that wait on each attempt."""
+    opts = ClusterOptions()
+    grid = load_grid("paper")
+    attempts = {(sh.label, s): expected_train_seconds(cfg, opts) for sh in shards(grid) for s, cfg in sh.configs.items()}
+    loops, slots = 72, opts.max_gpus  # one running fold per loop, 8 GPU tasks at a time
+    wait = math.ceil((loops - slots) / slots) * max(attempts.values())
+    assert wait > 6 * 86400  # days: seven rounds of the longest EnvNet-v2 fold
+    for path in paper:
+        spec, _ = _docs(path)
+        for task, _ in _container_tasks(spec):
+            name = task["taskInfo"]["name"]
+            seconds = int(task["retryPolicy"]["backoffMaxDuration"].rstrip("s"))
+            kind, label = name.split(" ", 1)
+            if kind == "train":
+                dataset_setup, strategy = label.rsplit("/", 1)
+                need = (opts.retries + 1) * (attempts[(dataset_setup, strategy)] + wait)
+                assert seconds >= min(need, MAX_RETRY_WINDOW_S), name
+            elif kind == "fgsm":
+                assert seconds >= (opts.retries + 1) * wait, name
+            else:  # CPU tasks wait for no GPU
+                assert seconds == MIN_RETRY_WINDOW_S, name
+
+
+def test_without_a_budget_the_per_loop_cap_or_nothing_applies(tmp_path: Path) -> None:
+    grid = load_grid("demo")
+    assert set(_loop_limits(compile_grid(grid, tmp_path / "cap", ClusterOptions(max_gpus=0, parallelism=1))).values()) == {1}
+    assert set(_loop_limits(compile_grid(grid, tmp_path / "free", ClusterOptions(max_gpus=0))).values()) == {0}
+    with pytest.raises(Exception, match="max_gpus 1 is less than gpus 2 per task"):
+        ClusterOptions(max_gpus=1, gpus=2)

@@ -10,9 +10,21 @@ import pytest
 from pipelines.cli import build_parser, main
 
 from kfp_api_double import kfp_api_double
+from registry_double import RegistryDouble, registry_double
 
 COMMANDS = ["prepare", "train", "attack", "results", "aggregate", "show", "status", "config", "run", "compile", "submit",
             "rerun", "estimate", "study"]
+
+
+@pytest.fixture
+def registry() -> RegistryDouble:
+    """A registry test double holding every image: submissions name images there and find them."""
+    with registry_double(every_image=True) as reg:
+        yield reg
+
+
+def _images(registry: RegistryDouble) -> list[str]:
+    return ["--image-repository", f"{registry.host}/intermix"]
 
 
 def _run(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
@@ -110,10 +122,10 @@ def test_show_prints_grid_id_and_runs(capsys: pytest.CaptureFixture):
     assert "480 fold trainings" in out and out.count("  run ") == 18
 
 
-def test_submit_to_kfp_api_test_double(capsys: pytest.CaptureFixture):
+def test_submit_to_kfp_api_test_double(capsys: pytest.CaptureFixture, registry: RegistryDouble):
     with kfp_api_double(multi_user=True, tag_name="2.17.0") as api:
         code, out, err = _run([
-            "submit", "demo", "--host", api.url, "--namespace", "team-a", "--existing-token", "secret-token",
+            "submit", "demo", "--host", api.url, "--namespace", "team-a", "--existing-token", "secret-token", *_images(registry),
             "--experiment", "intermix-demo", "--store", "s3://intermix-data/grids", "--tracking-uri", "http://mlflow:5000",
             "--node-selector", "nvidia.com/gpu.present=true", "--toleration", "nvidia.com/gpu:NoSchedule",
         ], capsys)
@@ -143,7 +155,7 @@ def test_submit_to_kfp_api_test_double(capsys: pytest.CaptureFixture):
         rerun_args = [
             "rerun", "--grid", "demo", "--dataset", "esc10", "--setup", "m18", "--strategy", "bc", "--fold", "2",
             "--restart", "--host", api.url, "--namespace", "team-a", "--existing-token", "secret-token",
-            "--experiment", "intermix-demo", "--store", "s3://intermix-data/grids",
+            "--experiment", "intermix-demo", "--store", "s3://intermix-data/grids", *_images(registry),
         ]
         code, out, err = _run(rerun_args, capsys)
         assert code == 0, err
@@ -162,16 +174,22 @@ def test_submit_to_kfp_api_test_double(capsys: pytest.CaptureFixture):
     "behaviour, argv, expected",
     [
         (dict(multi_user=True), [], "this KFP is multi-user: give --namespace"),
-        (dict(tag_name="2.4.1"), [], "KFP backend 2.4.1 is too old; intermix needs 2.5.0 or newer"),
-        (dict(v2=False), [], "KFP backend 1.8.5 has no v2 API; intermix needs KFP 2.5.0 or newer"),
+        (dict(tag_name="2.4.1"), [], "KFP backend 2.4.1 is too old; intermix needs 2.14.0 or newer"),
+        # 2.5 to 2.13 would run the grid without retries inside the fold loops and with one strategy label on
+        # every pod (kubeflow/pipelines #11861, #12049): refused, naming why
+        (dict(tag_name="2.13.9"), [], "KFP backend 2.13.9 is too old; intermix needs 2.14.0 or newer (retries of "
+         "tasks inside loops and sub-pipelines, kubeflow/pipelines #11861; pod labels that differ between tasks, "
+         "kubeflow/pipelines #12049)"),
+        (dict(v2=False), [], "KFP backend 1.8.5 has no v2 API; intermix needs KFP 2.14.0 or newer"),
         (dict(auth={"cookie": "oauth2_proxy_kubeflow=abc"}), [], "redirected to /dex/auth?client_id=kubeflow (a login page?)"),
     ],
-    ids=["multi-user-without-namespace", "old-backend", "kfp-v1", "login-page"],
+    ids=["multi-user-without-namespace", "old-backend", "backend-before-nested-retries", "kfp-v1", "login-page"],
 )
-def test_submit_refuses_a_server_it_cannot_use(behaviour, argv, expected, capsys, tmp_path, monkeypatch):
+def test_submit_refuses_a_server_it_cannot_use(behaviour, argv, expected, capsys, tmp_path, monkeypatch, registry):
     monkeypatch.delenv("KFP_NAMESPACE", raising=False)
     with kfp_api_double(**behaviour) as api:
-        code, out, err = _run(["submit", "demo", "--host", api.url, "--store", "s3://b/p", *argv], capsys)
+        code, out, err = _run(["submit", "demo", "--host", api.url, "--store", "s3://b/p", *_images(registry), *argv],
+                              capsys)
         assert code == 2, out + err
         assert expected in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
         assert not api.experiments and not api.runs  # refused before anything was created
@@ -184,16 +202,17 @@ def test_submit_refuses_a_server_it_cannot_use(behaviour, argv, expected, capsys
         (dict(tag_name="2.14.3"), [], "before 2.17.0 the UI can show a finished fold loop as running"),
         (dict(tag_name="unknown"), [], "KFP backend version 'unknown' is not a release tag"),
         (dict(tag_name="2.4.1"), ["--skip-version-check"], "KFP backend 2.4.1 is too old"),
-        (dict(multi_user=True, tag_name="2.5.0"), ["--namespace", "team-b"], "before 2.17.0"),
+        (dict(multi_user=True, tag_name="2.14.0"), ["--namespace", "team-b"], "before 2.17.0"),
         (dict(multi_user=True, auth={"cookie": "oauth2_proxy_kubeflow=abc"}),
          ["--namespace", "team-b", "--cookies", "oauth2_proxy_kubeflow=abc"], None),
     ],
-    ids=["single-user-current", "single-user-2.14", "dev-build", "old-forced", "multi-user-2.5", "multi-user-cookies"],
+    ids=["single-user-current", "single-user-2.14", "dev-build", "old-forced", "multi-user-2.14", "multi-user-cookies"],
 )
-def test_submit_to_single_and_multi_user_old_and_new_servers(behaviour, argv, warning, capsys, monkeypatch):
+def test_submit_to_single_and_multi_user_old_and_new_servers(behaviour, argv, warning, capsys, monkeypatch, registry):
     monkeypatch.delenv("KFP_NAMESPACE", raising=False)
     with kfp_api_double(**behaviour) as api:
-        code, out, err = _run(["submit", "demo", "--host", api.url, "--store", "s3://b/p", *argv], capsys)
+        code, out, err = _run(["submit", "demo", "--host", api.url, "--store", "s3://b/p", *_images(registry), *argv],
+                              capsys)
         assert code == 0, err
         assert len(api.runs) == 1
         warnings = [line for line in err.splitlines() if line.startswith("intermix: warning:")]
@@ -204,11 +223,12 @@ def test_submit_to_single_and_multi_user_old_and_new_servers(behaviour, argv, wa
             assert all(r.headers.get("cookie") == "oauth2_proxy_kubeflow=abc" for r in api.requests)
 
 
-def test_submit_after_a_partial_failure_creates_only_the_missing_runs(tmp_path: Path, capsys: pytest.CaptureFixture):
+def test_submit_after_a_partial_failure_creates_only_the_missing_runs(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                      registry: RegistryDouble):
     grid = tmp_path / "three.yaml"
     grid.write_text("name: three\ndatasets: [esc10]\nsetups: [piczak_cnn, m18, envnet]\nstrategies: [bc]\n"
                     "folds: [1]\nsources: {esc10: demo}\n")
-    argv = ["submit", str(grid), "--store", "s3://b/p"]
+    argv = ["submit", str(grid), "--store", "s3://b/p", *_images(registry)]
     with kfp_api_double(fail_runs_after=1) as api:
         code, _, err = _run([*argv, "--host", api.url], capsys)
         assert code == 1
@@ -241,7 +261,7 @@ def test_compile_writes_one_yaml_per_run(tmp_path: Path, capsys: pytest.CaptureF
     assert str(files[0]) in out
 
 
-def test_submit_takes_store_tracking_and_placement_from_cluster_options(tmp_path: Path, capsys, monkeypatch):
+def test_submit_takes_store_tracking_and_placement_from_cluster_options(tmp_path: Path, capsys, monkeypatch, registry):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://localhost:5000")  # a port-forward: must not reach the tasks
     options = tmp_path / "cluster-options.yaml"
     options.write_text(
@@ -251,7 +271,7 @@ def test_submit_takes_store_tracking_and_placement_from_cluster_options(tmp_path
         "env: {INTERMIX_STORAGE_ROOT: 's3://intermix/intermix', MLFLOW_TRACKING_URI: 'http://intermix-mlflow.kf.svc:5000'}\n"
     )
     with kfp_api_double() as api:
-        code, _, err = _run(["submit", "--grid", "demo", "--host", api.url, "--namespace", "kf",
+        code, _, err = _run(["submit", "--grid", "demo", "--host", api.url, "--namespace", "kf", *_images(registry),
                              "--cluster-options", str(options), "--retries", "4"], capsys)
         assert code == 0, err
         run = api.created_runs()[0]
@@ -388,3 +408,47 @@ def test_estimate_never_prints_hours_it_did_not_measure(capsys: pytest.CaptureFi
     assert json.loads(out)["total_hours"] > 1000
     code, out, _ = _run(["show", "paper", "--json"], capsys)
     assert len(json.loads(out)["runs"]) == 18 and json.loads(out)["fold_trainings"] == 480
+
+
+# ------------------------------------------------------------------ images checked in their registry before anything
+
+
+def test_submit_names_a_missing_image_and_its_build_command(capsys: pytest.CaptureFixture):
+    from components.image import resolve_images
+
+    with registry_double() as reg, kfp_api_double() as api:
+        images = resolve_images(f"{reg.host}/intermix")
+        reg.has(images.cpu)  # the CPU image was pushed, the CUDA one was not
+        code, out, err = _run(["submit", "demo", "--host", api.url, "--store", "s3://b/p", *_images(reg)], capsys)
+        assert code == 2, out + err
+        line, = err.strip().splitlines()  # one line, no traceback
+        assert f"image {images.cuda} is not in its registry" in line
+        assert ("docker buildx build -f docker/Dockerfile --target cuda --platform linux/amd64 --build-arg VERSION="
+                in line and "--build-arg CUDA_FLAVOUR=cu128" in line and f"--tag {images.cuda} --push ." in line)
+        assert not api.requests and not api.runs  # refused before the KFP API was even asked
+        asked = {path for method, path, _ in reg.requests if method == "HEAD"}
+        assert asked == {f"/v2/intermix/manifests/{ref.rsplit(':', 1)[1]}" for ref in (images.cpu, images.cuda)}
+
+        reg.has(images.cuda)  # pushed: the same command goes through
+        code, _, err = _run(["submit", "demo", "--host", api.url, "--store", "s3://b/p", *_images(reg)], capsys)
+        assert code == 0, err
+        assert len(api.runs) == 1
+
+
+def test_compile_check_images_and_an_unreachable_registry(tmp_path: Path, capsys: pytest.CaptureFixture):
+    with registry_double() as reg:
+        code, _, err = _run(["compile", "demo", "-o", str(tmp_path / "a"), "--check-images", *_images(reg)], capsys)
+        assert code == 2 and "is not in its registry" in err and "--target cpu" in err  # cpu sorts first
+        reg.requests.clear()
+        code, _, err = _run(["compile", "demo", "-o", str(tmp_path / "b"), *_images(reg)], capsys)
+        assert code == 0, err  # without --check-images compile asks no registry
+        assert not reg.requests
+        dead = reg.host
+    with kfp_api_double() as api:
+        argv = ["submit", "demo", "--host", api.url, "--store", "s3://b/p", "--image-repository", f"{dead}/intermix"]
+        code, _, err = _run(argv, capsys)
+        assert code == 2 and f"cannot reach its registry {dead}" in err and "--skip-image-check" in err
+        assert not api.runs
+        code, _, err = _run([*argv, "--skip-image-check"], capsys)  # a registry only the cluster reaches
+        assert code == 0, err
+        assert len(api.runs) == 1

@@ -33,3 +33,56 @@ def test_cli_train_on_cuda_fails_in_one_line(tmp_path, capsys) -> None:
     assert code == 2
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "refusing to fall back to the CPU" in err
+
+
+# the node's driver is given as arguments: a test double of what driver_versions() reads from libcuda and /proc
+@pytest.mark.parametrize(
+    "runtime, driver, supported, expected",
+    [
+        ("13.0", "535.104.05", (12, 2), "NVIDIA driver 535.104.05 supports CUDA up to 12.2; this image's torch 2.11.0 is "
+         "built for CUDA 13.0, which needs driver >= 580.65.06: use the image built with --build-arg CUDA_FLAVOUR=cu128"),
+        ("12.8", "535.104.05", (12, 2), "built for CUDA 12.8: it runs by CUDA minor version compatibility (driver >= 525.60.13"),
+        ("12.6", "470.82.01", (11, 4), "which needs driver >= 525.60.13: upgrade the driver to >= 525.60.13"),
+        ("12.8", "570.86.15", (12, 8), None),
+        ("12.8", "580.95.05", (13, 0), None),
+    ],
+)
+def test_driver_and_cuda_mismatch_is_one_line(runtime, driver, supported, expected) -> None:
+    from intermix_core.method.devices import cuda_driver_note
+
+    note = cuda_driver_note(runtime, driver, supported)
+    assert (note is None) if expected is None else (expected in note and "\n" not in note)
+
+
+def test_the_driver_matrix_is_docker_and_docs_truth() -> None:
+    """The Dockerfile's default flavour, the image tag's CUDA and docs/cluster.md's matrix come from CUDA_BUILDS."""
+    import re
+    from pathlib import Path
+
+    from components.image import resolve_images
+    from intermix_core.method.devices import CUDA_BUILDS, DEFAULT_CUDA
+
+    root = Path(__file__).resolve().parents[3]
+    dockerfile = (root / "docker" / "Dockerfile").read_text()
+    assert re.search(rf"^ARG CUDA_FLAVOUR={CUDA_BUILDS[DEFAULT_CUDA].flavour}$", dockerfile, re.MULTILINE)
+    assert resolve_images(tag="t").cuda.endswith(f":t-cuda{DEFAULT_CUDA}")
+    docs = (root / "docs" / "cluster.md").read_text()
+    for build in CUDA_BUILDS.values():
+        row = next(line for line in docs.splitlines() if line.startswith(f"| `{build.flavour}`"))
+        assert build.version in row and f">= {build.min_driver}" in row and build.architectures in row, row
+
+
+def test_the_train_component_starts_its_log_with_the_note(monkeypatch, capsys, tmp_path) -> None:
+    """The train component's first line names driver and CUDA when they do not match (the node's driver is a
+    test double here: this machine has none), before anything else can fail."""
+    from kfp.dsl import Model
+
+    from components.train import train_fold
+    from intermix_core.method import devices
+
+    note = devices.cuda_driver_note("13.0", "535.104.05", (12, 2))
+    monkeypatch.setattr(devices, "cuda_driver_note", lambda: note)
+    with pytest.raises(Exception):  # noqa: B017 - no dataset there: the task fails after its first line
+        train_fold(config_json="{}", fold=1, grid_id="g", tracking_uri="", store_root="",
+                   data_uri=str(tmp_path / "none"), trained=Model(uri=str(tmp_path / "m")), device="cuda")
+    assert capsys.readouterr().out.splitlines()[0] == f"warning: {note}"

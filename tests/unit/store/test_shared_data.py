@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import fcntl
+import hashlib
 import multiprocessing
 import os
 import shutil
@@ -162,3 +163,40 @@ def test_unusable_cache_falls_back_to_scratch(s3_env: str, tmp_path: Path):
     blocker.write_text("")
     with cached_prepared(uri, blocker / "cache") as data:
         assert (data / "manifest.json").is_file() and not str(data).startswith(str(blocker))
+
+
+@pytest.mark.parametrize("tamper", ["fold", "fold-and-manifest", "extra-file", "link"])
+def test_a_tampered_cache_entry_is_downloaded_again(s3_env: str, tmp_path: Path, tamper: str):
+    """Another tenant with the same uid can write into a node cache: an entry whose files differ from the store's
+    checksums is not used (however consistent its own manifest.json and marker look), but fetched again."""
+    import json
+
+    uri, _ = publish_prepared("demo", "esc10", RATE, s3_env)
+    cache = tmp_path / "cache"
+    with cached_prepared(uri, cache) as data:
+        entry = data
+        original = {p.name: p.read_bytes() for p in entry.iterdir()}
+    fold = entry / "fold1.npy"
+    if tamper.startswith("fold"):
+        poisoned = bytearray(fold.read_bytes())
+        poisoned[-64:] = bytes(64)  # the last samples silenced: same size, the manifest's size check passes
+        fold.write_bytes(bytes(poisoned))
+    if tamper == "fold-and-manifest":  # a consistent forgery: the local manifest carries the new checksum
+        manifest = json.loads((entry / "manifest.json").read_text())
+        for ff in manifest["fold_files"]:
+            if ff["file"] == "fold1.npy":
+                ff["sha256"] = hashlib.sha256(fold.read_bytes()).hexdigest()
+        (entry / "manifest.json").write_text(json.dumps(manifest))
+        load_prepared(entry)  # the entry verifies against its own manifest: only the store can tell
+    if tamper == "extra-file":
+        (entry / "fold9.npy").write_bytes(b"planted")
+    if tamper == "link":
+        planted = tmp_path / "planted.npy"
+        planted.write_bytes(original["fold1.npy"])
+        fold.unlink()
+        fold.symlink_to(planted)
+    with cached_prepared(uri, cache) as data:
+        assert data == entry
+        assert {p.name: p.read_bytes() for p in data.iterdir()} == original  # the store's files again
+        assert not (data / "fold1.npy").is_symlink()
+        load_prepared(data)
