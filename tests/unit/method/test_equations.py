@@ -8,6 +8,7 @@ import torch
 
 from intermix_core.config import STRATEGIES
 from intermix_core.method.audio import a_weighted_level_db, fft_size
+from intermix_core.method.bc_reference import level_db as reference_level_db  # utils.compute_gain, frame by frame
 from intermix_core.method.mixing import (
     Mixer,
     adjacent_partners,
@@ -17,23 +18,6 @@ from intermix_core.method.mixing import (
     rotate_phase,
     sound_mix_ratio,
 )
-
-
-def reference_level_db(sound: np.ndarray, fs: int, n_fft: int | None = None) -> float:
-    """The level as BC learning's utils.compute_gain computes it, frame by frame in float64 (the slow loop)."""
-    n_fft = n_fft or {16000: 2048, 44100: 4096}[fs]
-    freq = np.linspace(0, fs // 2, n_fft // 2 + 1)
-    f2 = freq**2
-    f2[0] = 1.0
-    w = 2.0 + 20 * (2 * np.log10(12194) + 2 * np.log10(f2) - np.log10(f2 + 12194**2) - np.log10(f2 + 20.6**2)
-                    - 0.5 * np.log10(f2 + 107.7**2) - 0.5 * np.log10(f2 + 737.9**2))
-    w = np.maximum(w, -80.0)
-    window = np.hanning(n_fft + 1)[:-1]
-    gains = []
-    for i in range(0, len(sound) - n_fft + 1, n_fft // 2):
-        spec = np.fft.rfft(window * sound[i : i + n_fft])
-        gains.append(np.sum(np.abs(spec) ** 2 * 10 ** (w / 10)))
-    return float(10 * np.log10(max(max(gains), 1e-8)))
 
 
 def test_level_frames_keep_the_reference_duration():

@@ -80,8 +80,8 @@ def test_authors_protocol_steps_on_64_rows_of_adjacent_pairs(tiny_data, tmp_path
     real_step = train_module.training_step
 
     def spy(model, opt, mixer, x, y, precision="fp32"):
-        shapes.append(tuple(x.shape))
-        batch = mixer.draw(x, y)
+        shapes.append(tuple(x.crops.shape))
+        batch = mixer.draw(x.crops, y)
         partners.append((y, batch.partner))
         mixer.layer_generator.manual_seed(0)  # the spy's draw must not shift the real one's layer
         return real_step(model, opt, mixer, x, y, precision)
