@@ -6,7 +6,6 @@ Defaults are the paper's and, where the paper is silent, BC learning's reference
 
 from __future__ import annotations
 
-
 from intermix_core.common.text import short
 from intermix_core.config.sections import StrategyConfig
 

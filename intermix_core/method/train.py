@@ -27,7 +27,13 @@ from tqdm import tqdm
 from intermix_core.config import ExperimentConfig
 from intermix_core.data import load_prepared
 from intermix_core.method.bank import (
-    ClipBank, PairSampler, TrainInputs, apply_gain, draw_crops, epoch_order, train_inputs,
+    ClipBank,
+    PairSampler,
+    TrainInputs,
+    apply_gain,
+    draw_crops,
+    epoch_order,
+    train_inputs,
 )
 from intermix_core.method.checkpoint import CHECKPOINT_FORMAT, fold_lock, load_checkpoint, save_checkpoint
 from intermix_core.method.devices import resolve_device

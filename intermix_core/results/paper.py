@@ -153,15 +153,15 @@ RELATIVE_IMPROVEMENTS: dict[tuple[str, str, str], float] = {
 # Which of a fold's two measured errors each published row is (docs/results.md, "Last epoch, best epoch"):
 # "last" (after the last epoch), "best" (the lowest test-fold error over the epochs, chosen on the test
 # fold), or "unknown", and why. Rows are strategies; Table 2's rows come from the same code as InterMix.
-_BC_ROWS = ("last", "BC learning's numbers (its README's results table has them for EnvNet and EnvNet-v2);"
-                    " BC's main.py trains to the last epoch and keeps no best")
-_AUTHORS_ROWS = ("best", "the authors' InterMix main.py prints the best test-fold error over all epochs"
-                         " (`if val_top1 < best`), evaluating every epoch")
+_BC_ROWS = ("last", ("BC learning's numbers (its README's results table has them for EnvNet and EnvNet-v2);"
+                     " BC's main.py trains to the last epoch and keeps no best"))
+_AUTHORS_ROWS = ("best", ("the authors' InterMix main.py prints the best test-fold error over all epochs"
+                          " (`if val_top1 < best`), evaluating every epoch"))
 PUBLISHED_PROTOCOL: dict[str, tuple[str, str]] = {
     "standard": _BC_ROWS,
     "bc": _BC_ROWS,
-    "speechmix": ("unknown", "the paper does not say which code or epoch produced them, and neither reference"
-                             " repository has a Speechmix mode"),
+    "speechmix": ("unknown", ("the paper does not say which code or epoch produced them, and neither reference"
+                              " repository has a Speechmix mode")),
     "intermix": _AUTHORS_ROWS,
     "intermix_vanilla": _AUTHORS_ROWS,
     "intermix_hidden": _AUTHORS_ROWS,

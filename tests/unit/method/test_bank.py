@@ -6,7 +6,6 @@ must land where BC learning puts it: on the mixed sound (input-space mixing), on
 """
 
 import math
-from dataclasses import replace
 
 import numpy as np
 import pytest
