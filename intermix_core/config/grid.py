@@ -1,9 +1,10 @@
 """Experiment grids: datasets x setups (model configurations) x strategies x folds, as one typed spec.
 
 A grid file names the axes; `expand` turns it into one validated `ExperimentConfig` per
-dataset x setup x strategy and one `FoldCell` per fold. A setup may name its own strategies
-(the paper grid trains Table 2's ablation on EnvNet-v2 + augmentation only). Every mistake (unknown model, strategy,
-dataset, fold; a bad override) is reported before anything runs, naming the file and field.
+dataset x setup x strategy and one `FoldCell` per fold. A setup may name its own strategies (the
+paper grid trains Table 2's ablation on EnvNet-v2 + augmentation only). Every mistake (unknown
+model, strategy, dataset, fold; a bad override) is reported before anything runs, naming the file
+and field.
 
 Grid id: `<name>-<10 hex digits>`, the digits being the SHA-256 of the grid's canonical content
 (axes sorted, folds written out, overrides and seed; `name` and `sources` excluded). Reformatting
