@@ -16,7 +16,6 @@ from intermix_core.config.experiment import (
 from intermix_core.config.presets import (
     PAPER_L,
     STRATEGIES,
-    STRATEGY_OPTIM_DEFAULTS,
     reference_schedule,
     strategy_preset,
 )
@@ -35,7 +34,7 @@ from intermix_core.config.sections import (
 
 __all__ = [
     "ConfigError", "ExperimentConfig", "format_validation_error", "known_model", "load_config", "parse_config",
-    "PAPER_L", "STRATEGIES", "STRATEGY_OPTIM_DEFAULTS", "reference_schedule", "strategy_preset",
+    "PAPER_L", "STRATEGIES", "reference_schedule", "strategy_preset",
     "DATASETS", "FOLD_CLIPS", "MAX_SEED", "ON_SILENT", "AttackConfig", "AugmentConfig", "DatasetName", "OnSilent",
     "OptimConfig", "StrategyConfig",
 ]

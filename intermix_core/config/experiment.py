@@ -14,7 +14,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from intermix_core.common.names import check_name
 from intermix_core.common.text import cut, short
 from intermix_core.common.yamlfile import ConfigError, load_yaml
-from intermix_core.config.presets import STRATEGIES, STRATEGY_OPTIM_DEFAULTS, reference_schedule, strategy_preset
+from intermix_core.config.presets import STRATEGIES, reference_schedule, strategy_preset
 from intermix_core.config.sections import (
     DATASETS,
     MAX_CROPS,
@@ -114,7 +114,6 @@ class ExperimentConfig(Strict):
         """Optimisation settings with reference defaults filled in and epochs doubled for mixing."""
         epochs, lr, schedule, warmup = reference_schedule(self.dataset, self.model)
         o = self.optim
-        rule = o.update_rule or STRATEGY_OPTIM_DEFAULTS.get(self.strategy.name, {}).get("update_rule", "pytorch")
         if o.epochs is None:
             base = o.standard_epochs or epochs
             epochs = base * (2 if (self.strategy.mix and o.double_epochs_for_mixing) else 1)
@@ -126,7 +125,6 @@ class ExperimentConfig(Strict):
                 lr=o.lr if o.lr is not None else lr,
                 schedule=o.schedule if o.schedule is not None else schedule,
                 warmup=o.warmup if o.warmup is not None else warmup,
-                update_rule=rule,
             )
         )
 

@@ -1,8 +1,10 @@
 """Experiment grids: datasets x setups (model configurations) x strategies x folds, as one typed spec.
 
 A grid file names the axes; `expand` turns it into one validated `ExperimentConfig` per
-dataset x setup x strategy and one `FoldCell` per fold. Every mistake (unknown model, strategy,
-dataset, fold; a bad override) is reported before anything runs, naming the file and field.
+dataset x setup x strategy and one `FoldCell` per fold. A setup may name its own strategies (the
+paper grid trains Table 2's ablation on EnvNet-v2 + augmentation only). Every mistake (unknown
+model, strategy, dataset, fold; a bad override) is reported before anything runs, naming the file
+and field.
 
 Grid id: `<name>-<10 hex digits>`, the digits being the SHA-256 of the grid's canonical content
 (axes sorted, folds written out, overrides and seed; `name` and `sources` excluded). Reformatting
@@ -42,11 +44,13 @@ class _Strict(BaseModel):
 
 
 class SetupSpec(_Strict):
-    """One model configuration: a table label, the registered model, and config overrides."""
+    """One model configuration: a table label, the registered model, config overrides, and its own strategies if any."""
 
     name: str
     model: str
     overrides: dict[str, Any] = Field(default_factory=dict)
+    # the strategies this setup trains, instead of the grid's (e.g. Table 2's ablation on EnvNet-v2 + aug only)
+    strategies: list[str] | None = None
 
     @field_validator("name")
     @classmethod
@@ -59,6 +63,20 @@ class SetupSpec(_Strict):
     @classmethod
     def _overrides(cls, v: dict[str, Any]) -> dict[str, Any]:
         return _check_overrides(v)
+
+    @field_validator("strategies")
+    @classmethod
+    def _strategies(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else _check_strategies(v)
+
+
+def _check_strategies(v: list[str]) -> list[str]:
+    if not v:
+        raise ValueError("expected at least one strategy")
+    for s in v:
+        if s not in STRATEGIES:
+            raise ValueError(f"unknown strategy {short(s)}; expected one of: {', '.join(STRATEGIES)}")
+    return _unique(v, "strategy")
 
 
 def _check_overrides(v: dict[str, Any]) -> dict[str, Any]:
@@ -115,10 +133,7 @@ class GridSpec(_Strict):
     @field_validator("strategies")
     @classmethod
     def _strategies(cls, v: list[str]) -> list[str]:
-        for s in v:
-            if s not in STRATEGIES:
-                raise ValueError(f"unknown strategy {short(s)}; expected one of: {', '.join(STRATEGIES)}")
-        return _unique(v, "strategy")
+        return _check_strategies(v)
 
     @field_validator("overrides")
     @classmethod
@@ -155,6 +170,10 @@ class GridSpec(_Strict):
     def folds_for(self, dataset: str) -> list[int]:
         """The folds this grid trains for `dataset`, sorted."""
         return self.folds[dataset]
+
+    def strategies_for(self, setup: str) -> list[str]:
+        """The strategies the setup called `setup` trains: its own list, else the grid's."""
+        return self.setup(setup).strategies or self.strategies
 
     def setup(self, name: str) -> SetupSpec:
         """The setup called `name`; the error lists the grid's setups."""
@@ -246,7 +265,7 @@ def shards(grid: GridSpec, source: str = "grid") -> list[Shard]:
     out = []
     for d in grid.datasets:
         for s in grid.setups:
-            configs = {st: cell_config(grid, d, s.name, st, source) for st in grid.strategies}
+            configs = {st: cell_config(grid, d, s.name, st, source) for st in grid.strategies_for(s.name)}
             out.append(Shard(d, s.name, s.model, model_class(s.model).sample_rate, configs, tuple(grid.folds_for(d))))
     return out
 
@@ -275,9 +294,10 @@ def find_cell(grid: GridSpec, dataset: str, setup: str, strategy: str, fold: int
     """The one cell named by its coordinates; errors list the grid's valid choices."""
     if dataset not in grid.datasets:
         raise GridError(f"{source}: dataset {short(dataset)} is not in the grid; expected one of: {', '.join(grid.datasets)}")
-    grid.setup(setup)
-    if strategy not in grid.strategies:
-        raise GridError(f"{source}: strategy {short(strategy)} is not in the grid; expected one of: {', '.join(grid.strategies)}")
+    strategies = grid.strategies_for(setup)
+    if strategy not in strategies:
+        raise GridError(f"{source}: strategy {short(strategy)} is not in the grid for {setup}; expected one of: "
+                        f"{', '.join(strategies)}")
     folds = grid.folds_for(dataset)
     if fold not in folds:
         raise GridError(f"{source}: fold {fold} is not in the grid for {dataset}; expected one of: {', '.join(map(str, folds))}")
@@ -293,13 +313,19 @@ def canonical(grid: GridSpec) -> dict[str, Any]:
     """The content the grid id hashes: axes sorted, folds explicit, without name and sources."""
     return {
         "datasets": sorted(grid.datasets),
-        "setups": sorted((s.model_dump(mode="json") for s in grid.setups), key=lambda s: s["name"]),
+        "setups": sorted((_canonical_setup(s) for s in grid.setups), key=lambda s: s["name"]),
         "strategies": sorted(grid.strategies),
         "folds": {d: grid.folds_for(d) for d in sorted(grid.datasets)},
         "overrides": grid.overrides,
         "seed": grid.seed,
         **({"on_silent": "skip"} if grid.on_silent == "skip" else {}),
     }
+
+
+def _canonical_setup(setup: SetupSpec) -> dict[str, Any]:
+    """A setup as the grid id hashes it: its own strategies sorted, and left out when it has none (older ids hold)."""
+    data = setup.model_dump(mode="json", exclude={"strategies"})
+    return data | ({"strategies": sorted(setup.strategies)} if setup.strategies is not None else {})
 
 
 def grid_id(grid: GridSpec) -> str:
@@ -323,7 +349,7 @@ def parse_grid(data: Any, source: str = "grid", name: str | None = None) -> Grid
 
 
 def packaged_grids() -> list[str]:
-    """Names of the grids shipped with the package (paper, demo)."""
+    """Names of the grids shipped with the package (intermix_core/grids/*.yaml)."""
     return sorted(p.stem for p in GRIDS_DIR.glob("*.yaml"))
 
 

@@ -6,8 +6,6 @@ Defaults are the paper's and, where the paper is silent, BC learning's reference
 
 from __future__ import annotations
 
-from typing import Any
-
 from intermix_core.common.text import short
 from intermix_core.config.sections import StrategyConfig
 
@@ -49,8 +47,6 @@ STRATEGIES: dict[str, StrategyConfig] = {
         ),
     ]
 }
-# optimisation defaults that come with a preset (a value the user sets explicitly wins)
-STRATEGY_OPTIM_DEFAULTS: dict[str, dict[str, Any]] = {"intermix_official": {"update_rule": "chainer"}}
 
 
 def strategy_preset(name: str) -> StrategyConfig:

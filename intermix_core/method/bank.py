@@ -15,7 +15,7 @@ float32 precision (`tests/unit/method/test_bank.py`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -165,13 +165,31 @@ def _scaled_crops(bank: ClipBank, draw: CropDraw) -> torch.Tensor:
     return x if draw.gains is None else x.mul_(draw.gains.unsqueeze(1))
 
 
+def apply_gain(x: torch.Tensor, gains: torch.Tensor | None) -> torch.Tensor:
+    """x (B, ...) with row b multiplied by gains[b] (x itself when gains is None)."""
+    return x if gains is None else x * gains.reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype)
+
+
 def train_batch(bank: ClipBank, draw: CropDraw) -> torch.Tensor:
-    """Training inputs (B, T) float32 in [-1, 1] for fixed draws: scale, pad T // 2, crop, /32768, gain."""
+    """Training inputs (B, T) float32 in [-1, 1] for fixed draws: scale, pad T // 2, crop, /32768, gain (per clip)."""
     if draw.factors is not None:
         return _scaled_crops(bank, draw)
     x = bank.windows(bank.offsets[draw.clips] - bank.pad + draw.starts, bank.length).to(torch.float32)  # padded bank
     x = x.div_(FULL_SCALE)
     return x if draw.gains is None else x.mul_(draw.gains.unsqueeze(1))
+
+
+@dataclass
+class TrainInputs:
+    """A training batch as the data path leaves it: the crops before gain, and the gain of each network input."""
+
+    crops: torch.Tensor  # (B, T) float32 in [-1, 1]: scaled, padded, cropped, /32768
+    gains: torch.Tensor | None  # (B,) linear gains (None: no gain augmentation), applied by the mixer
+
+
+def train_inputs(bank: ClipBank, draw: CropDraw) -> TrainInputs:
+    """The crops of fixed draws and, apart, their gains: gain comes after mixing (`mixing.Mixer.draw`)."""
+    return TrainInputs(train_batch(bank, replace(draw, gains=None)), draw.gains)
 
 
 def eval_batch(bank: ClipBank, clips: torch.Tensor, n_crops: int) -> torch.Tensor:

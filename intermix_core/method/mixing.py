@@ -3,7 +3,10 @@
 Pure functions hold the equations (eqs. 1-5 of the paper); `Mixer` draws, per batch and from seeded
 generators, the partner of each sample (a different class, inside the same batch: no second forward
 pass), r, the phases and the layer m, and returns a `MixBatch`: the (phase-shifted) inputs, the mix
-the model applies at stage m, and the mixed labels (eq. 2, always with r).
+the model applies at stage m, and the mixed labels (eq. 2, always with r). Gain augmentation, the
+last step before the network (section 4), is applied here: to the mixed waveform when the mix is
+in the input space (layer 0; BC learning's `dataset.py` gains the output of `U.mix`), to each
+input before the network otherwise (no mixed waveform exists then).
 """
 
 from __future__ import annotations
@@ -161,6 +164,8 @@ class MixBatch:
     theta: torch.Tensor  # (B,) phase phi_i of each sample
     targets: torch.Tensor  # (B, C) mixed labels
     levels: torch.Tensor | None  # (B,) A-weighted levels of `inputs` in dB (p-weighting on inputs)
+    # (B,) gain augmentation of the mix's output: set when the mix is the network's input (layer 0)
+    out_gains: torch.Tensor | None = None
 
     def weight(self, h: torch.Tensor) -> torch.Tensor:
         """The mixing weight of h_i: r (r-weighting) or the sound mixing ratio p (eq. 3)."""
@@ -180,11 +185,13 @@ class MixBatch:
         w = self.weight(h)
         h_j = h[self.partner]
         if not s.interference:
-            return linear_mix(h, h_j, w, s.normalize)
-        return interfere(
-            h, h_j, w, self.phi, normalize=s.normalize, negative_product=s.negative_product,
-            sqrt_eps=s.sqrt_eps, detach_term=s.detach_interference,
-        )
+            out = linear_mix(h, h_j, w, s.normalize)
+        else:
+            out = interfere(
+                h, h_j, w, self.phi, normalize=s.normalize, negative_product=s.negative_product,
+                sqrt_eps=s.sqrt_eps, detach_term=s.detach_interference,
+            )
+        return out if self.out_gains is None else _expand(self.out_gains, out) * out
 
 
 class Mixer:
@@ -236,8 +243,13 @@ class Mixer:
         s = self.strategy
         return s.layers[int(torch.randint(len(s.layers), (1,), generator=self.layer_generator))]
 
-    def draw(self, x: torch.Tensor, y: torch.Tensor) -> MixBatch | None:
-        """Draw partners, r, phases and the layer for a batch (x: (B, T), y: (B,), same device); None for Standard."""
+    def draw(self, x: torch.Tensor, y: torch.Tensor, gains: torch.Tensor | None = None) -> MixBatch | None:
+        """Draw partners, r, phases and the layer for a batch (x: (B, T), y: (B,), same device); None for Standard.
+
+        `gains` (B,), the gain augmentation of the network's inputs, multiplies the mixed waveform
+        when the layer drawn is 0 (the levels behind p are then those of the sounds before gain, as in
+        BC learning's `U.mix`), else each (phase-shifted) input, whose levels p then sees.
+        """
         s = self.strategy
         if not s.mix:
             return None
@@ -250,8 +262,10 @@ class Mixer:
         onehot = self.targets(y)
         targets = _expand(r, onehot) * onehot + _expand(1.0 - r, onehot) * onehot[partner]
         inputs = rotate_phase(x, theta.to(x.dtype)) if s.rotate_input_phase else x
+        if gains is not None and layer != 0:  # hidden-space mixing: the gained inputs are what enters the network
+            inputs = _expand(gains, inputs) * inputs
         levels = a_weighted_level_db(inputs, self.sample_rate) if s.weighting == "p" and s.gains_on == "input" else None
         return MixBatch(
             strategy=s, layer=layer, inputs=inputs, partner=partner, r=r, phi=theta - theta[partner], theta=theta,
-            targets=targets, levels=levels,
+            targets=targets, levels=levels, out_gains=gains if layer == 0 else None,
         )

@@ -9,7 +9,7 @@ train with Chainer's `NesterovAG` plus a `WeightDecay` hook, whose step is not P
 with g = grad + weight_decay * theta in both (Chainer's hook runs before the update). For one
 gradient the first Chainer step is 2.71 lr g against PyTorch's 1.9 lr g, and Chainer's velocity
 carries the learning rate it was accumulated with across LR decays (PyTorch's buffer holds raw
-gradients). `optim.update_rule` picks one; `intermix_official` defaults to Chainer's.
+gradients). `optim.update_rule` picks one; Chainer's is the default (docs/method.md, "Optimisation").
 """
 
 from __future__ import annotations

@@ -31,7 +31,15 @@ from tqdm import tqdm
 
 from intermix_core.config import ExperimentConfig
 from intermix_core.data import load_prepared
-from intermix_core.method.bank import ClipBank, PairSampler, draw_crops, epoch_order, train_batch
+from intermix_core.method.bank import (
+    ClipBank,
+    PairSampler,
+    TrainInputs,
+    apply_gain,
+    draw_crops,
+    epoch_order,
+    train_inputs,
+)
 from intermix_core.method.checkpoint import (
     CHECKPOINT_FORMAT, clean_temporaries, fold_lock, load_checkpoint, save_checkpoint,
 )
@@ -82,13 +90,17 @@ def kl_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def training_step(
-    model: StagedModel, opt: torch.optim.Optimizer, mixer: Mixer, x: torch.Tensor, y: torch.Tensor,
+    model: StagedModel, opt: torch.optim.Optimizer, mixer: Mixer, x: torch.Tensor | TrainInputs, y: torch.Tensor,
     precision: str = "fp32",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One update on a batch (x: (B, T), y: (B,)) with the mixer's draw; returns (loss, logits, targets), all on device."""
-    batch = mixer.draw(x, y)
-    inputs, targets = (x, mixer.targets(y)) if batch is None else (batch.inputs, batch.targets)
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+    """One update on a batch (x: (B, T) waveforms, or crops and their gains; y: (B,)); returns (loss, logits, targets).
+
+    Gains go on what enters the network: the mixed waveform of an input-space mix, else each input.
+    """
+    crops, gains = (x.crops, x.gains) if isinstance(x, TrainInputs) else (x, None)
+    batch = mixer.draw(crops, y, gains)
+    inputs, targets = (apply_gain(crops, gains), mixer.targets(y)) if batch is None else (batch.inputs, batch.targets)
+    with torch.autocast(crops.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         logits = model(inputs, mix=batch)
     loss = kl_loss(logits, targets)
     opt.zero_grad(set_to_none=True)
@@ -351,7 +363,7 @@ def _train_epoch(run: FoldRun, epoch: int) -> EpochRecord:
         idx = rows[i : i + step]
         if len(idx) < 2:  # batch norm needs two samples
             continue
-        x = train_batch(bank, draw_crops(bank, idx, cfg.augment, run.data_gen))
+        x = train_inputs(bank, draw_crops(bank, idx, cfg.augment, run.data_gen))
         loss, logits, targets = training_step(run.model, run.opt, run.mixer, x, bank.labels[idx], optim.precision)
         loss_sum += loss * len(idx)
         wrong += (logits.argmax(1) != targets.argmax(1)).sum()

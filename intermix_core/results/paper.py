@@ -8,6 +8,7 @@ is on ESC-10; the paper does not say which model, so it is compared with every E
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 
@@ -147,6 +148,36 @@ RELATIVE_IMPROVEMENTS: dict[tuple[str, str, str], float] = {
     ("esc10", "envnet_v2_aug", "bc"): 16.3,
     ("urbansound8k", "envnet_v2_aug", "bc"): 5.5,
 }
+
+
+# Which of a fold's two measured errors each published row is (docs/results.md, "Last epoch, best epoch"):
+# "last" (after the last epoch), "best" (the lowest test-fold error over the epochs, chosen on the test
+# fold), or "unknown", and why. Rows are strategies; Table 2's rows come from the same code as InterMix.
+_BC_ROWS = ("last", ("BC learning's numbers (its README's results table has them for EnvNet and EnvNet-v2);"
+                     " BC's main.py trains to the last epoch and keeps no best"))
+_AUTHORS_ROWS = ("best", ("the authors' InterMix main.py prints the best test-fold error over all epochs"
+                          " (`if val_top1 < best`), evaluating every epoch"))
+PUBLISHED_PROTOCOL: dict[str, tuple[str, str]] = {
+    "standard": _BC_ROWS,
+    "bc": _BC_ROWS,
+    "speechmix": ("unknown", ("the paper does not say which code or epoch produced them, and neither reference"
+                              " repository has a Speechmix mode")),
+    "intermix": _AUTHORS_ROWS,
+    "intermix_vanilla": _AUTHORS_ROWS,
+    "intermix_hidden": _AUTHORS_ROWS,
+}
+_COLUMN = {"last": "the last-epoch column", "best": "the best† column (their protocol when evaluated every epoch)",
+           "unknown": "both columns"}
+
+
+def protocol_notes(strategies: Sequence[str]) -> list[str]:
+    """One note per group of rows: which measured column to hold against the paper's number, and why."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for strategy in strategies:
+        if strategy in PUBLISHED_PROTOCOL:
+            groups.setdefault(PUBLISHED_PROTOCOL[strategy], []).append(STRATEGY_NAMES.get(strategy, strategy))
+    return [f"{', '.join(names)}: hold the paper's number against {_COLUMN[column]}: {why}."
+            for (column, why), names in groups.items()]
 
 
 def display_name(kind: str, key: str) -> str:

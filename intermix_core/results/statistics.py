@@ -79,8 +79,11 @@ class TableCell(BaseModel):
     best_values: dict[int, float] = {}
     best_mean: float | None = None
     best_se: float | None = None
+    best_every: list[int] = []  # the evaluation cadences (optim.eval_every) behind best_values, from the folds' configs
     published: float | None = None
     published_se: float | None = None
+    # clean cells: which measured column the published number is, "last", "best" or "unknown" (paper.PUBLISHED_PROTOCOL)
+    published_is: str | None = None
 
     @computed_field
     @property
@@ -399,10 +402,12 @@ def aggregate(
                 values = {r.fold: float(r.test_error) for r in ok}
                 p = pub.published_error(dataset, setup, strategy)
                 cell = TableCell(**head, values=values, failed=failed, published=p.mean if p else None,
-                            published_se=p.se if p else None)
+                                 published_se=p.se if p else None,
+                                 published_is=pub.PUBLISHED_PROTOCOL.get(strategy, ("unknown", ""))[0] if p else None)
                 cell.mean, cell.se = mean_se(list(values.values()))
                 cell.best_values = {r.fold: float(r.best_val_error) for r in ok if r.best_val_error is not None}
                 cell.best_mean, cell.best_se = mean_se(list(cell.best_values.values()))
+                cell.best_every = sorted({e for r in ok if r.best_val_error is not None and (e := _eval_every(r))})
                 cells.append(cell)
                 where = dict(dataset=dataset, setup=setup, strategy=strategy)
                 missing += [MissingFold(**where, fold=f, reason="failed", error=e) for f, e in sorted(failed.items())]
@@ -423,6 +428,26 @@ def aggregate(
         n_results=len(results), n_superseded=len(results) - len(chosen), alpha=alpha,
         paper_schedule=all(_on_paper_schedule(r) for r in chosen.values() if _is_ok(r) and r.config),
     )
+
+
+def _eval_every(result: FoldResult) -> int | None:
+    """The evaluation cadence (optim.eval_every) a result was trained with, None if its config does not say."""
+    every = (result.config.get("optim") or {}).get("eval_every")
+    return every if isinstance(every, int) and every >= 1 else None
+
+
+def best_label(cells: Iterable[TableCell]) -> str:
+    """The best-epoch column's label, with the evaluation cadence of its cells (the authors': every epoch)."""
+    every = sorted({e for c in cells for e in c.best_every})
+    if every == [1]:
+        when = "every epoch, the authors' protocol"
+    elif len(every) == 1:
+        when = f"every {every[0]} epochs and the last"
+    elif every:
+        when = f"every {' or '.join(map(str, every))} epochs and the last (per fold)"
+    else:
+        when = "the evaluated epochs"
+    return f"best† ({when}; optimistic)"
 
 
 def _on_paper_schedule(result: FoldResult) -> bool:

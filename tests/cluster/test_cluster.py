@@ -560,9 +560,9 @@ def test_gpu_quota_limits_only_the_gpu_resource() -> None:
 @pytest.mark.parametrize("gpus", [8, 144])
 def test_the_quota_and_the_compiled_fan_out_come_from_one_number(gpus: int, tmp_path: Path) -> None:
     """pipeline.gpu.max renders the namespace's GPU quota and the compiler's budget; the compiled paper grid's
-    loops start at most that many GPU tasks once the budget covers its 72 loops (below it the quota holds
+    loops start at most that many GPU tasks once the budget covers its loops (below it the quota holds
     the excess, and the retry windows count the wait: test_pipeline_compile.py)."""
-    from intermix_core.config.grid import load_grid
+    from intermix_core.config.grid import load_grid, shards
     from pipelines.grid_pipeline import compile_grid
     from pipelines.options import DEFAULT_MAX_GPUS, ClusterOptions
 
@@ -577,7 +577,8 @@ def test_the_quota_and_the_compiled_fan_out_come_from_one_number(gpus: int, tmp_
         spec = yaml.safe_load(path.read_text().split("\n---\n")[0])
         limits += [t["iteratorPolicy"]["parallelismLimit"] for c in spec["components"].values() if "dag" in c
                    for t in c["dag"]["tasks"].values() if "parameterIterator" in t]
-    assert len(limits) == 72 and sum(limits) == max(gpus, 72) and min(limits) >= 1
+    loops = sum(len(sh.configs) for sh in shards(load_grid("paper")))  # one fold loop per strategy of each shard
+    assert len(limits) == loops == 78 and sum(limits) == max(gpus, loops) and min(limits) >= 1
 
 
 def test_gpu_tasks_rely_on_the_gpu_resource_and_tolerate_its_taint(tmp_path: Path) -> None:

@@ -66,7 +66,7 @@ def test_bad_model_exits_2_with_choices_and_no_traceback(tmp_path: Path):
 @pytest.mark.parametrize(
     "argv, expected",
     [
-        (["run", "no-such-grid.yaml"], "no-such-grid.yaml: no such grid file; packaged grids: demo, gpu-study, paper"),
+        (["run", "no-such-grid.yaml"], "no-such-grid.yaml: no such grid file; packaged grids: demo, gpu-study, official, paper"),
         (["rerun", "--grid", "demo", "--dataset", "esc10", "--setup", "m18", "--strategy", "bc", "--fold", "3"],
          "fold 3 is not in the grid for esc10; expected one of: 1, 2"),
         (["rerun", "--grid", "demo", "--dataset", "esc10", "--model", "envnet", "--strategy", "bc", "--fold", "1"],
@@ -119,7 +119,7 @@ def test_rerun_model_picks_the_setup_named_after_it(capsys: pytest.CaptureFixtur
 def test_show_prints_grid_id_and_runs(capsys: pytest.CaptureFixture):
     code, out, _ = _run(["show", "paper"], capsys)
     assert code == 0
-    assert "480 fold trainings" in out and out.count("  run ") == 18
+    assert "520 fold trainings" in out and out.count("  run ") == 18
 
 
 def test_submit_to_kfp_api_test_double(capsys: pytest.CaptureFixture, registry: RegistryDouble):
@@ -407,7 +407,7 @@ def test_estimate_never_prints_hours_it_did_not_measure(capsys: pytest.CaptureFi
     code, out, _ = _run(["estimate", "paper", "--json"], capsys)
     assert json.loads(out)["total_hours"] > 1000
     code, out, _ = _run(["show", "paper", "--json"], capsys)
-    assert len(json.loads(out)["runs"]) == 18 and json.loads(out)["fold_trainings"] == 480
+    assert len(json.loads(out)["runs"]) == 18 and json.loads(out)["fold_trainings"] == 520
 
 
 # ------------------------------------------------------------------ images checked in their registry before anything

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from intermix_core.config.grid import (
+    GRIDS_DIR,
     GridError,
     expand,
     expected_folds,
@@ -33,20 +34,65 @@ def _error(data: dict, source: str = "grid.yaml") -> str:
 
 
 def test_packaged_grids_load():
-    assert {"demo", "paper"} <= set(packaged_grids())
+    assert {"demo", "official", "paper"} <= set(packaged_grids())
 
 
-def test_paper_grid_has_480_cells_in_18_runs():
+def test_paper_grid_makes_tables_1_2_and_3_in_520_cells_of_18_runs():
     grid = load_grid("paper")
     cells = expand(grid)
-    assert len(cells) == 480
-    assert len({c.key for c in cells}) == 480
+    assert len(cells) == 520 and len({c.key for c in cells}) == 520
     assert len(shards(grid)) == 18  # 3 datasets x 6 setups, one KFP run each
     assert {s.name for s in grid.setups} == {"m18", "soundnet5", "envnet", "piczak_cnn", "envnet_v2", "envnet_v2_aug"}
     assert expected_folds(grid) == {"esc10": [1, 2, 3, 4, 5], "esc50": [1, 2, 3, 4, 5], "urbansound8k": list(range(1, 11))}
     aug = next(c for c in cells if c.setup == "envnet_v2_aug")
     assert aug.config.augment.scale and aug.config.augment.gain and aug.config.model == "envnet_v2"
     assert aug.config.setup_name == "envnet_v2_aug"
+    # Table 1: the four strategies on every setup; Table 2: the ablation on EnvNet-v2 + augmentation only,
+    # every fold of every dataset (40 fold trainings); Table 3: FGSM after every fold
+    table1 = {(c.dataset, c.setup) for c in cells if c.strategy in ("standard", "bc", "speechmix", "intermix")}
+    assert len(table1) == 18 and len(cells) - 40 == 480
+    ablation = [c for c in cells if c.strategy in ("intermix_vanilla", "intermix_hidden")]
+    assert {c.setup for c in ablation} == {"envnet_v2_aug"} and len(ablation) == 40
+    assert {(c.dataset, c.strategy) for c in ablation} == {(d, s) for d in ("esc10", "esc50", "urbansound8k")
+                                                            for s in ("intermix_vanilla", "intermix_hidden")}
+    assert all(c.config.optim.batch_size == 32 for c in cells)  # the paper's; the grid file names the switch to 64
+    assert "# overrides: {optim: {batch_size: 64}}" in (GRIDS_DIR / "paper.yaml").read_text()
+
+
+def test_the_batch_size_switch_of_the_paper_grid_is_one_line():
+    text = (GRIDS_DIR / "paper.yaml").read_text().replace("# overrides: {optim: {batch_size: 64}}",
+                                                          "overrides: {optim: {batch_size: 64}}")
+    grid = parse_grid(yaml.safe_load(text))
+    assert {c.config.optim.batch_size for c in expand(grid)} == {64} and grid_id(grid) != grid_id(load_grid("paper"))
+
+
+def test_official_grid_puts_the_authors_code_next_to_the_paper_on_envnet_v2():
+    grid = load_grid("official")
+    cells = expand(grid)
+    assert len(cells) == 80
+    assert {c.strategy for c in cells} == {"intermix", "intermix_official"}
+    assert {c.config.model for c in cells} == {"envnet_v2"} and {c.setup for c in cells} == {"envnet_v2", "envnet_v2_aug"}
+    # the authors' protocol: the test fold after every epoch (their main.py keeps the best of all epochs)
+    assert {c.config.optim.eval_every for c in cells} == {1}
+    assert {c.config.resolved_optim().update_rule for c in cells} == {"chainer"}
+
+
+def test_a_setup_may_name_its_own_strategies():
+    data = {**BASE, "setups": ["piczak_cnn", {"name": "aug", "model": "envnet_v2", "strategies": ["bc", "intermix_vanilla"]}]}
+    grid = parse_grid(data)
+    assert {(c.setup, c.strategy) for c in expand(grid)} == {
+        ("piczak_cnn", "standard"), ("piczak_cnn", "intermix"), ("aug", "bc"), ("aug", "intermix_vanilla")}
+    assert find_cell(grid, "esc10", "aug", "bc", 1).config.strategy.name == "bc"
+    with pytest.raises(GridError, match="strategy 'intermix' is not in the grid for aug; expected one of: bc, intermix_vanilla"):
+        find_cell(grid, "esc10", "aug", "intermix", 1)
+    # its list is part of what is trained (the grid id), in any order; a setup without one keeps older ids
+    reordered = {**data, "setups": ["piczak_cnn", {"name": "aug", "model": "envnet_v2",
+                                                    "strategies": ["intermix_vanilla", "bc"]}]}
+    assert grid_id(parse_grid(reordered)) == grid_id(grid) != grid_id(parse_grid(
+        {**data, "setups": ["piczak_cnn", {"name": "aug", "model": "envnet_v2", "strategies": ["bc"]}]}))
+    assert "setups.1.strategies: unknown strategy 'bcc'" in _error(
+        {**BASE, "setups": ["piczak_cnn", {"name": "aug", "model": "envnet_v2", "strategies": ["bcc"]}]})
+    assert "listed twice" in _error({**BASE, "setups": [{"name": "a", "model": "m18", "strategies": ["bc", "bc"]}]})
 
 
 def test_demo_grid_is_small_and_uses_the_shipped_data():
@@ -103,7 +149,7 @@ def test_load_grid_names_the_file(tmp_path: Path):
     bad.write_text("datasets: [esc10\n")
     with pytest.raises(GridError, match="bad.yaml: not valid YAML"):
         load_grid(bad)
-    with pytest.raises(GridError, match="no such grid file; packaged grids: demo, gpu-study, paper"):
+    with pytest.raises(GridError, match="no such grid file; packaged grids: demo, gpu-study, official, paper"):
         load_grid(tmp_path / "missing.yaml")
     typo = tmp_path / "typo.yaml"
     typo.write_text(yaml.safe_dump({**BASE, "strategies": ["bcc"]}))
@@ -118,7 +164,7 @@ def test_find_cell_lists_the_grid_choices():
         find_cell(grid, "esc10", "piczak_cnn", "intermix", 3)
     with pytest.raises(GridError, match="unknown setup 'm18'; this grid has: piczak_cnn, envnet_v2_aug"):
         find_cell(grid, "esc10", "m18", "intermix", 1)
-    with pytest.raises(GridError, match="strategy 'bc' is not in the grid; expected one of: standard, intermix"):
+    with pytest.raises(GridError, match="strategy 'bc' is not in the grid for piczak_cnn; expected one of: standard, intermix"):
         find_cell(grid, "esc10", "piczak_cnn", "bc", 1)
 
 

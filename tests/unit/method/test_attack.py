@@ -1,14 +1,72 @@
-"""FGSM (eq. 7): cross-checked against foolbox on the same inputs, and run on a trained fold."""
+"""FGSM (eq. 7): the loss rises along the step, the step's gradient against finite differences, cross-checked
+against foolbox on the same inputs where it is installed, and run on a trained fold."""
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from intermix_core.method.attack import attack_fold, fgsm
 from intermix_core.method.train import train_fold
 from intermix_core.models import create_model, model_class
+from intermix_core.testing import real_signal
 
 from tiny import FAST_MODEL, tiny_cfg
+
+
+def _real_crops(n: int = 3, length: int = 4000) -> torch.Tensor:
+    """n crops of a real demo clip (rain), float64."""
+    x, _ = real_signal(seconds=1.0)
+    return torch.from_numpy(np.stack([x[k * length : (k + 1) * length] for k in range(n)])).double()
+
+
+def test_fgsm_step_is_the_sign_of_the_loss_gradient_and_the_loss_rises_along_it():
+    """No foolbox needed: eq. 7 checked from its definition, on real audio, in float64 (M18 has no float32-only front end)."""
+    torch.manual_seed(0)
+    model = create_model("m18", 10).double().eval()
+    x, y = _real_crops(), torch.tensor([2, 5, 7])
+    (moved,) = fgsm(model, x, y, [1.0], clip=False)
+    step = moved - x  # eps = 1: the step itself, sign(grad) in {-1, 0, 1}
+    assert set(step.round().unique().tolist()) <= {-1.0, 0.0, 1.0} and (step.abs() > 0.5).float().mean() > 0.99
+    step = step.round()
+
+    def loss(z: torch.Tensor) -> torch.Tensor:  # L of eq. 7, per crop: cross-entropy with the crop's label
+        with torch.no_grad():
+            return F.cross_entropy(model(z), y, reduction="none")
+
+    clean = loss(x)
+    for eps in (1e-4, 1e-5):
+        up, down = loss(x + eps * step), loss(x - eps * step)
+        assert (up > clean).all() and (down < clean).all()
+        # the sign of the gradient is the steepest sign step: any other sign vector raises the loss less
+        g = torch.Generator().manual_seed(1)
+        for _ in range(5):
+            other = torch.randint(0, 2, x.shape, generator=g).double() * 2 - 1
+            assert (loss(x + eps * other) - clean < up - clean).all()
+    # finite differences of L at the samples the attack moves most: the sign it took is the gradient's sign
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(model(xg), y, reduction="sum"), xg)
+    h = 1e-6
+    for row in range(len(x)):
+        for k in grad[row].abs().topk(6).indices.tolist() + [17, 1234, 3999]:
+            e = torch.zeros_like(x)
+            e[row, k] = h
+            fd = float((loss(x + e)[row] - loss(x - e)[row]) / (2 * h))
+            assert fd == pytest.approx(float(grad[row, k]), rel=1e-4, abs=1e-9)
+            if abs(fd) > 1e-7:
+                assert np.sign(fd) == float(step[row, k])
+
+
+def test_fgsm_clips_to_the_recording_range_and_each_epsilon_is_a_scaled_step():
+    torch.manual_seed(0)
+    model = create_model("m18", 10).double().eval()
+    x, y = _real_crops(2), torch.tensor([0, 9])
+    unit, small, big = fgsm(model, x, y, [1.0, 1e-3, 0.5], clip=True)
+    (raw,) = fgsm(model, x, y, [1.0], clip=False)
+    step = (raw - x).round()
+    torch.testing.assert_close(small, (x + 1e-3 * step).clamp(-1, 1))
+    torch.testing.assert_close(big, (x + 0.5 * step).clamp(-1, 1))
+    assert unit.abs().max() <= 1.0 and raw.abs().max() > 1.0
 
 
 @pytest.mark.parametrize("clip", [True, False])

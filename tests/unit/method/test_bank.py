@@ -1,7 +1,8 @@
 """The device-resident data path against BC learning's reference preprocessing, clip by clip in numpy.
 
 `intermix_core.method.bc_reference` transcribes the reference (and is value-tested here by hand); the batched
-`intermix_core.method.bank` must return the same crops on the same draws, to float32 precision.
+`intermix_core.method.bank` must return the same crops on the same draws, to float32 precision, and the gain
+must land where BC learning puts it: on the mixed sound (input-space mixing), on each input otherwise.
 """
 
 import math
@@ -10,9 +11,29 @@ import numpy as np
 import pytest
 import torch
 
-from intermix_core.config import AugmentConfig
-from intermix_core.method.bank import ClipBank, CropDraw, PairSampler, draw_crops, eval_batch, train_batch
-from intermix_core.method.bc_reference import crop_starts, eval_crops, random_scale, train_crop, train_example
+from intermix_core.config import STRATEGIES, AugmentConfig
+from intermix_core.data import load_prepared
+from intermix_core.method.audio import a_weighted_level_db, fft_size
+from intermix_core.method.bank import (
+    ClipBank,
+    CropDraw,
+    PairSampler,
+    draw_crops,
+    eval_batch,
+    train_batch,
+    train_inputs,
+)
+from intermix_core.method.bc_reference import (
+    bc_example,
+    crop_starts,
+    eval_crops,
+    random_scale,
+    train_crop,
+    train_example,
+)
+from intermix_core.method.mixing import Mixer
+from intermix_core.method.train import training_step
+from intermix_core.models import create_model
 
 T = 400
 
@@ -141,3 +162,103 @@ def test_pair_sampler_is_uniform_over_different_class_pairs():
     expected = len(rows) / int(valid.sum())  # the authors' retry loop: uniform over the 38 ordered pairs
     assert counts[~valid].sum() == 0
     assert ((counts[valid] - expected).abs() / math.sqrt(expected)).max() < 4.5
+
+
+# ---------------------------------------------------------------- gain: after the mix, before the network
+
+RATE, LENGTH = 22050, 8000  # the tiny prepared set (real demo clips at 22.05 kHz), crops of 8,000 samples
+
+
+def _real_batch(tiny_data, seed: int = 0):
+    """A bank of the 20 real clips of folds 1-2, fixed draws (scale and gain) for 10 of them, and the crops they give."""
+    data = load_prepared(tiny_data)
+    bank = ClipBank.from_prepared(data, [1, 2], length=LENGTH)
+    clips_np = [c for f in (1, 2) for c in data.clips(f)]
+    idx = torch.arange(0, 20, 2)  # ten clips, several classes
+    draw = draw_crops(bank, idx, AugmentConfig(scale=True, gain=True), torch.Generator().manual_seed(seed))
+    crops_np = [train_example(clips_np[k], LENGTH, int(st), float(f)) for k, st, f in zip(idx, draw.starts, draw.factors)]
+    return bank, draw, np.stack(crops_np).astype(np.float64)
+
+
+def _rotate_np(x: np.ndarray, theta: float) -> np.ndarray:
+    return np.fft.irfft(np.fft.rfft(x) * np.exp(1j * theta), n=len(x))
+
+
+def _reference_input(strategy: str, crops: np.ndarray, i: int, j: int, r: float, phi_i: float, phi_j: float,
+                     gain: float | None) -> np.ndarray:
+    """What enters the network for row i under an input-space mix, written from the references (gain last)."""
+    if strategy == "bc":  # BC learning's dataset.get_example: U.mix of the two crops, then U.random_gain on the mix
+        return bc_example(crops[i], crops[j], r, RATE, gain, n_fft=fft_size(RATE))
+    if strategy == "mixup":
+        out = r * crops[i] + (1 - r) * crops[j]
+    else:  # intermix_vanilla: shifted inputs, r-weighting, eq. 5 (the root where the product is >= 0)
+        a, b = r * _rotate_np(crops[i], phi_i), (1 - r) * _rotate_np(crops[j], phi_j)
+        out = a + b + 2 * np.sqrt(np.maximum(a * b, 0.0)) * np.cos(phi_i - phi_j)
+    return out if gain is None else gain * out
+
+
+def test_train_inputs_hold_the_crops_before_gain_and_the_gains_apart(tiny_data):
+    bank, draw, crops = _real_batch(tiny_data)
+    got = train_inputs(bank, draw)
+    np.testing.assert_allclose(got.crops.numpy(), crops, rtol=2e-6, atol=2e-7)
+    assert torch.equal(got.gains, draw.gains)
+    # train_batch still gains each crop (Standard learning's order: BC's dataset gains the one preprocessed sound)
+    torch.testing.assert_close(train_batch(bank, draw), got.crops * draw.gains[:, None])
+
+
+@pytest.mark.parametrize("strategy", ["bc", "mixup", "intermix_vanilla"])
+def test_gain_multiplies_the_mixed_waveform_of_an_input_space_mix(tiny_data, strategy):
+    """On fixed draws: gain_i * mix(x_i, x_j), p from the levels of the crops before gain (BC's dataset.py)."""
+    bank, draw, crops = _real_batch(tiny_data)
+    inputs = train_inputs(bank, draw)
+    y = bank.labels[draw.clips]
+    b = Mixer(STRATEGIES[strategy], num_classes=10, sample_rate=RATE, seed=3).draw(inputs.crops, y, inputs.gains)
+    assert b.layer == 0 and b.out_gains is not None
+    got = b(b.inputs).numpy()  # what StagedModel.forward hands its first stage when the layer is 0
+    gains = draw.gains.double().numpy()
+    scale = np.abs(crops).max()
+    gain_before = []
+    for i, j in enumerate(b.partner.tolist()):
+        r, th = float(b.r[i]), b.theta.double().numpy()
+        want = _reference_input(strategy, crops, i, j, r, th[i], th[j], float(gains[i]))
+        np.testing.assert_allclose(got[i], want, rtol=0, atol=1e-5 * scale)
+        # the other order (each crop gained before the mix) is a different input: the test tells them apart
+        before = _reference_input(strategy, crops * gains[:, None], i, j, r, th[i], th[j], None)
+        gain_before.append(np.abs(before - want).max() / np.abs(want).max())
+    assert max(gain_before) > 0.05
+
+
+@pytest.mark.parametrize("strategy", ["speechmix", "intermix", "intermix_official"])
+def test_gain_multiplies_each_input_of_a_hidden_space_mix(tiny_data, strategy):
+    """No mixed waveform exists: each (phase-shifted) input is gained before the network, and p sees its level."""
+    bank, draw, crops = _real_batch(tiny_data)
+    inputs = train_inputs(bank, draw)
+    y = bank.labels[draw.clips]
+    b = Mixer(STRATEGIES[strategy], num_classes=10, sample_rate=RATE, seed=3).draw(inputs.crops, y, inputs.gains)
+    assert b.layer in STRATEGIES[strategy].layers and b.layer > 0 and b.out_gains is None
+    th = b.theta.double().numpy()
+    shifted = np.stack([_rotate_np(c, t) for c, t in zip(crops, th)]) if STRATEGIES[strategy].rotate_input_phase else crops
+    want = shifted * draw.gains.double().numpy()[:, None]
+    np.testing.assert_allclose(b.inputs.numpy(), want, rtol=0, atol=1e-5 * np.abs(crops).max())
+    if b.levels is not None:
+        torch.testing.assert_close(b.levels, a_weighted_level_db(b.inputs, RATE))
+
+
+@pytest.mark.parametrize("strategy", ["standard", "bc", "intermix"])
+def test_training_step_feeds_the_network_the_gained_input(tiny_data, strategy):
+    """Through training_step: the first stage of a real model sees gain x (Standard), gain x mix (BC), gained inputs (InterMix)."""
+    bank, draw, _ = _real_batch(tiny_data)
+    inputs = train_inputs(bank, draw)
+    y = bank.labels[draw.clips]
+    torch.manual_seed(0)
+    model = create_model("m18", 10)
+    seen = []
+    model.stages[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    training_step(model, opt, Mixer(STRATEGIES[strategy], 10, RATE, seed=5), inputs, y)
+    twin = Mixer(STRATEGIES[strategy], 10, RATE, seed=5).draw(inputs.crops, y, inputs.gains)  # the same draws
+    if twin is None:
+        want = inputs.crops * inputs.gains[:, None]
+    else:
+        want = twin(twin.inputs) if twin.layer == 0 else twin.inputs
+    torch.testing.assert_close(seen[0], want)

@@ -40,7 +40,33 @@ def test_same_seed_same_result(tiny_data, tmp_path, strategy):
     evaluated = [h for h in a.history if h.val_error is not None]
     assert a.best_val_error == min(h.val_error for h in evaluated)
     assert a.best_epoch in {h.epoch for h in evaluated if h.val_error == a.best_val_error}
-    assert a.best_val_error <= a.test_error
+
+
+@pytest.mark.parametrize(("eval_every", "errors", "best"), [
+    (1, [60.0, 20.0, 30.0, 50.0], (20.0, 2)),  # best in the middle, the last epoch worse
+    (2, [40.0, 10.0], (10.0, 4)),  # only epochs 2 and 4 are evaluated: the best is the last evaluated one
+    (1, [30.0, 30.0, 50.0, 40.0], (30.0, 1)),  # a tie: the earlier epoch
+])
+def test_best_epoch_is_the_lowest_evaluated_error_not_the_last(tiny_data, tmp_path, monkeypatch, eval_every, errors,
+                                                              best):
+    """A history whose best is not the last: the result keeps the last epoch's error and the best one apart."""
+    import intermix_core.method.train as train_module
+
+    scripted = iter(errors)
+    real = train_module.clip_error
+    last: list[float] = []
+
+    def scripted_error(probs, labels):  # the 10-crop test's error after each evaluated epoch, then the final one
+        real(probs, labels)
+        last.append(next(scripted, last[-1] if last else 0.0))
+        return last[-1]
+
+    monkeypatch.setattr(train_module, "clip_error", scripted_error)
+    result = train_fold(tiny_cfg("standard", epochs=4, eval_every=eval_every), tiny_data, 1, tmp_path, progress=False)
+    assert [h.val_error for h in result.history if h.val_error is not None] == errors
+    assert [h.epoch for h in result.history if h.val_error is not None] == list(range(eval_every, 5, eval_every))
+    assert (result.best_val_error, result.best_epoch) == best
+    assert result.test_error == errors[-1]  # the project's number is the last epoch's, whatever the best was
 
 
 def test_resume_equals_uninterrupted(tiny_data, tmp_path):
@@ -85,8 +111,8 @@ def test_authors_protocol_steps_on_64_rows_of_adjacent_pairs(tiny_data, tmp_path
     real_step = train_module.training_step
 
     def spy(model, opt, mixer, x, y, precision="fp32"):
-        shapes.append(tuple(x.shape))
-        batch = mixer.draw(x, y)
+        shapes.append(tuple(x.crops.shape))
+        batch = mixer.draw(x.crops, y)
         partners.append((y, batch.partner))
         mixer.layer_generator.manual_seed(0)  # the spy's draw must not shift the real one's layer
         return real_step(model, opt, mixer, x, y, precision)
