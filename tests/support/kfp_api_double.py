@@ -26,9 +26,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlparse
+
+from http_double import serving
 
 API = "/apis/v2beta1"
 
@@ -185,12 +187,6 @@ def _handler(state: KfpApiDouble) -> type[BaseHTTPRequestHandler]:
 def kfp_api_double(**behaviour: Any) -> Iterator[KfpApiDouble]:
     """Serve the test double on a free 127.0.0.1 port for the duration of the block (behaviour: KfpApiDouble fields)."""
     state = KfpApiDouble(**behaviour)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(_handler(state)) as port:
+        state.url = f"http://127.0.0.1:{port}"
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -14,13 +14,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlparse
+
+from http_double import serving
 
 
 @dataclass
@@ -100,12 +101,6 @@ def _handler(state: RegistryDouble) -> type[BaseHTTPRequestHandler]:
 def registry_double(**behaviour: Any) -> Iterator[RegistryDouble]:
     """Serve the double on a free 127.0.0.1 port for the duration of the block (behaviour: RegistryDouble fields)."""
     state = RegistryDouble(**behaviour)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    state.host = f"127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(_handler(state)) as port:
+        state.host = f"127.0.0.1:{port}"
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()

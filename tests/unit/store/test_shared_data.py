@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from intermix_core.data import FORMAT_VERSION, load_prepared
+from intermix_core.data import FORMAT_VERSION, Manifest, load_prepared
 from intermix_core.run.steps import prepare_shared_step, prepared_data
 from intermix_core.store.prepared import (
     COMPLETE,
@@ -181,12 +181,13 @@ def test_a_tampered_cache_entry_is_downloaded_again(s3_env: str, tmp_path: Path,
         poisoned = bytearray(fold.read_bytes())
         poisoned[-64:] = bytes(64)  # the last samples silenced: same size, the manifest's size check passes
         fold.write_bytes(bytes(poisoned))
-    if tamper == "fold-and-manifest":  # a consistent forgery: the local manifest carries the new checksum
+    if tamper == "fold-and-manifest":  # a consistent forgery: the local manifest carries the new checksum, resealed
         manifest = json.loads((entry / "manifest.json").read_text())
         for ff in manifest["fold_files"]:
             if ff["file"] == "fold1.npy":
                 ff["sha256"] = hashlib.sha256(fold.read_bytes()).hexdigest()
-        (entry / "manifest.json").write_text(json.dumps(manifest))
+        forged = Manifest.model_validate(manifest).sealed()  # its digest recomputed: it needs no secret
+        (entry / "manifest.json").write_text(forged.model_dump_json())
         load_prepared(entry)  # the entry verifies against its own manifest: only the store can tell
     if tamper == "extra-file":
         (entry / "fold9.npy").write_bytes(b"planted")
