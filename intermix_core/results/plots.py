@@ -92,6 +92,11 @@ def _draw(ax: object, by_epoch: dict[int, list[float]], color: str, label: str, 
                     capsize=3, linestyle="none")
 
 
+def _panels(results: Sequence[FoldResult]) -> tuple[list[tuple[str, str]], list[str]]:
+    """(rows: dataset x setup, columns: strategies) of a figure with one panel per cell, in the paper's order."""
+    return _groups([(r.dataset, r.setup) for r in results]), _strategy_sort({r.strategy for r in results})
+
+
 def plot_learning_curves(results: Sequence[FoldResult], path: str | Path) -> Path | None:
     """Train loss (every epoch) and test-fold error (every evaluated epoch) per strategy, mean ± SE; None if no history."""
     fig = learning_curves_figure(results)
@@ -134,8 +139,7 @@ def plot_fold_curves(results: Sequence[FoldResult], path: str | Path) -> Path | 
     with_history = [r for r in results if r.status == "ok" and r.history]
     if not with_history:
         return None
-    groups = _groups([(r.dataset, r.setup) for r in with_history])
-    strategies = _strategy_sort({r.strategy for r in with_history})
+    groups, strategies = _panels(with_history)
     fig = Figure(figsize=(3.6 * len(strategies) + 1.2, 2.8 * len(groups) + 0.6), layout="constrained")
     axes = fig.subplots(len(groups), len(strategies), squeeze=False, sharey=True)
     folds = sorted({r.fold for r in with_history})
@@ -253,8 +257,7 @@ def plot_confusions(results: Sequence[FoldResult], path: str | Path) -> Path | N
     with_matrix = [r for r in results if r.status == "ok" and r.confusion]
     if not with_matrix:
         return None
-    groups = _groups([(r.dataset, r.setup) for r in with_matrix])
-    strategies = _strategy_sort({r.strategy for r in with_matrix})
+    groups, strategies = _panels(with_matrix)
     n = max(len(r.confusion) for r in with_matrix)  # type: ignore[arg-type]
     side = 2.6 + (0.2 if n <= 12 else 0.09) * n
     fig = Figure(figsize=(side * len(strategies) + 1.5, side * len(groups) + 0.6), layout="constrained")

@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 from pathlib import Path
 
 import pytest
-from fake_results import MIX, STD, grid
-from raw_store import raw_get, raw_put
 
 from intermix_core.records import RESULT, EpochRecord, save_result
 from intermix_core.run.aggregate import NoResults, aggregate_step
@@ -27,6 +24,10 @@ from intermix_core.store.layout import cell_prefix, read_pointer
 from intermix_core.store.reports import latest_version
 from intermix_core.store.storage import SIDECAR, SIGNING_KEY_ENV, Storage
 from pipelines.cli import main
+
+from fake_results import MIX, STD, grid
+from raw_store import raw_get, raw_put
+from together import at_once
 
 EXPECTED = [["esc10", "envnet_v2", s, f] for s in ("standard", "intermix") for f in range(1, 6)]
 
@@ -101,19 +102,8 @@ def test_concurrent_aggregations_publish_only_complete_files(storage: Storage, t
     """Four aggregations of one grid at once, sharing one --out folder: every published version and the folder
     hold complete, parseable files (two versions used to hold a 0-byte learning_curves.png or fgsm.png)."""
     _publish_results(storage, "grid-c", tmp_path, {"standard": STD, "intermix": MIX})
-    out, errors = tmp_path / "shared-out", []
-
-    def aggregate() -> None:
-        try:
-            aggregate_step([], out, EXPECTED, grid_id="grid-c", store_root=storage.uri(""))
-        except BaseException as err:  # noqa: BLE001 - reported below
-            errors.append(err)
-
-    threads = [threading.Thread(target=aggregate) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    out = tmp_path / "shared-out"
+    errors = at_once([lambda: aggregate_step([], out, EXPECTED, grid_id="grid-c", store_root=storage.uri(""))] * 4)
     assert not errors, errors
     versions = sorted({k.split("/")[3] for k in storage.list("grid-c/reports/versions")})
     assert len(versions) == 4

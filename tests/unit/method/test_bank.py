@@ -206,13 +206,18 @@ def test_train_inputs_hold_the_crops_before_gain_and_the_gains_apart(tiny_data):
     torch.testing.assert_close(train_batch(bank, draw), got.crops * draw.gains[:, None])
 
 
+def _mixed(tiny_data, strategy: str):  # noqa: ANN001, ANN202
+    """A real batch with fixed draws and the mixer's draw of `strategy` on it: (draw, crops as numpy, MixBatch)."""
+    bank, draw, crops = _real_batch(tiny_data)
+    inputs = train_inputs(bank, draw)
+    mixer = Mixer(STRATEGIES[strategy], num_classes=10, sample_rate=RATE, seed=3)
+    return draw, crops, mixer.draw(inputs.crops, bank.labels[draw.clips], inputs.gains)
+
+
 @pytest.mark.parametrize("strategy", ["bc", "mixup", "intermix_vanilla"])
 def test_gain_multiplies_the_mixed_waveform_of_an_input_space_mix(tiny_data, strategy):
     """On fixed draws: gain_i * mix(x_i, x_j), p from the levels of the crops before gain (BC's dataset.py)."""
-    bank, draw, crops = _real_batch(tiny_data)
-    inputs = train_inputs(bank, draw)
-    y = bank.labels[draw.clips]
-    b = Mixer(STRATEGIES[strategy], num_classes=10, sample_rate=RATE, seed=3).draw(inputs.crops, y, inputs.gains)
+    draw, crops, b = _mixed(tiny_data, strategy)
     assert b.layer == 0 and b.out_gains is not None
     got = b(b.inputs).numpy()  # what StagedModel.forward hands its first stage when the layer is 0
     gains = draw.gains.double().numpy()
@@ -231,10 +236,7 @@ def test_gain_multiplies_the_mixed_waveform_of_an_input_space_mix(tiny_data, str
 @pytest.mark.parametrize("strategy", ["speechmix", "intermix", "intermix_official"])
 def test_gain_multiplies_each_input_of_a_hidden_space_mix(tiny_data, strategy):
     """No mixed waveform exists: each (phase-shifted) input is gained before the network, and p sees its level."""
-    bank, draw, crops = _real_batch(tiny_data)
-    inputs = train_inputs(bank, draw)
-    y = bank.labels[draw.clips]
-    b = Mixer(STRATEGIES[strategy], num_classes=10, sample_rate=RATE, seed=3).draw(inputs.crops, y, inputs.gains)
+    draw, crops, b = _mixed(tiny_data, strategy)
     assert b.layer in STRATEGIES[strategy].layers and b.layer > 0 and b.out_gains is None
     th = b.theta.double().numpy()
     shifted = np.stack([_rotate_np(c, t) for c, t in zip(crops, th)]) if STRATEGIES[strategy].rotate_input_phase else crops

@@ -4,14 +4,12 @@ threads and processes."""
 
 from __future__ import annotations
 
-import json
-
 import fcntl
 import hashlib
+import json
 import multiprocessing
 import os
 import shutil
-import threading
 import time
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import pytest
 
 from intermix_core.data import FORMAT_VERSION, Manifest, load_prepared
 from intermix_core.run.steps import prepare_shared_step, prepared_data
+from intermix_core.store.layout import read_pointer
 from intermix_core.store.prepared import (
     COMPLETE,
     CURRENT,
@@ -28,8 +27,9 @@ from intermix_core.store.prepared import (
     publish_prepared,
     source_fingerprint,
 )
-from intermix_core.store.layout import read_pointer
 from intermix_core.store.storage import open_storage
+
+from together import at_once
 
 RATE = 8000  # the demo subset at M18's rate: the cheapest preparation
 
@@ -116,21 +116,13 @@ def test_node_cache_one_download_for_concurrent_tasks(s3_env: str, tmp_path: Pat
     uri, _ = publish_prepared("demo", "esc10", RATE, s3_env)
     cache = tmp_path / "cache"
     seen: list[Path] = []
-    errors: list[BaseException] = []
 
     def task() -> None:
-        try:
-            with cached_prepared(uri, cache) as data:
-                seen.append(data)
-                time.sleep(0.5)  # in use while the others arrive
-        except BaseException as err:  # noqa: BLE001 - reported below
-            errors.append(err)
+        with cached_prepared(uri, cache) as data:
+            seen.append(data)
+            time.sleep(0.5)  # in use while the others arrive
 
-    threads = [threading.Thread(target=task) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = at_once([task] * 4)
     assert not errors and len(set(seen)) == 1
     entries = [p for p in cache.iterdir() if p.is_dir()]
     assert entries == [seen[0]] and (seen[0] / COMPLETE).is_file()  # one entry, no leftover staging folders
