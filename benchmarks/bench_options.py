@@ -1,4 +1,4 @@
-"""The GPU-speed options of `optim` (precision, channels_last, compile) against the plain step, side by side in one run.
+"""The GPU-speed options of `optim` (precision, channels_last, compile) and cuDNN's autotuner against the plain step.
 
 Usage:
     python benchmarks/bench_options.py [--models envnet_v2 ...] [--batch 32] [--repeats 5] [--threads 1]
@@ -34,12 +34,18 @@ from intermix_core.method.train import training_step  # noqa: E402
 from intermix_core.models import create_model, list_models, model_class, speed_up  # noqa: E402
 
 NUM_CLASSES = 50
-VARIANTS = {  # name: (precision, channels_last, compile)
-    "fp32": ("fp32", False, False),
-    "bf16": ("bf16", False, False),
-    "channels_last": ("fp32", True, False),
-    "compile": ("fp32", False, True),
-    "bf16+compile": ("bf16", False, True),
+VARIANTS = {  # name: (precision, channels_last, compile, cudnn_benchmark)
+    "fp32": ("fp32", False, False, False),
+    "bf16": ("bf16", False, False, False),
+    "channels_last": ("fp32", True, False, False),
+    "compile": ("fp32", False, True, False),
+    "bf16+compile": ("bf16", False, True, False),
+    # cuDNN's autotuner (torch.backends.cudnn.benchmark): times each convolution's algorithms once per input shape
+    # and keeps the fastest. Not yet an option of `optim`: on the H200 (2026-12-04) bf16 was no faster than fp32
+    # and compile gained nothing, which points at the convolution algorithms cuDNN picks without it.
+    "cudnn_benchmark": ("fp32", False, False, True),
+    "bf16+cudnn_benchmark": ("bf16", False, False, True),
+    "channels_last+bf16+cudnn_benchmark": ("bf16", True, False, True),
 }
 
 
@@ -60,7 +66,8 @@ def bench_model(name: str, device: torch.device, batch: int, repeats: int, varia
         reference = base.eval()(x)  # the plain model's logits, once: every variant starts from these weights
     runs, compile_s, drift = {}, {}, {}
     for v in variants:
-        precision, channels_last, compiled = VARIANTS[v]
+        precision, channels_last, compiled, autotune = VARIANTS[v]
+        torch.backends.cudnn.benchmark = autotune
         model = speed_up(copy.deepcopy(base), channels_last=channels_last, compile_stages=compiled)
         opt = make_optimizer(model.parameters(), OptimConfig(update_rule="pytorch"), 1e-3)
         mixer = Mixer(STRATEGIES["intermix"], NUM_CLASSES, cls.sample_rate, seed=0)
@@ -76,16 +83,18 @@ def bench_model(name: str, device: torch.device, batch: int, repeats: int, varia
         runs[v] = (model, opt, mixer, precision, [])
     for _ in range(repeats):
         for v, (model, opt, mixer, precision, times) in runs.items():
+            torch.backends.cudnn.benchmark = VARIANTS[v][3]
             sync(device)
             t0 = time.perf_counter()
             training_step(model, opt, mixer, x, y, precision)
             sync(device)
             times.append(time.perf_counter() - t0)
+    torch.backends.cudnn.benchmark = False
     plain = statistics.median(runs["fp32"][4])
     rows = []
     for v, (_, _, _, _, times) in runs.items():
         t = statistics.median(times)
-        rows.append(f"{name:<11} {v:<14} {t:>9.3f} {batch / t:>10.1f} {plain / t:>8.2f}x {drift[v]:>11.2e} "
+        rows.append(f"{name:<11} {v:<34} {t:>9.3f} {batch / t:>10.1f} {plain / t:>8.2f}x {drift[v]:>11.2e} "
                     f"{compile_s[v]:>9.1f}")
     return rows
 
@@ -105,7 +114,7 @@ def main() -> None:
     device = resolve_device(args.device)
     variants = [v for v in VARIANTS if not (args.no_compile and VARIANTS[v][2])]
     print(f"device {device}; batch {args.batch}; median of {args.repeats} interleaved rounds; InterMix steps")
-    print(f"{'model':<11} {'variant':<14} {'s/step':>9} {'samples/s':>10} {'vs fp32':>9} {'max |Δlogit|':>11} "
+    print(f"{'model':<11} {'variant':<34} {'s/step':>9} {'samples/s':>10} {'vs fp32':>9} {'max |Δlogit|':>11} "
           f"{'warm-up s':>9}")
     for name in args.models:
         for row in bench_model(name, device, args.batch, args.repeats, variants):

@@ -5,6 +5,7 @@ naming the file/field/value and exit with status 2; a failed run exits with 1.
 """
 
 import argparse
+import importlib
 import os
 import sys
 
@@ -38,6 +39,8 @@ DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
 def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name) or default
 
+
+LOCAL_COMMANDS = ("cmd_prepare", "cmd_study", "cmd_estimate")  # served by pipelines.local_commands
 
 GRID_HELP = "grid file, or a packaged grid: demo, gpu-study, paper (default: demo)"
 GRID_ID_HELP = GRID_HELP[:-len(" (default: demo)")] + ", or the id of a grid saved in the store (default: demo)"
@@ -340,8 +343,9 @@ def main(argv: list[str] | None = None) -> int:
         args.from_scratch = True
 
     # the subcommands pull in torch's models, MLflow, boto3 and kfp (seconds of imports): loaded only once the
-    # command line parsed, so `intermix --help` and usage errors answer at once
-    from pipelines import commands
+    # command line parsed, so `intermix --help` and usage errors answer at once; `prepare`, `study` and `estimate` load
+    # pipelines.local_commands alone, which needs none of MLflow, boto3 or kfp (a bare GPU machine has none)
+    commands = importlib.import_module("pipelines.local_commands" if args.func in LOCAL_COMMANDS else "pipelines.commands")
 
     try:
         return getattr(commands, args.func)(args)

@@ -5,13 +5,11 @@ Errors a user can fix raise UsageError, ConfigError, DataError, StorageError or 
 """
 
 import argparse
-import dataclasses
 import json
 import os
-import re
 import sys
-import time
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +33,12 @@ from intermix_core.config.grid import (
 )
 from intermix_core.data import DataError
 from intermix_core.method.train import FoldInterrupted
-from intermix_core.models import model_class
 from intermix_core.records import CHECKPOINT, RESULT, load_result
 from intermix_core.results.statistics import Summary
 from intermix_core.results.tables import REPORT_HTML, format_terminal
 from intermix_core.run.aggregate import aggregate_step, describe_absent
-from intermix_core.run.estimate import estimate_grid, format_estimate, load_throughput
 from intermix_core.run.status import format_status, grid_status, kfp_run_states
-from intermix_core.run.steps import attack_checkpoint_step, attack_step, preprocess_step, train_step
-from intermix_core.run.study import run_study
+from intermix_core.run.steps import attack_checkpoint_step, attack_step, train_step
 from intermix_core.store.grid_store import load_grid_spec
 from intermix_core.store.reports import fetch_latest_report_file
 from intermix_core.store.storage import StorageError, open_storage
@@ -51,6 +46,7 @@ from intermix_core.tracking.client import TrackingError
 from intermix_core.tracking.tracker import FoldSuperseded
 from pipelines.grid_pipeline import compile_grid
 from pipelines.local import LocalRun, Workdir, rerun_fold_local, run_grid_local
+from pipelines.local_commands import GRID_ID, UsageError, grid_name, with_on_silent
 from pipelines.options import ClusterOptions, Toleration, load_cluster_options
 from pipelines.registry import ImageCheckError, check_images, compiled_images
 from pipelines.submit import (
@@ -63,11 +59,6 @@ from pipelines.submit import (
     submit_grid,
     submit_rerun,
 )
-
-
-class UsageError(Exception):
-    """A mistake in the command line that argparse cannot see (e.g. a value that fits no grid cell)."""
-
 
 # what `intermix` prints as one line and exits 2 for: the user can fix it. ValueError: what the core raises for
 # inputs that do not fit (e.g. a fold the prepared data lacks); OSError: the machine refused (a full disk, a
@@ -99,44 +90,20 @@ def _sources(args: argparse.Namespace) -> dict[str, str]:
     return sources
 
 
-GRID_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}-[0-9a-f]{10}$")  # config.grid.grid_id: <name>-<10 hex digits>
-
-
-def _grid_name(args: argparse.Namespace) -> str:
-    """The one grid the command line names (GRID, --grid or --grid-id), default demo; two different ones are an error."""
-    given = {flag: v for flag, v in (("GRID", getattr(args, "grid_pos", None)), ("--grid", getattr(args, "grid", None)),
-                                     ("--grid-id", getattr(args, "grid_id", None))) if v}
-    if len(set(given.values())) > 1:
-        raise UsageError("two grids given: " + " and ".join(f"{k} {v}" for k, v in given.items()))
-    return next(iter(given.values()), "demo")
-
-
 def _load_grid(args: argparse.Namespace, store: str | None = None) -> GridSpec:
     """The grid named on the command line: a file, a packaged grid, or (with a store) the id of a grid saved there."""
-    name = _grid_name(args)
+    name = grid_name(args)
     if store and GRID_ID.match(name) and not Path(name).is_file() and name not in packaged_grids():
         grid = parse_grid(load_grid_spec(store, name), source=f"{store}/{name}/grid.json")
     else:
         grid = load_grid(name, name=getattr(args, "name", None))
-    if getattr(args, "on_silent", None):
-        grid = grid.model_copy(update={"on_silent": args.on_silent})
-    return grid
+    return with_on_silent(grid, args)
 
 
 def _workdir(args: argparse.Namespace) -> Workdir:
     """The local work directory, with --store and --tracking-uri (else MLFLOW_TRACKING_URI) when given."""
     tracking = getattr(args, "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI") or None
     return Workdir(Path(args.workdir), store_uri=getattr(args, "store", None) or None, tracking=tracking)
-
-
-def cmd_prepare(args: argparse.Namespace) -> int:
-    """Prepare one dataset."""
-    if args.sample_rate is None and args.model is None:
-        raise UsageError("prepare: give --model (its sample rate is used) or --sample-rate")
-    rate = args.sample_rate or model_class(args.model).sample_rate
-    manifest = preprocess_step(args.source, args.dataset, rate, args.out, progress=True, on_silent=args.on_silent)
-    print(f"prepared {args.dataset} at {rate} Hz: {len(manifest.clips)} clips in folds {manifest.folds} -> {args.out}")
-    return 0
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -362,21 +329,6 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_estimate(args: argparse.Namespace) -> int:
-    """Print a grid's training samples and device-hours from measured throughput."""
-    grid = _load_grid(args)
-    rows = estimate_grid(grid, load_throughput(args.throughput), args.device)
-    if args.json:
-        known = [r.hours for r in rows if r.hours is not None]
-        print(json.dumps({"grid_id": grid_id(grid), "total_hours": sum(known) if known else None,
-                          "unmeasured": sorted({m for r in rows for m in r.unmeasured}),
-                          "setups": [dataclasses.asdict(r) | {"devices": sorted(r.devices), "unmeasured": sorted(r.unmeasured)}
-                                     for r in rows]}, indent=2))
-        return 0
-    print(format_estimate(grid.name, rows))
-    return 0
-
-
 def cmd_config(args: argparse.Namespace) -> int:
     """Print the resolved configuration of the grid's cells that match --dataset/--setup/--strategy, as YAML."""
     grid = _load_grid(args)
@@ -420,23 +372,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(format_status(status, time.time()))
     return 0
-
-
-def cmd_study(args: argparse.Namespace) -> int:
-    """Train one dataset x setup's folds concurrently on one device inside a time budget."""
-    if args.concurrency < 1 or args.budget <= 0:
-        raise UsageError("--concurrency must be >= 1 and --budget > 0 seconds")
-    grid = _load_grid(args)
-    rate = None
-    if args.throughput:
-        shard = shards(grid)[0]
-        cfg = next(iter(shard.configs.values()))
-        hits = [r for r in load_throughput(args.throughput) if r["model"] == cfg.model
-                and r["precision"] == cfg.optim.precision and r["device"] == ("cpu" if args.device == "cpu" else r["device"])]
-        rate = max((r["full_samples_per_s"] for r in hits), default=None)
-    report = run_study(grid, args.data, args.out, budget_seconds=args.budget, concurrency=args.concurrency,
-                       device=args.device, samples_per_s=rate)
-    return 0 if report.finished == len(report.folds) else 1
 
 
 def cmd_compile(args: argparse.Namespace) -> int:

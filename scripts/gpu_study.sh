@@ -11,43 +11,62 @@
 #   4. options: benchmarks/bench_options.py (bf16, channels-last, compile against the plain step, EnvNet-v2);
 #   5. estimate: `intermix estimate paper` from the throughput just measured.
 # Everything lands in OUT (default: $OUT if set, else ./gpu-study-out): study/, throughput.json, <stage>.log,
-# gpu-study.log. Settings through the environment:
-#   ESC10=.esc10 BUDGET=420 CONCURRENCY=6 BENCH_MODELS="envnet envnet_v2" PYTHON=python3 STAGE_SLACK=60
+# gpu-study.log. The study's steps (prepare, study, estimate) need PyTorch and pydantic/soundfile only: no MLflow,
+# boto3 or kfp (pipelines/local_commands.py). Settings through the environment:
+#   ESC10=.esc10 BUDGET=330 CONCURRENCY=10 BENCH_MODELS="envnet envnet_v2" PYTHON=python3 STAGE_SLACK=45 DEVICE=cuda
+#   GRID=gpu-study MODEL=envnet BENCHMARKS=1 STUDY_DIR=$OUT/study LOGS=$OUT PREPARED=/tmp/intermix-esc10-$MODEL
+# With STUDY_DIR outside OUT, OUT gets the study's study.json, table1.md, report.html and summary.json (not its
+# checkpoints): what a lent machine sends back is a few small files.
+# The defaults fit one 10-minute call of a lent machine: at most about 40 s of set-up and preparation, the study's
+# BUDGET plus STAGE_SLACK (the finishing folds' FGSM and the reports), then about 3 minutes of benchmarks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 ESC10=${ESC10:-.esc10}
-BUDGET=${BUDGET:-420}
-CONCURRENCY=${CONCURRENCY:-6}
+BUDGET=${BUDGET:-330}
+CONCURRENCY=${CONCURRENCY:-10}
+DEVICE=${DEVICE:-cuda}
+GRID=${GRID:-gpu-study}        # a grid of one dataset x setup (a file or a packaged grid)
+MODEL=${MODEL:-envnet}        # the model whose sample rate the data is prepared at
+BENCHMARKS=${BENCHMARKS:-1}   # 0: stop after the study
 BENCH_MODELS=${BENCH_MODELS:-"envnet envnet_v2"}
 DEST=${OUT:-gpu-study-out}
-mkdir -p "$DEST"
+STUDY_DIR=${STUDY_DIR:-$DEST/study}   # fold results and checkpoints (EnvNet's are ~400 MB each)
+LOGS=${LOGS:-$DEST}                   # one <stage>.log per stage, beside gpu-study.log (which has them all)
+PREPARED=${PREPARED:-/tmp/intermix-esc10-$MODEL}
+mkdir -p "$DEST" "$STUDY_DIR" "$LOGS"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 if ! "$PYTHON" -c "import pydantic, soundfile" 2>/dev/null; then
   [ -d .whl ] || { echo "pydantic/soundfile missing and no .whl folder to install them from (docs/gpu-study.md)" >&2; exit 2; }
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/intermix-site .whl/*.whl
   export PYTHONPATH="/tmp/intermix-site:$PYTHONPATH"
 fi
-STAGE_SLACK=${STAGE_SLACK:-60}
+STAGE_SLACK=${STAGE_SLACK:-45}
 log="$DEST/gpu-study.log"
 stage() {  # stage NAME SECONDS COMMAND...: run under a timeout, output to OUT/NAME.log and the log; never abort
   local name=$1 seconds=$2 rc=0
   shift 2
   echo "== $(date -u +%FT%TZ) stage $name (at most ${seconds} s)" | tee -a "$log"
-  timeout --kill-after=10 "$seconds" "$@" > >(tee "$DEST/$name.log" >> "$log") 2>&1 || rc=$?
+  timeout --kill-after=10 "$seconds" "$@" > >(tee "$LOGS/$name.log" >> "$log") 2>&1 || rc=$?
   echo "== $(date -u +%FT%TZ) stage $name: exit $rc" | tee -a "$log"
 }
 {
   echo "== $(date -u +%FT%TZ) $("$PYTHON" -c 'import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU")')"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
 } | tee -a "$log"
-stage prepare 300 "$PYTHON" -m pipelines.cli prepare --dataset esc10 --source "$ESC10" --model envnet --out /tmp/intermix-esc10-16k
-stage study $((BUDGET + STAGE_SLACK)) "$PYTHON" -m pipelines.cli study gpu-study --data /tmp/intermix-esc10-16k \
-    --out "$DEST/study" --budget "$BUDGET" --concurrency "$CONCURRENCY" --device cuda
-stage throughput 240 "$PYTHON" benchmarks/bench_throughput.py --device cuda --models $BENCH_MODELS --repeats 10 \
+stage prepare 120 "$PYTHON" -m pipelines.cli prepare --dataset esc10 --source "$ESC10" --model "$MODEL" --out "$PREPARED"
+stage study $((BUDGET + STAGE_SLACK)) "$PYTHON" -m pipelines.cli study "$GRID" --data "$PREPARED" \
+    --out "$STUDY_DIR" --budget "$BUDGET" --concurrency "$CONCURRENCY" --device "$DEVICE"
+if [ "$STUDY_DIR" != "$DEST/study" ]; then  # the study's small outputs beside the log (not its checkpoints)
+  for f in study.json reports/table1.md reports/report.html reports/summary.json; do
+    if [ -f "$STUDY_DIR/$f" ]; then cp "$STUDY_DIR/$f" "$DEST/$(basename "$f")"; fi
+  done
+fi
+[ "$BENCHMARKS" = 1 ] || exit 0
+stage throughput 90 "$PYTHON" benchmarks/bench_throughput.py --device "$DEVICE" --models $BENCH_MODELS --repeats 5 \
     --save "$DEST/throughput.json"
-stage mixing 180 "$PYTHON" benchmarks/bench_mixing.py --device cuda --models $BENCH_MODELS m18 soundnet5 --repeats 20
-stage options 180 "$PYTHON" benchmarks/bench_options.py --device cuda --models envnet_v2 --repeats 10
+stage mixing 60 "$PYTHON" benchmarks/bench_mixing.py --device "$DEVICE" --models $BENCH_MODELS m18 soundnet5 --repeats 10
+stage options 75 "$PYTHON" benchmarks/bench_options.py --device "$DEVICE" --models envnet_v2 --repeats 5
 if [ -f "$DEST/throughput.json" ]; then
-  stage estimate 60 "$PYTHON" -m pipelines.cli estimate paper --throughput "$DEST/throughput.json" --device cuda
+  stage estimate 20 "$PYTHON" -m pipelines.cli estimate paper --throughput "$DEST/throughput.json" --device "$DEVICE"
 fi

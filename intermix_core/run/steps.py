@@ -15,14 +15,14 @@ from pathlib import Path
 
 from intermix_core.common.names import check_name
 from intermix_core.config import parse_config
-from intermix_core.data import Manifest, prepare_dataset
+from intermix_core.data import Manifest
 from intermix_core.method.attack import attack_fold
 from intermix_core.method.checkpoint import FoldBusy, load_checkpoint
 from intermix_core.method.train import train_fold
 from intermix_core.records import CHECKPOINT, RESULT, FoldResult, load_result, save_result
 from intermix_core.run.sync import CheckpointPusher, patiently, pull_fold, record_failure
 from intermix_core.store.layout import cell_prefix
-from intermix_core.store.prepared import cached_prepared, publish_prepared, resolve_source
+from intermix_core.store.prepared import cached_prepared, prepare_source, publish_prepared
 from intermix_core.store.storage import Storage, open_storage
 from intermix_core.tracking.tracker import FoldSuperseded, Tracker
 
@@ -40,9 +40,7 @@ def _tracker(tracking_uri: str | None) -> Tracker | None:
 def preprocess_step(source: str, dataset: str, sample_rate: int, out_dir: str | Path, progress: bool = False,
                     on_silent: str = "keep") -> Manifest:
     """Prepare `dataset` from `source` at `sample_rate` into out_dir; returns the Manifest."""
-    with tempfile.TemporaryDirectory(prefix="intermix-source-") as scratch:
-        root = resolve_source(source, scratch)
-        return prepare_dataset(root, dataset, out_dir, sample_rate, progress=progress, on_silent=on_silent)
+    return prepare_source(source, dataset, sample_rate, out_dir, progress=progress, on_silent=on_silent)
 
 
 def train_step(

@@ -164,6 +164,14 @@ def resolve_source(source: str, scratch: str | Path) -> Path:
     return path
 
 
+def prepare_source(source: str, dataset: str, sample_rate: int, out_dir: str | Path, *, progress: bool = False,
+                   on_silent: str = "keep") -> Manifest:
+    """Prepare `dataset` from `source` ('demo', an s3:// URI or a local folder) at `sample_rate` into out_dir."""
+    with tempfile.TemporaryDirectory(prefix="intermix-source-") as scratch:
+        root = resolve_source(source, scratch)
+        return prepare_dataset(root, dataset, out_dir, sample_rate, progress=progress, on_silent=on_silent)
+
+
 def publish_prepared(
     source: str, dataset: str, sample_rate: int, store_root: str, *, progress: bool = False,
     lease_seconds: float = LEASE_SECONDS, poll_seconds: float = 10.0, on_silent: str = "keep",

@@ -41,12 +41,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable
 
-import boto3
-from botocore.config import Config
-from botocore.exceptions import ClientError, EndpointConnectionError, HTTPClientError, NoCredentialsError
-from botocore.exceptions import ConnectionError as BotoConnectionError
-from botocore.exceptions import PartialCredentialsError
 from pydantic import BaseModel, ConfigDict, field_validator
+
+try:  # boto3 serves s3:// stores only; a bare GPU machine (scripts/gpu_study.sh) has none and reads local folders
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import ClientError, EndpointConnectionError, HTTPClientError, NoCredentialsError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.exceptions import PartialCredentialsError
+except ImportError:  # S3Storage says so when opened
+    boto3 = None
 
 SIDECAR = ".sha256"
 MANIFEST = ".intermix-manifest.json"
@@ -468,6 +472,8 @@ class S3Storage(Storage):
         self.bucket, _, prefix = config.root[5:].partition("/")
         self.prefix = prefix.strip("/")
         self.endpoint_url = config.endpoint_url
+        if boto3 is None:
+            raise StorageError(config.root, "s3:// stores need boto3, which this Python lacks (pip install boto3)")
         boto_cfg = Config(
             s3={"addressing_style": "path"} if config.endpoint_url else {},
             retries={"max_attempts": 4, "mode": "standard"},
