@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK  (shell completion through argcomplete, when installed: docs/pipelines.md)
 """`intermix`: prepare data, train/attack one fold, run a grid locally or on Kubeflow, watch it, read its report, rerun a fold.
 
 User mistakes (a bad grid or config, a missing file, an unknown name) print one line per problem
@@ -8,11 +9,18 @@ import argparse
 import importlib
 import os
 import sys
+from pathlib import Path
 
 from intermix_core import __version__
 from intermix_core.common.redact import redact_uris
 from intermix_core.common.text import cut
 from intermix_core.config import DATASETS, ON_SILENT, STRATEGIES
+from intermix_core.config.grid import packaged_grids
+
+try:  # shell completion is optional (pip install 'intermix[completion]'); without it the CLI is the same
+    import argcomplete
+except ImportError:
+    argcomplete = None
 
 EXAMPLES = """examples:
   intermix run                                   # the demo grid, locally; prints the report to open
@@ -27,7 +35,7 @@ EXAMPLES = """examples:
       --tracking-uri http://mlflow:5000 --source esc10=s3://bucket/raw/ESC-50 ...
   intermix status paper --store s3://bucket/intermix --tracking-uri http://mlflow:5000 --host https://kfp.example.org
 
-GRID is the same everywhere: a grid file, a packaged grid (demo, gpu-study, paper; default demo) or, where
+GRID is the same everywhere: a grid file, a packaged grid (demo, gpu-study, official, paper; default demo) or, where
 a store is read (results, rerun, status), the id of a grid saved there (e.g. demo-0123456789).
 """
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
@@ -42,13 +50,23 @@ def _env(name: str, default: str | None = None) -> str | None:
 
 LOCAL_COMMANDS = ("cmd_prepare", "cmd_study", "cmd_estimate")  # served by pipelines.local_commands
 
-GRID_HELP = "grid file, or a packaged grid: demo, gpu-study, paper (default: demo)"
+GRID_HELP = f"grid file, or a packaged grid: {', '.join(packaged_grids())} (default: demo)"
 GRID_ID_HELP = GRID_HELP[:-len(" (default: demo)")] + ", or the id of a grid saved in the store (default: demo)"
 
 
+def complete_grid(prefix: str, **_: object) -> list[str]:
+    """Shell completion of GRID: the packaged grids and the grid files (*.yaml, *.yml) under the typed folder."""
+    folder = Path(prefix).parent if prefix else Path(".")
+    files = [str(p) + ("/" if p.is_dir() else "") for p in (folder.iterdir() if folder.is_dir() else [])
+             if p.is_dir() or p.suffix in (".yaml", ".yml")]
+    files = [f.removeprefix("./") if not prefix.startswith("./") else f for f in files]
+    return [g for g in packaged_grids() + sorted(files) if g.startswith(prefix)]
+
+
 def _grid_args(p: argparse.ArgumentParser, ids: bool = False, name: bool = True) -> None:
-    p.add_argument("grid_pos", nargs="?", metavar="GRID", help=GRID_ID_HELP if ids else GRID_HELP)
-    p.add_argument("--grid", help="the same as GRID")
+    p.add_argument("grid_pos", nargs="?", metavar="GRID",
+                   help=GRID_ID_HELP if ids else GRID_HELP).completer = complete_grid  # type: ignore[attr-defined]
+    p.add_argument("--grid", help="the same as GRID").completer = complete_grid  # type: ignore[attr-defined]
     if ids:
         p.add_argument("--grid-id", help="the same as GRID, for a grid id (kept for older scripts)")
     if name:
@@ -62,10 +80,15 @@ def device(text: str) -> str:
     raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {DEVICE_CHOICES})")
 
 
+def complete_device(prefix: str, **_: object) -> list[str]:
+    """Shell completion of --device."""
+    return [d for d in ("auto", "cpu", "cuda", "cuda:0") if d.startswith(prefix)]
+
+
 def _device_arg(p: argparse.ArgumentParser, default: str | None = None) -> None:
     p.add_argument("--device", type=device, default=default, metavar="{auto,cpu,cuda,cuda:N}",
                    help="where to train or attack: auto (default: cuda when usable, else cpu), cpu, cuda or cuda:N; "
-                   "an explicit cuda that is not usable is an error")
+                   "an explicit cuda that is not usable is an error").completer = complete_device  # type: ignore[attr-defined]
 
 
 FROM_SCRATCH_HELP = ("discard the fold's checkpoint and result (in its folder and in the store) and train it from epoch 1; "
@@ -330,6 +353,8 @@ def _print_error(err: BaseException, max_lines: int = 20) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `intermix` console script."""
     parser = build_parser()
+    if argcomplete is not None:  # answers a shell's completion request (_ARGCOMPLETE set) and exits; else nothing
+        argcomplete.autocomplete(parser)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

@@ -452,3 +452,29 @@ def test_compile_check_images_and_an_unreachable_registry(tmp_path: Path, capsys
         code, _, err = _run([*argv, "--skip-image-check"], capsys)  # a registry only the cluster reaches
         assert code == 0, err
         assert len(api.runs) == 1
+
+
+def _complete(line: str, tmp_path: Path, cwd: Path | None = None) -> list[str]:
+    """What the shell would offer for `line` (argcomplete's protocol: _ARGCOMPLETE and COMP_LINE in, words out)."""
+    out = tmp_path / "completions.txt"
+    env = {"PATH": "/usr/bin:/bin", "_ARGCOMPLETE": "1", "COMP_LINE": line, "COMP_POINT": str(len(line)),
+           "_ARGCOMPLETE_STDOUT_FILENAME": str(out), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli"], cwd=cwd or tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return [word.rstrip(" ") for word in out.read_text().split("\x0b")]  # a sole completion ends with a space
+
+
+def test_shell_completion_offers_subcommands_grids_flags_and_choices(tmp_path: Path) -> None:
+    pytest.importorskip("argcomplete")
+    (tmp_path / "mine.yaml").write_text("name: mine\n")
+    (tmp_path / "notes.txt").write_text("not a grid\n")
+    assert _complete("intermix st", tmp_path) == ["status", "study"]
+    offered = _complete("intermix run ", tmp_path)  # the grids, then the flags (GRID is optional)
+    assert {"demo", "gpu-study", "official", "paper", "mine.yaml", "--workdir"} <= set(offered)
+    assert "notes.txt" not in offered
+    assert _complete("intermix run mi", tmp_path) == ["mine.yaml"]
+    assert _complete("intermix status pa", tmp_path) == ["paper"]
+    assert _complete("intermix train --device c", tmp_path) == ["cpu", "cuda", "cuda:0"]
+    assert _complete("intermix run --on-silent ", tmp_path) == ["keep", "skip", "error"]
+    assert "--from-scratch" in _complete("intermix rerun --f", tmp_path)
