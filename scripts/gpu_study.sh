@@ -8,8 +8,9 @@
 #      CONCURRENCY folds at once, stopping at BUDGET seconds (study/: fold results, reports/, study.json);
 #   2. throughput: benchmarks/bench_throughput.py (data path, step, full step, 10-crop test; fp32 and bf16);
 #   3. mixing: benchmarks/bench_mixing.py (each strategy's step against Standard's);
-#   4. options: benchmarks/bench_options.py (bf16, channels-last, compile against the plain step, EnvNet-v2);
-#   5. estimate: `intermix estimate paper` from the throughput just measured.
+#   4. options: benchmarks/bench_options.py (bf16, channels-last, compile, cuDNN's autotuner against the plain step);
+#   5. profile: benchmarks/bench_profile.py (the kernels a step spends its device time in, and how busy the device is);
+#   6. estimate: `intermix estimate paper` from the throughput just measured.
 # Everything lands in OUT (default: $OUT if set, else ./gpu-study-out): study/, throughput.json, <stage>.log,
 # gpu-study.log. The study's steps (prepare, study, estimate) need PyTorch and pydantic/soundfile only: no MLflow,
 # boto3 or kfp (pipelines/local_commands.py). Settings through the environment:
@@ -18,7 +19,7 @@
 # With STUDY_DIR outside OUT, OUT gets the study's study.json, table1.md, report.html and summary.json (not its
 # checkpoints): what a lent machine sends back is a few small files.
 # The defaults fit one 10-minute call of a lent machine: at most about 40 s of set-up and preparation, the study's
-# BUDGET plus STAGE_SLACK (the finishing folds' FGSM and the reports), then about 3 minutes of benchmarks.
+# BUDGET plus STAGE_SLACK (the finishing folds' FGSM and the reports), then 2 to 3 minutes of benchmarks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -68,6 +69,7 @@ stage throughput 90 "$PYTHON" benchmarks/bench_throughput.py --device "$DEVICE" 
     --save "$DEST/throughput.json"
 stage mixing 60 "$PYTHON" benchmarks/bench_mixing.py --device "$DEVICE" --models $BENCH_MODELS m18 soundnet5 --repeats 10
 stage options 75 "$PYTHON" benchmarks/bench_options.py --device "$DEVICE" --models envnet_v2 --repeats 5
+stage profile 60 "$PYTHON" benchmarks/bench_profile.py --device "$DEVICE" --models $BENCH_MODELS --steps 10
 if [ -f "$DEST/throughput.json" ]; then
   stage estimate 20 "$PYTHON" -m pipelines.cli estimate paper --throughput "$DEST/throughput.json" --device "$DEVICE"
 fi
