@@ -48,19 +48,17 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name) or default
 
 
-LOCAL_COMMANDS = ("cmd_prepare", "cmd_study", "cmd_estimate")  # served by pipelines.local_commands
-
 GRID_HELP = f"grid file, or a packaged grid: {', '.join(packaged_grids())} (default: demo)"
 GRID_ID_HELP = GRID_HELP[:-len(" (default: demo)")] + ", or the id of a grid saved in the store (default: demo)"
 
 
 def complete_grid(prefix: str, **_: object) -> list[str]:
     """Shell completion of GRID: the packaged grids and the grid files (*.yaml, *.yml) under the typed folder."""
-    folder = Path(prefix).parent if prefix else Path(".")
-    files = [str(p) + ("/" if p.is_dir() else "") for p in (folder.iterdir() if folder.is_dir() else [])
-             if p.is_dir() or p.suffix in (".yaml", ".yml")]
-    files = [f.removeprefix("./") if not prefix.startswith("./") else f for f in files]
-    return [g for g in packaged_grids() + sorted(files) if g.startswith(prefix)]
+    head = prefix[:prefix.rfind("/") + 1]  # the folder as typed ('' for the current one)
+    folder = Path(head or ".")
+    files = sorted(head + p.name + ("/" if p.is_dir() else "") for p in (folder.iterdir() if folder.is_dir() else [])
+                   if p.is_dir() or p.suffix in (".yaml", ".yml"))
+    return [g for g in packaged_grids() + files if g.startswith(prefix)]
 
 
 def _grid_args(p: argparse.ArgumentParser, ids: bool = False, name: bool = True) -> None:
@@ -370,11 +368,12 @@ def main(argv: list[str] | None = None) -> int:
     # the subcommands pull in torch's models, MLflow, boto3 and kfp (seconds of imports): loaded only once the
     # command line parsed, so `intermix --help` and usage errors answer at once; `prepare`, `study` and `estimate` load
     # pipelines.local_commands alone, which needs none of MLflow, boto3 or kfp (a bare GPU machine has none)
-    commands = importlib.import_module("pipelines.local_commands" if args.func in LOCAL_COMMANDS else "pipelines.commands")
+    local = importlib.import_module("pipelines.local_commands")
+    commands = local if hasattr(local, args.func) else importlib.import_module("pipelines.commands")
 
     try:
         return getattr(commands, args.func)(args)
-    except commands.USER_ERRORS as err:
+    except local.USER_ERRORS as err:
         # ValueError: what the core raises for inputs that do not fit (e.g. a fold the prepared data lacks);
         # OSError: the machine refused (a full disk, a missing or unwritable folder), named by the message
         if args.debug:
@@ -388,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         _print_error(err)
         return 1
     except KeyboardInterrupt as err:  # a fold stopped by SIGINT/SIGTERM says which, with its checkpoint saved
-        if isinstance(err, commands.SIGNALLED):
+        if isinstance(err, local.SIGNALLED):
             print(f"intermix: {err}", file=sys.stderr)
             return 128 + err.signum
         print("intermix: interrupted", file=sys.stderr)

@@ -31,8 +31,6 @@ from intermix_core.config.grid import (
     setup_of_model,
     shards,
 )
-from intermix_core.data import DataError
-from intermix_core.method.train import FoldInterrupted
 from intermix_core.records import CHECKPOINT, RESULT, load_result
 from intermix_core.results.statistics import Summary
 from intermix_core.results.tables import REPORT_HTML, format_terminal
@@ -41,7 +39,7 @@ from intermix_core.run.status import format_status, grid_status, kfp_run_states
 from intermix_core.run.steps import attack_checkpoint_step, attack_step, train_step
 from intermix_core.store.grid_store import load_grid_spec
 from intermix_core.store.reports import fetch_latest_report_file
-from intermix_core.store.storage import StorageError, open_storage
+from intermix_core.store.storage import open_storage
 from intermix_core.tracking.client import TrackingError
 from intermix_core.tracking.tracker import FoldSuperseded
 from pipelines.grid_pipeline import compile_grid
@@ -60,14 +58,9 @@ from pipelines.submit import (
     submit_rerun,
 )
 
-# what `intermix` prints as one line and exits 2 for: the user can fix it. ValueError: what the core raises for
-# inputs that do not fit (e.g. a fold the prepared data lacks); OSError: the machine refused (a full disk, a
-# missing or unwritable folder), named by the message
-USER_ERRORS = (ConfigError, DataError, StorageError, UsageError, OSError, ValueError)
-# one line and exit 1: MLflow stayed unreachable, or another attempt at the fold took it over
+# beside local_commands' USER_ERRORS (exit 2) and SIGNALLED (exit 128 + the signal), one line and exit 1: MLflow
+# stayed unreachable, or another attempt at the fold took it over
 SERVICE_ERRORS = (TrackingError, FoldSuperseded)
-# one line and exit 128 + the signal: a fold stopped by SIGINT or SIGTERM after an epoch, its checkpoint saved
-SIGNALLED = FoldInterrupted
 
 
 def _pairs(items: list[str] | None, flag: str) -> dict[str, str]:

@@ -33,7 +33,7 @@ from kfp import local
 from mlflow import MlflowClient
 from tqdm import tqdm
 
-from intermix_core.common.names import check_pipeline_value
+from intermix_core.common.names import check_pipeline_args
 from intermix_core.common.redact import redact_uris
 from intermix_core.config.grid import FoldCell, GridSpec, expand, grid_id
 from intermix_core.records import RESULT, load_result
@@ -203,9 +203,7 @@ def _progress(desc: str, store: str, gid: str, cells: list[FoldCell], enabled: b
 
 def _run_pipeline(pipeline: Any, args: dict[str, Any], log: Path, verbose: bool) -> str | None:
     """Run one pipeline locally with its output in `log`; None on success, else the failure message."""
-    for name, value in args.items():  # what reaches the pipeline's parameters: no newline, no KFP placeholder
-        if isinstance(value, str):
-            check_pipeline_value(value, name)
+    check_pipeline_args(args)  # what reaches the pipeline's parameters: no newline, no KFP placeholder
     stream = _LogStream(log, echo=sys.stdout if verbose else None)
     # kfp 2.17.3 indents task output by swapping builtins.print per task, not thread-safely: with two
     # parallel iterations an indenting print can be left behind, so put the real one back afterwards

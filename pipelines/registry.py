@@ -58,7 +58,7 @@ def split_reference(image: str) -> tuple[str, str, str]:
         host, path = first, rest
     else:
         host, path = DOCKER_HUB, name if "/" in name else f"library/{name}"
-    return ("registry-1.docker.io" if host == "docker.io" else host), path, reference
+    return (DOCKER_HUB if host == "docker.io" else host), path, reference
 
 
 def _auth_files() -> list[Path]:

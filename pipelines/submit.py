@@ -29,7 +29,7 @@ import yaml
 from kfp import compiler
 from pydantic import BaseModel, ConfigDict
 
-from intermix_core.common.names import check_pipeline_value
+from intermix_core.common.names import check_pipeline_args
 from intermix_core.config.grid import FoldCell, GridSpec, grid_id
 from pipelines.grid_pipeline import grid_pipelines
 from pipelines.options import ClusterOptions
@@ -299,9 +299,7 @@ def _submit(client: Any, endpoint: KfpEndpoint, experiment: str,
             enable_caching: bool | None) -> list[SubmittedRun]:
     """Create the runs of `jobs` (label, run name, package, arguments) that are not already there in a `keep` state."""
     for _, _, _, args in jobs:  # what reaches the pipelines' parameters: no newline, no KFP placeholder
-        for key, value in args.items():
-            if isinstance(value, str):
-                check_pipeline_value(value, key)
+        check_pipeline_args(args)
     exp_id = _experiment_id(client, endpoint, experiment)
     there = existing_runs(client, exp_id)
     done: list[SubmittedRun] = []

@@ -34,3 +34,10 @@ def check_pipeline_value(value: object, what: str) -> str:
     if "{{" in value:
         raise ValueError(f"{what} {short(value)}: '{{{{' is not allowed (Kubeflow would read it as a placeholder)")
     return value
+
+
+def check_pipeline_args(args: dict[str, object]) -> None:
+    """Every text argument of a pipeline run passes check_pipeline_value (its parameter named in the error)."""
+    for name, value in args.items():
+        if isinstance(value, str):
+            check_pipeline_value(value, name)

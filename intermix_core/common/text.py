@@ -15,6 +15,13 @@ def short(value: Any) -> str:
     return _SHORT.repr(value)
 
 
+def duration(seconds: float) -> str:
+    """A span of time in the unit a reader takes in at a glance: '45 s', '25 min', '3.2 h'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
 def cut(text: str, limit: int = 400) -> str:
     """`text` cut to `limit` characters, saying how much was left out."""
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"

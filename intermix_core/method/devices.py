@@ -28,7 +28,6 @@ class CudaBuild:
     version: str  # CUDA version, as torch.version.cuda reports it
     flavour: str  # PyTorch's name: https://download.pytorch.org/whl/<flavour>
     min_driver: str  # oldest Linux driver: CUDA minor version compatibility (12.x: >= 525.60.13, 13.x: >= 580)
-    release_driver: str  # the driver of this CUDA release: every feature, PTX JIT included
     architectures: str  # compiled GPU architectures (torch._C._cuda_getArchFlags())
 
 
@@ -37,9 +36,9 @@ class CudaBuild:
 # checked in a built image); drivers from NVIDIA's CUDA compatibility guide (minor version compatibility) and
 # the CUDA toolkit release notes. Wheels carry the CUDA runtime: a node needs only the driver.
 CUDA_BUILDS = {
-    "12.6": CudaBuild("12.6", "cu126", "525.60.13", "560.28.03", "sm_50 sm_60 sm_70 sm_75 sm_80 sm_86 sm_90"),
-    "12.8": CudaBuild("12.8", "cu128", "525.60.13", "570.26", "sm_70 sm_75 sm_80 sm_86 sm_90 sm_100 sm_120"),
-    "13.0": CudaBuild("13.0", "cu130", "580.65.06", "580.65.06", "sm_75 sm_80 sm_86 sm_90 sm_100 sm_120"),
+    "12.6": CudaBuild("12.6", "cu126", "525.60.13", "sm_50 sm_60 sm_70 sm_75 sm_80 sm_86 sm_90"),
+    "12.8": CudaBuild("12.8", "cu128", "525.60.13", "sm_70 sm_75 sm_80 sm_86 sm_90 sm_100 sm_120"),
+    "13.0": CudaBuild("13.0", "cu130", "580.65.06", "sm_75 sm_80 sm_86 sm_90 sm_100 sm_120"),
 }
 # the default flavour of the cuda image: runs on every driver from R525 on (the branches managed GPU node pools
 # install) and on V100 to Blackwell; PyPI's torch 2.11 is the 13.0 build, which needs R580

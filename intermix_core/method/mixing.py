@@ -17,6 +17,7 @@ import torch
 
 from intermix_core.config import StrategyConfig
 from intermix_core.method.audio import a_weighted_level_db
+from intermix_core.method.bank import apply_gain
 from intermix_core.method.fused import fused
 
 # the authors' utils.mixup_sound measures hidden-feature levels with the 44.1 kHz A-weighting path
@@ -191,7 +192,7 @@ class MixBatch:
                 h, h_j, w, self.phi, normalize=s.normalize, negative_product=s.negative_product,
                 sqrt_eps=s.sqrt_eps, detach_term=s.detach_interference,
             )
-        return out if self.out_gains is None else _expand(self.out_gains, out) * out
+        return apply_gain(out, self.out_gains)
 
 
 class Mixer:
@@ -263,7 +264,7 @@ class Mixer:
         targets = _expand(r, onehot) * onehot + _expand(1.0 - r, onehot) * onehot[partner]
         inputs = rotate_phase(x, theta.to(x.dtype)) if s.rotate_input_phase else x
         if gains is not None and layer != 0:  # hidden-space mixing: the gained inputs are what enters the network
-            inputs = _expand(gains, inputs) * inputs
+            inputs = apply_gain(inputs, gains)
         levels = a_weighted_level_db(inputs, self.sample_rate) if s.weighting == "p" and s.gains_on == "input" else None
         return MixBatch(
             strategy=s, layer=layer, inputs=inputs, partner=partner, r=r, phi=theta - theta[partner], theta=theta,

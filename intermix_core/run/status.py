@@ -22,6 +22,7 @@ from mlflow.entities import ViewType
 from tqdm import tqdm
 
 from intermix_core.common.redact import redact_uris
+from intermix_core.common.text import duration
 from intermix_core.config.grid import GridSpec, expand, grid_id
 from intermix_core.records import CHECKPOINT, RESULT, FoldResult, fold_label, load_result
 from intermix_core.results.statistics import first_line
@@ -93,7 +94,7 @@ def fold_state(view: FoldView, now: float | None = None) -> tuple[str, str | Non
         beat = latest.heartbeat or latest.started
         age = (time.time() if now is None else now) - beat if beat else None
         if age is not None and age > STALE_AFTER:
-            return "killed", f"its MLflow run has been RUNNING with no heartbeat for {_ago(age)} (the process is gone)"
+            return "killed", f"its MLflow run has been RUNNING with no heartbeat for {duration(age)} (the process is gone)"
         return "running", None
     if result is not None and result.status == "ok" and result.test_error is not None:
         return "done", None
@@ -323,15 +324,7 @@ def _rates_and_time_left(folds: list[FoldStatus], results: dict[tuple, FoldResul
 
 
 def _ago(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s ago"
-    return f"{seconds / 60:.0f} min ago" if seconds < 5400 else f"{seconds / 3600:.1f} h ago"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+    return f"{duration(seconds)} ago"
 
 
 def describe_fold(f: FoldStatus, now: float) -> str:
@@ -374,7 +367,7 @@ def format_status(status: GridStatus, now: float | None = None) -> str:
         if left is None:
             lines.append(f"time left: unknown (no fold of these cells has a measured rate yet; {todo} to train)")
         else:
-            lines.append(f"time left: about {_duration(left)} of training for {todo - unmeasured} fold(s) at the rates"
+            lines.append(f"time left: about {duration(left)} of training for {todo - unmeasured} fold(s) at the rates"
                          " measured so far, one fold at a time (folds that run at once finish sooner)"
                          + (f"; {unmeasured} fold(s) without a measured rate are not counted" if unmeasured else ""))
     if status.kfp_runs:

@@ -50,7 +50,7 @@ def fetch_grid_results(store_root: str, grid_id: str, dest: str | Path) -> tuple
             store.download_file(key, path)
             problem = _misplaced(load_result(path), key, grid_id)
         except (StorageError, ValueError) as err:
-            problem = str(err).split(": ", 1)[-1] if isinstance(err, StorageError) else str(err)
+            problem = err.reason if isinstance(err, StorageError) else str(err)
         if problem:
             path.unlink(missing_ok=True)
             refused.append(f"{store.uri(key)}: {problem}; left out")

@@ -25,7 +25,7 @@ from mlflow.exceptions import MlflowException
 
 from intermix_core.common.names import check_name
 from intermix_core.common.redact import has_credentials, redact_uris
-from intermix_core.common.text import cut
+from intermix_core.common.text import cut, duration
 from intermix_core.config import ExperimentConfig
 from intermix_core.method.train import FoldTakenOver
 from intermix_core.records import EpochRecord, FoldResult, fold_label
@@ -630,8 +630,7 @@ class FoldState:
 
     def describe(self, now: float | None = None) -> str:
         """A few words: 'running (heartbeat 40 s ago)', 'killed? RUNNING with no heartbeat for 3 h', 'failed: ...'."""
-        age = (now or time.time()) - self.heartbeat
-        ago = f"{age / 3600:.1f} h" if age >= 3600 else f"{age / 60:.0f} min" if age >= 60 else f"{age:.0f} s"
+        ago = duration((now or time.time()) - self.heartbeat)
         if self.stale:
             return f"killed? its MLflow run has been RUNNING with no heartbeat for {ago}"
         if self.status == "RUNNING":
