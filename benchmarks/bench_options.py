@@ -1,26 +1,32 @@
-"""The GPU-speed options of `optim` (precision, channels_last, compile) and cuDNN's autotuner against the plain step.
+"""The GPU-speed options of `optim` (precision, channels_last, compile, cudnn_benchmark) against the plain step.
 
 Usage:
     python benchmarks/bench_options.py [--models envnet_v2 ...] [--batch 32] [--repeats 5] [--threads 1]
-                                       [--device auto|cpu|cuda] [--no-compile]
+                                       [--device auto|cpu|cuda] [--no-compile] [--variants V ...] [--save FILE]
 
 For each model: the same weights in every variant, InterMix training steps on one batch already on
-the device (the mixer's draw, levels and phase shift included), rounds interleaved so drift hits
-every variant alike; it prints each variant's median step time and its ratio to the plain fp32
+the device (the mixer's draw, levels and phase shift included), each variant in a process of its own
+(cuDNN's per-process plan cache would otherwise serve one variant's plans to the next), rounds
+interleaved so drift hits every variant alike; it prints each variant's median step time and its ratio to the plain fp32
 step, and the largest logit difference from the plain model on one batch (the options must not
 change results beyond float tolerance). Compilation time is excluded (a warm-up step per variant)
 and printed apart. An option becomes a default only after this benchmark shows it faster on the
-device that runs the grid.
+device that runs the grid. `--save` also records, per model, the pick: the fastest variant that keeps float32
+arithmetic and compiles nothing, when it beats fp32 by PICK_MARGIN, as `--set` arguments for `intermix study`
+(scripts/gpu_study.sh tunes its study this way).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import json
+import multiprocessing as mp
 import statistics
 import sys
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -34,19 +40,38 @@ from intermix_core.method.train import training_step  # noqa: E402
 from intermix_core.models import create_model, list_models, model_class, speed_up  # noqa: E402
 
 NUM_CLASSES = 50
-VARIANTS = {  # name: (precision, channels_last, compile, cudnn_benchmark)
-    "fp32": ("fp32", False, False, False),
-    "bf16": ("bf16", False, False, False),
-    "channels_last": ("fp32", True, False, False),
-    "compile": ("fp32", False, True, False),
-    "bf16+compile": ("bf16", False, True, False),
-    # cuDNN's autotuner (torch.backends.cudnn.benchmark): times each convolution's algorithms once per input shape
-    # and keeps the fastest. Not yet an option of `optim`: on the H200 (2026-12-04) bf16 was no faster than fp32
-    # and compile gained nothing, which points at the convolution algorithms cuDNN picks without it.
-    "cudnn_benchmark": ("fp32", False, False, True),
-    "bf16+cudnn_benchmark": ("bf16", False, False, True),
-    "channels_last+bf16+cudnn_benchmark": ("bf16", True, False, True),
+# name: the optim options it sets (the rest stay at their defaults: fp32, no channels-last, no compile, no autotuner)
+VARIANTS: dict[str, dict[str, object]] = {
+    "fp32": {},
+    "bf16": {"precision": "bf16"},
+    "channels_last": {"channels_last": True},
+    "compile": {"compile": True},
+    "bf16+compile": {"precision": "bf16", "compile": True},
+    # cuDNN's autotuner (optim.cudnn_benchmark): times each convolution's algorithms once per input shape and keeps
+    # the fastest. On the H200 (2026-12-04) bf16 was no faster than fp32 and compile gained nothing, which points
+    # at the convolution algorithms cuDNN picks without it.
+    "cudnn_benchmark": {"cudnn_benchmark": True},
+    "channels_last+cudnn_benchmark": {"channels_last": True, "cudnn_benchmark": True},
+    "bf16+cudnn_benchmark": {"precision": "bf16", "cudnn_benchmark": True},
+    "channels_last+bf16+cudnn_benchmark": {"precision": "bf16", "channels_last": True, "cudnn_benchmark": True},
 }
+# what --save's pick may choose: float32 arithmetic throughout (bf16 is a precision change, not a speed option) and
+# no compilation (each study worker would pay its warm-up again)
+PICKABLE = [v for v, o in VARIANTS.items() if o.get("precision", "fp32") == "fp32" and not o.get("compile")]
+PICK_MARGIN = 1.03  # a variant replaces plain fp32 only when at least this much faster (medians of a few steps)
+
+
+def pick(ratios: dict[str, float], margin: float = PICK_MARGIN) -> dict[str, object]:
+    """The fastest pickable variant among `ratios` (speed relative to fp32), if it beats fp32 by `margin`; else fp32.
+
+    Returns {"variant", "speedup", "set"}: "set" holds the `--set optim.KEY=VALUE` arguments that select it.
+    """
+    best = max((v for v in ratios if v in PICKABLE), key=lambda v: ratios[v], default="fp32")
+    if ratios.get(best, 1.0) < margin:
+        best = "fp32"
+    chosen = VARIANTS[best]
+    return {"variant": best, "speedup": ratios.get(best, 1.0),
+            "set": [f"optim.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in chosen.items()]}
 
 
 def sync(device: torch.device) -> None:
@@ -55,48 +80,83 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_model(name: str, device: torch.device, batch: int, repeats: int, variants: list[str]) -> list[str]:
-    """Rows of the table for one model."""
+def _variant_worker(conn: Connection, name: str, variant: str, device: str, batch: int, threads: int | None) -> None:
+    """One variant in a process of its own: set up, report logits and warm-up, then time the steps asked for.
+
+    A process per variant, because cuDNN keeps the plan it chose per convolution shape for the life of the process
+    and looks it up before the autotuner's switch (the key has no `benchmark` field: ATen's cudnn/Conv_v8.cpp,
+    run_single_conv): in one process the first variant's plans would serve every later one of the same shapes.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    dev = torch.device(device)
     cls = model_class(name)
-    gen = torch.Generator(device=device).manual_seed(0)
-    x = (torch.rand(batch, cls.input_length, generator=gen, device=device) * 2 - 1) * 0.1
-    y = torch.arange(batch, device=device) % NUM_CLASSES
-    base = create_model(name, NUM_CLASSES).to(device)
-    with torch.no_grad():
-        reference = base.eval()(x)  # the plain model's logits, once: every variant starts from these weights
-    runs, compile_s, drift = {}, {}, {}
-    for v in variants:
-        precision, channels_last, compiled, autotune = VARIANTS[v]
-        torch.backends.cudnn.benchmark = autotune
-        model = speed_up(copy.deepcopy(base), channels_last=channels_last, compile_stages=compiled)
-        opt = make_optimizer(model.parameters(), OptimConfig(update_rule="pytorch"), 1e-3)
-        mixer = Mixer(STRATEGIES["intermix"], NUM_CLASSES, cls.sample_rate, seed=0)
-        with torch.no_grad():  # before any update: the same weights, so only numerics differ
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                out = model.eval()(x).float()
-            drift[v] = (out - reference).abs().max().item()
-        model.train()
-        t0 = time.perf_counter()
-        training_step(model, opt, mixer, x, y, precision)  # warm-up (and compilation of the training graph)
-        sync(device)
-        compile_s[v] = time.perf_counter() - t0
-        runs[v] = (model, opt, mixer, precision, [])
-    for _ in range(repeats):
-        for v, (model, opt, mixer, precision, times) in runs.items():
-            torch.backends.cudnn.benchmark = VARIANTS[v][3]
-            sync(device)
+    gen = torch.Generator().manual_seed(0)
+    x = ((torch.rand(batch, cls.input_length, generator=gen) * 2 - 1) * 0.1).to(dev)
+    y = (torch.arange(batch) % NUM_CLASSES).to(dev)
+    torch.manual_seed(0)  # the same initial weights in every process
+    o = OptimConfig(**VARIANTS[variant])  # type: ignore[arg-type]
+    model = speed_up(create_model(name, NUM_CLASSES).to(dev), channels_last=o.channels_last, compile_stages=o.compile,
+                     cudnn_benchmark=o.cudnn_benchmark)
+    with torch.no_grad():  # before any update: the same weights as every other variant, so only numerics differ
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=o.precision == "bf16"):
+            logits = model.eval()(x).float().cpu()
+    opt = make_optimizer(model.parameters(), OptimConfig(update_rule="pytorch"), 1e-3)
+    mixer = Mixer(STRATEGIES["intermix"], NUM_CLASSES, cls.sample_rate, seed=0)
+    model.train()
+    t0 = time.perf_counter()
+    training_step(model, opt, mixer, x, y, o.precision)  # warm-up: compilation, cuDNN's algorithm choice
+    sync(dev)
+    conn.send((logits, time.perf_counter() - t0))
+    while (steps := conn.recv()) is not None:
+        times = []
+        for _ in range(steps):
+            sync(dev)
             t0 = time.perf_counter()
-            training_step(model, opt, mixer, x, y, precision)
-            sync(device)
+            training_step(model, opt, mixer, x, y, o.precision)
+            sync(dev)
             times.append(time.perf_counter() - t0)
-    torch.backends.cudnn.benchmark = False
-    plain = statistics.median(runs["fp32"][4])
-    rows = []
-    for v, (_, _, _, _, times) in runs.items():
-        t = statistics.median(times)
-        rows.append(f"{name:<11} {v:<34} {t:>9.3f} {batch / t:>10.1f} {plain / t:>8.2f}x {drift[v]:>11.2e} "
-                    f"{compile_s[v]:>9.1f}")
-    return rows
+        conn.send(times)
+    conn.close()
+
+
+def bench_model(name: str, device: torch.device, batch: int, repeats: int, variants: list[str],
+                threads: int | None = None) -> list[dict[str, object]]:
+    """One record per variant for one model: median step time, its ratio to fp32, logit change, warm-up."""
+    ctx = mp.get_context("spawn")  # CUDA cannot be forked
+    workers: dict[str, tuple[Any, Connection]] = {}
+    logits, warmup, times = {}, {}, {v: [] for v in variants}
+    try:
+        for v in variants:  # set up one at a time, so warm-ups do not overlap
+            here, there = ctx.Pipe()
+            proc = ctx.Process(target=_variant_worker, args=(there, name, v, str(device), batch, threads), daemon=True)
+            proc.start()
+            workers[v] = (proc, here)
+            logits[v], warmup[v] = here.recv()
+        for _ in range(repeats):  # rounds interleaved, one variant running at a time: drift hits every variant alike
+            for v, (_, conn) in workers.items():
+                conn.send(1)
+                times[v] += conn.recv()
+    finally:
+        for proc, conn in workers.values():
+            try:
+                conn.send(None)
+            except OSError:
+                pass
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+    plain = statistics.median(times["fp32"])
+    return [{"model": name, "variant": v, "seconds_per_step": statistics.median(times[v]),
+             "samples_per_s": batch / statistics.median(times[v]), "vs_fp32": plain / statistics.median(times[v]),
+             "max_logit_change": (logits[v] - logits["fp32"]).abs().max().item(), "warmup_seconds": warmup[v]}
+            for v in variants]
+
+
+def format_row(r: dict[str, object]) -> str:
+    """One line of the printed table."""
+    return (f"{r['model']:<11} {r['variant']:<34} {r['seconds_per_step']:>9.3f} {r['samples_per_s']:>10.1f} "
+            f"{r['vs_fp32']:>8.2f}x {r['max_logit_change']:>11.2e} {r['warmup_seconds']:>9.1f}")
 
 
 def main() -> None:
@@ -108,17 +168,31 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
     parser.add_argument("--no-compile", action="store_true", help="leave out the compiled variants")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), metavar="VARIANT",
+                        help=f"these variants only (fp32 is always run): {', '.join(VARIANTS)}")
+    parser.add_argument("--save", metavar="FILE.json", help="write the rows and, per model, the pick: the fastest "
+                        f"float32, uncompiled variant if >= {PICK_MARGIN}x fp32, as --set arguments")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    variants = [v for v in VARIANTS if not (args.no_compile and VARIANTS[v][2])]
+    variants = ["fp32"] + [v for v in (args.variants or VARIANTS) if v != "fp32"
+                           and not (args.no_compile and VARIANTS[v].get("compile"))]
     print(f"device {device}; batch {args.batch}; median of {args.repeats} interleaved rounds; InterMix steps")
     print(f"{'model':<11} {'variant':<34} {'s/step':>9} {'samples/s':>10} {'vs fp32':>9} {'max |Δlogit|':>11} "
           f"{'warm-up s':>9}")
+    records, picks = [], {}
     for name in args.models:
-        for row in bench_model(name, device, args.batch, args.repeats, variants):
-            print(row, flush=True)
+        rows = bench_model(name, device, args.batch, args.repeats, variants, args.threads)
+        for r in rows:
+            print(format_row(r), flush=True)
+        records += rows
+        picks[name] = pick({str(r["variant"]): float(r["vs_fp32"]) for r in rows})  # type: ignore[arg-type]
+        print(f"{name}: pick {picks[name]['variant']} ({picks[name]['speedup']:.2f}x fp32)", flush=True)
+    if args.save:
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        Path(args.save).write_text(json.dumps({"device": str(device), "device_name": name, "batch": args.batch,
+                                               "rows": records, "pick": picks}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

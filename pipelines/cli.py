@@ -287,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=4, help="folds trained at once (worker processes)")
     _device_arg(p, "auto")
     p.add_argument("--throughput", metavar="FILE", help="bench_throughput.py --save records for the time estimate")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value of every cell, e.g. "
+                   "optim.cudnn_benchmark=true (repeatable; part of the grid id)")
     p.set_defaults(func="cmd_study")
 
     p = sub.add_parser("estimate", help="training samples and device-hours of a grid, from measured throughput")

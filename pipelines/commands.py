@@ -16,8 +16,8 @@ from typing import Any
 from components.image import ImageError
 from intermix_core.common.names import check_pipeline_value
 from intermix_core.common.redact import redact_uris
-from intermix_core.common.text import cut, short
-from intermix_core.common.yamlfile import dump_yaml, load_yaml, parse_yaml
+from intermix_core.common.text import cut
+from intermix_core.common.yamlfile import dump_yaml, load_yaml
 from intermix_core.config import DATASETS, ConfigError, ExperimentConfig, parse_config
 from intermix_core.config.grid import (
     FoldCell,
@@ -44,7 +44,14 @@ from intermix_core.tracking.client import TrackingError
 from intermix_core.tracking.tracker import FoldSuperseded
 from pipelines.grid_pipeline import compile_grid
 from pipelines.local import LocalRun, Workdir, rerun_fold_local, run_grid_local
-from pipelines.local_commands import GRID_ID, UsageError, grid_name, with_on_silent
+from pipelines.local_commands import (
+    GRID_ID,
+    UsageError,
+    apply_sets,
+    grid_name,
+    pairs,
+    with_on_silent,
+)
 from pipelines.options import ClusterOptions, Toleration, load_cluster_options
 from pipelines.registry import ImageCheckError, check_images, compiled_images
 from pipelines.submit import (
@@ -63,19 +70,8 @@ from pipelines.submit import (
 SERVICE_ERRORS = (TrackingError, FoldSuperseded)
 
 
-def _pairs(items: list[str] | None, flag: str) -> dict[str, str]:
-    """['a=b', ...] -> {'a': 'b'}; the error names the flag."""
-    out = {}
-    for item in items or []:
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise UsageError(f"{flag} {short(item)}: expected KEY=VALUE")
-        out[key] = value
-    return out
-
-
 def _sources(args: argparse.Namespace) -> dict[str, str]:
-    sources = _pairs(args.source, "--source")
+    sources = pairs(args.source, "--source")
     for d, value in sources.items():
         if d not in DATASETS:
             raise UsageError(f"--source {d}=...: unknown dataset {d!r}; expected one of: {', '.join(DATASETS)}")
@@ -99,19 +95,6 @@ def _workdir(args: argparse.Namespace) -> Workdir:
     return Workdir(Path(args.workdir), store_uri=getattr(args, "store", None) or None, tracking=tracking)
 
 
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    if not all(keys):
-        raise UsageError(f"--set {cut(dotted, 80)}: expected KEY or SECTION.KEY, e.g. optim.epochs")
-    for depth, k in enumerate(keys[:-1]):
-        if depth == 0 and k == "strategy" and isinstance(data.get(k), str):
-            data[k] = {"name": data[k]}  # a preset by name (--strategy, or the file): strategy.KEY overrides its fields
-        data = data.setdefault(k, {})
-        if not isinstance(data, dict):
-            raise UsageError(f"--set {cut(dotted, 80)}: {'.'.join(keys[:depth + 1])} is {short(data)}, not a section")
-    data[keys[-1]] = value
-
-
 def build_config(args: argparse.Namespace) -> ExperimentConfig:
     """ExperimentConfig from --config plus --dataset/--model/--strategy/--setup/--seed and --set KEY=VALUE."""
     data = load_yaml(args.config) if args.config else {}
@@ -120,8 +103,7 @@ def build_config(args: argparse.Namespace) -> ExperimentConfig:
     for key in ("dataset", "model", "strategy", "setup", "seed"):
         if getattr(args, key, None) is not None:
             data[key] = getattr(args, key)
-    for dotted, text in _pairs(args.set, "--set").items():
-        _set_dotted(data, dotted, parse_yaml(text, f"--set {cut(dotted, 80)}"))
+    apply_sets(data, args.set)
     return parse_config(data, source=args.config or "command line")
 
 
@@ -289,9 +271,9 @@ def cluster_options(args: argparse.Namespace) -> ClusterOptions:
              ("gpu_type", "gpus", "retries", "retry_max_duration", "max_gpus", "parallelism", "image_repository",
               "image_tag", "cuda_version")}
     return base.merged(
-        secret_env=secret_env, node_selector=_pairs(args.node_selector, "--node-selector"),
-        tolerations=[_toleration(t) for t in args.toleration or []], env=_pairs(args.env, "--env"),
-        image_digests=_pairs(args.image_digest, "--image-digest"), cpu_limit=args.cpu_limit,
+        secret_env=secret_env, node_selector=pairs(args.node_selector, "--node-selector"),
+        tolerations=[_toleration(t) for t in args.toleration or []], env=pairs(args.env, "--env"),
+        image_digests=pairs(args.image_digest, "--image-digest"), cpu_limit=args.cpu_limit,
         memory_limit=args.memory_limit, exit_handler=False if args.no_exit_handler else None, **plain,
     )
 
@@ -337,8 +319,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     docs = []
     for (dataset, setup_name, strategy), cfg in cells.items():
         data = cfg.model_dump(mode="json")
-        for dotted, text in _pairs(args.set, "--set").items():
-            _set_dotted(data, dotted, parse_yaml(text, f"--set {cut(dotted, 80)}"))
+        apply_sets(data, args.set)
         cfg = parse_config(data, source="command line") if args.set else cfg
         docs.append(config_yaml(cfg, f"{grid_id(grid)}: {dataset}/{setup_name}/{strategy}"))
     print("---\n".join(docs), end="")

@@ -10,7 +10,10 @@ import dataclasses
 import json
 import re
 from pathlib import Path
+from typing import Any
 
+from intermix_core.common.text import cut, short
+from intermix_core.common.yamlfile import parse_yaml
 from intermix_core.config import ConfigError
 from intermix_core.config.grid import GridSpec, grid_id, load_grid, shards
 from intermix_core.data import DataError
@@ -54,9 +57,41 @@ def with_on_silent(grid: GridSpec, args: argparse.Namespace) -> GridSpec:
     return grid
 
 
+def pairs(items: list[str] | None, flag: str) -> dict[str, str]:
+    """['a=b', ...] -> {'a': 'b'}; the error names the flag."""
+    out = {}
+    for item in items or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise UsageError(f"{flag} {short(item)}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    if not all(keys):
+        raise UsageError(f"--set {cut(dotted, 80)}: expected KEY or SECTION.KEY, e.g. optim.epochs")
+    for depth, k in enumerate(keys[:-1]):
+        if depth == 0 and k == "strategy" and isinstance(data.get(k), str):
+            data[k] = {"name": data[k]}  # a preset by name (--strategy, or the file): strategy.KEY overrides its fields
+        data = data.setdefault(k, {})
+        if not isinstance(data, dict):
+            raise UsageError(f"--set {cut(dotted, 80)}: {'.'.join(keys[:depth + 1])} is {short(data)}, not a section")
+    data[keys[-1]] = value
+
+
+def apply_sets(data: dict[str, Any], items: list[str] | None) -> dict[str, Any]:
+    """`data` (a config mapping) with each `--set KEY=VALUE` applied in place; VALUE is read as YAML."""
+    for dotted, text in pairs(items, "--set").items():
+        _set_dotted(data, dotted, parse_yaml(text, f"--set {cut(dotted, 80)}"))
+    return data
+
+
 def _load_grid(args: argparse.Namespace) -> GridSpec:
-    """The grid named on the command line: a file or a packaged grid."""
-    return with_on_silent(load_grid(grid_name(args), name=getattr(args, "name", None)), args)
+    """The grid named on the command line (a file or a packaged grid), with --set on top of every cell's config."""
+    sets = apply_sets({}, getattr(args, "set", None))
+    return with_on_silent(load_grid(grid_name(args), name=getattr(args, "name", None), overrides=sets), args)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:

@@ -4,6 +4,9 @@
 # failure or a lease running out keeps what came before:
 #   0. installs the few carried wheels (.whl/, from scripts/gpu_study-requirements.txt) if pydantic is missing,
 #      and prepares ESC-10 for EnvNet (16 kHz) from a raw ESC-50-layout folder (default: .esc10/);
+#   t. tune (TUNE=1, the default): benchmarks/bench_options.py times MODEL's step under the float32 speed options
+#      (cuDNN's autotuner, channels-last) side by side and the study runs with the fastest one, if it beats the
+#      plain step by 3 % (tune.json; the study's `--set optim.KEY=VALUE`, recorded in study.json);
 #   1. study: the packaged gpu-study grid (EnvNet, ESC-10, 4 strategies x 5 folds, the reference schedule) with
 #      CONCURRENCY folds at once, stopping at BUDGET seconds (study/: fold results, reports/, study.json);
 #   2. throughput: benchmarks/bench_throughput.py (data path, step, full step, 10-crop test; fp32 and bf16);
@@ -16,10 +19,12 @@
 # boto3 or kfp (pipelines/local_commands.py). Settings through the environment:
 #   ESC10=.esc10 BUDGET=330 CONCURRENCY=4 BENCH_MODELS="envnet envnet_v2" PYTHON=python3 STAGE_SLACK=45 DEVICE=cuda
 #   GRID=gpu-study MODEL=envnet BENCHMARKS=1 STUDY_DIR=$OUT/study LOGS=$OUT PREPARED=/tmp/intermix-esc10-$MODEL
+#   TUNE=1 TUNE_VARIANTS="cudnn_benchmark channels_last channels_last+cudnn_benchmark" TUNE_REPEATS=5
 # With STUDY_DIR outside OUT, OUT gets the study's study.json, table1.md, report.html and summary.json (not its
 # checkpoints): what a lent machine sends back is a few small files.
-# The defaults fit one 10-minute call of a lent machine: at most about 40 s of set-up and preparation, the study's
-# BUDGET plus STAGE_SLACK (the finishing folds' FGSM and the reports), then 2 to 3 minutes of benchmarks.
+# The defaults fit one 10-minute call of a lent machine: at most about 40 s of set-up and preparation, up to a
+# minute of tuning, the study's BUDGET plus STAGE_SLACK (the finishing folds' FGSM and the reports), then 2 to 3
+# minutes of benchmarks (BENCHMARKS=0 leaves them out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -32,6 +37,9 @@ GRID=${GRID:-gpu-study}        # a grid of one dataset x setup (a file or a pack
 MODEL=${MODEL:-envnet}        # the model whose sample rate the data is prepared at
 BENCHMARKS=${BENCHMARKS:-1}   # 0: stop after the study
 BENCH_MODELS=${BENCH_MODELS:-"envnet envnet_v2"}
+TUNE=${TUNE:-1}               # 0: the study runs with the grid's options as they are
+TUNE_VARIANTS=${TUNE_VARIANTS:-"cudnn_benchmark channels_last channels_last+cudnn_benchmark"}
+TUNE_REPEATS=${TUNE_REPEATS:-5}
 DEST=${OUT:-gpu-study-out}
 STUDY_DIR=${STUDY_DIR:-$DEST/study}   # fold results and checkpoints (EnvNet's are ~400 MB each)
 LOGS=${LOGS:-$DEST}                   # one <stage>.log per stage, beside gpu-study.log (which has them all)
@@ -57,8 +65,20 @@ stage() {  # stage NAME SECONDS COMMAND...: run under a timeout, output to OUT/N
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
 } | tee -a "$log"
 stage prepare 120 "$PYTHON" -m pipelines.cli prepare --dataset esc10 --source "$ESC10" --model "$MODEL" --out "$PREPARED"
+SETS=()
+if [ "$TUNE" = 1 ]; then
+  # shellcheck disable=SC2086  # the variant list splits into words
+  stage tune 90 "$PYTHON" benchmarks/bench_options.py --device "$DEVICE" --models "$MODEL" --variants $TUNE_VARIANTS \
+      --repeats "$TUNE_REPEATS" --save "$DEST/tune.json"
+  if [ -f "$DEST/tune.json" ]; then  # the pick's --set arguments, one word per line
+    mapfile -t SETS < <("$PYTHON" -c 'import json, sys
+for item in json.load(open(sys.argv[1]))["pick"][sys.argv[2]]["set"]:
+    print("--set"); print(item)' "$DEST/tune.json" "$MODEL" 2>>"$log") || SETS=()
+  fi
+  echo "== study options: ${SETS[*]:-as the grid sets them}" | tee -a "$log"
+fi
 stage study $((BUDGET + STAGE_SLACK)) "$PYTHON" -m pipelines.cli study "$GRID" --data "$PREPARED" \
-    --out "$STUDY_DIR" --budget "$BUDGET" --concurrency "$CONCURRENCY" --device "$DEVICE"
+    --out "$STUDY_DIR" --budget "$BUDGET" --concurrency "$CONCURRENCY" --device "$DEVICE" "${SETS[@]}"
 if [ "$STUDY_DIR" != "$DEST/study" ]; then  # the study's small outputs beside the log (not its checkpoints)
   for f in study.json reports/table1.md reports/report.html reports/summary.json; do
     if [ -f "$STUDY_DIR/$f" ]; then cp "$STUDY_DIR/$f" "$DEST/$(basename "$f")"; fi
@@ -68,7 +88,8 @@ fi
 stage throughput 90 "$PYTHON" benchmarks/bench_throughput.py --device "$DEVICE" --models $BENCH_MODELS --repeats 5 \
     --save "$DEST/throughput.json"
 stage mixing 60 "$PYTHON" benchmarks/bench_mixing.py --device "$DEVICE" --models $BENCH_MODELS m18 soundnet5 --repeats 10
-stage options 75 "$PYTHON" benchmarks/bench_options.py --device "$DEVICE" --models envnet_v2 --repeats 5
+stage options 75 "$PYTHON" benchmarks/bench_options.py --device "$DEVICE" --models envnet_v2 --repeats 5 \
+    --save "$DEST/options.json"
 stage profile 60 "$PYTHON" benchmarks/bench_profile.py --device "$DEVICE" --models $BENCH_MODELS --steps 10
 if [ -f "$DEST/throughput.json" ]; then
   stage estimate 20 "$PYTHON" -m pipelines.cli estimate paper --throughput "$DEST/throughput.json" --device "$DEVICE"

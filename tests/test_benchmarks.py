@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import re
 import subprocess
 import sys
@@ -24,3 +26,37 @@ def test_bench_profile_ranks_a_steps_operators_for_each_strategy() -> None:
     assert len(rows) == 8 and {"aten::mm", "aten::addmm"} & {r[3] for r in rows}  # PiczakCNN: its fc layers lead
     first = [float(r[0]) for r in rows[:4]]
     assert first == sorted(first, reverse=True)  # ranked by their own time
+
+
+def _bench_options():
+    spec = importlib.util.spec_from_file_location("bench_options", ROOT / "benchmarks" / "bench_options.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_tuning_pick_keeps_float32_and_needs_a_margin() -> None:
+    bench = _bench_options()
+    got = bench.pick({"fp32": 1.0, "cudnn_benchmark": 1.6, "channels_last+cudnn_benchmark": 2.1, "bf16": 3.0,
+                      "compile": 2.5})
+    assert got == {"variant": "channels_last+cudnn_benchmark", "speedup": 2.1,
+                   "set": ["optim.channels_last=true", "optim.cudnn_benchmark=true"]}  # not bf16, not compile
+    assert bench.pick({"fp32": 1.0, "channels_last": 1.02})["variant"] == "fp32"  # inside the margin: noise
+    assert bench.pick({"fp32": 1.0, "bf16": 2.0}) == {"variant": "fp32", "speedup": 1.0, "set": []}
+
+
+def test_bench_options_runs_each_variant_in_its_own_process(tmp_path: Path) -> None:
+    saved = tmp_path / "options.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_options.py"), "--models", "piczak_cnn",
+                           "--variants", "cudnn_benchmark", "bf16", "--repeats", "2", "--threads", "1",
+                           "--device", "cpu", "--save", str(saved)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(saved.read_text())
+    rows = {r["variant"]: r for r in data["rows"]}
+    assert list(rows) == ["fp32", "cudnn_benchmark", "bf16"] and data["device"] == "cpu"
+    assert rows["fp32"]["vs_fp32"] == 1.0 and rows["fp32"]["max_logit_change"] == 0.0
+    # the same weights in every process: float32 variants agree exactly on a CPU, bf16 only to its precision
+    assert rows["cudnn_benchmark"]["max_logit_change"] == 0.0 and 0 < rows["bf16"]["max_logit_change"] < 0.1
+    assert all(r["samples_per_s"] > 0 and r["warmup_seconds"] > 0 for r in rows.values())
+    assert data["pick"]["piczak_cnn"]["variant"] in ("fp32", "cudnn_benchmark")
+    assert re.search(r"^piczak_cnn: pick (fp32|cudnn_benchmark) \([\d.]+x fp32\)$", proc.stdout, re.M)

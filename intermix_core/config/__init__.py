@@ -24,6 +24,7 @@ from intermix_core.config.sections import (
     FOLD_CLIPS,
     MAX_SEED,
     ON_SILENT,
+    SPEED_OPTIONS,
     AttackConfig,
     AugmentConfig,
     DatasetName,
@@ -36,5 +37,5 @@ __all__ = [
     "ConfigError", "ExperimentConfig", "format_validation_error", "known_model", "load_config", "parse_config",
     "PAPER_L", "STRATEGIES", "reference_schedule", "strategy_preset",
     "DATASETS", "FOLD_CLIPS", "MAX_SEED", "ON_SILENT", "AttackConfig", "AugmentConfig", "DatasetName", "OnSilent",
-    "OptimConfig", "StrategyConfig",
+    "OptimConfig", "SPEED_OPTIONS", "StrategyConfig",
 ]

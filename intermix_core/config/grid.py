@@ -363,11 +363,21 @@ def resolve_grid_path(path_or_name: str | Path) -> Path:
     raise GridError(f"{p}: no such grid file; packaged grids: {', '.join(packaged_grids())}")
 
 
-def load_grid(path_or_name: str | Path, name: str | None = None) -> GridSpec:
-    """Load and fully validate a grid file (or packaged grid name); errors name the file and field."""
+def load_grid(path_or_name: str | Path, name: str | None = None, overrides: dict[str, Any] | None = None) -> GridSpec:
+    """Load and fully validate a grid file (or packaged grid name); errors name the file and field.
+
+    `overrides` (the command line's `--set`) go on top of the grid's overrides and every setup's own, so they win in
+    every cell; they are part of the grid, hence of its id.
+    """
     path = resolve_grid_path(path_or_name)
     try:
         data = load_yaml(path)
     except ConfigError as err:
         raise GridError(str(err)) from None
+    if overrides and isinstance(data, dict):
+        data = {**data, "overrides": _deep_merge(data.get("overrides") or {}, overrides)}
+        if isinstance(data.get("setups"), list):
+            data["setups"] = [{**s, "overrides": _deep_merge(s["overrides"], overrides)}
+                              if isinstance(s, dict) and isinstance(s.get("overrides"), dict) else s
+                              for s in data["setups"]]
     return parse_grid(data, source=str(path), name=name)

@@ -94,6 +94,11 @@ class StrategyConfig(Strict):
         return tuple(sorted(set(v)))
 
 
+# the fields of OptimConfig that change how fast a step runs, not what it computes (beyond float tolerance; bf16 is a
+# precision change, listed because throughput records are kept per precision)
+SPEED_OPTIONS = ("precision", "channels_last", "compile", "cudnn_benchmark")
+
+
 class OptimConfig(Strict):
     """Nesterov SGD and the step schedule. None means: take the reference value."""
 
@@ -124,6 +129,10 @@ class OptimConfig(Strict):
     # tolerance; checkpoints are interchangeable.
     channels_last: bool = False
     compile: bool = False
+    # cuDNN's autotuner (torch.backends.cudnn.benchmark): the first step of each input shape times every
+    # convolution algorithm and keeps the fastest, instead of cuDNN's heuristic pick. Process-wide; no effect on
+    # a CPU. The algorithm may differ between runs, so results agree to float tolerance, not bit for bit
+    cudnn_benchmark: bool = False
     # 10-crop evaluation of the test fold every N epochs (and always at the last epoch)
     eval_every: int = Field(default=10, ge=1)
     # a checkpoint once this many seconds of wall time have passed since the last one, and always after the last

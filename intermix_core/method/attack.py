@@ -90,7 +90,8 @@ def attack_fold(
     dev = resolve_device(device)
     state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     model, cfg = model_from_checkpoint(state)
-    speed_up(model, channels_last=cfg.optim.channels_last)  # compile is not worth it for one pass per epsilon
+    # compile is not worth it for one pass per epsilon
+    speed_up(model, channels_last=cfg.optim.channels_last, cudnn_benchmark=cfg.optim.cudnn_benchmark)
     where = "the checkpoint" if isinstance(checkpoint, dict) else str(checkpoint)
     if fold is not None and fold != state["fold"]:
         raise ValueError(f"{where}: trained with fold {state['fold']} held out, so attacking fold {fold} would test it "

@@ -280,7 +280,7 @@ def _set_up(
     seed = fold_seed(cfg.seed, fold)
     torch.manual_seed(seed)
     model = speed_up(create_model(cfg.model, cfg.num_classes).to(dev), channels_last=optim.channels_last,
-                     compile_stages=optim.compile)
+                     compile_stages=optim.compile, cudnn_benchmark=optim.cudnn_benchmark)
     run = FoldRun(
         cfg=cfg, fold=fold, out=out, dev=dev, train_bank=train_bank, test_bank=test_bank, model=model,
         opt=make_optimizer(model.parameters(), optim, learning_rate(optim, 1)),

@@ -83,8 +83,14 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def speed_up(model: StagedModel, *, channels_last: bool = False, compile_stages: bool = False) -> StagedModel:
-    """Apply the GPU-speed options in place (state-dict keys unchanged): channels-last 4-D weights, compiled stages."""
+def speed_up(model: StagedModel, *, channels_last: bool = False, compile_stages: bool = False,
+             cudnn_benchmark: bool = False) -> StagedModel:
+    """Apply the GPU-speed options in place (state-dict keys unchanged): channels-last, compiled stages, cuDNN autotuner.
+
+    `cudnn_benchmark` is torch's process-wide switch, set either way here so that an earlier fold's choice in the
+    same process does not carry over.
+    """
+    torch.backends.cudnn.benchmark = cudnn_benchmark
     if channels_last:
         model.to(memory_format=torch.channels_last)  # 4-D parameters only; 2-D convolutions then run NHWC
     if compile_stages:

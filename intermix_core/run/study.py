@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from intermix_core.config import parse_config
+from intermix_core.config import SPEED_OPTIONS, parse_config
 from intermix_core.config.grid import GridSpec, expand, expected_folds, grid_id, shards
 from intermix_core.data import load_prepared
 from intermix_core.method.attack import attack_fold
@@ -112,6 +112,7 @@ class StudyReport:
     budget_seconds: float
     elapsed_seconds: float
     estimate_seconds: tuple[float, float] | None
+    speed_options: dict[str, Any] = field(default_factory=dict)  # the cells' optim speed options (SPEED_OPTIONS)
     folds: list[FoldOutcome] = field(default_factory=list)
 
     @property
@@ -184,7 +185,9 @@ def run_study(
     if estimate:
         print(f"estimate from {samples_per_s:,.0f} samples/s per process: {estimate[0] / 60:.1f} min (the device "
               f"shared perfectly) to {estimate[1] / 60:.1f} min (no gain from concurrency)", file=log, flush=True)
-    report = StudyReport(grid_id(grid), dev.type, name, concurrency, budget_seconds, 0.0, estimate)
+    options = {k: getattr(cells[0].config.optim, k) for k in SPEED_OPTIONS}
+    print("speed options: " + ", ".join(f"{k} {v}" for k, v in options.items()), file=log, flush=True)
+    report = StudyReport(grid_id(grid), dev.type, name, concurrency, budget_seconds, 0.0, estimate, options)
     threads = worker_threads(str(dev), concurrency)
     ctx = mp.get_context("spawn")  # CUDA cannot be forked
     queue = ctx.Queue()

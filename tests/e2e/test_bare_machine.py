@@ -62,14 +62,24 @@ def test_gpu_study_script_runs_without_mlflow_boto3_or_kfp(bare_env: dict[str, s
     out, study = tmp_path / "out", tmp_path / "study"
     env = {**bare_env, "OUT": str(out), "STUDY_DIR": str(study), "LOGS": str(tmp_path / "logs"),
            "PREPARED": str(tmp_path / "prepared"), "ESC10": str(raw), "GRID": str(grid), "DEVICE": "cpu",
-           "BUDGET": "240", "CONCURRENCY": "2", "BENCHMARKS": "0", "PYTHON": sys.executable}
+           "BUDGET": "240", "CONCURRENCY": "2", "BENCHMARKS": "0", "PYTHON": sys.executable,
+           "TUNE_VARIANTS": "channels_last", "TUNE_REPEATS": "2"}
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_study.sh")], env=env, capture_output=True, text=True,
                           timeout=600)
     log = (out / "gpu-study.log").read_text()
     assert proc.returncode == 0, log[-3000:]
-    assert "stage prepare: exit 0" in log and "stage study: exit 0" in log and "stage throughput" not in log
+    assert "stage prepare: exit 0" in log and "stage tune: exit 0" in log and "stage study: exit 0" in log
+    assert "stage throughput" not in log
     summary = json.loads((out / "study.json").read_text())
     assert summary["finished"] == 2 and summary["device"] == "cpu"
+    # the study ran with what the tuning picked (channels-last only if it beat the plain step by the margin)
+    tune = json.loads((out / "tune.json").read_text())
+    assert [r["variant"] for r in tune["rows"]] == ["fp32", "channels_last"]
+    picked = tune["pick"]["envnet"]
+    assert picked["set"] == (["optim.channels_last=true"] if picked["variant"] == "channels_last" else [])
+    assert summary["speed_options"] == {"precision": "fp32", "channels_last": picked["variant"] == "channels_last",
+                                        "compile": False, "cudnn_benchmark": False}
+    assert f"== study options: {' '.join(['--set', *picked['set']]) if picked['set'] else 'as the grid sets them'}" in log
     assert {f["label"] for f in summary["folds"]} == {"esc10/envnet/standard/fold1", "esc10/envnet/intermix/fold1"}
     assert "| EnvNet | Standard |" in (out / "table1.md").read_text()
     assert (out / "report.html").is_file() and (out / "summary.json").is_file()

@@ -157,6 +157,20 @@ def test_load_grid_names_the_file(tmp_path: Path):
         load_grid(typo)
 
 
+def test_command_line_overrides_win_in_every_cell_and_change_the_grid_id(tmp_path: Path):
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "overrides": {"optim": {"epochs": 2, "lr": 0.5}}}))
+    plain = load_grid(path)
+    tuned = load_grid(path, overrides={"optim": {"cudnn_benchmark": True, "epochs": 4}})
+    for cell in expand(tuned):  # the setup with its own overrides (augment) gets them too, and keeps its own
+        assert (cell.config.optim.cudnn_benchmark, cell.config.optim.epochs, cell.config.optim.lr) == (True, 4, 0.5)
+    assert expand(tuned)[-1].config.augment.scale is True
+    assert not any(c.config.optim.cudnn_benchmark for c in expand(plain))
+    assert grid_id(tuned) != grid_id(plain) and load_grid(path, overrides={}) == plain
+    with pytest.raises(GridError, match="optim.cudnn_benchmrk: unknown key"):
+        load_grid(path, overrides={"optim": {"cudnn_benchmrk": True}})
+
+
 def test_find_cell_lists_the_grid_choices():
     grid = parse_grid(BASE)
     assert find_cell(grid, "esc10", "piczak_cnn", "intermix", 2).label == "esc10/piczak_cnn/intermix/fold2"

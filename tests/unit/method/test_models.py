@@ -218,3 +218,18 @@ def test_compiled_stages_give_the_same_logits_and_keep_the_state_dict_keys() -> 
     assert list(fast.state_dict()) == list(plain.state_dict())
     x = torch.randn(2, 8000) * 0.1
     torch.testing.assert_close(fast(x), plain(x), rtol=1e-4, atol=1e-4)
+
+
+def test_the_cudnn_autotuner_switch_is_set_either_way_per_model() -> None:
+    """optim.cudnn_benchmark: torch's process-wide switch, set by every speed_up call so one fold's choice does not
+    carry over to the next in the same process (the switch itself does nothing on a CPU)."""
+    from intermix_core.models import speed_up
+
+    before = torch.backends.cudnn.benchmark
+    try:
+        speed_up(create_model("m18", 10), cudnn_benchmark=True)
+        assert torch.backends.cudnn.benchmark is True
+        speed_up(create_model("m18", 10))
+        assert torch.backends.cudnn.benchmark is False
+    finally:
+        torch.backends.cudnn.benchmark = before

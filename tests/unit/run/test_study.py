@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from intermix_core.config.grid import parse_grid
+from intermix_core.config.grid import grid_id, parse_grid
 from intermix_core.data import prepare_dataset
 from intermix_core.run.study import EpochClock, estimate_seconds, run_study, worker_threads
 from intermix_core.testing import demo_subset
@@ -85,3 +85,24 @@ def test_study_refuses_a_grid_of_two_shards_and_bad_arguments(prepared, tmp_path
     assert "--concurrency must be >= 1" in capsys.readouterr().err
     assert main(["study", str(grid_file), "--data", str(tmp_path / "none"), "--budget", "5"]) == 2
     assert "no finished preparation" in capsys.readouterr().err
+
+
+def test_study_set_reaches_every_cell_and_study_json(prepared, tmp_path, capsys):
+    """`intermix study GRID --set optim.KEY=VALUE` (what scripts/gpu_study.sh passes after tuning); a budget that
+    has passed before any fold starts still writes study.json, with the options the cells were given."""
+    grid_file = tmp_path / "g.yaml"
+    grid_file.write_text(json.dumps(GRID))
+    out = tmp_path / "study"
+    assert main(["study", str(grid_file), "--data", str(prepared), "--out", str(out), "--budget", "0.001",
+                 "--device", "cpu", "--set", "optim.cudnn_benchmark=true", "--set", "optim.channels_last=yes"]) == 1
+    printed = capsys.readouterr().out
+    assert "speed options: precision fp32, channels_last True, compile False, cudnn_benchmark True" in printed
+    data = json.loads((out / "study.json").read_text())
+    assert data["speed_options"] == {"precision": "fp32", "channels_last": True, "compile": False,
+                                     "cudnn_benchmark": True}
+    assert data["finished"] == 0 and {f["status"] for f in data["folds"]} == {"not started"}
+    assert data["grid_id"] != grid_id(parse_grid(GRID))
+    assert main(["study", str(grid_file), "--data", str(prepared), "--set", "optim.cudnn_benchmark"]) == 2
+    assert "--set 'optim.cudnn_benchmark': expected KEY=VALUE" in capsys.readouterr().err
+    assert main(["study", str(grid_file), "--data", str(prepared), "--set", "optim.cudnn=true"]) == 2
+    assert "optim.cudnn: unknown key" in capsys.readouterr().err
