@@ -10,7 +10,9 @@ For each model and strategy: warm-up steps (compilation, cuDNN's algorithm choic
 wall time per step, the device's busy time per step and their ratio (on a GPU, a ratio well under 1 means the
 device waits for the host: launches, syncs; near 1 means the kernels themselves are the cost), then the `--top`
 operators by their own device time per step (CPU time on a CPU) with their share. Nothing is compared against a
-threshold: it is the first look on a new device, before bench_options.py tries a remedy.
+threshold: it is the first look on a new device, before bench_options.py tries a remedy. A second line gives the
+model's floating-point work per sample (torch's FlopCounterMode: matrix products and
+convolutions, forward and backward) and the rate the step achieves, to hold against the device's peak.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -42,6 +45,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def flops_per_sample(name: str) -> float:
+    """Floating-point operations of one sample's forward and backward pass through the model (two samples on the CPU).
+
+    Counted apart from the timed steps: the mixing's few elementwise operations are not counted anyway, and a
+    dispatch mode around a step would make its compiled functions fall back to eager.
+    """
+    cls = model_class(name)
+    model = create_model(name, NUM_CLASSES).train()
+    with FlopCounterMode(display=False) as counter:
+        model(torch.zeros(2, cls.input_length)).sum().backward()
+    return counter.get_total_flops() / 2
+
+
 def profile_step(name: str, strategy: str, device: torch.device, precision: str, batch: int, steps: int,
                  top: int) -> list[str]:
     """The report's lines for one model and strategy."""
@@ -55,6 +71,7 @@ def profile_step(name: str, strategy: str, device: torch.device, precision: str,
     for _ in range(WARMUP_STEPS):
         training_step(model, opt, mixer, x, y, precision)
     _sync(device)
+    flops = flops_per_sample(name) * batch
     on_gpu = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
     with profile(activities=activities) as prof:
@@ -71,7 +88,9 @@ def profile_step(name: str, strategy: str, device: torch.device, precision: str,
     busy = sum(getattr(e, attr) for e in rows) / 1e3 / steps  # ms per step (kernels' own time, summed)
     what = "device kernels busy" if on_gpu else "CPU operators' own time"
     lines = [f"{name} {strategy} {precision}, batch {batch}: {wall * 1e3:.2f} ms per step ({batch / wall:,.0f} samples/s); "
-             f"{what} {busy:.2f} ms per step ({busy / (wall * 1e3):.0%} of the wall time)"]
+             f"{what} {busy:.2f} ms per step ({busy / (wall * 1e3):.0%} of the wall time)",
+             f"  {flops / batch / 1e9:.2f} GFLOP per sample (forward, backward; matmuls and convolutions): "
+             f"{flops / wall / 1e12:.2f} TFLOP/s achieved"]
     for e in rows[:top]:
         ms = getattr(e, attr) / 1e3 / steps
         lines.append(f"  {ms:8.3f} ms {ms / busy if busy else 0:6.1%} {e.count / steps:7.1f}/step  {e.key[:90]}")

@@ -22,6 +22,11 @@ def test_bench_profile_ranks_a_steps_operators_for_each_strategy() -> None:
     assert [h[0] for h in heads] == ["standard", "bc"]
     for _, wall, busy, share in heads:  # on a CPU the operators' own time is nearly all of the step
         assert 0 < float(busy) <= float(wall) * 1.05 and 50 <= int(share) <= 105
+    flops = re.findall(r"^  ([\d.]+) GFLOP per sample \(forward, backward; matmuls and convolutions\): ([\d.]+) TFLOP/s "
+                       r"achieved$", proc.stdout, re.M)
+    assert len(flops) == 2 and all(0.1 < float(f[0]) < 0.3 for f in flops)  # PiczakCNN: ~0.19 GFLOP per sample
+    for (_, wall, _, _), (gflop, rate) in zip(heads, flops):  # the rate is the work over the step's time
+        assert abs(float(rate) - float(gflop) * 32 / float(wall)) <= 0.01 + 0.02 * float(rate)
     rows = re.findall(r"^\s+([\d.]+) ms\s+([\d.]+)%\s+([\d.]+)/step  (aten::\w+)", proc.stdout, re.M)
     assert len(rows) == 8 and {"aten::mm", "aten::addmm"} & {r[3] for r in rows}  # PiczakCNN: its fc layers lead
     first = [float(r[0]) for r in rows[:4]]
