@@ -3,11 +3,12 @@
 Usage:
     python benchmarks/bench_options.py [--models envnet_v2 ...] [--batch 32] [--repeats 5] [--threads 1]
                                        [--device auto|cpu|cuda] [--no-compile] [--variants V ...] [--save FILE]
+                                       [--burst N]
 
 For each model: the same weights in every variant, InterMix training steps on one batch already on
 the device (the mixer's draw, levels and phase shift included), each variant in a process of its own
 (cuDNN's per-process plan cache would otherwise serve one variant's plans to the next), rounds
-interleaved so drift hits every variant alike; it prints each variant's median step time and its ratio to the plain fp32
+interleaved so drift hits every variant alike, each round `--burst` steps back to back (8 on a GPU); it prints each variant's median step time and its ratio to the plain fp32
 step, and the largest logit difference from the plain model on one batch (the options must not
 change results beyond float tolerance). Compilation time is excluded (a warm-up step per variant)
 and printed apart. An option becomes a default only after this benchmark shows it faster on the
@@ -23,7 +24,6 @@ import json
 import multiprocessing as mp
 import statistics
 import sys
-import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from intermix_core.config import STRATEGIES, OptimConfig  # noqa: E402
-from intermix_core.method.devices import resolve_device  # noqa: E402
+from intermix_core.method.devices import default_burst, resolve_device, time_per_call  # noqa: E402
 from intermix_core.method.mixing import Mixer  # noqa: E402
 from intermix_core.method.optim import make_optimizer  # noqa: E402
 from intermix_core.method.train import training_step  # noqa: E402
@@ -74,12 +74,6 @@ def pick(ratios: dict[str, float], margin: float = PICK_MARGIN) -> dict[str, obj
             "set": [f"optim.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in chosen.items()]}
 
 
-def sync(device: torch.device) -> None:
-    """Wait for queued device work."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _variant_worker(conn: Connection, name: str, variant: str, device: str, batch: int, threads: int | None) -> None:
     """One variant in a process of its own: set up, report logits and warm-up, then time the steps asked for.
 
@@ -104,24 +98,17 @@ def _variant_worker(conn: Connection, name: str, variant: str, device: str, batc
     opt = make_optimizer(model.parameters(), OptimConfig(update_rule="pytorch"), 1e-3)
     mixer = Mixer(STRATEGIES["intermix"], NUM_CLASSES, cls.sample_rate, seed=0)
     model.train()
-    t0 = time.perf_counter()
-    training_step(model, opt, mixer, x, y, o.precision)  # warm-up: compilation, cuDNN's algorithm choice
-    sync(dev)
-    conn.send((logits, time.perf_counter() - t0))
-    while (steps := conn.recv()) is not None:
-        times = []
-        for _ in range(steps):
-            sync(dev)
-            t0 = time.perf_counter()
-            training_step(model, opt, mixer, x, y, o.precision)
-            sync(dev)
-            times.append(time.perf_counter() - t0)
-        conn.send(times)
+    def step() -> object:
+        return training_step(model, opt, mixer, x, y, o.precision)
+
+    conn.send((logits, time_per_call(step, dev)))  # warm-up: compilation, cuDNN's algorithm choice
+    while (steps := conn.recv()) is not None:  # seconds per step over `steps` steps back to back
+        conn.send(time_per_call(step, dev, steps))
     conn.close()
 
 
 def bench_model(name: str, device: torch.device, batch: int, repeats: int, variants: list[str],
-                threads: int | None = None) -> list[dict[str, object]]:
+                threads: int | None = None, burst: int = 1) -> list[dict[str, object]]:
     """One record per variant for one model: median step time, its ratio to fp32, logit change, warm-up."""
     ctx = mp.get_context("spawn")  # CUDA cannot be forked
     workers: dict[str, tuple[Any, Connection]] = {}
@@ -135,8 +122,8 @@ def bench_model(name: str, device: torch.device, batch: int, repeats: int, varia
             logits[v], warmup[v] = here.recv()
         for _ in range(repeats):  # rounds interleaved, one variant running at a time: drift hits every variant alike
             for v, (_, conn) in workers.items():
-                conn.send(1)
-                times[v] += conn.recv()
+                conn.send(burst)
+                times[v].append(conn.recv())
     finally:
         for proc, conn in workers.values():
             try:
@@ -170,6 +157,8 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="leave out the compiled variants")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), metavar="VARIANT",
                         help=f"these variants only (fp32 is always run): {', '.join(VARIANTS)}")
+    parser.add_argument("--burst", type=int, help="steps timed back to back per round, one device sync at each end "
+                        "(default: 8 on a GPU, as a training loop runs; 1 on a CPU)")
     parser.add_argument("--save", metavar="FILE.json", help="write the rows and, per model, the pick: the fastest "
                         f"float32, uncompiled variant if >= {PICK_MARGIN}x fp32, as --set arguments")
     args = parser.parse_args()
@@ -178,12 +167,14 @@ def main() -> None:
     device = resolve_device(args.device)
     variants = ["fp32"] + [v for v in (args.variants or VARIANTS) if v != "fp32"
                            and not (args.no_compile and VARIANTS[v].get("compile"))]
-    print(f"device {device}; batch {args.batch}; median of {args.repeats} interleaved rounds; InterMix steps")
+    burst = args.burst or default_burst(device)
+    print(f"device {device}; batch {args.batch}; median of {args.repeats} interleaved rounds of {burst} InterMix "
+          "step(s) back to back")
     print(f"{'model':<11} {'variant':<34} {'s/step':>9} {'samples/s':>10} {'vs fp32':>9} {'max |Δlogit|':>11} "
           f"{'warm-up s':>9}")
     records, picks = [], {}
     for name in args.models:
-        rows = bench_model(name, device, args.batch, args.repeats, variants, args.threads)
+        rows = bench_model(name, device, args.batch, args.repeats, variants, args.threads, burst)
         for r in rows:
             print(format_row(r), flush=True)
         records += rows

@@ -30,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from intermix_core.config import STRATEGIES, OptimConfig  # noqa: E402
-from intermix_core.method.devices import resolve_device  # noqa: E402
+from intermix_core.method.devices import resolve_device, synchronize  # noqa: E402
 from intermix_core.method.mixing import Mixer  # noqa: E402
 from intermix_core.method.optim import make_optimizer  # noqa: E402
 from intermix_core.method.train import training_step  # noqa: E402
@@ -38,11 +38,6 @@ from intermix_core.models import create_model, model_class  # noqa: E402
 
 NUM_CLASSES = 10
 WARMUP_STEPS = 5
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def flops_per_sample(name: str) -> float:
@@ -70,7 +65,7 @@ def profile_step(name: str, strategy: str, device: torch.device, precision: str,
     mixer = Mixer(STRATEGIES[strategy], NUM_CLASSES, cls.sample_rate, seed=0)
     for _ in range(WARMUP_STEPS):
         training_step(model, opt, mixer, x, y, precision)
-    _sync(device)
+    synchronize(device)
     flops = flops_per_sample(name) * batch
     on_gpu = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
@@ -78,7 +73,7 @@ def profile_step(name: str, strategy: str, device: torch.device, precision: str,
         t0 = time.perf_counter()
         for _ in range(steps):
             training_step(model, opt, mixer, x, y, precision)
-        _sync(device)
+        synchronize(device)
         wall = (time.perf_counter() - t0) / steps
     events = prof.key_averages()
     # on a GPU the kernels themselves (an operator's device time is its kernels' again); on a CPU each operator's own

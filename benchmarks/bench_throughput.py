@@ -2,7 +2,7 @@
 
 Usage:
     python benchmarks/bench_throughput.py [--models envnet_v2 ...] [--precisions fp32 bf16] [--batch 32]
-                                          [--repeats 5] [--threads 1] [--save FILE.json]
+                                          [--repeats 5] [--threads 1] [--save FILE.json] [--burst N]
 
 For each model it measures, on the same device in one run:
 - data path alone: samples/s of the device-resident path (`intermix_core.method.bank`: draw + crop + scale +
@@ -13,7 +13,10 @@ For each model it measures, on the same device in one run:
 - full step: data path + InterMix training step (the mixer's draw, levels and phase shift included),
   and the data path's share of it;
 - the 10-crop evaluation: clips/s through `train.predict_crops`.
-Rounds interleave the variants so the machine's drift hits them alike; figures are medians.
+Rounds interleave the variants so the machine's drift hits them alike; figures are medians. Each round times
+`--burst` calls back to back with the device synchronized only before and after (8 on a GPU by default: a training
+loop never waits for a step, so the host launches the next step while the device runs this one; a wait after every
+call would add each step's launch time to it).
 `--save` writes one JSON record per (model, precision, augment) with at least: model, device,
 precision, augment, data_samples_per_s, step_samples_per_s, full_samples_per_s (what
 `intermix estimate --throughput` reads).
@@ -28,7 +31,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from intermix_core.config import STRATEGIES, AugmentConfig, parse_config  # noqa: E402
 from intermix_core.method.bank import ClipBank, draw_crops, train_batch  # noqa: E402
 from intermix_core.method.bc_reference import make_train_batch  # noqa: E402
-from intermix_core.method.devices import resolve_device  # noqa: E402
+from intermix_core.method.devices import default_burst, resolve_device, time_per_call  # noqa: E402
 from intermix_core.method.mixing import Mixer  # noqa: E402
 from intermix_core.method.optim import make_optimizer  # noqa: E402
 from intermix_core.method.train import predict_crops, training_step  # noqa: E402
@@ -49,21 +51,6 @@ from intermix_core.models import create_model, list_models, model_class  # noqa:
 CLIP_SECONDS = 5.0  # an ESC-50 clip
 BANK_CLIPS = 256
 NUM_CLASSES = 50
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued device work (timing on a GPU measures completion, not submission)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    """Seconds one call of fn takes, device work included."""
-    synchronize(device)
-    t0 = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - t0
 
 
 def device_name(device: torch.device) -> str:
@@ -82,7 +69,7 @@ def device_name(device: torch.device) -> str:
 
 
 def bench_model(
-    name: str, device: torch.device, precisions: list[str], batch: int, repeats: int,
+    name: str, device: torch.device, precisions: list[str], batch: int, repeats: int, burst: int = 1,
 ) -> list[dict[str, object]]:
     """All measurements of one model, one record per (precision, augment)."""
     cls = model_class(name)
@@ -139,22 +126,22 @@ def bench_model(
             "full_old_plain": lambda: training_step(model, opt, intermix, old_path(False), y, precision),
             "full_old_aug": lambda: training_step(model, opt, intermix, old_path(True), y, precision),
         }
-        for fn in variants.values():  # warm-up (allocator, cuDNN autotune, lazy inits)
-            timed(fn, device)
+        for fn in variants.values():  # warm-up (allocator, cuDNN's algorithm choice, lazy inits, compilation)
+            time_per_call(fn, device)
         times: dict[str, list[float]] = {k: [] for k in variants}
         for _ in range(repeats):
             for key, fn in variants.items():
-                times[key].append(timed(fn, device))
+                times[key].append(time_per_call(fn, device, burst))
         test_bank = ClipBank.from_arrays(clips[:32], labels[:32], device, length=length)
-        t_eval = statistics.median(timed(lambda: predict_crops(model, test_bank, 10, precision=precision),
-                                         device) for _ in range(max(2, repeats // 2)))
+        t_eval = statistics.median(time_per_call(lambda: predict_crops(model, test_bank, 10, precision=precision),
+                                                 device) for _ in range(max(2, repeats // 2)))
         peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
         med = {k: statistics.median(v) for k, v in times.items()}
         for augment in (False, True):
             tag = "aug" if augment else "plain"
             records.append({
                 "model": name, "device": device.type, "device_name": device_name(device), "precision": precision,
-                "augment": augment, "batch": batch, "repeats": repeats,
+                "augment": augment, "batch": batch, "repeats": repeats, "burst": burst,
                 "data_samples_per_s": batch / med[f"data_new_{tag}"],
                 "data_eager_samples_per_s": batch / med["data_eager_aug"] if augment else batch / med["data_new_plain"],
                 "data_compiled_samples_per_s": batch / med["data_compiled_aug"] if augment else None,
@@ -180,20 +167,23 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--device", default=None, help="auto (default), cpu, cuda")
     ap.add_argument("--save", type=Path, help="write the records to this JSON file")
+    ap.add_argument("--burst", type=int, help="calls timed back to back per round, one device sync at each end "
+                    "(default: 8 on a GPU, as a training loop runs; 1 on a CPU)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     precisions = args.precisions or (["fp32", "bf16"] if device.type == "cuda" else ["fp32"])
+    burst = args.burst or default_burst(device)
     print(f"device: {device_name(device)}; torch {torch.__version__}; batch {args.batch}; "
-          f"median of {args.repeats} interleaved rounds", flush=True)
+          f"median of {args.repeats} interleaved rounds of {burst} call(s) back to back", flush=True)
     head = (f"{'model':<11} {'prec':<5} {'aug':<4} {'data new/s':>11} {'compiled/s':>11} {'data old/s':>11} "
             f"{'new/old':>8} {'best/old':>9} {'step/s':>9} {'full/s':>9} {'full new/old':>13} {'data %':>7} "
             f"{'eval clips/s':>13}")
     print(head)
     records = []
     for name in args.models:
-        for r in bench_model(name, device, precisions, args.batch, args.repeats):
+        for r in bench_model(name, device, precisions, args.batch, args.repeats, burst):
             records.append(r)
             best = max(r["data_samples_per_s"], r["data_compiled_samples_per_s"] or 0.0)
             compiled = f"{r['data_compiled_samples_per_s']:>11,.0f}" if r["data_compiled_samples_per_s"] else f"{'-':>11}"

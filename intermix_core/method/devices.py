@@ -15,6 +15,8 @@ from __future__ import annotations
 import ctypes
 import re
 import subprocess
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,3 +138,29 @@ def resolve_device(requested: str | None = None) -> torch.device:
             raise DeviceError(f"device {requested!r}: only {torch.cuda.device_count()} CUDA device(s) here")
         return dev
     raise DeviceError(f"device {requested!r}: expected one of auto, cpu, cuda, cuda:N")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on `device` (a no-op on the CPU, whose operators return when done)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def default_burst(device: torch.device) -> int:
+    """Back-to-back calls per timing (`time_per_call`): 8 on a GPU, 1 on a CPU, where there is no queue to fill."""
+    return 8 if device.type == "cuda" else 1
+
+
+def time_per_call(fn: Callable[[], object], device: torch.device, calls: int = 1) -> float:
+    """Seconds per call of `fn` over `calls` calls back to back, with the device synchronized at both ends only.
+
+    That is the rate a training loop sees on a GPU: it never waits for a step, so the host queues the next step's
+    launches while the device runs this one's kernels. Timing single calls with a wait after each (calls=1) adds
+    the host's launch time of every step's first kernels to the device's time.
+    """
+    synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    synchronize(device)
+    return (time.perf_counter() - t0) / calls

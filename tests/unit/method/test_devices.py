@@ -86,3 +86,17 @@ def test_the_train_component_starts_its_log_with_the_note(monkeypatch, capsys, t
         train_fold(config_json="{}", fold=1, grid_id="g", tracking_uri="", store_root="",
                    data_uri=str(tmp_path / "none"), trained=Model(uri=str(tmp_path / "m")), device="cuda")
     assert capsys.readouterr().out.splitlines()[0] == f"warning: {note}"
+
+
+def test_time_per_call_runs_the_burst_back_to_back_and_divides(monkeypatch):
+    """Benchmarks time bursts of calls with one sync at each end (what a training loop sees on a GPU)."""
+    from intermix_core.method import devices
+
+    events: list[str] = []
+    clock = iter([10.0, 10.9])  # start, end: 0.9 s for the whole burst
+    monkeypatch.setattr(devices.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(devices, "synchronize", lambda device: events.append("sync"))
+    per_call = devices.time_per_call(lambda: events.append("call"), torch.device("cpu"), 3)
+    assert per_call == pytest.approx(0.3)
+    assert events == ["sync", "call", "call", "call", "sync"]
+    assert devices.default_burst(torch.device("cpu")) == 1 and devices.default_burst(torch.device("cuda")) == 8
