@@ -11,7 +11,7 @@
 #      CONCURRENCY folds at once, stopping at BUDGET seconds (study/: fold results, reports/, study.json);
 #   2. throughput: benchmarks/bench_throughput.py (data path, step, full step, 10-crop test; fp32 and bf16);
 #   3. mixing: benchmarks/bench_mixing.py (each strategy's step against Standard's);
-#   4. options: benchmarks/bench_options.py (bf16, channels-last, compile, cuDNN's autotuner against the plain step);
+#   4. options: benchmarks/bench_options.py (bf16, channels-last, cuDNN's autotuner against the plain step);
 #   5. profile: benchmarks/bench_profile.py (the kernels a step spends its device time in, and how busy the device is);
 #   6. estimate: `intermix estimate paper` from the throughput just measured.
 # Everything lands in OUT (default: $OUT if set, else ./gpu-study-out): study/, throughput.json, <stage>.log,
@@ -88,7 +88,8 @@ fi
 stage throughput 90 "$PYTHON" benchmarks/bench_throughput.py --device "$DEVICE" --models $BENCH_MODELS --repeats 5 \
     --save "$DEST/throughput.json"
 stage mixing 60 "$PYTHON" benchmarks/bench_mixing.py --device "$DEVICE" --models $BENCH_MODELS m18 soundnet5 --repeats 10
-stage options 75 "$PYTHON" benchmarks/bench_options.py --device "$DEVICE" --models envnet_v2 --repeats 5 \
+# every variant but the compiled ones (no gain on the H200, 2026-12-04, and a long warm-up each), a process each
+stage options 90 "$PYTHON" benchmarks/bench_options.py --device "$DEVICE" --models envnet_v2 --repeats 5 --no-compile \
     --save "$DEST/options.json"
 stage profile 60 "$PYTHON" benchmarks/bench_profile.py --device "$DEVICE" --models $BENCH_MODELS --steps 10
 if [ -f "$DEST/throughput.json" ]; then
