@@ -22,9 +22,10 @@
 #   TUNE=1 TUNE_VARIANTS="cudnn_benchmark channels_last channels_last+cudnn_benchmark" TUNE_REPEATS=5
 # With STUDY_DIR outside OUT, OUT gets the study's study.json, table1.md, report.html and summary.json (not its
 # checkpoints): what a lent machine sends back is a few small files.
-# The defaults fit one 10-minute call of a lent machine: at most about 40 s of set-up and preparation, up to a
-# minute of tuning, the study's BUDGET plus STAGE_SLACK (the finishing folds' FGSM and the reports), then 2 to 3
-# minutes of benchmarks (BENCHMARKS=0 leaves them out).
+# Time: about 20 s of set-up and preparation, up to 90 s of tuning, the study's BUDGET plus at most STAGE_SLACK
+# (the finishing folds' FGSM and the reports), then 2 to 3 minutes of benchmarks (BENCHMARKS=0 leaves them out).
+# One call on an H200 took 465 s with BUDGET=320 before the tuning stage existed; a 10-minute call limit then
+# leaves room for it with the default BUDGET, or take BENCHMARKS=0 for a longer study.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
