@@ -21,6 +21,7 @@ from intermix_core.config.presets import (
 )
 from intermix_core.config.sections import (
     DATASETS,
+    EXECUTION_OPTIONS,
     FOLD_CLIPS,
     MAX_SEED,
     ON_SILENT,
@@ -36,6 +37,6 @@ from intermix_core.config.sections import (
 __all__ = [
     "ConfigError", "ExperimentConfig", "format_validation_error", "known_model", "load_config", "parse_config",
     "PAPER_L", "STRATEGIES", "reference_schedule", "strategy_preset",
-    "DATASETS", "FOLD_CLIPS", "MAX_SEED", "ON_SILENT", "AttackConfig", "AugmentConfig", "DatasetName", "OnSilent",
+    "DATASETS", "EXECUTION_OPTIONS", "FOLD_CLIPS", "MAX_SEED", "ON_SILENT", "AttackConfig", "AugmentConfig", "DatasetName", "OnSilent",
     "OptimConfig", "SPEED_OPTIONS", "StrategyConfig",
 ]

@@ -17,6 +17,7 @@ from intermix_core.common.yamlfile import ConfigError, load_yaml
 from intermix_core.config.presets import STRATEGIES, reference_schedule, strategy_preset
 from intermix_core.config.sections import (
     DATASETS,
+    EXECUTION_OPTIONS,
     MAX_CROPS,
     MAX_SEED,
     AttackConfig,
@@ -139,6 +140,25 @@ class ExperimentConfig(Strict):
     def resolved(self) -> "ExperimentConfig":
         """This config with every reference default made explicit (what travels with a run)."""
         return self.model_copy(update=dict(optim=self.resolved_optim(), setup=self.setup_name))
+
+    def resumes(self, stored: Any) -> bool:
+        """Whether a checkpoint written under the config `stored` (its JSON) continues a run of this one.
+
+        Equal but for the execution options (EXECUTION_OPTIONS: the same computation, run faster or slower), with
+        fields added since the checkpoint was written at their defaults; a config that no longer validates does not.
+        """
+        try:
+            other = ExperimentConfig.model_validate(stored)
+        except (ValidationError, TypeError):
+            return False
+
+        def essence(cfg: ExperimentConfig) -> dict[str, Any]:
+            data = cfg.model_dump(mode="json")
+            for key in EXECUTION_OPTIONS:
+                data["optim"].pop(key)
+            return data
+
+        return essence(self) == essence(other)
 
     def flat(self) -> dict[str, str]:
         """Flattened `section.key -> str(value)` view (for MLflow params)."""

@@ -94,9 +94,12 @@ class StrategyConfig(Strict):
         return tuple(sorted(set(v)))
 
 
-# the fields of OptimConfig that change how fast a step runs, not what it computes (beyond float tolerance; bf16 is a
-# precision change, listed because throughput records are kept per precision)
-SPEED_OPTIONS = ("precision", "channels_last", "compile", "cudnn_benchmark")
+# the fields of OptimConfig that change how a step executes, not what it computes (to float tolerance): a checkpoint
+# written under one setting resumes under another (ExperimentConfig.resumes)
+EXECUTION_OPTIONS = ("channels_last", "compile", "cudnn_benchmark")
+# what decides a step's speed: the execution options and the precision (a change of arithmetic, not only of speed;
+# throughput records are kept per precision)
+SPEED_OPTIONS = ("precision", *EXECUTION_OPTIONS)
 
 
 class OptimConfig(Strict):
@@ -126,7 +129,7 @@ class OptimConfig(Strict):
     # GPU-speed options, off until measured on the GPU that runs the grid (benchmarks/bench_options.py):
     # channels-last memory for the 2-D convolutions (EnvNet, EnvNet-v2, PiczakCNN), and each stage and the
     # head compiled with torch.compile (mixing between stages stays eager). Results are the same to float
-    # tolerance; checkpoints are interchangeable.
+    # tolerance; checkpoints are interchangeable (a fold resumes under other EXECUTION_OPTIONS).
     channels_last: bool = False
     compile: bool = False
     # cuDNN's autotuner (torch.backends.cudnn.benchmark): the first step of each input shape times every

@@ -245,7 +245,7 @@ def _checkpoint_of(cfg: ExperimentConfig, fold: int, out: Path) -> dict[str, Any
     """The fold folder's checkpoint, if any; refused if it belongs to another configuration or fold."""
     path = out / CHECKPOINT
     state = load_checkpoint(path) if path.exists() else None
-    if state is not None and (state["config"] != cfg.model_dump(mode="json") or state["fold"] != fold):
+    if state is not None and (not cfg.resumes(state["config"]) or state["fold"] != fold):
         raise ValueError(f"{path}: belongs to another configuration or fold; use a fresh out_dir")
     return state
 

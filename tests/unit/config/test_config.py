@@ -135,3 +135,18 @@ def test_non_finite_absurd_and_mistyped_values_are_refused(data, expected):
         parse_config(data)
     # the largest seed is fine; a huge but finite LR is left to training, which fails the fold at a non-finite loss
     assert parse_config({"seed": 2**32 - 1, "optim": {"lr": 1e30}}).seed == 2**32 - 1
+
+
+def test_resumes_ignores_only_the_execution_options():
+    from intermix_core.config import EXECUTION_OPTIONS
+
+    base = parse_config({"model": "m18", "strategy": "bc"})
+    stored = base.model_dump(mode="json")
+    assert base.resumes(stored)
+    for key in EXECUTION_OPTIONS:  # the same computation, run another way
+        assert base.model_copy(update={"optim": base.optim.model_copy(update={key: True})}).resumes(stored)
+    assert not parse_config({"model": "m18", "strategy": "bc", "optim": {"precision": "bf16"}}).resumes(stored)
+    assert not parse_config({"model": "m18", "strategy": "intermix"}).resumes(stored)
+    older = {**stored, "optim": {k: v for k, v in stored["optim"].items() if k != "cudnn_benchmark"}}
+    assert base.resumes(older)  # written before the field existed: it takes its default
+    assert not base.resumes({**stored, "colour": "blue"}) and not base.resumes("not a config")

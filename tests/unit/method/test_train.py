@@ -103,6 +103,33 @@ def test_checkpoint_of_another_config_is_refused(tiny_data, tmp_path):
         train_fold(tiny_cfg("intermix", epochs=1), tiny_data, 1, tmp_path / "x", progress=False)
 
 
+def test_a_checkpoint_resumes_under_other_execution_options_and_from_an_older_config(tiny_data, tmp_path):
+    """channels_last, compile and cudnn_benchmark change how a step runs, not what it computes: a fold stopped under
+    one setting resumes under another (a tuned study's second call may pick another); a checkpoint written before a
+    field existed resumes with that field at its default. The precision is arithmetic: a change is refused."""
+    import torch as _torch
+
+    from intermix_core.method.checkpoint import save_checkpoint
+
+    train_fold(tiny_cfg("standard", checkpoint_every=1), tiny_data, 1, tmp_path / "a", progress=False,
+               stop_after_epoch=1)
+    path = tmp_path / "a" / "checkpoint.pt"
+    state = load_checkpoint(path)
+    del state["config"]["optim"]["cudnn_benchmark"]  # as written before the option existed
+    save_checkpoint(path, state)
+    with pytest.raises(ValueError, match="another configuration"):
+        train_fold(tiny_cfg("standard", checkpoint_every=1, precision="bf16"), tiny_data, 1, tmp_path / "a",
+                   progress=False)
+    before = _torch.backends.cudnn.benchmark
+    try:
+        done = train_fold(tiny_cfg("standard", checkpoint_every=1, channels_last=True, cudnn_benchmark=True),
+                          tiny_data, 1, tmp_path / "a", progress=False)
+    finally:
+        _torch.backends.cudnn.benchmark = before
+    assert len(done.history) == 3 and done.test_error is not None
+    assert load_checkpoint(path)["config"]["optim"]["cudnn_benchmark"] is True  # now under the options it ran with
+
+
 def test_authors_protocol_steps_on_64_rows_of_adjacent_pairs(tiny_data, tmp_path, monkeypatch):
     """intermix_official: N/2 different-class pairs per epoch, batch_size pairs = 2 x batch_size rows per step."""
     import intermix_core.method.train as train_module
