@@ -8,9 +8,10 @@ Usage:
 For each model: the same weights in every variant, InterMix training steps on one batch already on
 the device (the mixer's draw, levels and phase shift included), each variant in a process of its own
 (cuDNN's per-process plan cache would otherwise serve one variant's plans to the next), rounds
-interleaved so drift hits every variant alike, each round `--burst` steps back to back (8 on a GPU); it prints each variant's median step time and its ratio to the plain fp32
-step, and the largest logit difference from the plain model on one batch (the options must not
-change results beyond float tolerance). Compilation time is excluded (a warm-up step per variant)
+interleaved so drift hits every variant alike, each round `--burst` steps back to back (8 on a GPU);
+it prints each variant's median step time and its ratio to the plain fp32 step, and the largest
+logit difference from the plain model on one batch (the options must not change results beyond
+float tolerance). Compilation time is excluded (a warm-up step per variant)
 and printed apart. An option becomes a default only after this benchmark shows it faster on the
 device that runs the grid. `--save` also records, per model, the pick: the fastest variant that keeps float32
 arithmetic and compiles nothing, when it beats fp32 by PICK_MARGIN, as `--set` arguments for `intermix study`

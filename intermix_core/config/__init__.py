@@ -37,6 +37,6 @@ from intermix_core.config.sections import (
 __all__ = [
     "ConfigError", "ExperimentConfig", "format_validation_error", "known_model", "load_config", "parse_config",
     "PAPER_L", "STRATEGIES", "reference_schedule", "strategy_preset",
-    "DATASETS", "EXECUTION_OPTIONS", "FOLD_CLIPS", "MAX_SEED", "ON_SILENT", "AttackConfig", "AugmentConfig", "DatasetName", "OnSilent",
-    "OptimConfig", "SPEED_OPTIONS", "StrategyConfig",
+    "DATASETS", "EXECUTION_OPTIONS", "FOLD_CLIPS", "MAX_SEED", "ON_SILENT", "SPEED_OPTIONS", "AttackConfig",
+    "AugmentConfig", "DatasetName", "OnSilent", "OptimConfig", "StrategyConfig",
 ]
