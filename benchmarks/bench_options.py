@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from intermix_core.config import STRATEGIES, OptimConfig  # noqa: E402
+from intermix_core.config import EXECUTION_OPTIONS, STRATEGIES, OptimConfig  # noqa: E402
 from intermix_core.method.devices import default_burst, resolve_device, time_per_call  # noqa: E402
 from intermix_core.method.mixing import Mixer  # noqa: E402
 from intermix_core.method.optim import make_optimizer  # noqa: E402
@@ -56,9 +56,9 @@ VARIANTS: dict[str, dict[str, object]] = {
     "bf16+cudnn_benchmark": {"precision": "bf16", "cudnn_benchmark": True},
     "channels_last+bf16+cudnn_benchmark": {"precision": "bf16", "channels_last": True, "cudnn_benchmark": True},
 }
-# what --save's pick may choose: float32 arithmetic throughout (bf16 is a precision change, not a speed option) and
-# no compilation (each study worker would pay its warm-up again)
-PICKABLE = [v for v, o in VARIANTS.items() if o.get("precision", "fp32") == "fp32" and not o.get("compile")]
+# what --save's pick may choose: execution options only (bf16 is a precision change), and no compilation (each study
+# worker would pay its warm-up again)
+PICKABLE = [v for v, o in VARIANTS.items() if set(o) <= set(EXECUTION_OPTIONS) - {"compile"}]
 PICK_MARGIN = 1.03  # a variant replaces plain fp32 only when at least this much faster (medians of a few steps)
 
 
@@ -99,6 +99,7 @@ def _variant_worker(conn: Connection, name: str, variant: str, device: str, batc
     opt = make_optimizer(model.parameters(), OptimConfig(update_rule="pytorch"), 1e-3)
     mixer = Mixer(STRATEGIES["intermix"], NUM_CLASSES, cls.sample_rate, seed=0)
     model.train()
+
     def step() -> object:
         return training_step(model, opt, mixer, x, y, o.precision)
 
@@ -134,9 +135,9 @@ def bench_model(name: str, device: torch.device, batch: int, repeats: int, varia
             proc.join(timeout=30)
             if proc.is_alive():
                 proc.kill()
-    plain = statistics.median(times["fp32"])
-    return [{"model": name, "variant": v, "seconds_per_step": statistics.median(times[v]),
-             "samples_per_s": batch / statistics.median(times[v]), "vs_fp32": plain / statistics.median(times[v]),
+    median = {v: statistics.median(t) for v, t in times.items()}
+    return [{"model": name, "variant": v, "seconds_per_step": median[v], "samples_per_s": batch / median[v],
+             "vs_fp32": median["fp32"] / median[v],
              "max_logit_change": (logits[v] - logits["fp32"]).abs().max().item(), "warmup_seconds": warmup[v]}
             for v in variants]
 
@@ -182,8 +183,8 @@ def main() -> None:
         picks[name] = pick({str(r["variant"]): float(r["vs_fp32"]) for r in rows})  # type: ignore[arg-type]
         print(f"{name}: pick {picks[name]['variant']} ({picks[name]['speedup']:.2f}x fp32)", flush=True)
     if args.save:
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-        Path(args.save).write_text(json.dumps({"device": str(device), "device_name": name, "batch": args.batch,
+        device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        Path(args.save).write_text(json.dumps({"device": str(device), "device_name": device_name, "batch": args.batch,
                                                "rows": records, "pick": picks}, indent=2) + "\n")
 
 

@@ -18,6 +18,7 @@ convolutions, forward and backward) and the rate the step achieves, to hold agai
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -34,12 +35,13 @@ from intermix_core.method.devices import resolve_device, synchronize  # noqa: E4
 from intermix_core.method.mixing import Mixer  # noqa: E402
 from intermix_core.method.optim import make_optimizer  # noqa: E402
 from intermix_core.method.train import training_step  # noqa: E402
-from intermix_core.models import create_model, model_class  # noqa: E402
+from intermix_core.models import create_model, model_class, speed_up  # noqa: E402
 
 NUM_CLASSES = 10
 WARMUP_STEPS = 5
 
 
+@functools.cache  # the same for every strategy and device
 def flops_per_sample(name: str) -> float:
     """Floating-point operations of one sample's forward and backward pass through the model (two samples on the CPU).
 
@@ -54,19 +56,18 @@ def flops_per_sample(name: str) -> float:
 
 
 def profile_step(name: str, strategy: str, device: torch.device, precision: str, batch: int, steps: int,
-                 top: int) -> list[str]:
+                 top: int, cudnn_benchmark: bool = False) -> list[str]:
     """The report's lines for one model and strategy."""
     cls = model_class(name)
     gen = torch.Generator(device=device).manual_seed(0)
     x = (torch.rand(batch, cls.input_length, generator=gen, device=device) * 2 - 1) * 0.1
     y = torch.arange(batch, device=device) % NUM_CLASSES
-    model = create_model(name, NUM_CLASSES).to(device).train()
+    model = speed_up(create_model(name, NUM_CLASSES).to(device).train(), cudnn_benchmark=cudnn_benchmark)
     opt = make_optimizer(model.parameters(), OptimConfig(), 1e-3)
     mixer = Mixer(STRATEGIES[strategy], NUM_CLASSES, cls.sample_rate, seed=0)
     for _ in range(WARMUP_STEPS):
         training_step(model, opt, mixer, x, y, precision)
     synchronize(device)
-    flops = flops_per_sample(name) * batch
     on_gpu = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
     with profile(activities=activities) as prof:
@@ -84,8 +85,8 @@ def profile_step(name: str, strategy: str, device: torch.device, precision: str,
     what = "device kernels busy" if on_gpu else "CPU operators' own time"
     lines = [f"{name} {strategy} {precision}, batch {batch}: {wall * 1e3:.2f} ms per step ({batch / wall:,.0f} samples/s); "
              f"{what} {busy:.2f} ms per step ({busy / (wall * 1e3):.0%} of the wall time)",
-             f"  {flops / batch / 1e9:.2f} GFLOP per sample (forward, backward; matmuls and convolutions): "
-             f"{flops / wall / 1e12:.2f} TFLOP/s achieved"]
+             f"  {flops_per_sample(name) / 1e9:.2f} GFLOP per sample (forward, backward; matmuls and convolutions): "
+             f"{flops_per_sample(name) * batch / wall / 1e12:.2f} TFLOP/s achieved"]
     for e in rows[:top]:
         ms = getattr(e, attr) / 1e3 / steps
         lines.append(f"  {ms:8.3f} ms {ms / busy if busy else 0:6.1%} {e.count / steps:7.1f}/step  {e.key[:90]}")
@@ -107,15 +108,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device {name}; torch {torch.__version__}; cudnn.benchmark {args.cudnn_benchmark}; "
           f"{args.steps} profiled steps after {WARMUP_STEPS} warm-up steps")
     for model in args.models:
         for strategy in args.strategies:
-            print("\n".join(profile_step(model, strategy, device, args.precision, args.batch, args.steps, args.top)),
-                  flush=True)
+            print("\n".join(profile_step(model, strategy, device, args.precision, args.batch, args.steps, args.top,
+                                          args.cudnn_benchmark)), flush=True)
 
 
 if __name__ == "__main__":
