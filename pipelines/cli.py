@@ -302,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a grid locally with KFP's local runner (default: the demo grid)")
     _grid_args(p)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value of every cell, e.g. "
+                   "optim.precision=fp32 (repeatable; part of the grid id)")
     _source_args(p)
     _local_args(p)
     p.set_defaults(func="cmd_run")

@@ -7,6 +7,8 @@ Errors a user can fix raise UsageError, ConfigError, DataError, StorageError or 
 import argparse
 import json
 import os
+import shlex
+import signal
 import sys
 import tempfile
 import time
@@ -31,6 +33,7 @@ from intermix_core.config.grid import (
     setup_of_model,
     shards,
 )
+from intermix_core.method.devices import choose_precision, resolve_device
 from intermix_core.records import CHECKPOINT, RESULT, load_result
 from intermix_core.results.statistics import Summary
 from intermix_core.results.tables import REPORT_HTML, format_terminal
@@ -80,12 +83,14 @@ def _sources(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _load_grid(args: argparse.Namespace, store: str | None = None) -> GridSpec:
-    """The grid named on the command line: a file, a packaged grid, or (with a store) the id of a grid saved there."""
+    """The grid named on the command line: a file, a packaged grid, or (with a store) the id of a grid saved there;
+    `--set KEY=VALUE` (run) goes on top of every cell's config and into the grid id."""
     name = grid_name(args)
     if store and GRID_ID.match(name) and not Path(name).is_file() and name not in packaged_grids():
         grid = parse_grid(load_grid_spec(store, name), source=f"{store}/{name}/grid.json")
     else:
-        grid = load_grid(name, name=getattr(args, "name", None))
+        sets = apply_sets({}, getattr(args, "set", None)) if getattr(args, "set", None) else None
+        grid = load_grid(name, name=getattr(args, "name", None), overrides=sets)
     return with_on_silent(grid, args)
 
 
@@ -229,10 +234,42 @@ def cmd_run(args: argparse.Namespace) -> int:
     work = _workdir(args)
     gid = grid_id(grid)
     print(f"grid {gid}: {len(expand(grid))} fold trainings, work directory {work.root.resolve()}", file=sys.stderr)
+    print(f"each fold's state, in another terminal: {_local_command('status', gid, work)}", file=sys.stderr)
+    _precision_lines(grid)
     report = run_grid_local(grid, work, sources, tracking=not args.no_tracking, progress=not args.no_progress,
                             verbose=args.verbose)
+    if report.stopped:
+        return _stopped(report.stopped, _local_command("run", gid, work, grid_arg=args.grid_pos or args.grid,
+                                                       sets=args.set))
     _print_summary(work.store, gid)
     return _report(report, work, not args.no_tracking)
+
+
+def _local_command(verb: str, gid: str, work: Workdir, grid_arg: str | None = None, sets: list[str] | None = None) -> str:
+    """`intermix VERB GRID` for this work directory (and store and tracking URI, when not its own)."""
+    words = ["intermix", verb, grid_arg or gid]
+    words += [w for s in sets or [] for w in ("--set", s)]
+    if work.root != Path("intermix-work"):
+        words += ["--workdir", str(work.root)]
+    if work.store_uri:
+        words += ["--store", work.store_uri]
+    if work.tracking:
+        words += ["--tracking-uri", redact_uris(work.tracking)]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def _precision_lines(grid: GridSpec) -> None:
+    """One line per precision `auto` in the grid: what it runs as on this machine, and why."""
+    wanted = {c.config.optim.precision for c in expand(grid)}
+    if "auto" in wanted:
+        print(f"intermix: {choose_precision('auto', resolve_device(None))[1]}", file=sys.stderr)
+
+
+def _stopped(signum: int, resume: str) -> int:
+    """The one line of a local run stopped by a signal, and its exit status (128 + the signal)."""
+    print(f"intermix: stopped by {signal.Signals(signum).name}: running folds stopped after their epoch with a "
+          f"checkpoint, nothing was retried; the same command resumes: {resume}", file=sys.stderr)
+    return 128 + signum
 
 
 def _report(report: LocalRun, work: Workdir, tracking: bool) -> int:
@@ -454,5 +491,10 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     _require_sources(grid.model_copy(update={"datasets": [cell.dataset]}), _sources(args))
     report = rerun_fold_local(grid, cell, work, _sources(args).get(cell.dataset), restart=args.from_scratch,
                               tracking=not args.no_tracking, progress=not args.no_progress, verbose=args.verbose)
+    if report.stopped:  # resuming: the same rerun without --from-scratch (its checkpoint is the newest state)
+        return _stopped(report.stopped, shlex.join(["intermix", "rerun", grid_id(grid), "--dataset", cell.dataset,
+                                                     "--setup", cell.setup, "--strategy", cell.strategy,
+                                                     "--fold", str(cell.fold)])
+                        + ("" if work.root == Path("intermix-work") else f" --workdir {shlex.quote(str(work.root))}"))
     _print_summary(work.store, grid_id(grid))
     return _report(report, work, not args.no_tracking)

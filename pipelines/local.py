@@ -11,6 +11,15 @@ URI (an MLflow server), the same local run writes to those servers instead. Task
 of this Python (`SubprocessRunner(use_venv=False)`), at most two fold iterations at once; retries
 apply, GPU, placement and Kubernetes settings are ignored locally (the pipelines are built with
 `local=True`: version-tagged images, device 'auto').
+
+While a run goes on, the terminal shows the finished folds and, for each running fold, its epoch, loss,
+seconds per epoch and the time left (what `intermix status` computes, read from the store and MLflow).
+
+Signals (`LocalStop`): each task runs in a process group of its own, so a Ctrl-C reaches this process
+alone and is forwarded. The first SIGINT or SIGTERM stops the running folds after their epoch with a
+checkpoint (their MLflow runs end KILLED), starts no task and retries none (kfp's local runner would
+retry a stopped task: kfp/local/orchestrator/task_executor.py, `execute_task`); the second stops them at
+once, and what still runs 15 s later is killed. The same command then resumes every fold.
 """
 
 import builtins
@@ -19,24 +28,30 @@ import io
 import logging
 import os
 import re
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kfp import local
+from kfp.local import subprocess_task_handler
+from kfp.local.orchestrator import task_executor
 from mlflow import MlflowClient
 from tqdm import tqdm
 
 from intermix_core.common.names import check_pipeline_args
 from intermix_core.common.redact import redact_uris
+from intermix_core.common.text import duration
 from intermix_core.config.grid import FoldCell, GridSpec, expand, grid_id
 from intermix_core.records import RESULT, load_result
+from intermix_core.run.status import grid_status
 from intermix_core.store.grid_store import save_grid_spec
 from intermix_core.store.layout import cell_prefix
 from intermix_core.store.storage import Storage, open_storage
@@ -47,6 +62,8 @@ from pipelines.rerun_pipeline import rerun_pipeline
 
 DEFAULT_WORKDIR = Path("intermix-work")
 LOCAL_PARALLELISM = 2  # loop iterations kfp 2.17.3's local runner runs at once (hard-coded there)
+KILL_AFTER = 15.0  # seconds after a second signal before the tasks still running are killed
+WATCH_EVERY = 5.0  # seconds between two readings of the running folds' epochs (the tracker sends every 5 s)
 
 
 @dataclass(frozen=True)
@@ -90,11 +107,138 @@ class LocalRun:
     grid_id: str
     outcomes: dict[str, str | None] = field(default_factory=dict)
     logs: list[Path] = field(default_factory=list)
+    stopped: int | None = None  # the signal that stopped the run, if one did
 
     @property
     def ok(self) -> bool:
         """True if every pipeline succeeded."""
         return all(v is None for v in self.outcomes.values())
+
+
+STOPPED_MARK = "[intermix: the run is stopping]"
+
+
+class LocalRunStopped(RuntimeError):
+    """A task of a local run that a signal stopped, or that was not started because the run is stopping."""
+
+
+class LocalStop:
+    """SIGINT/SIGTERM during a local run: forwarded to the tasks (each in a process group of its own), once or twice.
+
+    The first signal asks the running folds to stop after their epoch with a checkpoint; tasks that would start or
+    be retried afterwards are not (`LocalRunStopped`). The second asks them to stop at once, and KILL_AFTER seconds
+    later what still runs is killed.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.count = 0
+        self.event = threading.Event()
+        self._children: set[subprocess.Popen] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.count += 1
+        self.signum = self.signum or signum
+        self.event.set()
+        name = signal.Signals(signum).name
+        if self.count == 1:
+            _say(f"intermix: {name}: stopping: running folds stop after their epoch with a checkpoint, nothing new "
+                 "starts (Ctrl-C again stops them at once)")
+        elif self.count == 2:
+            _say(f"intermix: {name} again: stopping the running tasks now")
+            threading.Timer(KILL_AFTER, self.kill).start()
+        else:
+            self.kill()
+        self.forward(signal.SIGINT)  # a task's SIGINT handler stops it after its epoch; its second, at once
+
+    def forward(self, signum: int) -> None:
+        """Send `signum` to every running task's process group."""
+        with self._lock:
+            children = list(self._children)
+        for child in children:
+            with contextlib.suppress(OSError):
+                os.killpg(child.pid, signum)
+
+    def kill(self) -> None:
+        """Kill every task still running (their MLflow runs read as killed once their heartbeat is stale)."""
+        self.forward(signal.SIGKILL)
+
+    def run_task(self, full_command: list[str], env_vars: dict[str, str] | None = None) -> int:
+        """kfp's `run_local_subprocess` with the task in a process group of its own, known to this controller."""
+        if self.event.is_set():
+            raise LocalRunStopped(f"not started {STOPPED_MARK}")
+        env = {**os.environ, **env_vars} if env_vars else None
+        with subprocess.Popen(full_command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                              env=env, start_new_session=True) as process:
+            with self._lock:
+                self._children.add(process)
+            try:
+                if self.event.is_set():  # a signal came while it started: pass it on
+                    os.killpg(process.pid, signal.SIGINT)
+                assert process.stdout is not None
+                for line in iter(process.stdout.readline, ""):
+                    print(line, end="")  # kfp's per-task print: indented, into the run's log
+                print("\n")
+                code = process.wait()
+            finally:
+                with self._lock:
+                    self._children.discard(process)
+        if code != 0 and self.event.is_set():
+            raise LocalRunStopped(f"stopped by {signal.Signals(self.signum or signal.SIGINT).name} {STOPPED_MARK}")
+        return code
+
+    def sleep(self, seconds: float) -> None:
+        """kfp's wait between a task's retries, cut short when the run stops."""
+        self.event.wait(seconds)
+
+
+class _StopAwareTime:
+    """The `time` module as kfp's task executor sees it: its retry back-off ends when the run stops."""
+
+    def __init__(self, stop: LocalStop) -> None:
+        self._stop = stop
+
+    def sleep(self, seconds: float) -> None:
+        self._stop.sleep(seconds)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def _say(line: str) -> None:
+    """One line on stderr, from a signal handler: a plain write (tqdm's and the stream's locks may be held)."""
+    with contextlib.suppress(OSError):
+        os.write(sys.stderr.fileno(), f"\n{line}\n".encode())
+
+
+class _QuietStops(logging.Filter):
+    """Leaves out kfp's 'Task ... failed with exception' lines of the tasks a signal stopped (the run says it once)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not isinstance(record.msg, str) or STOPPED_MARK not in record.msg
+
+
+@contextlib.contextmanager
+def stopping() -> Iterator[LocalStop]:
+    """Within the block, SIGINT/SIGTERM stop the local run (`LocalStop`) instead of raising; tasks run under it."""
+    stop = LocalStop()
+    saved = (subprocess_task_handler.run_local_subprocess, task_executor.time)
+    subprocess_task_handler.run_local_subprocess = stop.run_task
+    task_executor.time = _StopAwareTime(stop)
+    main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    for sig in previous:
+        signal.signal(sig, stop)
+    quiet = _QuietStops()
+    logging.getLogger().addFilter(quiet)  # kfp logs a task's exception on the root logger
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        subprocess_task_handler.run_local_subprocess, task_executor.time = saved
+        logging.getLogger().removeFilter(quiet)
 
 
 def init_local(work: Workdir, tracking: bool = True) -> None:
@@ -166,24 +310,60 @@ def _result_state(storage: Storage, key: str) -> tuple[str | None, bool]:
     return sha, False
 
 
+def running_lines(grid: GridSpec, work: Workdir, cells: list[FoldCell], tracking: bool) -> list[str]:
+    """A line per running fold (epoch, loss, s/epoch, time left) and one for the time left, as `status` computes them."""
+    st = grid_status(grid, work.store, work.tracking_uri if tracking else None, cells=cells)
+    lines = []
+    for f in st.folds:
+        if f.state != "running":
+            continue
+        parts = [f"epoch {f.epoch or 0}/{f.epochs}"]
+        if f.loss is not None:
+            parts.append(f"loss {f.loss:.3f}")
+        if f.seconds_per_epoch:
+            parts.append(f"{f.seconds_per_epoch:.1f} s/epoch")
+        if f.seconds_left is not None:
+            parts.append(f"{duration(f.seconds_left)} left")
+        lines.append(f"  {f.label}: {', '.join(parts)}")
+    left, unmeasured = st.seconds_left()
+    if lines and left is not None:
+        lines.append(f"  about {duration(left / LOCAL_PARALLELISM)} of training left ({LOCAL_PARALLELISM} folds at a time"
+                     + (f"; {unmeasured} fold(s) not yet measured" if unmeasured else "") + ")")
+    return lines
+
+
 @contextlib.contextmanager
-def _progress(desc: str, store: str, gid: str, cells: list[FoldCell], enabled: bool, fresh: bool = False) -> Iterator[None]:
-    """A tqdm bar of finished folds, polled from the store while a pipeline runs (`fresh`: only results written now)."""
+def _progress(desc: str, store: str, gid: str, cells: list[FoldCell], enabled: bool, fresh: bool = False,
+              watch: Callable[[], list[str]] | None = None) -> Iterator[None]:
+    """A tqdm bar of finished folds, polled from the store while a pipeline runs (`fresh`: only results written now),
+    and under it the lines `watch` gives (the running folds), read every WATCH_EVERY seconds."""
     storage = open_storage(store)
     keys = [f"{cell_prefix(gid, *c.key)}/{RESULT}" for c in cells]
     before = {k: _result_state(storage, k)[0] for k in keys} if fresh else {}
     bar = tqdm(total=len(keys), desc=desc, unit="fold", disable=not enabled, dynamic_ncols=True)
+    lines: list[tqdm] = []
     stop = threading.Event()
 
     def count() -> int:
         states = [(k, _result_state(storage, k)) for k in keys]
         return sum(done and (not fresh or sha != before.get(k)) for k, (sha, done) in states)
 
+    def show(texts: list[str]) -> None:
+        while len(lines) < len(texts):
+            lines.append(tqdm(total=0, position=len(lines) + 1, bar_format="{desc}", leave=False, dynamic_ncols=True))
+        for line, text in zip(lines, texts + [""] * (len(lines) - len(texts))):
+            line.set_description_str(text, refresh=True)
+
     def poll() -> None:
+        watched = 0.0
         while True:
             with contextlib.suppress(Exception):  # a store hiccup only delays the bar
                 bar.n = count()
                 bar.refresh()
+            if watch is not None and time.monotonic() - watched >= WATCH_EVERY:
+                watched = time.monotonic()
+                with contextlib.suppress(Exception):  # so does an MLflow hiccup the fold lines
+                    show(watch())
             if stop.wait(2.0):
                 return
 
@@ -198,6 +378,8 @@ def _progress(desc: str, store: str, gid: str, cells: list[FoldCell], enabled: b
             thread.join()
             with contextlib.suppress(Exception):
                 bar.n = count()
+        for line in lines:
+            line.close()
         bar.close()
 
 
@@ -237,14 +419,19 @@ def run_grid_local(
     sources = {**grid.sources, **(sources or {})}
     report = LocalRun(gid)
     cells = expand(grid)
-    for shard, pipe in grid_pipelines(grid, opts, local=True):
-        log = work.logs / f"{gid}-{shard.dataset}-{shard.setup}-{time.strftime('%Y%m%d-%H%M%S')}.log"
-        args = {"store_root": work.store, "tracking_uri": work.tracking_uri if tracking else "",
-                "source": sources.get(shard.dataset, "")}
-        shard_cells = [c for c in cells if (c.dataset, c.setup) == (shard.dataset, shard.setup)]
-        with _progress(shard.label, work.store, gid, shard_cells, progress and not verbose):
-            report.outcomes[shard.label] = _run_pipeline(pipe, args, log, verbose)
-        report.logs.append(log)
+    with stopping() as stop:
+        for shard, pipe in grid_pipelines(grid, opts, local=True):
+            if stop.event.is_set():
+                break
+            log = work.logs / f"{gid}-{shard.dataset}-{shard.setup}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+            args = {"store_root": work.store, "tracking_uri": work.tracking_uri if tracking else "",
+                    "source": sources.get(shard.dataset, "")}
+            shard_cells = [c for c in cells if (c.dataset, c.setup) == (shard.dataset, shard.setup)]
+            watch = (lambda c=shard_cells: running_lines(grid, work, c, tracking)) if tracking else None
+            with _progress(shard.label, work.store, gid, shard_cells, progress and not verbose, watch=watch):
+                report.outcomes[shard.label] = _run_pipeline(pipe, args, log, verbose)
+            report.logs.append(log)
+        report.stopped = stop.signum
     return report
 
 
@@ -260,8 +447,11 @@ def rerun_fold_local(
     log = work.logs / f"{gid}-rerun-{cell.label.replace('/', '-')}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     args = {"store_root": work.store, "tracking_uri": work.tracking_uri if tracking else "",
             "source": source or grid.sources.get(cell.dataset, ""), "restart": restart}
-    with _progress(f"rerun {cell.label}", work.store, gid, [cell], progress and not verbose, fresh=True):
-        report.outcomes[cell.label] = _run_pipeline(rerun_pipeline(grid, cell, opts, local=True), args, log, verbose)
+    watch = (lambda: running_lines(grid, work, [cell], tracking)) if tracking else None
+    with stopping() as stop:
+        with _progress(f"rerun {cell.label}", work.store, gid, [cell], progress and not verbose, fresh=True, watch=watch):
+            report.outcomes[cell.label] = _run_pipeline(rerun_pipeline(grid, cell, opts, local=True), args, log, verbose)
+        report.stopped = stop.signum
     report.logs.append(log)
     return report
 

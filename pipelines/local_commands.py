@@ -129,7 +129,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         shard = shards(grid)[0]
         cfg = next(iter(shard.configs.values()))
         hits = [r for r in load_throughput(args.throughput) if r["model"] == cfg.model
-                and r["precision"] == cfg.optim.precision and r["device"] == ("cpu" if args.device == "cpu" else r["device"])]
+                and r["precision"] == ("fp32" if cfg.optim.precision == "auto" else cfg.optim.precision) and r["device"] == ("cpu" if args.device == "cpu" else r["device"])]
         rate = max((r["full_samples_per_s"] for r in hits), default=None)
     report = run_study(grid, Path(args.data), args.out, budget_seconds=args.budget, concurrency=args.concurrency,
                        device=args.device, samples_per_s=rate)

@@ -124,8 +124,10 @@ class OptimConfig(Strict):
     # "chainer": Chainer's NesterovAG, the rule of the paper's reference [6] (BC learning's main.py) and of the
     # authors' code; "pytorch": torch.optim.SGD (Nesterov), the alternative (intermix_core.method.optim)
     update_rule: Literal["chainer", "pytorch"] = "chainer"
-    # "bf16": autocast the model's forward pass to bfloat16 (mixing, levels and loss stay float32)
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # "bf16": autocast the model's forward pass to bfloat16 (mixing, levels and loss stay float32); "auto": bf16 where it
+    # is faster (a CPU with native bfloat16 in oneDNN and ATen), else fp32, chosen where the fold trains and said in
+    # one line (intermix_core.method.devices.choose_precision)
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
     # GPU-speed options, off until measured on the GPU that runs the grid (benchmarks/bench_options.py):
     # channels-last memory for the 2-D convolutions (EnvNet, EnvNet-v2, PiczakCNN), and each stage and the
     # head compiled with torch.compile (mixing between stages stays eager). Results are the same to float

@@ -5,6 +5,9 @@ laptop. `resolve_device("cuda")` is what the GPU components pass: if CUDA is not
 a driver older than the wheel's CUDA needs, a CPU-only build of torch) it raises `DeviceError`
 instead of training on the CPU while a GPU is held.
 
+`choose_precision` turns the precision `auto` into float32 or bfloat16 for the device at hand, with the reason
+in one line: bfloat16 only where it is faster (a CPU whose oneDNN and ATen kernels have native bfloat16).
+
 `CUDA_BUILDS` is the driver matrix of torch 2.11's CUDA flavours (docker/Dockerfile's `CUDA_FLAVOUR`
 builds one; docs/cluster.md shows the table); `cuda_driver_note` names the node's driver and the
 image's CUDA in one line when they do not match.
@@ -13,6 +16,7 @@ image's CUDA in one line when they do not match.
 from __future__ import annotations
 
 import ctypes
+import os
 import re
 import subprocess
 import time
@@ -164,3 +168,54 @@ def time_per_call(fn: Callable[[], object], device: torch.device, calls: int = 1
         fn()
     synchronize(device)
     return (time.perf_counter() - t0) / calls
+
+
+# --- precision ----------------------------------------------------------------------------------------------------
+
+# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA, oneDNN's "CPU dispatcher control") without bfloat16 arithmetic: under them
+# oneDNN emulates bf16 convolutions. Measured here (M18 InterMix step, batch 16, one thread, AMD EPYC with
+# AVX512-BF16, 2026-12-06): fp32 0.33 s; bf16 0.20 s natively, 0.70 s under AVX512_CORE, 4.2 s under AVX2 (13x)
+_ONEDNN_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI"}
+# the CPU flags (Linux /proc/cpuinfo) of native bfloat16 arithmetic: AVX512-BF16 (Cooper Lake, Zen 4 on) and AMX
+_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+GPU_PRECISION_NOTE = ("float32: bfloat16 was measured no faster on an H200 (EnvNet-v2 InterMix step 0.94x of "
+                      "float32, README 'On the GPU')")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bf16(flags: set[str] | None = None, environ: dict[str, str] | None = None,
+                aten_capability: str | None = None) -> tuple[bool, str]:
+    """(whether this CPU runs bfloat16 natively in both oneDNN and ATen, why): the CPU's flags and the ISA caps set."""
+    flags = cpu_flags() if flags is None else flags
+    environ = dict(os.environ) if environ is None else environ
+    aten = aten_capability if aten_capability is not None else torch.backends.cpu.get_cpu_capability()
+    have = [f for f in _BF16_FLAGS if f in flags]
+    if not have:
+        return False, "this CPU has no native bfloat16 (no AVX512-BF16 or AMX): oneDNN would emulate it, ~13x slower"
+    cap = (environ.get("ONEDNN_MAX_CPU_ISA") or environ.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+    if cap in _ONEDNN_WITHOUT_BF16:
+        return False, f"ONEDNN_MAX_CPU_ISA={cap} keeps oneDNN off the CPU's bfloat16 units: it would emulate bf16, slower"
+    if not aten.upper().startswith("AVX512"):
+        return False, f"ATen runs {aten} kernels here (ATEN_CPU_CAPABILITY), where bfloat16 gains nothing over float32"
+    return True, f"this CPU has native bfloat16 ({', '.join(have)}), ~1.7x faster than float32 here"
+
+
+def choose_precision(requested: str, device: torch.device) -> tuple[str, str]:
+    """(fp32 or bf16, one line saying which and why) for optim.precision on `device`; `auto` picks the faster."""
+    if requested != "auto":
+        return requested, f"precision {requested} (as configured)"
+    if device.type == "cuda":
+        return "fp32", f"precision auto -> {GPU_PRECISION_NOTE}"
+    native, why = native_bf16()
+    return ("bf16" if native else "fp32"), f"precision auto -> {'bf16' if native else 'fp32'}: {why}"

@@ -43,7 +43,7 @@ from intermix_core.method.bank import (
 from intermix_core.method.checkpoint import (
     CHECKPOINT_FORMAT, clean_temporaries, fold_lock, load_checkpoint, save_checkpoint,
 )
-from intermix_core.method.devices import resolve_device
+from intermix_core.method.devices import choose_precision, resolve_device
 from intermix_core.method.evaluate import clip_error, confusion_matrix, predict_crops, to_host
 from intermix_core.method.mixing import Mixer
 from intermix_core.method.optim import learning_rate, make_optimizer
@@ -142,6 +142,7 @@ class FoldRun:
     seen: int = 0  # training samples seen
     last_checkpoint: float = 0.0  # clock() when the last checkpoint was written (or training began)
     stop: StopRequest = field(default_factory=lambda: StopRequest())  # a signal asking to stop after this epoch
+    precision: str = "fp32"  # optim.precision as it runs here: `auto` chosen for the device (choose_precision)
 
     @property
     def label(self) -> str:
@@ -289,6 +290,9 @@ def _set_up(
         pairs=PairSampler(train_bank.labels, cfg.num_classes) if cfg.strategy.pairing == "adjacent_pairs" else None,
         classes=classes, tracker=tracker, eval_clips=eval_clips,
     )
+    run.precision, why = choose_precision(optim.precision, dev)
+    if optim.precision == "auto":
+        print(f"intermix: {run.label}: {why}", file=sys.stderr)
     if state is not None:
         model.load_state_dict(state["model"])
         run.history = [EpochRecord.model_validate(h) for h in state["history"]]
@@ -364,7 +368,7 @@ def _train_epoch(run: FoldRun, epoch: int) -> EpochRecord:
         if len(idx) < 2:  # batch norm needs two samples
             continue
         x = train_inputs(bank, draw_crops(bank, idx, cfg.augment, run.data_gen))
-        loss, logits, targets = training_step(run.model, run.opt, run.mixer, x, bank.labels[idx], optim.precision)
+        loss, logits, targets = training_step(run.model, run.opt, run.mixer, x, bank.labels[idx], run.precision)
         loss_sum += loss * len(idx)
         wrong += (logits.argmax(1) != targets.argmax(1)).sum()
         n_seen += len(idx)
@@ -380,7 +384,7 @@ def _train_epoch(run: FoldRun, epoch: int) -> EpochRecord:
 
 def _evaluate(run: FoldRun, record: EpochRecord) -> torch.Tensor:
     """The 10-crop test of the held-out fold after this epoch: sets record.val_error, returns the crops' softmax."""
-    crop_probs = predict_crops(run.model, run.test_bank, run.cfg.num_crops, run.eval_clips, run.cfg.optim.precision)
+    crop_probs = predict_crops(run.model, run.test_bank, run.cfg.num_crops, run.eval_clips, run.precision)
     record.val_error = clip_error(crop_probs, run.test_bank.labels)
     return crop_probs
 
@@ -420,7 +424,7 @@ def _checkpoint(run: FoldRun, epoch: int, final: bool) -> None:
 def _finish(run: FoldRun, crop_probs: torch.Tensor | None) -> FoldResult:
     """The fold's result from the last epoch's evaluation; tracking is told first, then result.json is written."""
     if crop_probs is None:  # resumed after the last epoch's checkpoint, before the result was written
-        crop_probs = predict_crops(run.model, run.test_bank, run.cfg.num_crops, run.eval_clips, run.cfg.optim.precision)
+        crop_probs = predict_crops(run.model, run.test_bank, run.cfg.num_crops, run.eval_clips, run.precision)
     labels = run.test_bank.labels
     result = _result(run, clip_error(crop_probs, labels), confusion_matrix(crop_probs, labels, run.cfg.num_classes))
     if run.tracker is not None and run.run_id is not None:

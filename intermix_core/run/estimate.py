@@ -93,7 +93,9 @@ class SetupEstimate:
 def _pick(records: list[dict[str, Any]], cfg: ExperimentConfig, device: str | None) -> dict[str, Any] | None:
     """The measurement for cfg's model, precision and augmentation (a GPU one first unless `device` says)."""
     augment = cfg.augment.scale or cfg.augment.gain
-    hits = [r for r in records if r["model"] == cfg.model and r["precision"] == cfg.optim.precision
+    # `auto` runs fp32 on a GPU and on most CPUs (bf16 only on CPUs with native bfloat16): estimated as fp32
+    precision = "fp32" if cfg.optim.precision == "auto" else cfg.optim.precision
+    hits = [r for r in records if r["model"] == cfg.model and r["precision"] == precision
             and bool(r["augment"]) == augment and (device is None or r["device"] == device)]
     return max(hits, key=lambda r: (r["device"] == "cuda", r.get("date", ""))) if hits else None
 

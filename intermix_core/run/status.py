@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from intermix_core.common.redact import redact_uris
 from intermix_core.common.text import duration
-from intermix_core.config.grid import GridSpec, expand, grid_id
+from intermix_core.config.grid import FoldCell, GridSpec, expand, grid_id
 from intermix_core.records import CHECKPOINT, RESULT, FoldResult, fold_label, load_result
 from intermix_core.results.statistics import first_line
 from intermix_core.store.layout import cell_prefix
@@ -66,6 +66,7 @@ class RunView:
     epoch: int | None = None  # the newest epoch with metrics
     heartbeat: float | None = None  # unix seconds of that epoch's metric
     seconds_per_epoch: float | None = None  # over this attempt's last epochs
+    loss: float | None = None  # that epoch's training loss
 
 
 @dataclass
@@ -129,6 +130,7 @@ class FoldStatus:
     started: float | None = None  # when the current attempt's MLflow run began (unix seconds)
     seconds_per_epoch: float | None = None
     samples_per_s: float | None = None
+    loss: float | None = None  # the newest epoch's training loss (running)
     superseded: int = 0  # earlier attempts replaced by later ones
     run_id: str | None = None
     rerun: str | None = None
@@ -191,7 +193,7 @@ def _heartbeat(client: MlflowClient, run: RunView) -> None:
     history = sorted(client.get_metric_history(run.run_id, HEARTBEAT_METRIC), key=lambda m: m.step)
     if not history:
         return
-    run.epoch, run.heartbeat = history[-1].step, history[-1].timestamp / 1000
+    run.epoch, run.heartbeat, run.loss = history[-1].step, history[-1].timestamp / 1000, history[-1].value
     recent = history[-6:]
     steps, span = recent[-1].step - recent[0].step, (recent[-1].timestamp - recent[0].timestamp) / 1000
     if steps > 0 and span > 0:
@@ -259,11 +261,11 @@ def _samples_per_epoch(result: FoldResult | None) -> float | None:
 
 
 def grid_status(grid: GridSpec, store_root: str, tracking_uri: str | None = None, now: float | None = None,
-                progress: bool = False) -> GridStatus:
-    """The state of every fold of `grid` from its store and MLflow, with rates measured so far and the time left."""
+                progress: bool = False, cells: list[FoldCell] | None = None) -> GridStatus:
+    """The state of every fold of `grid` (or of `cells` alone) from its store and MLflow, with rates and time left."""
     gid = grid_id(grid)
     now = time.time() if now is None else now
-    cells = expand(grid)
+    cells = expand(grid) if cells is None else cells
     keys = [c.key for c in cells]
     views = _store_views(store_root, gid, keys, progress)
     runs, tracking = _tracking_views(tracking_uri, gid)
@@ -284,6 +286,7 @@ def grid_status(grid: GridSpec, store_root: str, tracking_uri: str | None = None
                 f.seconds_per_epoch = result.train_seconds / len(result.history)
         elif state == "running" and current is not None:
             f.epoch, f.heartbeat, f.seconds_per_epoch = current.epoch, current.heartbeat, current.seconds_per_epoch
+            f.loss = current.loss
             f.started = current.started
         if state in ("failed", "stopped", "killed"):
             f.rerun = rerun_command(gid, *cell.key, store_root)

@@ -1,9 +1,13 @@
 """The device rule: an explicit CUDA request is refused when CUDA is not usable, never downgraded to the CPU."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
-from intermix_core.method.devices import DeviceError, resolve_device
+from intermix_core.method.devices import DeviceError, choose_precision, native_bf16, resolve_device
 from pipelines.cli import main
 
 
@@ -100,3 +104,43 @@ def test_time_per_call_runs_the_burst_back_to_back_and_divides(monkeypatch):
     assert per_call == pytest.approx(0.3)
     assert events == ["sync", "call", "call", "call", "sync"]
     assert devices.default_burst(torch.device("cpu")) == 1 and devices.default_burst(torch.device("cuda")) == 8
+
+
+# --- precision auto: bfloat16 only where the CPU runs it natively in oneDNN and ATen ------------------------------
+
+NATIVE = {"avx2", "avx512f", "avx512_bf16"}
+
+
+@pytest.mark.parametrize(("flags", "environ", "aten", "native", "why"), [
+    (NATIVE, {}, "AVX512", True, "native bfloat16 (avx512_bf16)"),
+    ({"avx2", "amx_bf16", "amx_tile"}, {}, "AVX512", True, "amx_bf16"),
+    ({"avx2", "fma"}, {}, "AVX2", False, "no native bfloat16"),
+    (NATIVE, {"ONEDNN_MAX_CPU_ISA": "avx2"}, "AVX512", False, "ONEDNN_MAX_CPU_ISA=AVX2"),
+    (NATIVE, {"DNNL_MAX_CPU_ISA": "AVX512_CORE"}, "AVX512", False, "ONEDNN_MAX_CPU_ISA=AVX512_CORE"),
+    (NATIVE, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, "AVX512", True, "native"),
+    (NATIVE, {}, "AVX2", False, "ATen runs AVX2 kernels"),
+], ids=["avx512-bf16", "amx", "avx2-cpu", "onednn-capped-avx2", "onednn-capped-avx512", "onednn-capped-bf16",
+        "aten-avx2"])
+def test_native_bf16_reads_the_cpu_and_the_isa_caps(flags, environ, aten, native, why) -> None:
+    got, reason = native_bf16(flags, environ, aten)
+    assert got is native
+    assert why in reason
+
+
+def test_choose_precision_auto_and_explicit() -> None:
+    cuda = torch.device("cuda")  # only its type is read: no GPU needed
+    assert choose_precision("auto", cuda)[0] == "fp32"
+    assert choose_precision("bf16", torch.device("cpu")) == ("bf16", "precision bf16 (as configured)")
+    assert choose_precision("fp32", cuda)[0] == "fp32"
+    precision, line = choose_precision("auto", torch.device("cpu"))
+    assert precision == ("bf16" if native_bf16()[0] else "fp32")
+    assert line.startswith(f"precision auto -> {precision}: ")
+
+
+def test_this_machine_under_the_avx2_imitation_picks_fp32() -> None:
+    """ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 (a plain AVX2 CPU's kernels) runs `auto` as float32."""
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    code = ("import torch; from intermix_core.method.devices import choose_precision; "
+            "print(choose_precision('auto', torch.device('cpu'))[0])")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "fp32"
