@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from intermix_core.common.names import check_name, check_pipeline_value
 from intermix_core.common.text import short
@@ -145,23 +145,17 @@ class GridSpec(_Strict):
 
     @field_validator("strategy_overrides")
     @classmethod
-    def _strategy_overrides(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    def _strategy_overrides(cls, v: dict[str, dict[str, Any]], info: ValidationInfo) -> dict[str, dict[str, Any]]:
+        trained = set(info.data.get("strategies") or ()).union(*(s.strategies or () for s in info.data.get("setups") or ()))
         for strategy, over in v.items():
             _check_strategies([strategy])
+            if trained and strategy not in trained:
+                raise ValueError(f"{short(strategy)} is not trained by this grid; expected one of: {', '.join(sorted(trained))}")
             try:
                 _check_overrides(over)
             except ValueError as err:
                 raise ValueError(f"{strategy}: {err}") from None
         return v
-
-    @model_validator(mode="after")
-    def _strategy_overrides_trained(self) -> "GridSpec":
-        trained = set(self.strategies).union(*(s.strategies or () for s in self.setups))
-        extra = [s for s in self.strategy_overrides if s not in trained]
-        if extra:
-            raise ValueError(f"strategy_overrides: {', '.join(extra)} is not trained by this grid; expected one of: "
-                             f"{', '.join(sorted(trained))}")
-        return self
 
     @field_validator("folds", mode="before")
     @classmethod

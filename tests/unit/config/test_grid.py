@@ -78,7 +78,7 @@ def test_strategy_overrides_apply_to_their_strategy_only_and_are_checked():
     assert {(c.strategy, c.config.optim.eval_every) for c in expand(grid)} == {("standard", 10), ("intermix", 1)}
     assert grid_id(grid) != grid_id(parse_grid(BASE))
     assert grid_id(parse_grid({**BASE, "strategy_overrides": {}})) == grid_id(parse_grid(BASE))  # older ids hold
-    assert "strategy_overrides: bc is not trained by this grid; expected one of: intermix, standard" in _error(
+    assert "grid.yaml: strategy_overrides: 'bc' is not trained by this grid; expected one of: intermix, standard" in _error(
         {**BASE, "strategy_overrides": {"bc": {"optim": {"eval_every": 1}}}})
     assert "unknown strategy 'intermx'" in _error({**BASE, "strategy_overrides": {"intermx": {}}})
     assert "intermix: overrides may not set strategy" in _error(
