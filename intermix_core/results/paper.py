@@ -175,6 +175,9 @@ PUBLISHED_PROTOCOL: dict[str, tuple[str, str]] = {
     "intermix": _AUTHORS_ROWS,
     "intermix_vanilla": _AUTHORS_ROWS,
     "intermix_hidden": _AUTHORS_ROWS,
+    "intermix_detached": _AUTHORS_ROWS,
+    "intermix_vanilla_signed": _AUTHORS_ROWS,
+    "intermix_hidden_linear": _AUTHORS_ROWS,
 }
 _COLUMN = {"last": "the last-epoch column", "best": "the best† column (their protocol when evaluated every epoch)",
            "unknown": "both columns"}
@@ -225,8 +228,18 @@ def display_name(kind: str, key: str) -> str:
     return names.get(key, key)
 
 
+# One-knob sensitivity cells are other readings of a published row (docs/method.md, "Sensitivity cells"): the
+# paper's number of that row is printed beside them, under the same protocol.
+READING_OF: dict[str, str] = {
+    "intermix_detached": "intermix",
+    "intermix_vanilla_signed": "intermix_vanilla",
+    "intermix_hidden_linear": "intermix_hidden",
+}
+
+
 def published_error(dataset: str, setup: str, strategy: str) -> PublishedValue | None:
-    """The paper's test error for a cell (Table 1, else Table 2), or None if the paper has none."""
+    """The paper's test error for a cell (Table 1, else Table 2; a sensitivity cell gets its row's), or None."""
+    strategy = READING_OF.get(strategy, strategy)
     if (dataset, setup, strategy) in TABLE1:
         return TABLE1[(dataset, setup, strategy)]
     if setup == TABLE2_SETUP and (dataset, strategy) in TABLE2:

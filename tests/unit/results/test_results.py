@@ -341,7 +341,7 @@ def test_difference_is_taken_from_the_column_each_rows_protocol_names(tmp_path: 
     assert got["speechmix"] == ("best", pytest.approx(8.0 - 7.1))
     assert got["intermix"] == ("best", pytest.approx(8.0 - 7.2))
     assert got["intermix_vanilla"] == ("best", pytest.approx(8.0 - 7.9))
-    assert got["intermix_detached"] == (None, None)  # no published number
+    assert got["intermix_detached"] == ("best", pytest.approx(8.0 - 7.2))  # another reading of InterMix's row
     files = write_reports(s, tmp_path)
     rows = {r["strategy"]: r for r in csv.DictReader(files["table1.csv"].open(newline=""))}
     assert float(rows["speechmix"]["diff"]) == pytest.approx(0.9) and rows["speechmix"]["diff_of"] == "best"
@@ -350,6 +350,24 @@ def test_difference_is_taken_from_the_column_each_rows_protocol_names(tmp_path: 
     assert "from the column the row's published protocol names" in t1
     row = next(line for line in t1.splitlines() if line.startswith("|  | Speechmix |"))
     assert row.rstrip(" |").endswith("+0.9")
+
+
+def test_sensitivity_cells_sit_in_table_2_beside_the_row_they_read_and_are_compared_with_it(tmp_path: Path) -> None:
+    """Each one-knob cell: in Table 2 after the preset it changes, the paper's number of that row beside it, and a
+    paired comparison against that preset."""
+    strategies = ("intermix_vanilla", "intermix_vanilla_signed", "intermix_hidden", "intermix_hidden_linear", "intermix",
+                  "intermix_detached")
+    s = aggregate(grid({st: [9.0 + i, 10.0 + i, 11.5 + i] for i, st in enumerate(strategies)}, setup="envnet_v2_aug"),
+                  {"esc10": [1, 2, 3]})
+    assert s.cell("esc10", "envnet_v2_aug", "intermix_hidden_linear").published == 7.7  # Table 2's "+Hidden Mixup"
+    assert s.cell("esc10", "envnet_v2_aug", "intermix_vanilla_signed").published == 7.9
+    pairs = {(c.strategy, c.baseline) for c in s.comparisons}
+    assert {("intermix_detached", "intermix"), ("intermix_vanilla_signed", "intermix_vanilla"),
+            ("intermix_hidden_linear", "intermix_hidden")} <= pairs
+    files = write_reports(s, tmp_path)
+    assert [r["strategy"] for r in csv.DictReader(files["table2.csv"].open(newline=""))] == list(strategies)
+    t1 = {r["strategy"] for r in csv.DictReader(files["table1.csv"].open(newline=""))}
+    assert t1 == {"intermix", "intermix_detached"}  # the input-space and hidden-space readings stay in Table 2
 
 
 def test_rows_of_models_trained_on_this_projects_settings_are_labelled(tmp_path: Path) -> None:
