@@ -1,5 +1,6 @@
 """Grid specs: validation before anything runs (field named, valid choices listed), expansion, grid ids."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,10 @@ def test_strategy_overrides_apply_to_their_strategy_only_and_are_checked():
     assert {(c.strategy, c.config.optim.eval_every) for c in expand(grid)} == {("standard", 10), ("intermix", 1)}
     assert grid_id(grid) != grid_id(parse_grid(BASE))
     assert grid_id(parse_grid({**BASE, "strategy_overrides": {}})) == grid_id(parse_grid(BASE))  # older ids hold
+    from pipelines.grid_pipeline import grid_json  # what travels to the aggregate task and into the store
+
+    assert parse_grid(json.loads(grid_json(grid))) == grid
+    assert "strategy_overrides" not in json.loads(grid_json(parse_grid(BASE)))  # compiled YAML of older grids unchanged
     assert "grid.yaml: strategy_overrides: 'bc' is not trained by this grid; expected one of: intermix, standard" in _error(
         {**BASE, "strategy_overrides": {"bc": {"optim": {"eval_every": 1}}}})
     assert "unknown strategy 'intermx'" in _error({**BASE, "strategy_overrides": {"intermx": {}}})
