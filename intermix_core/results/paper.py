@@ -197,9 +197,9 @@ _OWN_SETTINGS_STRATEGIES = ("standard", "bc")
 _OWN_SETTINGS_WHY = (
     "run on this project's settings (EnvNet's schedule from BC learning's opts.py{lr}): the published rows are BC"
     " learning's own experiments (Tokozume et al., ICLR 2018), whose per-model settings are in that paper, not in its"
-    " code, which has none of these models (mil-tokyo/bc_learning_sound issue #5; for PiczakCNN it also reports a"
-    " batch-norm variant, \"Logmel-CNN + BN\", while this project's PiczakCNN has none); hold the difference as"
-    " setting plus method, not method alone")
+    " code, which has none of these models (mil-tokyo/bc_learning_sound issue #5; that paper also reports PiczakCNN"
+    " with batch norm, \"Logmel-CNN + BN\", and this project's PiczakCNN has none); read the difference as settings"
+    " plus method, not method alone")
 
 
 def protocol_notes(strategies: Sequence[str]) -> list[str]:
