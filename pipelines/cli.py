@@ -35,7 +35,7 @@ EXAMPLES = """examples:
       --tracking-uri http://mlflow:5000 --source esc10=s3://bucket/raw/ESC-50 ...
   intermix status paper --store s3://bucket/intermix --tracking-uri http://mlflow:5000 --host https://kfp.example.org
 
-GRID is the same everywhere: a grid file, a packaged grid (demo, gpu-study, official, paper; default demo) or, where
+GRID is the same everywhere: a grid file, a packaged grid (demo, gpu-study, official, paper, sensitivity; default demo) or, where
 a store is read (results, rerun, status), the id of a grid saved there (e.g. demo-0123456789).
 """
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"

@@ -35,8 +35,9 @@ def pipeline_name(gid: str, shard: Shard) -> str:
 
 
 def grid_json(grid: GridSpec) -> str:
-    """The spec as it travels to the aggregate task (and into the store)."""
-    return grid.model_dump_json()
+    """The spec as it travels to the aggregate task (and into the store); `strategy_overrides` only when set, so a
+    grid without them travels as before (the compiled YAML and the stored grid.json unchanged)."""
+    return grid.model_dump_json(exclude=None if grid.strategy_overrides else {"strategy_overrides"})
 
 
 def pipeline_components(opts: ClusterOptions, local: bool = False) -> ComponentSet:

@@ -7,7 +7,7 @@ model, strategy, dataset, fold; a bad override) is reported before anything runs
 and field.
 
 Grid id: `<name>-<10 hex digits>`, the digits being the SHA-256 of the grid's canonical content
-(axes sorted, folds written out, overrides and seed; `name` and `sources` excluded). Reformatting
+(axes sorted, folds written out, overrides, per-strategy overrides where set, and seed; `name` and `sources` excluded). Reformatting
 the YAML, reordering its lists or spelling `folds: all` out does not change it; any change to
 what is trained does. See docs/pipelines.md.
 """
@@ -96,6 +96,9 @@ class GridSpec(_Strict):
     # written "all", one list for every dataset, or per dataset ("all" or a list); held as dataset -> folds
     folds: dict[str, list[int]] = Field(default="all", validate_default=True)
     overrides: dict[str, Any] = Field(default_factory=dict)
+    # per strategy, on top of `overrides` and under each setup's (e.g. evaluating every epoch only the rows the paper
+    # published as the best epoch); in the grid id only when set, so grids without it keep their ids
+    strategy_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
     # raw data per dataset: a folder, an s3:// URI, or "demo" (the shipped ESC-10 subset); not in the grid id
     sources: dict[str, str] = Field(default_factory=dict)
@@ -139,6 +142,20 @@ class GridSpec(_Strict):
     @classmethod
     def _overrides(cls, v: dict[str, Any]) -> dict[str, Any]:
         return _check_overrides(v)
+
+    @field_validator("strategy_overrides")
+    @classmethod
+    def _strategy_overrides(cls, v: dict[str, dict[str, Any]], info: ValidationInfo) -> dict[str, dict[str, Any]]:
+        trained = set(info.data.get("strategies") or ()).union(*(s.strategies or () for s in info.data.get("setups") or ()))
+        for strategy, over in v.items():
+            _check_strategies([strategy])
+            if trained and strategy not in trained:
+                raise ValueError(f"{short(strategy)} is not trained by this grid; expected one of: {', '.join(sorted(trained))}")
+            try:
+                _check_overrides(over)
+            except ValueError as err:
+                raise ValueError(f"{strategy}: {err}") from None
+        return v
 
     @field_validator("folds", mode="before")
     @classmethod
@@ -252,7 +269,7 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 def cell_config(grid: GridSpec, dataset: str, setup: str, strategy: str, source: str = "grid") -> ExperimentConfig:
     """The validated ExperimentConfig of one dataset x setup x strategy (raises GridError naming the cell)."""
     s = grid.setup(setup)
-    data = _deep_merge(grid.overrides, s.overrides)
+    data = _deep_merge(_deep_merge(grid.overrides, grid.strategy_overrides.get(strategy, {})), s.overrides)
     data.update(dataset=dataset, model=s.model, strategy=strategy, setup=s.name, seed=grid.seed)
     try:
         return parse_config(data, source=f"{source}: {dataset}/{s.name}/{strategy}")
@@ -317,6 +334,7 @@ def canonical(grid: GridSpec) -> dict[str, Any]:
         "strategies": sorted(grid.strategies),
         "folds": {d: grid.folds_for(d) for d in sorted(grid.datasets)},
         "overrides": grid.overrides,
+        **({"strategy_overrides": grid.strategy_overrides} if grid.strategy_overrides else {}),
         "seed": grid.seed,
         **({"on_silent": "skip"} if grid.on_silent == "skip" else {}),
     }
@@ -376,6 +394,9 @@ def load_grid(path_or_name: str | Path, name: str | None = None, overrides: dict
         raise GridError(str(err)) from None
     if overrides and isinstance(data, dict):
         data = {**data, "overrides": _deep_merge(data.get("overrides") or {}, overrides)}
+        if isinstance(data.get("strategy_overrides"), dict):
+            data["strategy_overrides"] = {k: _deep_merge(v, overrides) if isinstance(v, dict) else v
+                                          for k, v in data["strategy_overrides"].items()}
         if isinstance(data.get("setups"), list):
             data["setups"] = [{**s, "overrides": _deep_merge(s["overrides"], overrides)}
                               if isinstance(s, dict) and isinstance(s.get("overrides"), dict) else s

@@ -45,6 +45,32 @@ STRATEGIES: dict[str, StrategyConfig] = {
             detach_interference=True,
             pairing="adjacent_pairs",
         ),
+        # Speechmix as its public code runs it (midas-research/speechmix, the paper's reference [32]): utils.py
+        # `mix` (l. 166-172) takes p from the A-weighted levels of the flattened hidden features at 44.1 kHz and
+        # normalises; `mixup_sound` (l. 174-182) pairs rows 2k and 2k+1 with one r per row; models/envnetv2.py
+        # (l. 209-215) mixes at layer m; no phase shift, no interference term. Its opts.py gives `--eligible`
+        # no default (l. 18) and its README no command: L is the paper's.
+        StrategyConfig(
+            name="speechmix_official", mix=True, weighting="p", layers=PAPER_L, gains_on="hidden",
+            pairing="adjacent_pairs",
+        ),
+        # One-knob sensitivity cells: each changes one field of a paper preset (docs/method.md, "Sensitivity").
+        # the interference term detached, as scaleracademy/InterMix-ICASSP utils.py builds it from `.data`
+        StrategyConfig(
+            name="intermix_detached", mix=True, weighting="p", interference=True, layers=PAPER_L,
+            rotate_input_phase=True, detach_interference=True,
+        ),
+        # Vanilla InterMix (input space) with sign(ab) sqrt(|ab|) where the waveform product is negative
+        StrategyConfig(
+            name="intermix_vanilla_signed", mix=True, weighting="r", normalize=False, interference=True,
+            rotate_input_phase=True, negative_product="signed",
+        ),
+        # "+ Hidden Mixup" as the authors' code's `mixup_type normal` (models/envnetv2.py l. 218-227): r-weighted
+        # hidden mixup with no interference term, on the phase-shifted inputs their data loader always makes
+        StrategyConfig(
+            name="intermix_hidden_linear", mix=True, weighting="r", normalize=False, layers=PAPER_L,
+            rotate_input_phase=True,
+        ),
     ]
 }
 

@@ -34,20 +34,28 @@ STRATEGY_NAMES: dict[str, str] = {
     "mixup": "mixup",
     "bc": "BC Learning",
     "speechmix": "Speechmix",
+    "speechmix_official": "Speechmix (its code)",
     "intermix": "InterMix",
+    "intermix_detached": "InterMix, term detached",
     "intermix_official": "InterMix (authors' code)",
     "intermix_vanilla": "Vanilla InterMix",
     "intermix_hidden": "+Hidden Mixup",
+    "intermix_vanilla_signed": "Vanilla InterMix, signed root",
+    "intermix_hidden_linear": "+Hidden Mixup, no interference",
 }
 # Row order of the tables: the paper's methods, then the ablation variants before the full method.
 STRATEGY_ORDER = (
-    "standard", "mixup", "bc", "speechmix", "intermix_vanilla", "intermix_hidden", "intermix", "intermix_official"
+    "standard", "mixup", "bc", "speechmix", "speechmix_official", "intermix_vanilla", "intermix_vanilla_signed",
+    "intermix_hidden", "intermix_hidden_linear", "intermix", "intermix_detached", "intermix_official",
 )
 # Table 2 names its rows cumulatively; the full method is "+ p-weighting".
 ABLATION_NAMES: dict[str, str] = {
     "intermix_vanilla": "Vanilla InterMix",
+    "intermix_vanilla_signed": "Vanilla InterMix, signed root",
     "intermix_hidden": "+Hidden Mixup",
+    "intermix_hidden_linear": "+Hidden Mixup, no interference",
     "intermix": "+p-weighting (InterMix)",
+    "intermix_detached": "+p-weighting, term detached",
 }
 
 _T1_STRATEGIES = ("standard", "bc", "speechmix", "intermix")
@@ -160,14 +168,38 @@ _AUTHORS_ROWS = ("best", ("the authors' InterMix main.py prints the best test-fo
 PUBLISHED_PROTOCOL: dict[str, tuple[str, str]] = {
     "standard": _BC_ROWS,
     "bc": _BC_ROWS,
-    "speechmix": ("unknown", ("the paper does not say which code or epoch produced them, and neither reference"
-                              " repository has a Speechmix mode")),
+    # midas-research/speechmix, the public code of the paper's Speechmix reference [32] (co-authored by the first
+    # author): main.py evaluates the test fold every epoch and prints the best (l. 40-45, `if(val_top1<best)`)
+    "speechmix": ("best", ("Speechmix's public code (midas-research/speechmix, main.py) prints the best test-fold"
+                           " error over all epochs, evaluating every epoch")),
     "intermix": _AUTHORS_ROWS,
     "intermix_vanilla": _AUTHORS_ROWS,
     "intermix_hidden": _AUTHORS_ROWS,
+    "intermix_detached": _AUTHORS_ROWS,
+    "intermix_vanilla_signed": _AUTHORS_ROWS,
+    "intermix_hidden_linear": _AUTHORS_ROWS,
 }
 _COLUMN = {"last": "the last-epoch column", "best": "the best† column (their protocol when evaluated every epoch)",
            "unknown": "both columns"}
+# The column Δ (measured − paper) is taken from, per protocol: the one named above, the last epoch when unknown.
+DIFF_COLUMN = {"last": "last", "best": "best", "unknown": "last"}
+
+# Setups whose Standard and BC rows the paper took from BC learning's own experiments (Tokozume et al., ICLR 2018,
+# its appendix; mil-tokyo/bc_learning_sound has no code for these models, its issue #5), trained there
+# on settings of that paper's, not BC's opts.py, which covers EnvNet and EnvNet-v2 only. This project runs them on
+# EnvNet's schedule (intermix_core.config.presets), so those rows are its own settings, not the published ones.
+OWN_SETTINGS_SETUPS: dict[str, str] = {
+    "m18": "M18",
+    "soundnet5": "SoundNet5",
+    "piczak_cnn": "PiczakCNN",
+}
+_OWN_SETTINGS_STRATEGIES = ("standard", "bc")
+_OWN_SETTINGS_WHY = (
+    "run on this project's settings (EnvNet's schedule from BC learning's opts.py{lr}): the published rows are BC"
+    " learning's own experiments (Tokozume et al., ICLR 2018), whose per-model settings are in that paper, not in its"
+    " code, which has none of these models (mil-tokyo/bc_learning_sound issue #5; that paper also reports PiczakCNN"
+    " with batch norm, \"Logmel-CNN + BN\", and this project's PiczakCNN has none); read the difference as settings"
+    " plus method, not method alone")
 
 
 def protocol_notes(strategies: Sequence[str]) -> list[str]:
@@ -180,14 +212,34 @@ def protocol_notes(strategies: Sequence[str]) -> list[str]:
             for (column, why), names in groups.items()]
 
 
+def own_settings_notes(setups: Sequence[str], strategies: Sequence[str]) -> list[str]:
+    """One note for the Standard/BC rows of setups the paper took from BC learning's experiments, if any are shown."""
+    shown = [OWN_SETTINGS_SETUPS[s] for s in setups if s in OWN_SETTINGS_SETUPS]
+    rows = [STRATEGY_NAMES[s] for s in _OWN_SETTINGS_STRATEGIES if s in strategies]
+    if not shown or not rows:
+        return []
+    lr = ", PiczakCNN at LR 0.002" if "PiczakCNN" in shown else ""
+    return [f"{', '.join(rows)} rows of {', '.join(shown)}: " + _OWN_SETTINGS_WHY.format(lr=lr) + "."]
+
+
 def display_name(kind: str, key: str) -> str:
     """The paper's name for a dataset, setup or strategy key (the key itself when the paper has none)."""
     names = {"dataset": DATASET_NAMES, "setup": SETUP_NAMES, "strategy": STRATEGY_NAMES}[kind]
     return names.get(key, key)
 
 
+# One-knob sensitivity cells are other readings of a published row (docs/method.md, "Sensitivity cells"): the
+# paper's number of that row is printed beside them, under the same protocol.
+READING_OF: dict[str, str] = {
+    "intermix_detached": "intermix",
+    "intermix_vanilla_signed": "intermix_vanilla",
+    "intermix_hidden_linear": "intermix_hidden",
+}
+
+
 def published_error(dataset: str, setup: str, strategy: str) -> PublishedValue | None:
-    """The paper's test error for a cell (Table 1, else Table 2), or None if the paper has none."""
+    """The paper's test error for a cell (Table 1, else Table 2; a sensitivity cell gets its row's), or None."""
+    strategy = READING_OF.get(strategy, strategy)
     if (dataset, setup, strategy) in TABLE1:
         return TABLE1[(dataset, setup, strategy)]
     if setup == TABLE2_SETUP and (dataset, strategy) in TABLE2:

@@ -28,13 +28,18 @@ from intermix_core.results.paper import display_name as _name
 ALPHA = 0.05
 WILCOXON_MIN_N = 6  # below 6 non-zero pairs the exact two-sided p-value cannot go below 0.05 (2/2^5 = 0.0625)
 STRATEGY_ORDER = pub.STRATEGY_ORDER
-ABLATION_ONLY = ("intermix_vanilla", "intermix_hidden")
-ABLATION_ROWS = ("intermix_vanilla", "intermix_hidden", "intermix")
+ABLATION_ONLY = ("intermix_vanilla", "intermix_vanilla_signed", "intermix_hidden", "intermix_hidden_linear")
+# Table 2's rows, each one-knob sensitivity cell after the row it changes (docs/method.md, "Sensitivity")
+ABLATION_ROWS = ("intermix_vanilla", "intermix_vanilla_signed", "intermix_hidden", "intermix_hidden_linear", "intermix",
+                 "intermix_detached")
 # (baseline, strategies compared with it; None = every strategy after the baseline in STRATEGY_ORDER)
 BASELINES: tuple[tuple[str, tuple[str, ...] | None], ...] = (
     ("standard", None), ("bc", None), ("speechmix", ("intermix", "intermix_official")),
 )
 ABLATION_STEPS = (("intermix_hidden", "intermix_vanilla"), ("intermix", "intermix_hidden"))  # (strategy, baseline)
+# one-knob cells against the preset they change one field of, and each code-following preset against its paper preset
+SENSITIVITY_STEPS = (("intermix_detached", "intermix"), ("intermix_vanilla_signed", "intermix_vanilla"),
+                     ("intermix_hidden_linear", "intermix_hidden"), ("speechmix_official", "speechmix"))
 
 
 def paper_order(seq: Iterable[str], known: Sequence[str]) -> list[str]:
@@ -100,8 +105,15 @@ class TableCell(BaseModel):
     @computed_field
     @property
     def diff(self) -> float | None:
-        """Measured mean minus the published value (percentage points)."""
-        return None if self.mean is None or self.published is None else self.mean - self.published
+        """Measured minus published (points), from the column the row's published protocol names (`diff_of`)."""
+        mean = self.best_mean if self.diff_of == "best" else self.mean
+        return None if mean is None or self.published is None else mean - self.published
+
+    @computed_field
+    @property
+    def diff_of(self) -> str | None:
+        """Which measured column `diff` is taken from: "last" or "best" (paper.DIFF_COLUMN); None without a published value."""
+        return None if self.published is None else pub.DIFF_COLUMN[self.published_is or "unknown"]
 
     @property
     def metric(self) -> str:
@@ -371,7 +383,7 @@ def _pairs(strategies: Iterable[str]) -> list[tuple[str, str]]:
     rank = {s: i for i, s in enumerate(present)}
     pairs = [(s, b) for b, only in BASELINES if b in rank for s in present
              if rank[s] > rank[b] and (only is None or s in only)]
-    return pairs + [(s, b) for s, b in ABLATION_STEPS if s in rank and b in rank]
+    return pairs + [(s, b) for s, b in ABLATION_STEPS + SENSITIVITY_STEPS if s in rank and b in rank]
 
 
 def aggregate(

@@ -92,8 +92,11 @@ def _grid_table(
         " (sample SD, ddof=1, / sqrt(n)); n=1 has no SE.",
         BEST_NOTE,
         "paper: the published value (UrbanSound8K without ±)"
-        + ("; Δ = measured (last epoch) − paper, in points." if delta else "."),
+        + ("; Δ = measured − paper, in points, from the column the row's published protocol names (the note below):"
+           " best† for rows published as the best epoch, else the last epoch." if delta else "."),
     ] + pub.protocol_notes(paper_order({c.strategy for c in cells}, STRATEGY_ORDER))
+    notes += pub.own_settings_notes(paper_order({c.setup for c in cells}, list(pub.SETUP_NAMES)),
+                                    [c.strategy for c in cells if c.published is not None])
     notes += [f"Human error (paper): {human}."] if human else []
     if not summary.paper_schedule and schedule_note:
         notes.insert(0, SHORT_SCHEDULE_NOTE)
@@ -225,7 +228,7 @@ REPORT_FILES |= {"summary.json", "learning_curves.png", "fold_curves.png", "fgsm
 REPORT_HTML = "report.html"  # the one file to open: every table, note, figure and absent fold of the aggregation
 CELL_FIELDS = ["dataset", "setup", "model", "strategy", "epsilon", "fgsm_kind", "n", "n_expected", "mean", "se",
                "folds_ok", "folds_failed", "folds_missing", "per_fold", "best_mean", "best_se", "best_per_fold",
-               "best_every", "published", "published_se", "published_is", "diff"]
+               "best_every", "published", "published_se", "published_is", "diff", "diff_of"]
 COMPARISON_FIELDS = ["dataset", "setup", "metric", "strategy", "baseline", "n", "folds", "baseline_mean", "mean",
                      "diff", "relative", "published_relative", "t", "p_t", "wilcoxon", "p_wilcoxon", "p_t_holm",
                      "p_wilcoxon_holm", "family", "significant", "conclusion"]
@@ -247,6 +250,7 @@ def _cell_row(c: TableCell, delta: bool = True) -> dict[str, str]:
         "best_every": " ".join(map(str, c.best_every)),
         "published_is": c.published_is or "",
         "published": _num(c.published), "published_se": _num(c.published_se), "diff": _num(c.diff) if delta else "",
+        "diff_of": (c.diff_of or "") if delta else "",
     }
 
 

@@ -66,7 +66,7 @@ def test_bad_model_exits_2_with_choices_and_no_traceback(tmp_path: Path):
 @pytest.mark.parametrize(
     "argv, expected",
     [
-        (["run", "no-such-grid.yaml"], "no-such-grid.yaml: no such grid file; packaged grids: demo, gpu-study, official, paper"),
+        (["run", "no-such-grid.yaml"], "no-such-grid.yaml: no such grid file; packaged grids: demo, gpu-study, official, paper, sensitivity"),
         (["rerun", "--grid", "demo", "--dataset", "esc10", "--setup", "m18", "--strategy", "bc", "--fold", "3"],
          "fold 3 is not in the grid for esc10; expected one of: 1, 2"),
         (["rerun", "--grid", "demo", "--dataset", "esc10", "--model", "envnet", "--strategy", "bc", "--fold", "1"],

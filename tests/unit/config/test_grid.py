@@ -1,5 +1,6 @@
 """Grid specs: validation before anything runs (field named, valid choices listed), expansion, grid ids."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from intermix_core.config.grid import (
     parse_grid,
     shards,
 )
+from intermix_core.results.paper import PUBLISHED_PROTOCOL
 
 BASE = {
     "name": "tiny",
@@ -34,7 +36,7 @@ def _error(data: dict, source: str = "grid.yaml") -> str:
 
 
 def test_packaged_grids_load():
-    assert {"demo", "official", "paper"} <= set(packaged_grids())
+    assert {"demo", "official", "paper", "sensitivity"} <= set(packaged_grids())
 
 
 def test_paper_grid_makes_tables_1_2_and_3_in_520_cells_of_18_runs():
@@ -59,6 +61,44 @@ def test_paper_grid_makes_tables_1_2_and_3_in_520_cells_of_18_runs():
     assert "# overrides: {optim: {batch_size: 64}}" in (GRIDS_DIR / "paper.yaml").read_text()
 
 
+def test_paper_grid_evaluates_every_epoch_exactly_the_rows_published_as_the_best_epoch():
+    """InterMix, Speechmix and Table 2's rows were published as the best epoch: every epoch; Standard/BC every 10th."""
+    cells = expand(load_grid("paper"))
+    every = {c.strategy: set() for c in cells}
+    for c in cells:
+        every[c.strategy].add(c.config.optim.eval_every)
+    best = {s for s in every if PUBLISHED_PROTOCOL[s][0] == "best"}
+    assert best == {"speechmix", "intermix", "intermix_vanilla", "intermix_hidden"}
+    assert {s: e for s, e in every.items()} == {s: ({1} if s in best else {10}) for s in every}
+    aug = [c for c in cells if c.setup == "envnet_v2_aug" and c.strategy == "intermix"]
+    assert all(c.config.augment.scale and c.config.optim.eval_every == 1 for c in aug)  # setup and strategy both apply
+
+
+def test_strategy_overrides_apply_to_their_strategy_only_and_are_checked():
+    grid = parse_grid({**BASE, "strategy_overrides": {"intermix": {"optim": {"eval_every": 1}}}})
+    assert {(c.strategy, c.config.optim.eval_every) for c in expand(grid)} == {("standard", 10), ("intermix", 1)}
+    assert grid_id(grid) != grid_id(parse_grid(BASE))
+    assert grid_id(parse_grid({**BASE, "strategy_overrides": {}})) == grid_id(parse_grid(BASE))  # older ids hold
+    from pipelines.grid_pipeline import grid_json  # what travels to the aggregate task and into the store
+
+    assert parse_grid(json.loads(grid_json(grid))) == grid
+    assert "strategy_overrides" not in json.loads(grid_json(parse_grid(BASE)))  # compiled YAML of older grids unchanged
+    assert "grid.yaml: strategy_overrides: 'bc' is not trained by this grid; expected one of: intermix, standard" in _error(
+        {**BASE, "strategy_overrides": {"bc": {"optim": {"eval_every": 1}}}})
+    assert "unknown strategy 'intermx'" in _error({**BASE, "strategy_overrides": {"intermx": {}}})
+    assert "intermix: overrides may not set strategy" in _error(
+        {**BASE, "strategy_overrides": {"intermix": {"strategy": "bc"}}})
+    assert "esc10/piczak_cnn/intermix: optim.eval_every" in _error(
+        {**BASE, "strategy_overrides": {"intermix": {"optim": {"eval_every": 0}}}})
+
+
+def test_command_line_overrides_win_over_strategy_overrides(tmp_path: Path):
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "strategy_overrides": {"intermix": {"optim": {"eval_every": 1}}}}))
+    tuned = load_grid(path, overrides={"optim": {"eval_every": 5}})
+    assert {c.config.optim.eval_every for c in expand(tuned)} == {5}
+
+
 def test_the_batch_size_switch_of_the_paper_grid_is_one_line():
     text = (GRIDS_DIR / "paper.yaml").read_text().replace("# overrides: {optim: {batch_size: 64}}",
                                                           "overrides: {optim: {batch_size: 64}}")
@@ -69,12 +109,21 @@ def test_the_batch_size_switch_of_the_paper_grid_is_one_line():
 def test_official_grid_puts_the_authors_code_next_to_the_paper_on_envnet_v2():
     grid = load_grid("official")
     cells = expand(grid)
-    assert len(cells) == 80
-    assert {c.strategy for c in cells} == {"intermix", "intermix_official"}
+    assert len(cells) == 160
+    assert {c.strategy for c in cells} == {"speechmix", "speechmix_official", "intermix", "intermix_official"}
     assert {c.config.model for c in cells} == {"envnet_v2"} and {c.setup for c in cells} == {"envnet_v2", "envnet_v2_aug"}
     # the authors' protocol: the test fold after every epoch (their main.py keeps the best of all epochs)
     assert {c.config.optim.eval_every for c in cells} == {1}
     assert {c.config.resolved_optim().update_rule for c in cells} == {"chainer"}
+
+
+def test_sensitivity_grid_pairs_each_one_knob_cell_with_its_paper_preset():
+    cells = expand(load_grid("sensitivity"))
+    assert len(cells) == 120 and {c.setup for c in cells} == {"envnet_v2_aug"}
+    assert {c.strategy for c in cells} == {"intermix", "intermix_detached", "intermix_vanilla", "intermix_vanilla_signed",
+                                           "intermix_hidden", "intermix_hidden_linear"}
+    assert {c.config.optim.eval_every for c in cells} == {1}
+    assert all(c.config.augment.scale and c.config.augment.gain for c in cells)
 
 
 def test_a_setup_may_name_its_own_strategies():
@@ -149,7 +198,7 @@ def test_load_grid_names_the_file(tmp_path: Path):
     bad.write_text("datasets: [esc10\n")
     with pytest.raises(GridError, match="bad.yaml: not valid YAML"):
         load_grid(bad)
-    with pytest.raises(GridError, match="no such grid file; packaged grids: demo, gpu-study, official, paper"):
+    with pytest.raises(GridError, match="no such grid file; packaged grids: demo, gpu-study, official, paper, sensitivity"):
         load_grid(tmp_path / "missing.yaml")
     typo = tmp_path / "typo.yaml"
     typo.write_text(yaml.safe_dump({**BASE, "strategies": ["bcc"]}))

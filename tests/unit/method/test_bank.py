@@ -233,7 +233,7 @@ def test_gain_multiplies_the_mixed_waveform_of_an_input_space_mix(tiny_data, str
     assert max(gain_before) > 0.05
 
 
-@pytest.mark.parametrize("strategy", ["speechmix", "intermix", "intermix_official"])
+@pytest.mark.parametrize("strategy", ["speechmix", "intermix", "intermix_official", "speechmix_official"])
 def test_gain_multiplies_each_input_of_a_hidden_space_mix(tiny_data, strategy):
     """No mixed waveform exists: each (phase-shifted) input is gained before the network, and p sees its level."""
     draw, crops, b = _mixed(tiny_data, strategy)

@@ -320,3 +320,57 @@ def test_official_preset_mix_matches_the_authors_code_rederived_in_numpy():
     got = b(h).numpy()
     want = _np_official_mix(h.double().numpy(), b.r.double().numpy(), b.theta.double().numpy())
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+
+
+def _np_speechmix_mix(h: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """midas-research/speechmix utils.mixup_sound + utils.mix: adjacent partners, gains of the flattened features at
+    44.1 kHz, the BC mix normalised by sqrt(t^2 + (1 - t)^2), no interference term."""
+    flat = h.reshape(len(h), -1)
+    s1, s2 = flat, flat[np.arange(len(h)) ^ 1]
+    g1, g2 = _np_compute_gain(s1, 44100).max(axis=1), _np_compute_gain(s2, 44100).max(axis=1)
+    t = (1.0 / (1 + 10 ** ((g1 - g2) / 20.0) * (1 - r) / r))[:, None]
+    return ((s1 * t + s2 * (1 - t)) / np.sqrt(t**2 + (1 - t) ** 2)).reshape(h.shape)
+
+
+def test_speechmix_official_mix_matches_its_code_rederived_in_numpy():
+    torch.manual_seed(1)
+    y = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7])
+    h = torch.relu(torch.randn(8, 32, 10, 82)) * torch.linspace(0.1, 3.0, 8).view(-1, 1, 1, 1)  # EnvNet-v2 layer 2
+    x = torch.randn(8, 5000)
+    b = Mixer(STRATEGIES["speechmix_official"], num_classes=8, sample_rate=44100, seed=4).draw(x, y)
+    assert b.inputs is x and b.levels is None and b.layer in (1, 2, 3, 4)  # no phase shift; levels from h itself
+    got = b(h).numpy()
+    want = _np_speechmix_mix(h.double().numpy(), b.r.double().numpy())
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+    # the project's Speechmix (input levels, in-batch partners) is another mix of the same features
+    paper = Mixer(STRATEGIES["speechmix"], num_classes=8, sample_rate=44100, seed=4).draw(x, y)
+    assert not np.allclose(paper(h).numpy(), want, atol=1e-3)
+
+
+def test_one_knob_presets_change_one_field_of_the_preset_they_test():
+    """Each sensitivity cell differs from its paper preset in exactly the field it is about (docs/method.md)."""
+    def diff(a: str, b: str) -> set[str]:
+        da, db = STRATEGIES[a].model_dump(exclude={"name"}), STRATEGIES[b].model_dump(exclude={"name"})
+        return {k for k in da if da[k] != db[k]}
+
+    assert diff("intermix_detached", "intermix") == {"detach_interference"}
+    assert diff("intermix_vanilla_signed", "intermix_vanilla") == {"negative_product"}
+    assert diff("intermix_hidden_linear", "intermix_hidden") == {"interference"}
+    assert diff("speechmix_official", "speechmix") == {"gains_on", "pairing"}
+
+
+def test_signed_root_changes_vanilla_intermix_where_waveform_products_are_negative():
+    """Layer 0 (the waveform): zeroed and signed conventions differ exactly where h_i' h_j' < 0."""
+    x, y = torch.randn(4, 3001) * 0.1, torch.tensor([0, 1, 2, 3])
+    zero = Mixer(STRATEGIES["intermix_vanilla"], num_classes=4, sample_rate=16000, seed=2).draw(x, y)
+    signed = Mixer(STRATEGIES["intermix_vanilla_signed"], num_classes=4, sample_rate=16000, seed=2).draw(x, y)
+    h = zero.inputs
+    torch.testing.assert_close(signed.inputs, h)
+    a = zero.r[:, None] * h
+    bj = (1 - zero.r)[:, None] * h[zero.partner]
+    negative = a * bj < 0
+    out_zero, out_signed = zero(h), signed(h)
+    assert negative.float().mean() > 0.3
+    torch.testing.assert_close(out_zero[~negative], out_signed[~negative])
+    want = (a + bj - 2 * torch.sqrt((a * bj).abs()) * torch.cos(zero.phi)[:, None])[negative]
+    torch.testing.assert_close(out_signed[negative], want, atol=1e-6, rtol=1e-5)

@@ -26,7 +26,8 @@ from intermix_core.testing import demo_subset
 from tiny import tiny_cfg
 
 
-@pytest.mark.parametrize("strategy", ["standard", "intermix", "intermix_official"])
+@pytest.mark.parametrize("strategy", ["standard", "intermix", "intermix_official", "speechmix_official",
+                                      "intermix_vanilla_signed", "intermix_hidden_linear"])
 def test_same_seed_same_result(tiny_data, tmp_path, strategy):
     cfg = tiny_cfg(strategy)
     a = train_fold(cfg, tiny_data, 1, tmp_path / "a", progress=False)

@@ -141,7 +141,8 @@ def test_published_column_and_difference() -> None:
     s = aggregate(grid({"intermix": [8.0, 9.0, 8.5, 9.5, 8.0]}) + [fr("intermix", 1, 22.0, "urbansound8k")])
     c = s.cell("esc10", "envnet_v2", "intermix")
     assert (c.published, c.published_se) == (8.2, 0.4)
-    assert c.diff == pytest.approx(8.6 - 8.2) and c.published_text() == "8.2 ± 0.4"
+    assert c.published_text() == "8.2 ± 0.4"
+    assert c.diff_of == "best" and c.diff is None  # InterMix was published as the best epoch: none was recorded here
     u = s.cell("urbansound8k", "envnet_v2", "intermix")
     assert (u.published, u.published_se, u.published_text()) == (21.4, None, "21.4")
     assert pub.published_error("esc50", "envnet_v2_aug", "intermix_vanilla").mean == 13.6
@@ -190,7 +191,9 @@ def test_reports_written_and_parseable(tmp_path: Path) -> None:
     assert {r["strategy"] for r in rows} == {"standard", "bc", "intermix"}
     row = next(r for r in rows if (r["setup"], r["strategy"]) == ("envnet_v2", "intermix"))
     assert float(row["mean"]) == pytest.approx(sum(MIX) / 5 - 1) and float(row["published"]) == 8.2
-    assert float(row["diff"]) == pytest.approx(float(row["mean"]) - 8.2) and row["n"] == "5"
+    assert (row["diff"], row["diff_of"], row["n"]) == ("", "best", "5")  # no best epoch recorded: no Δ, not the last's
+    std = next(r for r in rows if (r["setup"], r["strategy"]) == ("envnet_v2", "standard"))
+    assert float(std["diff"]) == pytest.approx(float(std["mean"]) - 14.2) and std["diff_of"] == "last"
     aug_bc = next(r for r in rows if (r["setup"], r["strategy"]) == ("envnet_v2_aug", "bc"))
     assert (aug_bc["n"], aug_bc["n_expected"], aug_bc["folds_missing"]) == ("4", "5", "5")
     assert {r["strategy"] for r in csv.DictReader(files["table2.csv"].open(newline=""))} == {
@@ -305,24 +308,78 @@ def test_best_epoch_column_says_the_cadence_it_was_evaluated_at(tmp_path: Path, 
 
 def test_each_row_says_which_column_to_hold_against_the_paper(tmp_path: Path) -> None:
     """Standard and BC rows are BC learning's (no best epoch kept): the last-epoch column; InterMix and the
-    ablation rows the authors' main.py (best of all epochs): best†; Speechmix: not known."""
+    ablation rows the authors' main.py (best of all epochs): best†; Speechmix its own code's main.py: best† too."""
     strategies = ("standard", "bc", "speechmix", "intermix", "intermix_official")
     s = aggregate(grid({st: [10.0, 11.0, 12.0] for st in strategies}, setup="envnet_v2_aug")
                   + grid({st: [9.0, 10.0, 11.0] for st in ("intermix_vanilla", "intermix_hidden")}, setup="envnet_v2_aug"),
                   {"esc10": [1, 2, 3]})
     assert {c.strategy: c.published_is for c in s.cells} == {
-        "standard": "last", "bc": "last", "speechmix": "unknown", "intermix": "best", "intermix_official": None,
+        "standard": "last", "bc": "last", "speechmix": "best", "intermix": "best", "intermix_official": None,
         "intermix_vanilla": "best", "intermix_hidden": "best"}
     files = write_reports(s, tmp_path)
     t1, t2 = files["table1.md"].read_text(), files["table2.md"].read_text()
     assert re.search(r"- Standard, BC Learning: hold the paper's number against the last-epoch column: BC learning's", t1)
     assert re.search(r"- InterMix: hold the paper's number against the best† column .*: the authors' InterMix main.py", t1)
-    assert re.search(r"- Speechmix: hold the paper's number against both columns", t1)
+    assert re.search(r"- Speechmix: hold the paper's number against the best† column .*midas-research/speechmix", t1)
     assert "InterMix (authors' code): hold" not in t1  # no published number, no note
     assert re.search(r"- Vanilla InterMix, \+Hidden Mixup, InterMix: hold the paper's number against the best† column", t2)
     assert "Standard" not in t2
     rows = {r["strategy"]: r["published_is"] for r in csv.DictReader(files["table1.csv"].open(newline=""))}
-    assert rows == {"standard": "last", "bc": "last", "speechmix": "unknown", "intermix": "best", "intermix_official": ""}
+    assert rows == {"standard": "last", "bc": "last", "speechmix": "best", "intermix": "best", "intermix_official": ""}
+
+
+def test_difference_is_taken_from_the_column_each_rows_protocol_names(tmp_path: Path) -> None:
+    """Δ = best† − paper for rows published as the best epoch (InterMix, Speechmix, Table 2), last − paper otherwise."""
+    last, best = [10.0, 11.0, 12.0], [7.0, 8.0, 9.0]
+    results = [fr(st, f, e, setup="envnet_v2_aug", best_val_error=b, best_epoch=5, config={"optim": {"eval_every": 1}})
+               for st in ("standard", "bc", "speechmix", "intermix", "intermix_vanilla", "intermix_detached")
+               for f, e, b in zip((1, 2, 3), last, best, strict=True)]
+    s = aggregate(results, {"esc10": [1, 2, 3]})
+    got = {c.strategy: (c.diff_of, c.diff) for c in s.cells}
+    assert got["standard"] == ("last", pytest.approx(11.0 - 10.9))
+    assert got["bc"] == ("last", pytest.approx(11.0 - 8.6))
+    assert got["speechmix"] == ("best", pytest.approx(8.0 - 7.1))
+    assert got["intermix"] == ("best", pytest.approx(8.0 - 7.2))
+    assert got["intermix_vanilla"] == ("best", pytest.approx(8.0 - 7.9))
+    assert got["intermix_detached"] == ("best", pytest.approx(8.0 - 7.2))  # another reading of InterMix's row
+    files = write_reports(s, tmp_path)
+    rows = {r["strategy"]: r for r in csv.DictReader(files["table1.csv"].open(newline=""))}
+    assert float(rows["speechmix"]["diff"]) == pytest.approx(0.9) and rows["speechmix"]["diff_of"] == "best"
+    assert float(rows["bc"]["diff"]) == pytest.approx(2.4) and rows["bc"]["diff_of"] == "last"
+    t1 = files["table1.md"].read_text()
+    assert "from the column the row's published protocol names" in t1
+    row = next(line for line in t1.splitlines() if line.startswith("|  | Speechmix |"))
+    assert row.rstrip(" |").endswith("+0.9")
+
+
+def test_sensitivity_cells_sit_in_table_2_beside_the_row_they_read_and_are_compared_with_it(tmp_path: Path) -> None:
+    """Each one-knob cell: in Table 2 after the preset it changes, the paper's number of that row beside it, and a
+    paired comparison against that preset."""
+    strategies = ("intermix_vanilla", "intermix_vanilla_signed", "intermix_hidden", "intermix_hidden_linear", "intermix",
+                  "intermix_detached")
+    s = aggregate(grid({st: [9.0 + i, 10.0 + i, 11.5 + i] for i, st in enumerate(strategies)}, setup="envnet_v2_aug"),
+                  {"esc10": [1, 2, 3]})
+    assert s.cell("esc10", "envnet_v2_aug", "intermix_hidden_linear").published == 7.7  # Table 2's "+Hidden Mixup"
+    assert s.cell("esc10", "envnet_v2_aug", "intermix_vanilla_signed").published == 7.9
+    pairs = {(c.strategy, c.baseline) for c in s.comparisons}
+    assert {("intermix_detached", "intermix"), ("intermix_vanilla_signed", "intermix_vanilla"),
+            ("intermix_hidden_linear", "intermix_hidden")} <= pairs
+    files = write_reports(s, tmp_path)
+    assert [r["strategy"] for r in csv.DictReader(files["table2.csv"].open(newline=""))] == list(strategies)
+    t1 = {r["strategy"] for r in csv.DictReader(files["table1.csv"].open(newline=""))}
+    assert t1 == {"intermix", "intermix_detached"}  # the input-space and hidden-space readings stay in Table 2
+
+
+def test_rows_of_models_trained_on_this_projects_settings_are_labelled(tmp_path: Path) -> None:
+    """Standard/BC rows of M18, SoundNet5, PiczakCNN come from BC learning's own experiments: the report says so."""
+    results = grid({"standard": [30.0, 31.0], "bc": [25.0, 26.0], "intermix": [24.0, 25.0]}, dataset="esc50",
+                   setup="piczak_cnn") + grid({"standard": [30.0, 31.0]}, dataset="esc50", setup="envnet")
+    t1 = write_reports(aggregate(results, {"esc50": [1, 2]}), tmp_path)["table1.md"].read_text()
+    note = next(line for line in t1.splitlines() if line.startswith("- Standard, BC Learning rows of PiczakCNN:"))
+    assert "this project's settings" in note and "LR 0.002" in note and "Logmel-CNN + BN" in note
+    only_envnet = write_reports(aggregate(grid({"standard": [30.0, 31.0]}, dataset="esc50", setup="envnet"),
+                                          {"esc50": [1, 2]}), tmp_path / "e")["table1.md"].read_text()
+    assert "this project's settings" not in only_envnet
 
 
 def test_fgsm_table_has_clip_and_single_crop_errors_with_eps_zero_first(tmp_path: Path) -> None:
@@ -403,7 +460,7 @@ def test_off_schedule_tables_carry_the_note_and_no_delta(tmp_path: Path) -> None
     for name in ("table1.md", "table1.tex", "report.html"):
         text = files[name].read_text()
         assert "Not the paper" in text, name
-        assert "measured (last epoch) − paper" not in text and "<th>Δ</th>" not in text, name
+        assert "measured − paper" not in text and "<th>Δ</th>" not in text, name
     assert "| Δ |" not in files["table1.md"].read_text() and r"$\Delta$" not in files["table1.tex"].read_text()
     assert {r["diff"] for r in csv.DictReader(files["table1.csv"].open(newline=""))} == {""}
 
