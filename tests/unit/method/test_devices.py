@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+from intermix_core.config.grid import expand, load_grid
 from intermix_core.method.devices import DeviceError, choose_precision, native_bf16, resolve_device
 from pipelines.cli import main
 
@@ -144,3 +145,8 @@ def test_this_machine_under_the_avx2_imitation_picks_fp32() -> None:
             "print(choose_precision('auto', torch.device('cpu'))[0])")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "fp32"
+
+
+def test_the_demo_grid_leaves_its_precision_to_the_machine() -> None:
+    """The demo trains every cell at precision `auto`: float32 under the AVX2 imitation (above), bf16 only natively."""
+    assert {c.config.optim.precision for c in expand(load_grid("demo"))} == {"auto"}
