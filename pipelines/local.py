@@ -27,6 +27,7 @@ import contextlib
 import io
 import logging
 import os
+import queue
 import re
 import signal
 import subprocess
@@ -206,10 +207,17 @@ class _StopAwareTime:
         return getattr(time, name)
 
 
+_NOTICES: queue.SimpleQueue[str] = queue.SimpleQueue()  # lines for the progress display (safe from a signal handler)
+_DISPLAY = threading.Event()  # set while a progress display runs: it prints the notices above its bars
+
+
 def _say(line: str) -> None:
-    """One line on stderr, from a signal handler: a plain write (tqdm's and the stream's locks may be held)."""
+    """One line on stderr, from a signal handler: through the progress display if one runs, else a plain write."""
+    if _DISPLAY.is_set():
+        _NOTICES.put(line)
+        return
     with contextlib.suppress(OSError):
-        os.write(sys.stderr.fileno(), f"\n{line}\n".encode())
+        os.write(sys.stderr.fileno(), f"{line}\n".encode())
 
 
 class _QuietStops(logging.Filter):
@@ -354,21 +362,29 @@ def _progress(desc: str, store: str, gid: str, cells: list[FoldCell], enabled: b
         for line, text in zip(lines, texts + [""] * (len(lines) - len(texts))):
             line.set_description_str(text, refresh=True)
 
+    def notices() -> None:
+        while not _NOTICES.empty():
+            bar.write(_NOTICES.get(), file=sys.stderr)
+
     def poll() -> None:
-        watched = 0.0
+        counted = watched = 0.0
         while True:
-            with contextlib.suppress(Exception):  # a store hiccup only delays the bar
-                bar.n = count()
-                bar.refresh()
+            notices()
+            if time.monotonic() - counted >= 2.0:
+                counted = time.monotonic()
+                with contextlib.suppress(Exception):  # a store hiccup only delays the bar
+                    bar.n = count()
+                    bar.refresh()
             if watch is not None and time.monotonic() - watched >= WATCH_EVERY:
                 watched = time.monotonic()
                 with contextlib.suppress(Exception):  # so does an MLflow hiccup the fold lines
                     show(watch())
-            if stop.wait(2.0):
+            if stop.wait(0.25):
                 return
 
     thread = threading.Thread(target=poll, daemon=True)
     if enabled:
+        _DISPLAY.set()
         thread.start()
     try:
         yield
@@ -376,6 +392,8 @@ def _progress(desc: str, store: str, gid: str, cells: list[FoldCell], enabled: b
         stop.set()
         if enabled:
             thread.join()
+            _DISPLAY.clear()
+            notices()
             with contextlib.suppress(Exception):
                 bar.n = count()
         for line in lines:
