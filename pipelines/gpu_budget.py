@@ -1,7 +1,7 @@
 """The grid's GPU budget: how `max_gpus` becomes fold-loop parallelism, and how long a GPU task may wait for a GPU.
 
 All runs of a grid start together and each has one fold loop per strategy (the paper grid: 18 runs,
-72 loops, 480 folds), so only a bound over the whole grid keeps its GPU pods within the GPUs it may
+78 loops, 520 folds), so only a bound over the whole grid keeps its GPU pods within the GPUs it may
 use. `ClusterOptions.max_gpus` is that bound; the Helm chart renders the namespace's GPU
 ResourceQuota from the same value (`pipeline.gpu.max`). `plan_gpus` splits it over the grid's
 loops as KFP ParallelFor parallelism, which the backend compiles to the Argo `parallelism` of the
@@ -42,6 +42,24 @@ class GpuPlan:
     in_flight: int  # GPU tasks the loops can start at once (one per running fold: train, then FGSM)
     longest_attempt_s: float  # the longest expected training attempt of the grid
     queue_seconds: float  # how long a started GPU task may wait for a GPU, at most; 0: never
+
+    def bounds(self) -> str:
+        """One line for `submit`: how many GPU tasks the compiled grid can run at once, and what bounds them.
+
+        It counts GPU tasks (today one per running fold; a task that trains several folds counts once).
+        """
+        loops = len(self.parallelism)
+        if self.slots is None:
+            return (f"GPU tasks at once: up to {self.in_flight} ({loops} fold loops, no GPU budget: max_gpus 0); "
+                    "only a namespace quota or the cluster's GPUs bound them")
+        if self.in_flight <= self.slots:
+            return (f"GPU tasks at once: at most {self.in_flight}, bounded by the compiled fold-loop parallelism "
+                    f"(the GPU budget of {self.slots} task(s) split over {loops} loops); a GPU quota is a second bound")
+        held = self.in_flight - self.slots
+        return (f"GPU tasks at once: up to {self.in_flight} ({loops} fold loops, each running at least one fold) for a "
+                f"GPU budget of {self.slots} task(s): only the namespace GPU quota (chart value pipeline.gpu.quota) "
+                f"or a Kueue queue holds the other {held} back; without one they wait Pending for GPUs and an "
+                'autoscaler may grow the GPU pool (docs/cluster.md, "How many GPU tasks run at once")')
 
     def loop(self, dataset: str, setup: str, strategy: str) -> int:
         """The parallelism of one loop."""

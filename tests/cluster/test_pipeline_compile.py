@@ -427,7 +427,7 @@ def test_on_silent_reaches_the_preprocess_task_and_only_skip_changes_the_grid_id
 def test_the_compiled_paper_grid_needs_kfp_2_14(paper: list[Path]) -> None:
     """Retries below the root DAG and per-strategy pod labels are what the grid compiles to; KFP before 2.14.0
     drops the first and shares the second (kubeflow/pipelines #11861, #12049): `submit` refuses such a backend."""
-    from pipelines.submit import MIN_KFP_BACKEND, required_backend
+    from pipelines.submit import FULL_KFP_BACKEND, required_backend
 
     spec, platform = _docs(_shard_file(paper, "-esc50-envnet-v2.yaml"))
     root = set(spec["root"]["dag"]["tasks"])
@@ -438,7 +438,7 @@ def test_the_compiled_paper_grid_needs_kfp_2_14(paper: list[Path]) -> None:
                   for e in platform["deploymentSpec"]["executors"].values() if "strategy" in str(e.get("podMetadata"))}
     assert strategies == {"standard", "bc", "speechmix", "intermix"}
     need = required_backend(paper)
-    assert need.version == MIN_KFP_BACKEND == (2, 14, 0)
+    assert need.version == FULL_KFP_BACKEND == (2, 14, 0)
     assert [r.rsplit("#", 1)[1] for r in need.reasons] == ["11861", "12049"]
 
 
