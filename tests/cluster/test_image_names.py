@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from components.image import DOCKERFILE, LOCK, PACKAGES, content_tag, image_inputs, resolve_images
+from components.image import DOCKERFILE, HASHED_PACKAGES, LOCK, PACKAGES, content_tag, image_inputs, resolve_images
 from intermix_core import __version__
 from pipelines.registry import ImageCheckError, check_images, manifest_exists, split_reference
 
@@ -53,6 +53,19 @@ def test_a_docs_only_change_keeps_the_image_names(checkout: Path) -> None:
     assert content_tag(checkout) == tag
 
 
+def test_a_cli_only_change_keeps_the_image_names(checkout: Path) -> None:
+    """pipelines/ (CLI, compiler, submit) travels in the image for its `intermix` command, but no task runs it: a
+    change there must not re-key the 520 cached train tasks of the paper grid."""
+    tag = content_tag(checkout)
+    _edit(checkout / "pipelines" / "cli.py", '"""', '"""A changed CLI.\n', )
+    (checkout / "pipelines" / "new_command.py").write_text('"""A new command."""\n')
+    assert content_tag(checkout) == tag
+    assert not any(path.startswith("pipelines/") for path in image_inputs(checkout))
+    # and what the tasks do run still renames them
+    _edit(checkout / "components" / "train.py", '"""', '"""\n', )
+    assert content_tag(checkout) != tag
+
+
 @pytest.mark.parametrize("change", ["code", "package-data", "lock", "dockerfile", "dependencies"])
 def test_a_change_to_what_goes_into_the_images_renames_them(checkout: Path, change: str) -> None:
     tag = content_tag(checkout)
@@ -74,6 +87,7 @@ def test_the_hashed_inputs_are_what_the_build_copies() -> None:
     admitted = {line.rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
                 if line.startswith("!")}
     assert admitted == {f"!{p}" for p in (*PACKAGES, "pyproject.toml", LOCK)}
+    assert set(HASHED_PACKAGES) == set(PACKAGES) - {"pipelines"}  # carried for the image's CLI, run by no task
     copied = set(re.findall(r"^COPY (?!--from)(\S+)", (ROOT / DOCKERFILE).read_text(), re.MULTILINE))
     assert {c.rstrip("/") for c in copied} == {*PACKAGES, "pyproject.toml", LOCK}
     assert "README.md" not in image_inputs(ROOT)  # the top-level README is no input (package data may hold one)
