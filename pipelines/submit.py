@@ -80,8 +80,8 @@ TEMPLATE_DEFAULTS_BACKEND = (2, 17, 0)
 TEMPLATE_DEFAULTS_WARNING = (
     "KFP {version}: if the cluster runs the KFP 2.17 manifests' Argo workflowDefaults (kubeflow/pipelines #13485), "
     "Argo merges templateDefaults.retryStrategy {{retryPolicy: OnError}} into every task: a fold that exits non-zero "
-    "or is OOM-killed is not retried, and finished workflows are deleted after an hour. Cluster admin's fix: remove "
-    "templateDefaults.retryStrategy (or set its retryPolicy: Always) under workflowDefaults in "
+    "or is OOM-killed is not retried, and finished workflows are deleted after an hour. Cluster admin's fix: "
+    "set templateDefaults.retryStrategy.retryPolicy: Always (or remove it) under workflowDefaults in "
     "`kubectl -n kubeflow edit configmap workflow-controller-configmap` (docs/cluster.md, \"KFP 2.17 and Argo's "
     "template defaults\")"
 )

@@ -537,3 +537,37 @@ def test_without_a_budget_the_per_loop_cap_or_nothing_applies(tmp_path: Path) ->
     assert set(_loop_limits(compile_grid(grid, tmp_path / "free", ClusterOptions(max_gpus=0))).values()) == {0}
     with pytest.raises(Exception, match="max_gpus 1 is less than gpus 2 per task"):
         ClusterOptions(max_gpus=1, gpus=2)
+
+
+def test_a_spot_gpu_pool_selector_and_toleration_reach_only_the_gpu_tasks(tmp_path: Path) -> None:
+    """docs/cluster.md's AKS spot example (label and taint kubernetes.azure.com/scalesetpriority=spot) and a Kueue
+    queue label: the selector and toleration land on train and FGSM only, the queue label on every task pod."""
+    spot = "kubernetes.azure.com/scalesetpriority"
+    opts = ClusterOptions(node_selector={spot: "spot"},
+                          tolerations=[Toleration(key=spot, operator="Equal", value="spot", effect="NoSchedule")],
+                          pod_labels={"kueue.x-k8s.io/queue-name": "gpu-queue"})
+    (path,) = compile_grid(load_grid("demo"), tmp_path, opts)
+    spec, platform = _docs(path)
+    seen = set()
+    for task, _ in _container_tasks(spec):
+        kind = task["taskInfo"]["name"].split(" ", 1)[0]
+        executor = _platform_of(spec, platform, task)
+        assert executor["podMetadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue", kind
+        if kind in ("train", "fgsm"):
+            assert executor["nodeSelector"]["labels"] == {spot: "spot"}
+            assert {"key": spot, "operator": "Equal", "value": "spot", "effect": "NoSchedule"} in executor["tolerations"]
+        else:
+            assert "nodeSelector" not in executor and not executor.get("tolerations"), kind
+        seen.add(kind)
+    assert seen == {"preprocess", "train", "fgsm", "aggregate"}
+
+
+def test_submit_names_the_gpu_bound_of_the_compiled_paper_grid() -> None:
+    """At the default budget (8) the paper grid's 78 loops start up to 78 GPU tasks: the line says so and names the
+    quota as the only bound; at 144 the compiled parallelism bounds it."""
+    from pipelines.gpu_budget import plan_gpus
+
+    grid = load_grid("paper")
+    line = plan_gpus(grid, ClusterOptions()).bounds()
+    assert line.startswith("GPU tasks at once: up to 78 (78 fold loops") and "holds the other 70 back" in line
+    assert plan_gpus(grid, ClusterOptions(max_gpus=144)).bounds().startswith("GPU tasks at once: at most 144, bounded")
