@@ -142,6 +142,31 @@ def test_manifest_head_with_bearer_token_from_docker_login(tmp_path: Path, monke
         assert not manifest_exists(image.replace("-cuda", "-cudaX"))  # 404 after the same dance: missing
 
 
+def test_an_identity_token_from_az_acr_login_is_exchanged_for_an_access_token(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """`az acr login` stores a placeholder `auth` and an `identitytoken` (an OAuth2 refresh token): the check POSTs it
+    to the realm (grant_type=refresh_token) instead of sending the placeholder as Basic credentials."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    with registry_double(token="acc3ss", refresh_tokens={"r3fresh"}) as reg:
+        image = resolve_images(f"{reg.host}/lab/intermix").cuda
+        reg.has(image)
+        folder = tmp_path / "acr"
+        folder.mkdir()
+        placeholder = base64.b64encode(b"00000000-0000-0000-0000-000000000000:").decode()
+        (folder / "config.json").write_text(json.dumps({"auths": {reg.host: {"auth": placeholder,
+                                                                             "identitytoken": "r3fresh"}}}))
+        monkeypatch.setenv("DOCKER_CONFIG", str(folder))
+        assert manifest_exists(image)
+        posts = [p for m, p, _ in reg.requests if m == "POST"]
+        assert posts == ["/token"] and reg.requests[-1][2]["authorization"] == "Bearer acc3ss"
+        (folder / "config.json").write_text(json.dumps({"auths": {reg.host: {"auth": placeholder,
+                                                                             "identitytoken": "expired"}}}))
+        with pytest.raises(ImageCheckError, match="refused"):
+            manifest_exists(image)
+
+
 def test_anonymous_tokens_digests_and_docker_hub_names(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
     digest = "sha256:" + "ab" * 32
