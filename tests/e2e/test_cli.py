@@ -133,7 +133,7 @@ def test_submit_to_kfp_api_test_double(capsys: pytest.CaptureFixture, registry: 
         # a current backend: only the note on the 2.17 manifests' Argo template defaults (#13485)
         assert [line for line in err.splitlines() if "warning" in line] == [
             line for line in err.splitlines() if "templateDefaults.retryStrategy" in line] and "warning" in err
-        assert "GPU tasks at once: at most " in out and "bounded by the compiled fold-loop parallelism (the GPU budget of 8" in out
+        assert "GPU tasks at once: at most " in out and "bounded by the compiled grid" in out and "budget of 8" in out
         exp_posts = [r for r in api.requests if r.method == "POST" and r.path.endswith("/experiments")]
         assert [r.body["display_name"] for r in exp_posts] == ["intermix-demo"]
         assert exp_posts[0].body["namespace"] == "team-a"
