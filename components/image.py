@@ -2,16 +2,19 @@
 
 A KFP cache entry keys on the image string and pods pull `IfNotPresent`, so a re-pushed tag would
 serve stale code and stale cache hits; a name that changes with every commit would re-key every
-cached task after a README edit (480 train pods rescheduled on GPUs) and name an image nobody built.
-Compiled pipelines therefore name images by a hash of the build's inputs:
+cached task after a README edit (520 train pods rescheduled on GPUs) and name an image nobody built.
+Compiled pipelines therefore name images by a hash of what the images run:
 
     <repository>:<version>-<inputs12>-cpu      <repository>:<version>-<inputs12>-cuda<CUDA version>
     <repository>@sha256:<digest>               (when a digest is pinned: the strongest identity)
 
-The inputs (`image_inputs`) are exactly what docker/Dockerfile copies into the build: the three
-packages (less what .dockerignore drops), the dependency lock docker/requirements.lock, the
-Dockerfile itself, and the tables of pyproject.toml that make the wheel ([build-system], [project],
-[tool.setuptools]); README.md, docs, tests and charts are not inputs. The CUDA version in the
+The inputs (`image_inputs`) are what docker/Dockerfile copies into the build and the components run:
+`intermix_core/` and `components/` (less what .dockerignore drops), the dependency lock
+docker/requirements.lock, the Dockerfile itself, and the tables of pyproject.toml that make the wheel
+([build-system], [project], [tool.setuptools]). `pipelines/` (the CLI, compilation, submission) is
+copied too, for the image's `intermix` command, but no task runs it (a component's function body
+imports only intermix_core), so it is no input: a change to the CLI keeps the names, the pushed
+images and every cached task. README.md, docs, tests and charts are not inputs either. The CUDA version in the
 cuda image's tag is the flavour it was built with (`CUDA_FLAVOUR`, intermix_core.method.devices.CUDA_BUILDS).
 
 `IMAGE_CPU` / `IMAGE_GPU` (version-only tags) remain for the local runner, which runs no images.
@@ -40,6 +43,8 @@ IMAGE_GPU = f"{IMAGE_REPOSITORY}:{__version__}-cuda"
 TARGETS = ("cpu", "cuda")
 SOURCE_ROOT = Path(__file__).resolve().parents[1]  # the checkout holding this package
 PACKAGES = ("intermix_core", "components", "pipelines")  # what docker/Dockerfile copies (and .dockerignore admits)
+# what the component tasks run, and so what names the images; pipelines/ is carried for the image's CLI only
+HASHED_PACKAGES = ("intermix_core", "components")
 DOCKERFILE = "docker/Dockerfile"
 LOCK = "docker/requirements.lock"
 PYPROJECT_TABLES = ("build-system", "project", "tool.setuptools")  # what of pyproject.toml reaches the wheel
@@ -96,7 +101,7 @@ def _pyproject_tables(path: Path) -> bytes:
 
 
 def image_inputs(root: str | Path = SOURCE_ROOT) -> dict[str, str]:
-    """{path: sha256} of everything the image build takes from the repository at `root` (ImageError without it)."""
+    """{path: sha256} of what the images run, from the repository at `root` (ImageError without a checkout)."""
     root = Path(root)
     missing = [p for p in (DOCKERFILE, LOCK, "pyproject.toml", *PACKAGES) if not (root / p).exists()]
     if missing:
@@ -105,7 +110,7 @@ def image_inputs(root: str | Path = SOURCE_ROOT) -> dict[str, str]:
                          "--image-digest cpu=sha256:...,cuda=sha256:...")
     inputs = {DOCKERFILE: _sha256((root / DOCKERFILE).read_bytes()), LOCK: _sha256((root / LOCK).read_bytes()),
               "pyproject.toml": _sha256(_pyproject_tables(root / "pyproject.toml"))}
-    for package in PACKAGES:
+    for package in HASHED_PACKAGES:
         for path in sorted((root / package).rglob("*")):
             rel = path.relative_to(root)
             if path.is_file() and not _IGNORED_DIRS & set(rel.parts) and path.suffix not in _IGNORED_SUFFIXES:

@@ -168,7 +168,7 @@ def _kfp_args(p: argparse.ArgumentParser, required_host: bool) -> None:
     g.add_argument("--cookies", default=_env("KFP_COOKIES"), help="session cookies for a KFP behind a login, e.g. "
                    "'oauth2_proxy_kubeflow=...' (env KFP_COOKIES)")
     g.add_argument("--skip-version-check", action="store_true",
-                   help="submit even to a KFP backend older than intermix supports (it warns instead of refusing)")
+                   help="submit even to a KFP backend older than intermix supports, below 2.5.0 (it warns instead of refusing)")
     g.add_argument("--skip-image-check", action="store_true",
                    help="do not ask the registries whether the images exist (e.g. one only the cluster can reach)")
     g.add_argument("--ssl-ca-cert", default=_env("KFP_SSL_CA_CERT"), help="CA bundle to verify the KFP endpoint (env KFP_SSL_CA_CERT)")

@@ -45,6 +45,7 @@ from intermix_core.store.reports import fetch_latest_report_file
 from intermix_core.store.storage import open_storage
 from intermix_core.tracking.client import TrackingError
 from intermix_core.tracking.tracker import FoldSuperseded
+from pipelines.gpu_budget import plan_gpus
 from pipelines.grid_pipeline import compile_grid
 from pipelines.local import LocalRun, Workdir, rerun_fold_local, run_grid_local
 from pipelines.local_commands import (
@@ -455,6 +456,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
           f"({created} created, {len(runs) - created} already there)")
     for r in runs:
         print(f"  {r.run_id}  {r.run_name}" + (f"  (existing, {r.state})" if r.status == "existing" else ""))
+    print(plan_gpus(grid, opts).bounds())
     return 0
 
 

@@ -1,24 +1,38 @@
 """The grid's GPU budget: how `max_gpus` becomes fold-loop parallelism, and how long a GPU task may wait for a GPU.
 
 All runs of a grid start together and each has one fold loop per strategy (the paper grid: 18 runs,
-72 loops, 480 folds), so only a bound over the whole grid keeps its GPU pods within the GPUs it may
+78 loops, 520 folds), so only a bound over the whole grid keeps its GPU pods within the GPUs it may
 use. `ClusterOptions.max_gpus` is that bound; the Helm chart renders the namespace's GPU
-ResourceQuota from the same value (`pipeline.gpu.max`). `plan_gpus` splits it over the grid's
-loops as KFP ParallelFor parallelism, which the backend compiles to the Argo `parallelism` of the
-loop template (kubeflow/pipelines backend/src/v2/compiler/argocompiler/dag.go); Argo starts no
-iteration beyond it (argo-workflows workflow/controller/operator.go checks parallelism before it
-initialises a node), so a held-back fold neither holds a GPU nor starts its retry clock. Each loop
-gets at least one fold at a time; what is left goes to the loops with the most training time per
-running fold (at most one per fold), so long loops do not finish last by far.
+ResourceQuota from the same value (`pipeline.gpu.max`). `plan_gpus` turns it into the compiled
+structure, counting GPU tasks (today one per running fold; a task that trains several folds would
+count once):
 
-When a grid has more loops than GPU slots, the loops together start more GPU tasks than the budget
-allows, and the quota holds the excess pods back (Argo creates them later: an "exceeded quota"
-error is transient, util/errors/errors.go). Their attempts have started already (Argo stamps an
-attempt's StartedAt when it initialises the node, before the pod exists), so the wait counts
-against backoffMaxDuration. `queue_seconds` bounds it: a started task has at most
-`in_flight - slots` others ahead of it, served `slots` at a time, each for at most the longest
-attempt of the grid. Quota admission is not first-come first-served, so this is an estimate of a
-fair queue, generous by design (pipelines/options.py: retry_seconds).
+* at least as many GPU slots (max_gpus // gpus) as loops: the loops run side by side and the slots
+  are split over them as KFP ParallelFor parallelism, each loop at least one fold, the rest to the
+  loops with the most training per running fold (at most one per fold);
+* fewer slots than loops: each run gets a width (at least 1, the rest to the runs with the most
+  training per unit of width), and a run narrower than its loop count runs its loops one after
+  another (`sequential`: each loop waits for the one before, kubeflow/pipelines compiles the
+  `.after()` into the loop task's dependentTasks), each with the run's width as parallelism. Then the
+  grid starts at most `max(slots, runs)` GPU tasks: at or above the run count (18 for the paper grid)
+  the compiled grid alone keeps within the budget; below it one GPU task per run is the floor and the
+  quota (or a Kueue queue) holds the rest back.
+
+Parallelism compiles to the Argo `parallelism` of the loop template (kubeflow/pipelines
+backend/src/v2/compiler/argocompiler/dag.go); Argo starts no iteration beyond it (argo-workflows
+workflow/controller/operator.go checks parallelism before it initialises a node), so a held-back
+fold neither holds a GPU nor starts its retry clock; a loop waiting for the one before it has not
+started either. A failed loop stops the loops queued after it in its run (KFP does not start a task
+whose upstream failed): submitting the grid again resumes them (docs/cluster.md, section 5).
+
+When the grid starts more GPU tasks than the budget allows (fewer slots than runs), the quota holds
+the excess pods back (Argo creates them later: an "exceeded quota" error is transient,
+util/errors/errors.go). Their attempts have started already (Argo stamps an attempt's StartedAt when
+it initialises the node, before the pod exists), so the wait counts against backoffMaxDuration.
+`queue_seconds` bounds it: a started task has at most `in_flight - slots` others ahead of it, served
+`slots` at a time, each for at most the longest attempt of the grid. Quota admission is not
+first-come first-served, so this is an estimate of a fair queue, generous by design
+(pipelines/options.py: retry_seconds).
 """
 
 from __future__ import annotations
@@ -31,47 +45,106 @@ from intermix_core.config.grid import GridSpec, shards
 from pipelines.options import ClusterOptions, expected_train_seconds
 
 LoopKey = tuple[str, str, str]  # (dataset, setup, strategy): one fold loop of one shard run
+RunKey = tuple[str, str]  # (dataset, setup): one shard run
 
 
 @dataclass(frozen=True)
 class GpuPlan:
-    """How many folds each loop runs at once, and what that means for GPUs."""
+    """How many folds each loop runs at once, whether a run's loops run one after another, and what that means for GPUs."""
 
     slots: int | None  # GPU tasks the budget allows at once (max_gpus // gpus); None: no budget
     parallelism: dict[LoopKey, int]  # the loop's ParallelFor parallelism; 0: no limit
-    in_flight: int  # GPU tasks the loops can start at once (one per running fold: train, then FGSM)
+    in_flight: int  # GPU tasks the compiled grid can start at once (one per running fold: train, then FGSM)
     longest_attempt_s: float  # the longest expected training attempt of the grid
     queue_seconds: float  # how long a started GPU task may wait for a GPU, at most; 0: never
+    sequential: frozenset[RunKey] = frozenset()  # runs whose loops run one after another
+
+    def bounds(self) -> str:
+        """One line for `submit`: how many GPU tasks the compiled grid can run at once, and what bounds them."""
+        loops, runs = len(self.parallelism), len({k[:2] for k in self.parallelism})
+        if self.slots is None:
+            return (f"GPU tasks at once: up to {self.in_flight} ({loops} fold loops, no GPU budget: max_gpus 0); "
+                    "only a namespace quota or the cluster's GPUs bound them")
+        how = (f"{len(self.sequential)} of {runs} runs run their loops one after another" if self.sequential
+               else f"the budget split over {loops} loops side by side")
+        if self.in_flight <= self.slots:
+            return (f"GPU tasks at once: at most {self.in_flight}, bounded by the compiled grid ({how}) for a GPU "
+                    f"budget of {self.slots} task(s); a GPU quota is a second bound")
+        held = self.in_flight - self.slots
+        return (f"GPU tasks at once: up to {self.in_flight} (one per run at least: {runs} runs; {how}) for a "
+                f"GPU budget of {self.slots} task(s): only the namespace GPU quota (chart value pipeline.gpu.quota) "
+                f"or a Kueue queue holds the other {held} back; without one they wait Pending for GPUs and an "
+                'autoscaler may grow the GPU pool (docs/cluster.md, "How many GPU tasks run at once")')
 
     def loop(self, dataset: str, setup: str, strategy: str) -> int:
         """The parallelism of one loop."""
         return self.parallelism[(dataset, setup, strategy)]
 
+    def is_sequential(self, dataset: str, setup: str) -> bool:
+        """Whether the run of (dataset, setup) runs its loops one after another."""
+        return (dataset, setup) in self.sequential
+
+
+def _split(keys: list[LoopKey], work: dict[LoopKey, tuple[int, float]], cap: dict[LoopKey, int],
+           slots: int) -> dict[LoopKey, int]:
+    """Spread `slots` (>= len(keys)) over side-by-side loops: one each, the rest to the most training per running fold."""
+    parallelism = {k: 1 for k in keys}
+    spare = slots - len(keys)
+    heap = [(-work[k][0] * work[k][1], k) for k in keys if cap[k] > 1]
+    heapq.heapify(heap)
+    while spare > 0 and heap:
+        _, k = heapq.heappop(heap)
+        parallelism[k] += 1
+        spare -= 1
+        if parallelism[k] < cap[k]:
+            folds, attempt = work[k]
+            heapq.heappush(heap, (-folds * attempt / parallelism[k], k))
+    return parallelism
+
 
 def plan_gpus(grid: GridSpec, opts: ClusterOptions) -> GpuPlan:
     """The GPU plan of `grid` under `opts` (max_gpus, gpus, parallelism, the expected attempt durations)."""
     loops: dict[LoopKey, tuple[int, float]] = {}  # key -> (folds, expected seconds of one training attempt)
+    runs: dict[RunKey, list[LoopKey]] = {}
     for shard in shards(grid):
         for strategy, cfg in shard.configs.items():
-            loops[(shard.dataset, shard.setup, strategy)] = (len(shard.folds), expected_train_seconds(cfg, opts))
+            key = (shard.dataset, shard.setup, strategy)
+            loops[key] = (len(shard.folds), expected_train_seconds(cfg, opts))
+            runs.setdefault(key[:2], []).append(key)
     cap = {k: min(folds, opts.parallelism or folds) for k, (folds, _) in loops.items()}
     slots = opts.gpu_slots()
+    sequential: set[RunKey] = set()
     if slots is None:
         parallelism = {k: opts.parallelism for k in loops}
+        in_flight = sum(cap.values())
+    elif slots >= len(loops):
+        parallelism = _split(list(loops), loops, cap, slots)
+        in_flight = sum(min(p, cap[k]) for k, p in parallelism.items())
     else:
-        parallelism = {k: 1 for k in loops}
-        spare = slots - len(loops)
-        # one more running fold to the loop whose remaining training per running fold is longest
-        heap = [(-folds * attempt, k) for k, (folds, attempt) in loops.items() if cap[k] > 1]
+        # fewer slots than loops: a width per run, at least 1; the rest to the most training per unit of width
+        width = {r: 1 for r in runs}
+        total = {r: sum(loops[k][0] * loops[k][1] for k in keys) for r, keys in runs.items()}
+        most = {r: sum(cap[k] for k in keys) for r, keys in runs.items()}  # more would leave slots idle
+        spare = slots - len(runs)
+        heap = [(-total[r], r) for r in runs if most[r] > 1]
         heapq.heapify(heap)
         while spare > 0 and heap:
-            _, k = heapq.heappop(heap)
-            parallelism[k] += 1
+            _, r = heapq.heappop(heap)
+            width[r] += 1
             spare -= 1
-            if parallelism[k] < cap[k]:
-                folds, attempt = loops[k]
-                heapq.heappush(heap, (-folds * attempt / parallelism[k], k))
-    in_flight = sum(min(p, cap[k]) if p else cap[k] for k, p in parallelism.items())
+            if width[r] < most[r]:
+                heapq.heappush(heap, (-total[r] / width[r], r))
+        parallelism = {}
+        in_flight = 0
+        for r, keys in runs.items():
+            if width[r] >= len(keys):  # wide enough for its loops side by side
+                split = _split(keys, loops, cap, width[r])
+                parallelism.update(split)
+                in_flight += sum(min(p, cap[k]) for k, p in split.items())
+            else:  # one loop after another, each as wide as the run
+                sequential.add(r)
+                parallelism.update({k: min(width[r], cap[k]) for k in keys})
+                in_flight += max(min(width[r], cap[k]) for k in keys)
     longest = max((attempt for _, attempt in loops.values()), default=0.0)
     queue = 0.0 if slots is None or in_flight <= slots else math.ceil((in_flight - slots) / slots) * longest
-    return GpuPlan(slots, parallelism, in_flight, longest, queue)
+    return GpuPlan(slots, parallelism, in_flight, longest, queue, frozenset(sequential))

@@ -5,7 +5,8 @@ Inside a shard run:
     exit handler: aggregate "<grid id>" (all results in the grid store, even if a fold failed)
     preprocess "<dataset>@<rate>"  -> data URI (a string: the dataset is prepared once into the store)
     "folds <dataset>/<setup>" (a sub-pipeline taking the URI as input):
-        for each strategy (static, named "folds <dataset>/<setup>/<strategy>"):
+        for each strategy (static, named "folds <dataset>/<setup>/<strategy>"; side by side, or one
+        after another where the GPU budget is narrower than the loops, pipelines/gpu_budget.py):
             ParallelFor fold: train "train <dataset>/<setup>/<strategy>" -> FGSM "fgsm <...>"
 
 The paper grid becomes 18 runs of at most 4 x 10 folds, submitted under one KFP experiment;
@@ -68,6 +69,10 @@ def shard_pipeline(grid: GridSpec, shard: Shard, opts: ClusterOptions | None = N
 
     @dsl.pipeline(name=f"{pname}-folds", description=f"every strategy x fold of {shard.label}")
     def folds(data_uri: str, store_root: str, tracking_uri: str):
+        # a run narrower than its loop count runs them one after another (pipelines/gpu_budget.py); the
+        # local runner runs one task at a time anyway
+        one_after_another = plan.is_sequential(shard.dataset, shard.setup) and not local
+        before = None
         for strategy, cfg in shard.configs.items():
             name = f"{shard.label}/{strategy}"
             labels = {**base_labels, "strategy": strategy}
@@ -80,12 +85,15 @@ def shard_pipeline(grid: GridSpec, shard: Shard, opts: ClusterOptions | None = N
                 )
                 configure_task(train.set_display_name(f"train {name}"), opts, kind="train", cache=True,
                                labels=labels, retry_window_s=window, local=local)
+                if one_after_another and before is not None:
+                    train.after(before)  # compiled as this loop's dependency on the previous loop
                 attack = comps.fgsm_attack(
                     fold=fold, grid_id=gid, tracking_uri=tracking_uri, store_root=store_root, data_uri=data_uri,
                     trained=train.outputs["trained"], device=device,
                 )
                 configure_task(attack.set_display_name(f"fgsm {name}"), opts, kind="fgsm", cache=True,
                                labels=labels, retry_window_s=gpu_short_window, local=local)
+            before = attack
 
     @dsl.pipeline(name=pname, description=f"intermix grid {gid}: {shard.label}, every strategy x fold")
     def run_shard(store_root: str, tracking_uri: str = "", source: str = default_source):

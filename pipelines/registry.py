@@ -7,7 +7,9 @@ A pod whose image was never pushed waits in ImagePullBackOff while its retry win
 Hub, most registries, also for public images) gets the token request the challenge names
 (`realm?service=...&scope=repository:<name>:pull`), anonymously or with the credentials `docker
 login` / `podman login` stored (DOCKER_CONFIG or ~/.docker/config.json, REGISTRY_AUTH_FILE or
-$XDG_RUNTIME_DIR/containers/auth.json: an `auth` entry or a `docker-credential-*` helper); a Basic
+$XDG_RUNTIME_DIR/containers/auth.json: an `auth` entry, an `identitytoken` entry (what `az acr login`
+writes: an OAuth2 refresh token, exchanged with a POST to the realm, `grant_type=refresh_token`, as
+the distribution spec's docs/spec/auth/oauth.md describe) or a `docker-credential-*` helper); a Basic
 challenge gets those credentials directly. Loopback registries (localhost, 127.0.0.1) are spoken to
 over plain HTTP, as Docker does; every other over HTTPS.
 """
@@ -61,6 +63,10 @@ def split_reference(image: str) -> tuple[str, str, str]:
     return (DOCKER_HUB if host == "docker.io" else host), path, reference
 
 
+# the user name docker and its credential helpers give for an identity token (docker/cli: types.AuthConfig.IdentityToken)
+IDENTITY_TOKEN_USER = "<token>"
+
+
 def _auth_files() -> list[Path]:
     docker = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker") / "config.json"
     runtime = os.environ.get("XDG_RUNTIME_DIR")
@@ -84,6 +90,8 @@ def credentials(host: str) -> tuple[str, str] | None:
             continue
         for key, entry in (config.get("auths") or {}).items():
             if key.rstrip("/") in keys or key in keys:
+                if entry.get("identitytoken"):  # its `auth` is a placeholder user with no password
+                    return IDENTITY_TOKEN_USER, entry["identitytoken"]
                 if entry.get("auth"):
                     user, _, secret = base64.b64decode(entry["auth"]).decode().partition(":")
                     return user, secret
@@ -120,6 +128,17 @@ def _token(challenge: str, name: str, creds: tuple[str, str] | None) -> str | No
     if not realm:
         return None
     query = {"service": params.get("service", ""), "scope": params.get("scope") or f"repository:{name}:pull"}
+    if creds and creds[0] == IDENTITY_TOKEN_USER:  # an OAuth2 refresh token: POST it for an access token
+        form = {**{k: v for k, v in query.items() if v}, "grant_type": "refresh_token", "refresh_token": creds[1],
+                "client_id": "intermix"}
+        req = urllib.request.Request(realm, method="POST", data=urllib.parse.urlencode(form).encode(),
+                                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                data = json.loads(resp.read() or b"{}")
+        except urllib.error.HTTPError:
+            return None
+        return data.get("access_token") or data.get("token")
     headers = {}
     if creds:
         headers["Authorization"] = "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()

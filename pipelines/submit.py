@@ -3,9 +3,10 @@
 Every pipeline is compiled before anything is created; then each image the pipelines name is looked
 up in its registry (pipelines/registry.py: a missing one is named with the command that builds it),
 and the server is asked what it is (`GET /apis/v2beta1/healthz`: `tag_name` and `multi_user`,
-kubeflow/pipelines backend/src/apiserver/main.go): a backend older than the compiled pipelines need
-(required_backend) is refused, a multi-user one needs --namespace, and a login page instead of the
-API says the credentials are missing.
+kubeflow/pipelines backend/src/apiserver/main.go): a backend below BASE_KFP_BACKEND is refused, one
+older than what the compiled pipelines use (required_backend) gets one warning naming what the grid
+loses there, a multi-user one needs --namespace, and a login page instead of the API says the
+credentials are missing.
 Submission is idempotent: a run of the same name that is pending, running or succeeded in the
 experiment is reported, not created again; a failure midway says which runs exist.
 """
@@ -37,25 +38,53 @@ from pipelines.registry import check_images, compiled_images
 from pipelines.rerun_pipeline import rerun_pipeline
 
 # What a compiled pipeline needs from the KFP backend (docs/cluster.md, "Minimum versions"); required_backend
-# reads it from the compiled IR. Every intermix pipeline needs BASE_KFP_BACKEND:
+# reads it from the compiled IR. Every intermix pipeline needs BASE_KFP_BACKEND, below which submit refuses:
 #   2.3  scratch emptyDirs at /gcs, /minio, /s3 (needed by the non-root images)
-#   2.4.1/2.5  upstream artifacts inside ParallelFor (#11520, fixed by #11627), DAG status after all
-#        tasks (#11651, 2.5.0 only); exit handler as an Argo lifecycle hook since 2.4 (#11470)
+#   2.4.1/2.5  upstream artifacts inside ParallelFor (#11520, fixed by #11627: train -> FGSM inside the fold
+#        loop), DAG status after all tasks (#11651, 2.5.0 only); exit handler as an Argo lifecycle hook (#11470).
+#   So Kubeflow 1.9 (KFP 2.3.0) is refused: its FGSM tasks would not get their train task's artifact.
 BASE_KFP_BACKEND = (2, 5, 0)
 # Retries of a task below the root DAG (inside the exit handler, a sub-pipeline or a ParallelFor):
 # before 2.14.0 the Argo compiler looks a task's retry policy up in the ROOT dag only
 # (backend/src/v2/compiler/argocompiler/container.go at 2.5.0, getTaskRetryPolicySpec), so nested
 # tasks get no retryStrategy at all; 2.14.0 reads it from the task itself (#11861, and #11908 for
-# sub-pipelines).
+# sub-pipelines). Below it the grid runs, degraded: submit warns (DEGRADED_RECOVERY).
 NESTED_RETRY_BACKEND = (2, 14, 0)
 # Different pod labels or annotations per task: before 2.14.0 every task without a root-level retry
 # shares one executor template, and the pod metadata lands on it once, from the first task compiled
 # (container.go at 2.5.0, extendPodMetadata on "system-container-impl"); 2.14.0 passes it per task (#12049).
 POD_METADATA_BACKEND = (2, 14, 0)
-# The oldest backend any grid compiled by intermix runs on: every grid has nested retries and per-strategy labels.
-MIN_KFP_BACKEND = max(BASE_KFP_BACKEND, NESTED_RETRY_BACKEND, POD_METADATA_BACKEND)
+# The oldest backend submit accepts (a grid that needs more is submitted with a warning naming what is lost)
+MIN_KFP_BACKEND = BASE_KFP_BACKEND
+# The oldest backend on which every grid intermix compiles runs as designed (nested retries, per-strategy labels)
+FULL_KFP_BACKEND = max(BASE_KFP_BACKEND, NESTED_RETRY_BACKEND, POD_METADATA_BACKEND)
+# What a lost feature means for the grid, by the reason required_backend gives (one warning names them all)
+LOST_ON_OLD_BACKEND = {
+    "11861": "no retries inside the fold loops: a train, FGSM or preprocess pod that fails, is OOM-killed, "
+             "evicted or preempted fails its fold at once",
+    "12049": "one set of pod labels for every pod of a run (the first strategy's intermix/strategy; a Kueue "
+             "queue label lands on the CPU pods too)",
+}
+DEGRADED_RECOVERY = ("to finish the folds that failed, submit the same grid again: unfinished folds resume from "
+                     "their checkpoints, finished ones come from the cache (docs/cluster.md, \"KFP 2.5 to 2.13\")")
 # ParallelFor status propagation to the ExitHandler group (#13321, #11979; fixed by #13322 in 2.17.0)
 RECOMMENDED_KFP_BACKEND = (2, 17, 0)
+# KFP 2.17.0's manifests (#13485) add to the Argo workflow-controller-configmap's workflowDefaults
+# `templateDefaults.retryStrategy {limit: 2, retryPolicy: OnError}` and `ttlStrategy.secondsAfterCompletion: 3600`
+# (manifests/kustomize/third-party/argo/base/workflow-controller-configmap-patch.yaml). Argo merges
+# templateDefaults into every template field by field, the template's own values winning (argo-workflows
+# workflow/controller/operator.go, mergedTemplateDefaultsInto; docs/template-defaults.md): the KFP compiler
+# writes limit and backoff but no retryPolicy, so a train task's retries become OnError (a non-zero exit or an
+# OOM kill is not retried, a deleted pod is), and the drivers and DAG templates get 2 retries of their own.
+TEMPLATE_DEFAULTS_BACKEND = (2, 17, 0)
+TEMPLATE_DEFAULTS_WARNING = (
+    "KFP {version}: if the cluster runs the KFP 2.17 manifests' Argo workflowDefaults (kubeflow/pipelines #13485), "
+    "Argo merges templateDefaults.retryStrategy {{retryPolicy: OnError}} into every task: a fold that exits non-zero "
+    "or is OOM-killed is not retried, and finished workflows are deleted after an hour. Cluster admin's fix: "
+    "set templateDefaults.retryStrategy.retryPolicy: Always (or remove it) under workflowDefaults in "
+    "`kubectl -n kubeflow edit configmap workflow-controller-configmap` (docs/cluster.md, \"KFP 2.17 and Argo's "
+    "template defaults\")"
+)
 # runs in these states are not created again by a second submit (a failed or canceled one is)
 KEEP_STATES = {"PENDING", "RUNNING", "SUCCEEDED", "PAUSED", "CANCELING", "RUNTIME_STATE_UNSPECIFIED"}
 ACTIVE_STATES = {"PENDING", "RUNNING", "PAUSED", "CANCELING", "RUNTIME_STATE_UNSPECIFIED"}
@@ -189,12 +218,24 @@ def required_backend(packages: list[Path]) -> BackendNeed:
     return BackendNeed(version, tuple(r for r, v in needs.items() if v == version and v > BASE_KFP_BACKEND))
 
 
+def degraded_warning(version: tuple[int, int, int], need: BackendNeed) -> str:
+    """One line: what a grid that needs `need` loses on an older (but accepted) backend, and how to recover."""
+    lost = []
+    for reason in need.reasons:
+        number = reason.rsplit("#", 1)[-1]
+        lost.append(f"{LOST_ON_OLD_BACKEND.get(number, reason)} (kubeflow/pipelines #{number})")
+    return (f"KFP backend {_text(version)} runs this grid without what {_text(need.version)} adds: "
+            + "; ".join(lost or [need.text()]) + f"; and the UI can show a finished fold loop as running (#13321); "
+            + DEGRADED_RECOVERY)
+
+
 def probe_server(endpoint: KfpEndpoint, need: BackendNeed | None = None) -> ServerInfo:
     """Ask the KFP API for its version and mode; KfpServerError with one line naming what is wrong.
 
-    `need` is what the pipelines to submit require (required_backend); default: MIN_KFP_BACKEND.
+    `need` is what the pipelines to submit use (required_backend; default: FULL_KFP_BACKEND): below
+    BASE_KFP_BACKEND submit refuses, below `need` it warns once, naming what the grid loses there.
     """
-    need = need or BackendNeed(MIN_KFP_BACKEND)
+    need = need or BackendNeed(FULL_KFP_BACKEND)
     host = endpoint.host
     status, body, headers = _get(endpoint, "/apis/v2beta1/healthz")
     if status in (301, 302, 303, 307, 308):
@@ -208,7 +249,7 @@ def probe_server(endpoint: KfpEndpoint, need: BackendNeed | None = None) -> Serv
         tag = _healthz(old_body).get("tag_name", "") if old_status == 200 else ""
         if old_status == 200:
             raise KfpServerError(f"--host {host}: KFP backend {tag or '(version unknown)'} has no v2 API; "
-                                 f"intermix needs KFP {_text(need.version)} or newer")
+                                 f"intermix needs KFP {_text(BASE_KFP_BACKEND)} or newer")
         raise KfpServerError(f"--host {host}: no KFP API there (HTTP 404 on /apis/v2beta1/healthz); expected the "
                              "KFP endpoint, e.g. http://localhost:8080 (port-forward of svc/ml-pipeline-ui) or "
                              "https://KUBEFLOW/pipeline")
@@ -222,17 +263,22 @@ def probe_server(endpoint: KfpEndpoint, need: BackendNeed | None = None) -> Serv
     warnings = []
     if version is None:
         warnings.append(f"KFP backend version {tag!r} is not a release tag; intermix needs "
-                        f"{_text(need.version)} or newer and cannot check it")
-    elif version < need.version:
+                        f"{_text(BASE_KFP_BACKEND)} or newer ({_text(need.version)} for everything) and cannot check it")
+    elif version < BASE_KFP_BACKEND:
         message = (f"--host {host}: KFP backend {_text(version)} is too old; intermix needs "
-                   f"{need.text()}, docs/cluster.md section 1")
+                   f"{_text(BASE_KFP_BACKEND)} or newer (artifacts passed inside a ParallelFor, kubeflow/pipelines "
+                   "#11627); upgrade KFP inside your Kubeflow: docs/cluster.md section 1")
         if not endpoint.skip_version_check:
             raise KfpServerError(message + "; --skip-version-check submits anyway")
         warnings.append(message.split(": ", 1)[1] + " (submitting anyway: --skip-version-check)")
+    elif version < need.version:
+        warnings.append(degraded_warning(version, need))
     elif version < RECOMMENDED_KFP_BACKEND:
         warnings.append(f"KFP backend {_text(version)}: before {_text(RECOMMENDED_KFP_BACKEND)} the UI can show a "
                         "finished fold loop as running (kubeflow/pipelines #13321); runs and results are unaffected, "
                         "and `intermix results --store ...` gives the tables from the store")
+    if version is not None and version >= TEMPLATE_DEFAULTS_BACKEND:
+        warnings.append(TEMPLATE_DEFAULTS_WARNING.format(version=_text(version)))
     multi_user = bool(data["multi_user"])
     if multi_user and not endpoint.namespace:
         raise KfpServerError(f"--host {host}: this KFP is multi-user: give --namespace (or KFP_NAMESPACE), your "

@@ -37,6 +37,9 @@ RENDERS = {
     "gpu": ("-f", str(GPU_VALUES)),
     # Istio, pod labels/annotations, MLflow auth, the data cache volume and a GPU quota
     "multi-user": ("-f", str(MULTI_USER_VALUES)),
+    # the same, split into what a profile owner installs and what a cluster admin applies
+    "tenant": ("-f", str(MULTI_USER_VALUES), "-f", str(CHART / "tenant-values.yaml")),
+    "admin": ("-f", str(MULTI_USER_VALUES), "-f", str(CHART / "admin-values.yaml")),
     "external-db": (
         "--set", "postgresql.enabled=false", "--set", "externalDatabase.host=db.example.internal",
         "--set", "externalDatabase.password=pw", "--set", "s3.existingSecret=",
@@ -471,6 +474,53 @@ def test_istio_policies_admit_sidecar_less_pipeline_pods() -> None:
     external = _render("-f", str(MULTI_USER_VALUES), "--set", "s3.enabled=false", "--set", "s3.endpoint=https://s3.example.org")
     assert "intermix-s3" not in {d["metadata"]["name"] for d in external if d["kind"] == "AuthorizationPolicy"}
     assert not [d for d in _render() if d["apiVersion"].startswith(ISTIO_API)]
+
+
+# what a Kubeflow profile owner may create in their namespace (kubeflow/manifests common/kubeflow-roles,
+# kubeflow-edit): no cluster-scoped object, no ResourceQuota, no Istio security policy
+TENANT_KINDS = {"ConfigMap", "Deployment", "StatefulSet", "Service", "Secret", "ServiceAccount", "NetworkPolicy",
+                "PersistentVolumeClaim", "Pod"}
+ADMIN_KINDS = {"PersistentVolume", "ResourceQuota", "PeerAuthentication", "AuthorizationPolicy"}
+
+
+def test_the_tenant_part_needs_no_cluster_admin_and_the_admin_part_completes_it() -> None:
+    """A profile owner's `helm install` with tenant-values.yaml renders only namespaced objects a profile may create;
+    the admin part renders the rest; together they are the whole chart, names and all."""
+    def key(doc: dict) -> tuple[str, str]:
+        return doc["kind"], doc["metadata"]["name"]
+
+    whole = {key(d) for d in _render(*RENDERS["multi-user"])}
+    tenant, admin = _render(*RENDERS["tenant"]), _render(*RENDERS["admin"])
+    assert {d["kind"] for d in tenant} <= TENANT_KINDS
+    assert not [d for d in tenant if d["apiVersion"].startswith(ISTIO_API)]
+    assert all(d["metadata"].get("namespace") == NAMESPACE for d in tenant if d["kind"] != "Pod") and tenant
+    assert {d["kind"] for d in admin} == ADMIN_KINDS  # the multi-user example has all four
+    assert {key(d) for d in tenant} | {key(d) for d in admin} == whole
+    assert not {key(d) for d in tenant} & {key(d) for d in admin}
+    # the admin's volume is bound to the tenant's claim
+    (volume,) = [d for d in admin if d["kind"] == "PersistentVolume"]
+    (claim,) = [d for d in tenant if d["kind"] == "PersistentVolumeClaim"]
+    assert volume["spec"]["claimRef"] == {"namespace": NAMESPACE, "name": claim["metadata"]["name"]}
+    assert claim["spec"]["volumeName"] == volume["metadata"]["name"]
+
+
+def test_istio_without_native_sidecars_neither_blocks_mlflow_nor_the_helm_test() -> None:
+    """Kubeflow 1.9's Istio 1.22 starts sidecars as plain containers: an init container's traffic would go to an
+    Envoy not yet running, and a test pod's sidecar would keep it from completing."""
+    def mlflow_pod(docs: list[dict]) -> dict:
+        return next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "intermix-mlflow")
+
+    docs = _render(*RENDERS["multi-user"])
+    (init,) = mlflow_pod(docs)["spec"]["template"]["spec"]["initContainers"]
+    assert init["name"] == "wait-for-database" and init["securityContext"]["runAsUser"] == 1337  # not redirected
+    (server,) = mlflow_pod(docs)["spec"]["template"]["spec"]["containers"]
+    assert "runAsUser" not in server.get("securityContext", {}) or server["securityContext"]["runAsUser"] != 1337
+    (test_pod,) = [d for d in docs if d["kind"] == "Pod"]
+    assert test_pod["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"
+    # without Istio neither is there
+    plain = _render()
+    assert "runAsUser" not in mlflow_pod(plain)["spec"]["template"]["spec"]["initContainers"][0]["securityContext"]
+    assert "sidecar.istio.io/inject" not in next(d for d in plain if d["kind"] == "Pod")["metadata"].get("annotations", {})
 
 
 def test_pod_labels_and_annotations_on_every_chart_pod() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from components.image import DOCKERFILE, LOCK, PACKAGES, content_tag, image_inputs, resolve_images
+from components.image import DOCKERFILE, HASHED_PACKAGES, LOCK, PACKAGES, content_tag, image_inputs, resolve_images
 from intermix_core import __version__
 from pipelines.registry import ImageCheckError, check_images, manifest_exists, split_reference
 
@@ -53,6 +53,19 @@ def test_a_docs_only_change_keeps_the_image_names(checkout: Path) -> None:
     assert content_tag(checkout) == tag
 
 
+def test_a_cli_only_change_keeps_the_image_names(checkout: Path) -> None:
+    """pipelines/ (CLI, compiler, submit) travels in the image for its `intermix` command, but no task runs it: a
+    change there must not re-key the 520 cached train tasks of the paper grid."""
+    tag = content_tag(checkout)
+    _edit(checkout / "pipelines" / "cli.py", '"""', '"""A changed CLI.\n', )
+    (checkout / "pipelines" / "new_command.py").write_text('"""A new command."""\n')
+    assert content_tag(checkout) == tag
+    assert not any(path.startswith("pipelines/") for path in image_inputs(checkout))
+    # and what the tasks do run still renames them
+    _edit(checkout / "components" / "train.py", '"""', '"""\n', )
+    assert content_tag(checkout) != tag
+
+
 @pytest.mark.parametrize("change", ["code", "package-data", "lock", "dockerfile", "dependencies"])
 def test_a_change_to_what_goes_into_the_images_renames_them(checkout: Path, change: str) -> None:
     tag = content_tag(checkout)
@@ -74,6 +87,7 @@ def test_the_hashed_inputs_are_what_the_build_copies() -> None:
     admitted = {line.rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
                 if line.startswith("!")}
     assert admitted == {f"!{p}" for p in (*PACKAGES, "pyproject.toml", LOCK)}
+    assert set(HASHED_PACKAGES) == set(PACKAGES) - {"pipelines"}  # carried for the image's CLI, run by no task
     copied = set(re.findall(r"^COPY (?!--from)(\S+)", (ROOT / DOCKERFILE).read_text(), re.MULTILINE))
     assert {c.rstrip("/") for c in copied} == {*PACKAGES, "pyproject.toml", LOCK}
     assert "README.md" not in image_inputs(ROOT)  # the top-level README is no input (package data may hold one)
@@ -126,6 +140,31 @@ def test_manifest_head_with_bearer_token_from_docker_login(tmp_path: Path, monke
         assert any(p.startswith("/token?") and "scope=repository%3Alab%2Fintermix%3Apull" in p for _, p, _ in reg.requests)
         assert reg.requests[-1][2]["authorization"] == "Bearer t0k3n"
         assert not manifest_exists(image.replace("-cuda", "-cudaX"))  # 404 after the same dance: missing
+
+
+def test_an_identity_token_from_az_acr_login_is_exchanged_for_an_access_token(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """`az acr login` stores a placeholder `auth` and an `identitytoken` (an OAuth2 refresh token): the check POSTs it
+    to the realm (grant_type=refresh_token) instead of sending the placeholder as Basic credentials."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    with registry_double(token="acc3ss", refresh_tokens={"r3fresh"}) as reg:
+        image = resolve_images(f"{reg.host}/lab/intermix").cuda
+        reg.has(image)
+        folder = tmp_path / "acr"
+        folder.mkdir()
+        placeholder = base64.b64encode(b"00000000-0000-0000-0000-000000000000:").decode()
+        (folder / "config.json").write_text(json.dumps({"auths": {reg.host: {"auth": placeholder,
+                                                                             "identitytoken": "r3fresh"}}}))
+        monkeypatch.setenv("DOCKER_CONFIG", str(folder))
+        assert manifest_exists(image)
+        posts = [p for m, p, _ in reg.requests if m == "POST"]
+        assert posts == ["/token"] and reg.requests[-1][2]["authorization"] == "Bearer acc3ss"
+        (folder / "config.json").write_text(json.dumps({"auths": {reg.host: {"auth": placeholder,
+                                                                             "identitytoken": "expired"}}}))
+        with pytest.raises(ImageCheckError, match="refused"):
+            manifest_exists(image)
 
 
 def test_anonymous_tokens_digests_and_docker_hub_names(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -126,7 +126,7 @@ def test_folds_are_parallel_for_loops_not_copies(paper: list[Path]):
     assert set(loops) == {f"folds esc10/envnet_v2_aug/{s}" for s in ("standard", "bc", "speechmix", "intermix_vanilla",
                                                                       "intermix_hidden", "intermix")}
     assert all(yaml.safe_load(t["parameterIterator"]["items"]["raw"]) == [1, 2, 3, 4, 5] for t in loops.values())
-    # the default GPU budget (8) is below the paper grid's 78 loops: each loop runs one fold at a time
+    # the default GPU budget (8) is below the paper grid's 18 runs: each loop runs one fold at a time, after the last
     assert {t["iteratorPolicy"]["parallelismLimit"] for t in loops.values()} == {1}
     names = {t["taskInfo"]["name"] for t in tasks.values()}
     assert {"train esc10/envnet_v2_aug/intermix", "fgsm esc10/envnet_v2_aug/intermix", "preprocess esc10@44100",
@@ -427,7 +427,7 @@ def test_on_silent_reaches_the_preprocess_task_and_only_skip_changes_the_grid_id
 def test_the_compiled_paper_grid_needs_kfp_2_14(paper: list[Path]) -> None:
     """Retries below the root DAG and per-strategy pod labels are what the grid compiles to; KFP before 2.14.0
     drops the first and shares the second (kubeflow/pipelines #11861, #12049): `submit` refuses such a backend."""
-    from pipelines.submit import MIN_KFP_BACKEND, required_backend
+    from pipelines.submit import FULL_KFP_BACKEND, required_backend
 
     spec, platform = _docs(_shard_file(paper, "-esc50-envnet-v2.yaml"))
     root = set(spec["root"]["dag"]["tasks"])
@@ -438,7 +438,7 @@ def test_the_compiled_paper_grid_needs_kfp_2_14(paper: list[Path]) -> None:
                   for e in platform["deploymentSpec"]["executors"].values() if "strategy" in str(e.get("podMetadata"))}
     assert strategies == {"standard", "bc", "speechmix", "intermix"}
     need = required_backend(paper)
-    assert need.version == MIN_KFP_BACKEND == (2, 14, 0)
+    assert need.version == FULL_KFP_BACKEND == (2, 14, 0)
     assert [r.rsplit("#", 1)[1] for r in need.reasons] == ["11861", "12049"]
 
 
@@ -507,14 +507,15 @@ def test_a_gpu_budget_above_the_loop_count_bounds_the_whole_grid(tmp_path: Path)
 
 
 def test_retry_windows_include_the_wait_for_a_gpu(paper: list[Path]) -> None:
-    """Below the loop count (the default 8 GPUs for 78 loops) the quota holds pods back while their attempts run
-    (Argo stamps StartedAt before the pod exists): every GPU task's window covers that wait on each attempt."""
+    """Below the run count (the default 8 GPUs for 18 runs, each chaining its loops) the quota holds pods back while
+    their attempts run (Argo stamps StartedAt before the pod exists): every GPU task's window covers that wait on each
+    attempt."""
     opts = ClusterOptions()
     grid = load_grid("paper")
     attempts = {(sh.label, s): expected_train_seconds(cfg, opts) for sh in shards(grid) for s, cfg in sh.configs.items()}
-    loops, slots = sum(len(sh.configs) for sh in shards(grid)), opts.max_gpus  # one running fold per loop, 8 at a time
-    wait = math.ceil((loops - slots) / slots) * max(attempts.values())
-    assert wait > 6 * 86400  # days: seven rounds of the longest EnvNet-v2 fold
+    runs, slots = len(shards(grid)), opts.max_gpus  # one running fold per run, 8 at a time
+    wait = math.ceil((runs - slots) / slots) * max(attempts.values())
+    assert wait > 86400  # more than a day: two rounds of the longest EnvNet-v2 fold
     for path in paper:
         spec, _ = _docs(path)
         for task, _ in _container_tasks(spec):
@@ -537,3 +538,85 @@ def test_without_a_budget_the_per_loop_cap_or_nothing_applies(tmp_path: Path) ->
     assert set(_loop_limits(compile_grid(grid, tmp_path / "free", ClusterOptions(max_gpus=0))).values()) == {0}
     with pytest.raises(Exception, match="max_gpus 1 is less than gpus 2 per task"):
         ClusterOptions(max_gpus=1, gpus=2)
+
+
+def test_a_spot_gpu_pool_selector_and_toleration_reach_only_the_gpu_tasks(tmp_path: Path) -> None:
+    """docs/cluster.md's AKS spot example (label and taint kubernetes.azure.com/scalesetpriority=spot) and a Kueue
+    queue label: the selector and toleration land on train and FGSM only, the queue label on every task pod."""
+    spot = "kubernetes.azure.com/scalesetpriority"
+    opts = ClusterOptions(node_selector={spot: "spot"},
+                          tolerations=[Toleration(key=spot, operator="Equal", value="spot", effect="NoSchedule")],
+                          pod_labels={"kueue.x-k8s.io/queue-name": "gpu-queue"})
+    (path,) = compile_grid(load_grid("demo"), tmp_path, opts)
+    spec, platform = _docs(path)
+    seen = set()
+    for task, _ in _container_tasks(spec):
+        kind = task["taskInfo"]["name"].split(" ", 1)[0]
+        executor = _platform_of(spec, platform, task)
+        assert executor["podMetadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue", kind
+        if kind in ("train", "fgsm"):
+            assert executor["nodeSelector"]["labels"] == {spot: "spot"}
+            assert {"key": spot, "operator": "Equal", "value": "spot", "effect": "NoSchedule"} in executor["tolerations"]
+        else:
+            assert "nodeSelector" not in executor and not executor.get("tolerations"), kind
+        seen.add(kind)
+    assert seen == {"preprocess", "train", "fgsm", "aggregate"}
+
+
+def test_submit_names_the_gpu_bound_of_the_compiled_paper_grid() -> None:
+    """At the default budget (8) the paper grid's 18 runs start up to 18 GPU tasks: the line says so and names the
+    quota as the only bound for the other 10; at 144 the compiled grid bounds it."""
+    from pipelines.gpu_budget import plan_gpus
+
+    grid = load_grid("paper")
+    line = plan_gpus(grid, ClusterOptions()).bounds()
+    assert line.startswith("GPU tasks at once: up to 18 (one per run at least: 18 runs") and "the other 10 back" in line
+    assert plan_gpus(grid, ClusterOptions(max_gpus=144)).bounds().startswith("GPU tasks at once: at most 144, bounded")
+
+
+def _gpu_tasks_at_once(paths: list[Path]) -> int:
+    """GPU tasks the compiled grid can run at once, read from the YAML: per run, loops chained by dependentTasks
+    run one after another (the chain's widest loop counts), loops side by side add up; 0 parallelism is every item."""
+    total = 0
+    for path in paths:
+        spec, _ = _docs(path)
+        for comp in spec["components"].values():
+            tasks = comp.get("dag", {}).get("tasks", {})
+            loops = {name: t for name, t in tasks.items() if "parameterIterator" in t}
+            if not loops:
+                continue
+            width = {name: t.get("iteratorPolicy", {}).get("parallelismLimit", 0)
+                     or len(yaml.safe_load(t["parameterIterator"]["items"]["raw"])) for name, t in loops.items()}
+            chain_of = {name: name for name in loops}
+            for name in loops:  # follow each loop back to the first loop of its chain
+                first = name
+                while (up := [d for d in loops[first].get("dependentTasks", []) if d in loops]):
+                    first = up[0]
+                chain_of[name] = first
+            chains: dict[str, int] = {}
+            for name, first in chain_of.items():
+                chains[first] = max(chains.get(first, 0), width[name])
+            total += sum(chains.values())
+    return total
+
+
+@pytest.mark.parametrize("max_gpus", [18, 40])
+def test_the_compiled_paper_grid_starts_at_most_max_gpus_gpu_tasks_without_a_quota(tmp_path: Path, max_gpus: int) -> None:
+    """From the run count (18) up, the compiled grid itself keeps within max_gpus, quota or not: runs narrower than
+    their loops chain them (each loop's task waits for the previous loop), the rest split the budget side by side."""
+    grid = load_grid("paper")
+    paths = compile_grid(grid, tmp_path, ClusterOptions(max_gpus=max_gpus))
+    at_once = _gpu_tasks_at_once(paths)
+    assert at_once <= max_gpus and at_once >= min(max_gpus, 18)
+    from pipelines.gpu_budget import plan_gpus
+
+    assert plan_gpus(grid, ClusterOptions(max_gpus=max_gpus)).in_flight == at_once  # what submit prints
+
+
+def test_below_the_run_count_one_gpu_task_per_run_is_the_floor(paper: list[Path]) -> None:
+    """At the default budget (8) every run chains its loops (one fold at a time): 18 GPU tasks at once, not 78; the
+    quota holds the other 10 back (runs that wait for each other are not built)."""
+    assert _gpu_tasks_at_once(paper) == 18
+    spec, _ = _docs(_shard_file(paper, "-esc10-envnet-v2-aug.yaml"))
+    loops = [t for t in _tasks(spec).values() if "parameterIterator" in t]
+    assert sum(1 for t in loops if not t.get("dependentTasks")) == 1  # one chain: the first loop waits for none

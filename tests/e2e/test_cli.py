@@ -130,7 +130,10 @@ def test_submit_to_kfp_api_test_double(capsys: pytest.CaptureFixture, registry: 
             "--node-selector", "nvidia.com/gpu.present=true", "--toleration", "nvidia.com/gpu:NoSchedule",
         ], capsys)
         assert code == 0, err
-        assert "warning" not in err  # a current backend: nothing to warn about
+        # a current backend: only the note on the 2.17 manifests' Argo template defaults (#13485)
+        assert [line for line in err.splitlines() if "warning" in line] == [
+            line for line in err.splitlines() if "templateDefaults.retryStrategy" in line] and "warning" in err
+        assert "GPU tasks at once: at most " in out and "bounded by the compiled grid" in out and "budget of 8" in out
         exp_posts = [r for r in api.requests if r.method == "POST" and r.path.endswith("/experiments")]
         assert [r.body["display_name"] for r in exp_posts] == ["intermix-demo"]
         assert exp_posts[0].body["namespace"] == "team-a"
@@ -174,16 +177,13 @@ def test_submit_to_kfp_api_test_double(capsys: pytest.CaptureFixture, registry: 
     "behaviour, argv, expected",
     [
         (dict(multi_user=True), [], "this KFP is multi-user: give --namespace"),
-        (dict(tag_name="2.4.1"), [], "KFP backend 2.4.1 is too old; intermix needs 2.14.0 or newer"),
-        # 2.5 to 2.13 would run the grid without retries inside the fold loops and with one strategy label on
-        # every pod (kubeflow/pipelines #11861, #12049): refused, naming why
-        (dict(tag_name="2.13.9"), [], "KFP backend 2.13.9 is too old; intermix needs 2.14.0 or newer (retries of "
-         "tasks inside loops and sub-pipelines, kubeflow/pipelines #11861; pod labels that differ between tasks, "
-         "kubeflow/pipelines #12049)"),
-        (dict(v2=False), [], "KFP backend 1.8.5 has no v2 API; intermix needs KFP 2.14.0 or newer"),
+        # Kubeflow 1.9's KFP 2.3.0 cannot pass train's artifact to FGSM inside the fold loop (#11627): refused
+        (dict(tag_name="2.3.0"), [], "KFP backend 2.3.0 is too old; intermix needs 2.5.0 or newer (artifacts passed "
+         "inside a ParallelFor, kubeflow/pipelines #11627); upgrade KFP inside your Kubeflow"),
+        (dict(v2=False), [], "KFP backend 1.8.5 has no v2 API; intermix needs KFP 2.5.0 or newer"),
         (dict(auth={"cookie": "oauth2_proxy_kubeflow=abc"}), [], "redirected to /dex/auth?client_id=kubeflow (a login page?)"),
     ],
-    ids=["multi-user-without-namespace", "old-backend", "backend-before-nested-retries", "kfp-v1", "login-page"],
+    ids=["multi-user-without-namespace", "kubeflow-1.9-kfp-2.3", "kfp-v1", "login-page"],
 )
 def test_submit_refuses_a_server_it_cannot_use(behaviour, argv, expected, capsys, tmp_path, monkeypatch, registry):
     monkeypatch.delenv("KFP_NAMESPACE", raising=False)
@@ -198,15 +198,19 @@ def test_submit_refuses_a_server_it_cannot_use(behaviour, argv, expected, capsys
 @pytest.mark.parametrize(
     "behaviour, argv, warning",
     [
-        (dict(tag_name="2.17.0"), [], None),
+        # 2.17's manifests make Argo merge retryPolicy OnError into every template (#13485): the operator's fix
+        (dict(tag_name="2.17.0"), [], "retryPolicy: OnError"),
         (dict(tag_name="2.14.3"), [], "before 2.17.0 the UI can show a finished fold loop as running"),
         (dict(tag_name="unknown"), [], "KFP backend version 'unknown' is not a release tag"),
         (dict(tag_name="2.4.1"), ["--skip-version-check"], "KFP backend 2.4.1 is too old"),
         (dict(multi_user=True, tag_name="2.14.0"), ["--namespace", "team-b"], "before 2.17.0"),
-        (dict(multi_user=True, auth={"cookie": "oauth2_proxy_kubeflow=abc"}),
-         ["--namespace", "team-b", "--cookies", "oauth2_proxy_kubeflow=abc"], None),
+        # Kubeflow 1.10's KFP 2.5.0: submitted, with one warning naming what the grid loses (#11861, #12049)
+        (dict(multi_user=True, tag_name="2.5.0"), ["--namespace", "team-b"], "KFP backend 2.5.0 runs this grid without"),
+        (dict(multi_user=True, tag_name="2.16.1", auth={"cookie": "oauth2_proxy_kubeflow=abc"}),
+         ["--namespace", "team-b", "--cookies", "oauth2_proxy_kubeflow=abc"], "before 2.17.0"),
     ],
-    ids=["single-user-current", "single-user-2.14", "dev-build", "old-forced", "multi-user-2.14", "multi-user-cookies"],
+    ids=["single-user-2.17", "single-user-2.14", "dev-build", "old-forced", "multi-user-2.14", "kubeflow-1.10-kfp-2.5",
+         "multi-user-cookies"],
 )
 def test_submit_to_single_and_multi_user_old_and_new_servers(behaviour, argv, warning, capsys, monkeypatch, registry):
     monkeypatch.delenv("KFP_NAMESPACE", raising=False)
@@ -216,11 +220,33 @@ def test_submit_to_single_and_multi_user_old_and_new_servers(behaviour, argv, wa
         assert code == 0, err
         assert len(api.runs) == 1
         warnings = [line for line in err.splitlines() if line.startswith("intermix: warning:")]
-        assert (warning is None and not warnings) or (warning is not None and warning in warnings[0])
+        assert len(warnings) == 1 and warning in warnings[0], warnings  # once, not per run
         namespace = argv[argv.index("--namespace") + 1] if "--namespace" in argv else None
         assert (next(iter(api.experiments.values())).get("namespace") or None) == namespace
         if "--cookies" in argv:
             assert all(r.headers.get("cookie") == "oauth2_proxy_kubeflow=abc" for r in api.requests)
+
+
+def test_submit_to_kubeflow_1_10_warns_once_naming_what_the_grid_loses(capsys, monkeypatch, registry, tmp_path):
+    """KFP 2.5.0 (Kubeflow 1.10) compiles no retries below the root DAG and one pod-label set per run
+    (kubeflow/pipelines #11861, #12049): every run is created, and one warning names both losses and the recovery."""
+    monkeypatch.delenv("KFP_NAMESPACE", raising=False)
+    grid = tmp_path / "two.yaml"
+    grid.write_text("name: two\ndatasets: [esc10]\nsetups: [piczak_cnn, m18]\nstrategies: [bc, intermix]\n"
+                    "folds: [1, 2]\nsources: {esc10: demo}\n")
+    with kfp_api_double(tag_name="2.5.0") as api:
+        code, out, err = _run(["submit", str(grid), "--host", api.url, "--store", "s3://b/p", *_images(registry)],
+                              capsys)
+        assert code == 0, err
+        assert len(api.created_runs()) == 2  # not refused
+    warnings = [line for line in err.splitlines() if line.startswith("intermix: warning:")]
+    assert len(warnings) == 1, warnings
+    line = warnings[0]
+    assert "KFP backend 2.5.0 runs this grid without what 2.14.0 adds" in line
+    assert "no retries inside the fold loops" in line and "#11861" in line
+    assert "one set of pod labels for every pod of a run" in line and "#12049" in line
+    assert "submit the same grid again: unfinished folds resume from their checkpoints" in line
+    assert "retryPolicy: OnError" not in err  # the 2.17 manifests' note is for 2.17 and newer
 
 
 def test_submit_after_a_partial_failure_creates_only_the_missing_runs(tmp_path: Path, capsys: pytest.CaptureFixture,

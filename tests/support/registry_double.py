@@ -33,6 +33,7 @@ class RegistryDouble:
     every_image: bool = False  # answer 200 for any manifest (a registry holding whatever is asked)
     token: str | None = None  # require this bearer token (from GET /token)
     users: dict[str, str] | None = None  # Basic credentials the token endpoint requires
+    refresh_tokens: set[str] = field(default_factory=set)  # OAuth2 refresh tokens POST /token accepts (az acr login)
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)  # (method, path, headers)
 
     def has(self, reference: str) -> None:
@@ -71,6 +72,17 @@ def _handler(state: RegistryDouble) -> type[BaseHTTPRequestHandler]:
                 body = json.dumps({"token": state.token, "scope": scope}).encode()
                 return self._reply(200, {"Content-Type": "application/json"}, body)
             return self._manifest()
+
+        def do_POST(self) -> None:  # noqa: N802 - the OAuth2 token exchange (distribution docs/spec/auth/oauth.md)
+            self._record()
+            form = parse_qs(self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode())
+            ok = (urlparse(self.path).path == "/token" and state.token
+                  and form.get("grant_type") == ["refresh_token"] and form.get("refresh_token", [""])[0] in state.refresh_tokens)
+            if not ok:
+                return self._reply(401, {"Content-Type": "application/json"},
+                                   json.dumps({"errors": [{"code": "UNAUTHORIZED"}]}).encode())
+            body = json.dumps({"access_token": state.token, "scope": form.get("scope", [""])[0]}).encode()
+            return self._reply(200, {"Content-Type": "application/json"}, body)
 
         def do_HEAD(self) -> None:  # noqa: N802
             self._record()
