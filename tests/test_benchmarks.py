@@ -65,3 +65,18 @@ def test_bench_options_runs_each_variant_in_its_own_process(tmp_path: Path) -> N
     assert all(r["samples_per_s"] > 0 and r["warmup_seconds"] > 0 for r in rows.values())
     assert data["pick"]["piczak_cnn"]["variant"] in ("fp32", "cudnn_benchmark")
     assert re.search(r"^piczak_cnn: pick (fp32|cudnn_benchmark) \([\d.]+x fp32\)$", proc.stdout, re.M)
+
+
+def test_bench_precision_times_both_precisions_under_each_cpu_setting() -> None:
+    """Each setting's workers load torch under its caps: under the AVX2 imitation `auto` picks fp32, and the table
+    has a row per setting with both times and their ratio."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_precision.py"), "--models", "piczak_cnn",
+                           "--batch", "4", "--input-length", "21504", "--repeats", "1", "--steps", "1"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {line[11:33].strip(): line.split("(not")[0].split() for line in proc.stdout.splitlines()[1:]}
+    assert set(rows) == {"this CPU", "AVX-512 without bf16", "plain AVX2"}
+    assert rows["plain AVX2"][-1] == "fp32" and rows["AVX-512 without bf16"][-1] == "fp32"
+    for cells in rows.values():
+        fp32, bf16, ratio = float(cells[-4]), float(cells[-3]), float(cells[-2].rstrip("x"))
+        assert fp32 > 0 and bf16 > 0 and abs(bf16 / fp32 - ratio) < 0.01 + 0.01 * ratio
