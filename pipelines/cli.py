@@ -39,6 +39,12 @@ GRID is the same everywhere: a grid file, a packaged grid (demo, gpu-study, offi
 a store is read (results, rerun, status), the id of a grid saved there (e.g. demo-0123456789).
 """
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+# the module of each subcommand by what it imports (every other one: pipelines.commands, which loads everything):
+# prepare and study need torch but no MLflow or kfp (a bare GPU machine); show, config and estimate only read grid
+# files; status reads the store and MLflow (kfp only with --host)
+COMMAND_MODULES = {"cmd_prepare": "pipelines.local_commands", "cmd_study": "pipelines.local_commands",
+                   "cmd_show": "pipelines.plan_commands", "cmd_config": "pipelines.plan_commands",
+                   "cmd_estimate": "pipelines.plan_commands", "cmd_status": "pipelines.status_command"}
 
 
 # ------------------------------------------------------------------------------------------ parser
@@ -367,15 +373,13 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         args.from_scratch = True
 
-    # the subcommands pull in torch's models, MLflow, boto3 and kfp (seconds of imports): loaded only once the
-    # command line parsed, so `intermix --help` and usage errors answer at once; `prepare`, `study` and `estimate` load
-    # pipelines.local_commands alone, which needs none of MLflow, boto3 or kfp (a bare GPU machine has none)
-    local = importlib.import_module("pipelines.local_commands")
-    commands = local if hasattr(local, args.func) else importlib.import_module("pipelines.commands")
-
+    # the subcommands' modules are loaded only once the command line parsed, each with what it needs: `intermix
+    # --help`, usage errors and completion load none of them, and `show`, `config`, `estimate` and `status` answer
+    # without torch (tests/e2e/test_cli_imports.py)
+    commands = importlib.import_module(COMMAND_MODULES.get(args.func, "pipelines.commands"))
     try:
         return getattr(commands, args.func)(args)
-    except local.USER_ERRORS as err:
+    except commands.USER_ERRORS as err:
         # ValueError: what the core raises for inputs that do not fit (e.g. a fold the prepared data lacks);
         # OSError: the machine refused (a full disk, a missing or unwritable folder), named by the message
         if args.debug:
@@ -389,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         _print_error(err)
         return 1
     except KeyboardInterrupt as err:  # a fold stopped by SIGINT/SIGTERM says which, with its checkpoint saved
-        if isinstance(err, local.SIGNALLED):
+        if isinstance(err, commands.SIGNALLED):
             print(f"intermix: {err}", file=sys.stderr)
             return 128 + err.signum
         print("intermix: interrupted", file=sys.stderr)

@@ -27,7 +27,7 @@ from intermix_core.config.sections import (
     StrategyConfig,
     Strict,
 )
-from intermix_core.models import list_models, model_class
+from intermix_core.models import list_models, model_spec
 
 
 def known_model(name: str) -> str:
@@ -72,9 +72,9 @@ class ExperimentConfig(Strict):
     @classmethod
     def _layers_fit_model(cls, v: StrategyConfig, info: ValidationInfo) -> StrategyConfig:
         model = info.data.get("model")
-        if model is not None and v.mix and max(v.layers) > model_class(model).max_mix_layer:
+        if model is not None and v.mix and max(v.layers) > model_spec(model).max_mix_layer:
             raise ValueError(f"strategy.layers contains {max(v.layers)}, but {model} has mixing points "
-                             f"0..{model_class(model).max_mix_layer}")
+                             f"0..{model_spec(model).max_mix_layer}")
         return v
 
     @field_validator("input_length")
@@ -83,7 +83,7 @@ class ExperimentConfig(Strict):
         model = info.data.get("model")
         if v is None or model is None:
             return v
-        m = model_class(model)
+        m = model_spec(model)
         lo, hi = m.min_input_length, m.max_input_length
         if v < lo or (hi is not None and v > hi):
             accepted = f"{lo}..{hi}" if hi is not None else f"at least {lo}"
@@ -104,7 +104,7 @@ class ExperimentConfig(Strict):
     @property
     def crop_length(self) -> int:
         """Input length T in samples: the override, else the model's own."""
-        return self.input_length or model_class(self.model).input_length
+        return self.input_length or model_spec(self.model).input_length
 
     @property
     def setup_name(self) -> str:
