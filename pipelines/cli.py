@@ -6,10 +6,13 @@ naming the file/field/value and exit with status 2; a failed run exits with 1.
 """
 
 import argparse
+import difflib
 import importlib
 import os
+import re
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from intermix_core import __version__
 from intermix_core.common.redact import redact_uris
@@ -48,6 +51,34 @@ COMMAND_MODULES = {"cmd_prepare": "pipelines.local_commands", "cmd_study": "pipe
 
 
 # ------------------------------------------------------------------------------------------ parser
+
+
+def did_you_mean(word: str, choices: list[str], cutoff: float = 0.6) -> str:
+    """'; did you mean status?' for a word close to one of `choices`, else ''."""
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=cutoff)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with usage errors in one line (no usage block), a suggestion for a typo, and where help is."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print `<prog>: error: <message>[; did you mean X?] (<prog> --help: the usage)` and exit 2."""
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+        if choice:  # argparse quotes each choice ('a', 'b'), or our own --device message lists them plainly
+            choices = [c.strip(" '") for c in re.split(r", | or ", choice.group(2))]
+            hint = did_you_mean(choice.group(1), choices)
+            if hint and len(choices) > 6:  # a long list (the subcommands): the suggestion instead of the list
+                message = message[:choice.start(2) - len(" (choose from ")] + hint
+            else:
+                message += hint
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help`: the usage)\n")
+
+    def unknown_options(self, extra: list[str]) -> NoReturn:
+        """The usage error for arguments no parser took, each unknown --flag with its nearest flag of this command."""
+        flags = [s for a in self._actions for s in a.option_strings if s.startswith("--")]
+        hints = [did_you_mean(e.split("=")[0], flags, cutoff=0.75)[2:] for e in extra if e.startswith("--")]
+        self.error(f"unrecognized arguments: {' '.join(extra)}" + "".join(f"; {h}" for h in hints if h))
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -198,7 +229,7 @@ def _fold_cell_args(p: argparse.ArgumentParser, in_grid: bool = False) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The `intermix` argument parser."""
-    parser = argparse.ArgumentParser(prog="intermix", description=__doc__.splitlines()[0],
+    parser = Parser(prog="intermix", description=__doc__.splitlines()[0],
                                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"intermix {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
@@ -361,7 +392,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     if argcomplete is not None:  # answers a shell's completion request (_ARGCOMPLETE set) and exits; else nothing
         argcomplete.autocomplete(parser)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        sub = parser._subparsers._group_actions[0].choices.get(args.command) if args.command else None  # noqa: SLF001
+        (sub or parser).unknown_options(extra)
     if args.command is None:
         parser.print_help()
         return 2

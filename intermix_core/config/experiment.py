@@ -6,10 +6,12 @@ only override them; unknown keys and impossible values are rejected with the fie
 
 from __future__ import annotations
 
+import difflib
+import typing
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 
 from intermix_core.common.names import check_name
 from intermix_core.common.text import cut, short
@@ -175,14 +177,34 @@ class ExperimentConfig(Strict):
         return out
 
 
-def format_validation_error(err: ValidationError, source: str, max_lines: int = 20) -> str:
-    """One short line per problem: `source: field.path: message` (long keys and values cut)."""
+def _keys_at(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str]:
+    """The keys the section at `loc` (a path of field names and list indexes) of `model` accepts; [] if unknown."""
+    for part in loc:
+        if model is None or isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        kinds = [field.annotation, *typing.get_args(field.annotation)]
+        kinds += [k for a in kinds[1:] for k in typing.get_args(a)]  # list[Setup] | None and the like
+        model = next((k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)), None)
+    return list(model.model_fields) if model is not None else []
+
+
+def format_validation_error(err: ValidationError, source: str, max_lines: int = 20,
+                            model: type[BaseModel] | None = None) -> str:
+    """One short line per problem: `source: field.path: message` (long keys and values cut); with the `model`
+    validated, an unknown key close to a known one is followed by `did you mean optim.epochs?`."""
     lines = []
     for e in err.errors(include_url=False, include_input=False):
         loc = ".".join(p if isinstance(p, str) and len(p) <= 60 else short(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
+            key = e["loc"][-1] if e["loc"] else None
+            close = difflib.get_close_matches(key, _keys_at(model, e["loc"][:-1]), n=1) if isinstance(key, str) else []
+            if close:
+                msg += f"; did you mean {'.'.join(str(p) for p in (*e['loc'][:-1], close[0]))}?"
         lines.append(cut(f"{source}: {loc}: {msg}"))
     if len(lines) > max_lines:
         lines = lines[:max_lines] + [f"{source}: ... and {len(lines) - max_lines} more problems"]
@@ -196,7 +218,7 @@ def parse_config(data: dict[str, Any], source: str = "config") -> ExperimentConf
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, source)) from None
+        raise ConfigError(format_validation_error(err, source, model=ExperimentConfig)) from None
 
 
 def load_config(path: str | Path, **overrides: Any) -> ExperimentConfig:

@@ -343,7 +343,7 @@ def parse_grid(data: Any, source: str = "grid", name: str | None = None) -> Grid
     try:
         grid = GridSpec.model_validate(data)
     except ValidationError as err:
-        raise GridError(format_validation_error(err, source)) from None
+        raise GridError(format_validation_error(err, source, model=GridSpec)) from None
     shards(grid, source)  # validates every dataset x setup x strategy config up front
     return grid
 

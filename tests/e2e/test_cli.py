@@ -98,6 +98,41 @@ def test_user_mistakes_are_one_line_errors(argv, expected, capsys, tmp_path, mon
     assert not (tmp_path / "intermix-work").exists()  # nothing ran
 
 
+@pytest.mark.parametrize("argv, expected", [
+    (["stauts"], "intermix: error: argument COMMAND: invalid choice: 'stauts'; did you mean status? "
+                 "(`intermix --help`: the usage)"),
+    (["frobnicate"], "invalid choice: 'frobnicate' (choose from 'prepare', 'train',"),  # nothing close: the list
+    (["status", "--workdri", "w"], "intermix status: error: unrecognized arguments: --workdri; did you mean --workdir?"),
+    (["estimate", "--device", "gpu"], "intermix estimate: error: argument --device: invalid choice: 'gpu' "
+                                      "(choose from 'cpu', 'cuda'); did you mean cpu?"),
+    (["prepare", "--dataset", "esc5", "--source", "demo", "--out", "x"], "did you mean esc50?"),
+])
+def test_usage_errors_are_one_line_with_a_suggestion(argv: list[str], expected: str, capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert expected in err
+    assert len(err.strip().splitlines()) == 1 and "usage:" not in err, err  # no usage block
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["config", "demo", "--set", "optim.epoch=3"], "command line: optim.epoch: unknown key; did you mean optim.epochs?"),
+    (["config", "demo", "--set", "augmnt.scale=true"], "command line: augmnt: unknown key; did you mean augment?"),
+    (["config", "demo", "--set", "optim.lerning_rate=0.1"], "command line: optim.lerning_rate: unknown key\n"),
+])
+def test_an_unknown_config_key_near_a_known_one_is_named(argv: list[str], expected: str, capsys) -> None:
+    code, _, err = _run(argv, capsys)
+    assert code == 2 and expected in err, err
+
+
+def test_a_typo_in_a_grid_file_gets_the_nearest_key(tmp_path: Path, capsys) -> None:
+    grid = tmp_path / "g.yaml"
+    grid.write_text("name: g\ndatasets: [esc10]\nsetups: [{name: a, model: m18, overides: {}}]\nstrategies: [bc]\n")
+    code, _, err = _run(["show", str(grid)], capsys)
+    assert code == 2 and f"{grid}: setups.0.overides: unknown key; did you mean setups.0.overrides?" in err, err
+
+
 def test_bad_grid_file_names_file_and_field(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch):
     monkeypatch.chdir(tmp_path)
     grid = tmp_path / "grid.yaml"
