@@ -333,7 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--throughput", metavar="FILE", help="records from benchmarks/bench_throughput.py --save "
                    "(default: the figures shipped in the package)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="estimate for this device type: use only its "
-                   "measurements (default: a GPU's where there is one)")
+                   "measurements (default: the type measured for most of the grid's cells, a GPU on a tie)")
+    p.add_argument("--max-gpus", type=int, metavar="N", help="also the wall-clock time with N devices at once, "
+                   "one fold each (as `submit --max-gpus N` runs the grid)")
     _json_arg(p)
     p.set_defaults(func="cmd_estimate")
 

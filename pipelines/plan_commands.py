@@ -11,7 +11,7 @@ import json
 from intermix_core.common.yamlfile import dump_yaml
 from intermix_core.config import ExperimentConfig, parse_config
 from intermix_core.config.grid import GridSpec, expand, grid_id, load_grid, setup_of_model, shards
-from intermix_core.run.estimate import estimate_grid, format_estimate, load_throughput
+from intermix_core.run.estimate import estimate_grid, format_estimate, load_throughput, wall_hours
 from pipelines import arguments
 from pipelines.arguments import UsageError, apply_sets, grid_name, load_grid_args, with_on_silent
 
@@ -72,13 +72,17 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_estimate(args: argparse.Namespace) -> int:
     """Print a grid's training samples and device-hours from measured throughput."""
     grid = load_grid_args(args)
+    if args.max_gpus is not None and args.max_gpus < 1:
+        raise UsageError(f"--max-gpus {args.max_gpus}: expected a number of GPUs, at least 1")
     rows = estimate_grid(grid, load_throughput(args.throughput), args.device)
     if args.json:
         known = [r.hours for r in rows if r.hours is not None]
+        wall = wall_hours(rows, args.max_gpus) if args.max_gpus and known else None
         print(json.dumps({"grid_id": grid_id(grid), "total_hours": sum(known) if known else None,
+                          "max_gpus": args.max_gpus, "wall_hours": wall,
                           "unmeasured": sorted({m for r in rows for m in r.unmeasured}),
                           "setups": [dataclasses.asdict(r) | {"devices": sorted(r.devices), "unmeasured": sorted(r.unmeasured)}
                                      for r in rows]}, indent=2))
         return 0
-    print(format_estimate(grid.name, rows))
+    print(format_estimate(grid.name, rows, args.max_gpus))
     return 0

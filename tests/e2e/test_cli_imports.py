@@ -37,6 +37,7 @@ def imported(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> t
     (["show", "paper", "--json"], 0, ()),
     (["config", "demo", "--strategy", "intermix", "--set", "optim.epochs=3"], 0, ()),
     (["estimate", "paper"], 0, ()),
+    (["estimate", "paper", "--device", "cuda", "--max-gpus", "8"], 0, ()),
     (["run", "--help"], 0, ()),
     (["stauts"], 2, ()),  # a usage error: nothing of the commands is loaded
     # it reads the store and MLflow (here: a work directory that never ran the grid): never torch or kfp
