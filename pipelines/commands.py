@@ -26,10 +26,10 @@ from intermix_core.config.grid import (
 )
 from intermix_core.records import CHECKPOINT, RESULT, load_result
 from intermix_core.results.statistics import Summary
-from intermix_core.results.tables import REPORT_HTML, format_terminal
+from intermix_core.results.tables import REPORT_HTML, format_terminal, install_reports
 from intermix_core.run.aggregate import aggregate_step, describe_absent
 from intermix_core.run.steps import attack_checkpoint_step, attack_step, train_step
-from intermix_core.store.reports import fetch_latest_report_file
+from intermix_core.store.reports import fetch_latest_reports
 from intermix_core.store.storage import open_storage
 from intermix_core.tracking.client import TrackingError
 from intermix_core.tracking.tracker import FoldSuperseded
@@ -154,7 +154,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         store = _workdir(args).store
         grid = _load_grid(args, store)
         gid = grid_id(grid)
-        out = Path(args.out or Path(args.workdir) / "reports" / gid)
+        out = Path(args.out) if args.out else _workdir(args).reports(gid)
         expected = [c.key for c in expand(grid)]
         summary = aggregate_step([], out, expected, args.tracking_uri, gid, store_root=store)
         print(f"grid {gid}")
@@ -165,23 +165,19 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(store: str, gid: str) -> None:
-    """Print the grid's newest published tables from the store (nothing if it has none yet)."""
-    storage = open_storage(store)
+def _print_summary(work: Workdir, gid: str) -> None:
+    """Print the grid's newest published tables from the store and install that report in the grid's report folder
+    (`Workdir.reports`, where `intermix results` writes it too); nothing if the store has none yet."""
+    out = work.reports(gid)
     with tempfile.TemporaryDirectory() as tmp:
-        found = fetch_latest_report_file(storage, gid, "summary.json", tmp)
-        if found is None:
+        if fetch_latest_reports(open_storage(work.store), gid, tmp) is None:
             return
-        prefix, path = found
-        summary = Summary.model_validate_json(path.read_text())
+        summary = Summary.model_validate_json((Path(tmp) / "summary.json").read_text())
+        install_reports(tmp, out)
     print(format_terminal(summary))
     if describe_absent(summary):
         print(describe_absent(summary))
-    report = storage.uri(f"{prefix}/{REPORT_HTML}")
-    if "://" in report:
-        print(f"report: {report} (a local copy: intermix results {gid} --store {store})")
-    else:
-        print(f"report: {report}")
+    print(f"report: {(out / REPORT_HTML).resolve()}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -194,7 +190,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"grid {gid}: {len(expand(grid))} fold trainings, work directory {work.root.resolve()}", file=sys.stderr)
     report = run_grid_local(grid, work, sources, tracking=not args.no_tracking, progress=not args.no_progress,
                             verbose=args.verbose)
-    _print_summary(work.store, gid)
+    _print_summary(work, gid)
     return _report(report, work, not args.no_tracking)
 
 
@@ -343,5 +339,5 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     _require_sources(grid.model_copy(update={"datasets": [cell.dataset]}), _sources(args))
     report = rerun_fold_local(grid, cell, work, _sources(args).get(cell.dataset), restart=args.from_scratch,
                               tracking=not args.no_tracking, progress=not args.no_progress, verbose=args.verbose)
-    _print_summary(work.store, grid_id(grid))
+    _print_summary(work, grid_id(grid))
     return _report(report, work, not args.no_tracking)

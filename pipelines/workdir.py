@@ -39,3 +39,7 @@ class Workdir:
     def logs(self) -> Path:
         """Task logs of local runs."""
         return self.root / "logs"
+
+    def reports(self, grid_id: str) -> Path:
+        """The one folder of a grid's report here, <root>/reports/<grid id>: `run`, `rerun` and `results` write it."""
+        return self.root / "reports" / grid_id

@@ -420,6 +420,13 @@ def test_results_takes_the_grid_positionally_and_names_the_report(tmp_path: Path
         assert "Table 2" not in out and "the figures: in report.html" in out
         html = report.read_text()
         assert "intermix rerun " + gid + " --dataset esc10 --setup m18 --strategy speechmix --fold 1 --workdir" in html
+    # `run` and `rerun` end with the same path: the newest published report installed in the same folder
+    from pipelines.commands import _print_summary
+    from pipelines.workdir import Workdir
+
+    report.unlink()
+    _print_summary(Workdir(tmp_path / "work"), gid)
+    assert f"report: {report}" in capsys.readouterr().out and report.read_text() == html
 
 
 def _spec_file(tmp_path: Path) -> Path:
