@@ -230,7 +230,7 @@ def _fold_cell_args(p: argparse.ArgumentParser, in_grid: bool = False) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The `intermix` argument parser."""
     parser = Parser(prog="intermix", description=__doc__.splitlines()[0],
-                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+                    epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"intermix {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -64,14 +64,14 @@ def endpoint(args: argparse.Namespace) -> KfpEndpoint:
 
 
 def _has_trace(store: str, gid: str) -> bool:
-    """True if the store holds anything of grid `gid` (its spec, a checkpoint, a result); a missing folder holds nothing."""
+    """True if the store holds anything of grid `gid` (spec, checkpoint, result); a missing folder holds nothing."""
     if "://" not in store and not Path(store).is_dir():
         return False
     return bool(open_storage(store).list(gid))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Print each fold's state (done, running, failed, stopped, superseded, not started), the time left, rerun commands."""
+    """Print each fold's state (done, running, failed, stopped, superseded, not started), time left, rerun commands."""
     work = workdir(args)
     store = work.store
     grid = grid_from_args(args, store)

@@ -22,8 +22,8 @@ class StagedModel(nn.Module):
     """A classifier written as `stages` (mixing points after each) plus a `head`.
 
     `register_model` sets `sample_rate`, `input_length` and `max_mix_layer` (M, the number of stages) from the
-    model's `specs.ModelSpec`; subclasses build `stages` / `head`. The input is a batch of waveforms shaped (B, T) in [-1, 1]; the output is
-    logits (B, num_classes). A strategy's layer set L (config.StrategyConfig.layers) picks stages by index.
+    model's `specs.ModelSpec`; subclasses build `stages` / `head`. The input is a batch of waveforms shaped (B, T)
+    in [-1, 1]; the output is logits (B, num_classes). A strategy's layer set L (config.StrategyConfig.layers) picks stages by index.
     `min_input_length` and `max_input_length` (None: no upper bound) are the T it runs at
     (tests/unit/method/test_models.py checks both edges).
     """

@@ -374,7 +374,8 @@ def _conclude(comp: Comparison, alpha: float) -> Comparison:
     tests += [f"Wilcoxon p={comp.p_wilcoxon:.3g}" + (f", adjusted {p_w:.3g}" if comp.family > 1 else "")] \
         if comp.p_wilcoxon is not None and p_w is not None else []
     n = len(comp.folds)
-    effect = [f"difference {effect_text(comp)} points (95 % CI)"] if comp.ci_low is not None and not comp.same_every_fold else []
+    tested = comp.ci_low is not None and not comp.same_every_fold
+    effect = [f"difference {effect_text(comp)} points (95 % CI)"] if tested else []
     tests_text = ", ".join([*effect, *tests, f"n={n} folds"])
     if n < 2:
         text = f"{pair}: {nums}; only {n} paired fold, no test possible."
@@ -474,7 +475,8 @@ def aggregate(
                 comparisons.append(_compare(new, base))
     comparisons = correct_and_conclude(comparisons, alpha)
     order = {(c.dataset, c.setup, c.strategy): i for i, c in enumerate(cells)}  # the tables' order, then by fold
-    counted = sorted((r for r in chosen.values() if _is_ok(r)), key=lambda r: (order.get(r.key[:3], len(order)), r.fold))
+    counted = sorted((r for r in chosen.values() if _is_ok(r)),
+                     key=lambda r: (order.get(r.key[:3], len(order)), r.fold))
     provenance = [FoldProvenance(dataset=r.dataset, setup=r.setup, strategy=r.strategy, fold=r.fold,
                                  git_commit=r.git_commit, machine=r.machine, device=r.device, torch=r.torch,
                                  train_seconds=r.train_seconds, epochs=len(r.history)) for r in counted]

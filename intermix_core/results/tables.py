@@ -446,7 +446,7 @@ def _provenance_section(summary: Summary, title: str | None) -> str:
     return ('<section id="provenance"><h2>Provenance</h2>' + "".join(html.paragraph(x, "meta") for x in lines)
             + html.table("fold-provenance", "Each fold", ["fold", "epochs", "training wall time", "commit", "device"],
                          rows, [])
-            + (f"<h3>Configuration of each cell (resolved; the folds of a cell share it)</h3>{configs}" if configs else "")
+            + (f"<h3>Configuration of each cell (resolved; its folds share it)</h3>{configs}" if configs else "")
             + "</section>")
 
 

@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "mlflow", "kfp", "boto3", "scipy", "matplotlib")
 
 
-def imported(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[set[str], subprocess.CompletedProcess]:
+def imported(argv: list[str], cwd: Path,
+             env: dict[str, str] | None = None) -> tuple[set[str], subprocess.CompletedProcess]:
     """The top-level packages `python -X importtime -m pipelines.cli ARGV` imported, and the finished process."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     env.pop("MLFLOW_TRACKING_URI", None)

@@ -236,7 +236,7 @@ def test_the_cudnn_autotuner_switch_is_set_either_way_per_model() -> None:
 
 
 def test_each_model_class_carries_its_spec_and_the_specs_need_no_torch() -> None:
-    """The classes take sample rate, lengths and mixing points from models/specs.py (written once, read without torch)."""
+    """The classes take sample rate, lengths and mixing points from models/specs.py (written once, no torch needed)."""
     import subprocess
     import sys
 
