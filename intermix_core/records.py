@@ -58,6 +58,12 @@ class FoldResult(BaseModel):
     train_seconds: float | None = None
     samples_per_second: float | None = None
     config: dict[str, Any] = Field(default_factory=dict)  # the resolved ExperimentConfig
+    # provenance (None in results written before it was recorded): the code's commit, the machine (no host name),
+    # the device it trained on, and torch's version
+    git_commit: str | None = None
+    machine: str | None = None
+    device: str | None = None
+    torch: str | None = None
 
     @property
     def key(self) -> tuple[str, str, str, int]:

@@ -6,10 +6,13 @@ naming the file/field/value and exit with status 2; a failed run exits with 1.
 """
 
 import argparse
+import difflib
 import importlib
 import os
+import re
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from intermix_core import __version__
 from intermix_core.common.redact import redact_uris
@@ -39,9 +42,43 @@ GRID is the same everywhere: a grid file, a packaged grid (demo, gpu-study, offi
 a store is read (results, rerun, status), the id of a grid saved there (e.g. demo-0123456789).
 """
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+# the module of each subcommand by what it imports (every other one: pipelines.commands, which loads everything):
+# prepare and study need torch but no MLflow or kfp (a bare GPU machine); show, config and estimate only read grid
+# files; status reads the store and MLflow (kfp only with --host)
+COMMAND_MODULES = {"cmd_prepare": "pipelines.local_commands", "cmd_study": "pipelines.local_commands",
+                   "cmd_show": "pipelines.plan_commands", "cmd_config": "pipelines.plan_commands",
+                   "cmd_estimate": "pipelines.plan_commands", "cmd_status": "pipelines.status_command"}
 
 
 # ------------------------------------------------------------------------------------------ parser
+
+
+def did_you_mean(word: str, choices: list[str], cutoff: float = 0.6) -> str:
+    """'; did you mean status?' for a word close to one of `choices`, else ''."""
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=cutoff)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with usage errors in one line (no usage block), a suggestion for a typo, and where help is."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print `<prog>: error: <message>[; did you mean X?] (<prog> --help: the usage)` and exit 2."""
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+        if choice:  # argparse quotes each choice ('a', 'b'), or our own --device message lists them plainly
+            choices = [c.strip(" '") for c in re.split(r", | or ", choice.group(2))]
+            hint = did_you_mean(choice.group(1), choices)
+            if hint and len(choices) > 6:  # a long list (the subcommands): the suggestion instead of the list
+                message = message[:choice.start(2) - len(" (choose from ")] + hint
+            else:
+                message += hint
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help`: the usage)\n")
+
+    def unknown_options(self, extra: list[str]) -> NoReturn:
+        """The usage error for arguments no parser took, each unknown --flag with its nearest flag of this command."""
+        flags = [s for a in self._actions for s in a.option_strings if s.startswith("--")]
+        hints = [did_you_mean(e.split("=")[0], flags, cutoff=0.75)[2:] for e in extra if e.startswith("--")]
+        self.error(f"unrecognized arguments: {' '.join(extra)}" + "".join(f"; {h}" for h in hints if h))
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -192,8 +229,8 @@ def _fold_cell_args(p: argparse.ArgumentParser, in_grid: bool = False) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The `intermix` argument parser."""
-    parser = argparse.ArgumentParser(prog="intermix", description=__doc__.splitlines()[0],
-                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="intermix", description=__doc__.splitlines()[0],
+                    epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"intermix {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -296,7 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--throughput", metavar="FILE", help="records from benchmarks/bench_throughput.py --save "
                    "(default: the figures shipped in the package)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="estimate for this device type: use only its "
-                   "measurements (default: a GPU's where there is one)")
+                   "measurements (default: the type measured for most of the grid's cells, a GPU on a tie)")
+    p.add_argument("--max-gpus", type=int, metavar="N", help="also the wall-clock time with N devices at once, "
+                   "one fold each (as `submit --max-gpus N` runs the grid)")
     _json_arg(p)
     p.set_defaults(func="cmd_estimate")
 
@@ -357,7 +396,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     if argcomplete is not None:  # answers a shell's completion request (_ARGCOMPLETE set) and exits; else nothing
         argcomplete.autocomplete(parser)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        sub = parser._subparsers._group_actions[0].choices.get(args.command) if args.command else None  # noqa: SLF001
+        (sub or parser).unknown_options(extra)
     if args.command is None:
         parser.print_help()
         return 2
@@ -369,15 +411,13 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         args.from_scratch = True
 
-    # the subcommands pull in torch's models, MLflow, boto3 and kfp (seconds of imports): loaded only once the
-    # command line parsed, so `intermix --help` and usage errors answer at once; `prepare`, `study` and `estimate` load
-    # pipelines.local_commands alone, which needs none of MLflow, boto3 or kfp (a bare GPU machine has none)
-    local = importlib.import_module("pipelines.local_commands")
-    commands = local if hasattr(local, args.func) else importlib.import_module("pipelines.commands")
-
+    # the subcommands' modules are loaded only once the command line parsed, each with what it needs: `intermix
+    # --help`, usage errors and completion load none of them, and `show`, `config`, `estimate` and `status` answer
+    # without torch (tests/e2e/test_cli_imports.py)
+    commands = importlib.import_module(COMMAND_MODULES.get(args.func, "pipelines.commands"))
     try:
         return getattr(commands, args.func)(args)
-    except local.USER_ERRORS as err:
+    except commands.USER_ERRORS as err:
         # ValueError: what the core raises for inputs that do not fit (e.g. a fold the prepared data lacks);
         # OSError: the machine refused (a full disk, a missing or unwritable folder), named by the message
         if args.debug:
@@ -391,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         _print_error(err)
         return 1
     except KeyboardInterrupt as err:  # a fold stopped by SIGINT/SIGTERM says which, with its checkpoint saved
-        if isinstance(err, local.SIGNALLED):
+        if isinstance(err, commands.SIGNALLED):
             print(f"intermix: {err}", file=sys.stderr)
             return 128 + err.signum
         print("intermix: interrupted", file=sys.stderr)

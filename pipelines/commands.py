@@ -5,21 +5,18 @@ Errors a user can fix raise UsageError, ConfigError, DataError, StorageError or 
 """
 
 import argparse
-import json
 import os
 import shlex
 import signal
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from components.image import ImageError
 from intermix_core.common.names import check_pipeline_value
 from intermix_core.common.redact import redact_uris
-from intermix_core.common.text import cut
-from intermix_core.common.yamlfile import dump_yaml, load_yaml
+from intermix_core.common.yamlfile import load_yaml
 from intermix_core.config import DATASETS, ConfigError, ExperimentConfig, parse_config
 from intermix_core.config.grid import (
     FoldCell,
@@ -27,51 +24,39 @@ from intermix_core.config.grid import (
     expand,
     find_cell,
     grid_id,
-    load_grid,
-    packaged_grids,
-    parse_grid,
     setup_of_model,
-    shards,
 )
 from intermix_core.method.devices import choose_precision, resolve_device
 from intermix_core.records import CHECKPOINT, RESULT, load_result
 from intermix_core.results.statistics import Summary
-from intermix_core.results.tables import REPORT_HTML, format_terminal
+from intermix_core.results.tables import REPORT_HTML, format_terminal, install_reports
 from intermix_core.run.aggregate import aggregate_step, describe_absent
-from intermix_core.run.status import format_status, grid_status, kfp_run_states
 from intermix_core.run.steps import attack_checkpoint_step, attack_step, train_step
-from intermix_core.store.grid_store import load_grid_spec
-from intermix_core.store.reports import fetch_latest_report_file
+from intermix_core.store.reports import fetch_latest_reports
 from intermix_core.store.storage import open_storage
 from intermix_core.tracking.client import TrackingError
 from intermix_core.tracking.tracker import FoldSuperseded
+from pipelines.arguments import UsageError, apply_sets, pairs
 from pipelines.gpu_budget import plan_gpus
 from pipelines.grid_pipeline import compile_grid
 from pipelines.local import LocalRun, Workdir, rerun_fold_local, run_grid_local
-from pipelines.local_commands import (
-    GRID_ID,
-    UsageError,
-    apply_sets,
-    grid_name,
-    pairs,
-    with_on_silent,
-)
+from pipelines.local_commands import SIGNALLED, USER_ERRORS  # noqa: F401  (pipelines.cli reads them here)
 from pipelines.options import ClusterOptions, Toleration, load_cluster_options
+from pipelines.plan_commands import config_yaml
 from pipelines.registry import ImageCheckError, check_images, compiled_images
+from pipelines.status_command import endpoint, grid_from_args, workdir
 from pipelines.submit import (
-    KfpEndpoint,
     KfpServerError,
     PartialSubmitError,
     ServerInfo,
-    existing_runs,
-    kfp_client,
     submit_grid,
     submit_rerun,
 )
 
-# beside local_commands' USER_ERRORS (exit 2) and SIGNALLED (exit 128 + the signal), one line and exit 1: MLflow
-# stayed unreachable, or another attempt at the fold took it over
+# beside USER_ERRORS (exit 2) and SIGNALLED (exit 128 + the signal), one line and exit 1: MLflow stayed
+# unreachable, or another attempt at the fold took it over
 SERVICE_ERRORS = (TrackingError, FoldSuperseded)
+_load_grid, _workdir = grid_from_args, workdir  # the grid a command line names; the work directory (status_command)
 
 
 def _sources(args: argparse.Namespace) -> dict[str, str]:
@@ -81,24 +66,6 @@ def _sources(args: argparse.Namespace) -> dict[str, str]:
             raise UsageError(f"--source {d}=...: unknown dataset {d!r}; expected one of: {', '.join(DATASETS)}")
         check_pipeline_value(value, f"--source {d}")  # it becomes a pipeline parameter
     return sources
-
-
-def _load_grid(args: argparse.Namespace, store: str | None = None) -> GridSpec:
-    """The grid named on the command line: a file, a packaged grid, or (with a store) the id of a grid saved there;
-    `--set KEY=VALUE` (run) goes on top of every cell's config and into the grid id."""
-    name = grid_name(args)
-    if store and GRID_ID.match(name) and not Path(name).is_file() and name not in packaged_grids():
-        grid = parse_grid(load_grid_spec(store, name), source=f"{store}/{name}/grid.json")
-    else:
-        sets = apply_sets({}, getattr(args, "set", None)) if getattr(args, "set", None) else None
-        grid = load_grid(name, name=getattr(args, "name", None), overrides=sets)
-    return with_on_silent(grid, args)
-
-
-def _workdir(args: argparse.Namespace) -> Workdir:
-    """The local work directory, with --store and --tracking-uri (else MLFLOW_TRACKING_URI) when given."""
-    tracking = getattr(args, "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI") or None
-    return Workdir(Path(args.workdir), store_uri=getattr(args, "store", None) or None, tracking=tracking)
 
 
 def build_config(args: argparse.Namespace) -> ExperimentConfig:
@@ -117,12 +84,6 @@ def _check_fold(dataset: str, fold: int) -> None:
     n = DATASETS[dataset]["num_folds"]
     if not 1 <= fold <= n:
         raise UsageError(f"--fold {fold}: not a fold of {dataset}; expected one of: {', '.join(map(str, range(1, n + 1)))}")
-
-
-def config_yaml(cfg: ExperimentConfig, label: str | None = None) -> str:
-    """A configuration with every reference default resolved, as YAML (headed by a comment naming the cell)."""
-    head = f"# {label}\n" if label else ""
-    return head + dump_yaml(cfg.resolved().model_dump(mode="json"))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -197,7 +158,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         store = _workdir(args).store
         grid = _load_grid(args, store)
         gid = grid_id(grid)
-        out = Path(args.out or Path(args.workdir) / "reports" / gid)
+        out = Path(args.out) if args.out else _workdir(args).reports(gid)
         expected = [c.key for c in expand(grid)]
         summary = aggregate_step([], out, expected, args.tracking_uri, gid, store_root=store)
         print(f"grid {gid}")
@@ -208,23 +169,19 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(store: str, gid: str) -> None:
-    """Print the grid's newest published tables from the store (nothing if it has none yet)."""
-    storage = open_storage(store)
+def _print_summary(work: Workdir, gid: str) -> None:
+    """Print the grid's newest published tables from the store and install that report in the grid's report folder
+    (`Workdir.reports`, where `intermix results` writes it too); nothing if the store has none yet."""
+    out = work.reports(gid)
     with tempfile.TemporaryDirectory() as tmp:
-        found = fetch_latest_report_file(storage, gid, "summary.json", tmp)
-        if found is None:
+        if fetch_latest_reports(open_storage(work.store), gid, tmp) is None:
             return
-        prefix, path = found
-        summary = Summary.model_validate_json(path.read_text())
+        summary = Summary.model_validate_json((Path(tmp) / "summary.json").read_text())
+        install_reports(tmp, out)
     print(format_terminal(summary))
     if describe_absent(summary):
         print(describe_absent(summary))
-    report = storage.uri(f"{prefix}/{REPORT_HTML}")
-    if "://" in report:
-        print(f"report: {report} (a local copy: intermix results {gid} --store {store})")
-    else:
-        print(f"report: {report}")
+    print(f"report: {(out / REPORT_HTML).resolve()}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -242,7 +199,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if report.stopped:
         return _stopped(report.stopped, _local_command("run", gid, work, grid_arg=args.grid_pos or args.grid,
                                                        sets=args.set))
-    _print_summary(work.store, gid)
+    _print_summary(work, gid)
     return _report(report, work, not args.no_tracking)
 
 
@@ -324,68 +281,6 @@ def _toleration(text: str) -> Toleration:
                          "PreferNoSchedule, NoExecute") from None
 
 
-def cmd_show(args: argparse.Namespace) -> int:
-    """Print a grid's id, cells and the KFP runs it becomes."""
-    grid = _load_grid(args)
-    cells = expand(grid)
-    if args.json:
-        runs = [{"run": f"{grid_id(grid)} {sh.label}", "dataset": sh.dataset, "setup": sh.setup,
-                 "sample_rate": sh.sample_rate, "strategies": list(sh.configs), "folds": list(sh.folds)}
-                for sh in shards(grid)]
-        print(json.dumps({"grid_id": grid_id(grid), "name": grid.name, "fold_trainings": len(cells),
-                          "cells": [list(c.key) for c in cells], "runs": runs}, indent=2))
-        return 0
-    print(f"grid {grid_id(grid)}: {len(cells)} fold trainings (+ FGSM each)")
-    for sh in shards(grid):
-        print(f"  run {sh.label} @ {sh.sample_rate} Hz: {len(sh.configs)} strategies x folds {list(sh.folds)}"
-              f" = {len(sh.configs) * len(sh.folds)} folds")
-    return 0
-
-
-def cmd_config(args: argparse.Namespace) -> int:
-    """Print the resolved configuration of the grid's cells that match --dataset/--setup/--strategy, as YAML."""
-    grid = _load_grid(args)
-    setup = args.setup or (setup_of_model(grid, args.model) if args.model else None)
-    cells = {}
-    for c in expand(grid):  # one config per dataset x setup x strategy (folds share it)
-        if (args.dataset in (None, c.dataset) and setup in (None, c.setup) and args.strategy in (None, c.strategy)):
-            cells.setdefault((c.dataset, c.setup, c.strategy), c.config)
-    if not cells:
-        choices = sorted({f"{c.dataset}/{c.setup}/{c.strategy}" for c in expand(grid)})
-        raise UsageError(f"config: no cell of grid {grid.name} matches; its cells: {', '.join(choices[:12])}"
-                         + (" ..." if len(choices) > 12 else ""))
-    docs = []
-    for (dataset, setup_name, strategy), cfg in cells.items():
-        data = cfg.model_dump(mode="json")
-        apply_sets(data, args.set)
-        cfg = parse_config(data, source="command line") if args.set else cfg
-        docs.append(config_yaml(cfg, f"{grid_id(grid)}: {dataset}/{setup_name}/{strategy}"))
-    print("---\n".join(docs), end="")
-    return 0
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    """Print each fold's state (done, running, failed, stopped, superseded, not started), the time left, rerun commands."""
-    work = _workdir(args)
-    store = work.store
-    grid = _load_grid(args, store)
-    status = grid_status(grid, store, work.tracking_uri, progress=not args.json and sys.stderr.isatty())
-    if args.host:
-        ep = endpoint(args)
-        client = kfp_client(ep)
-        try:
-            exp = client.get_experiment(experiment_name=ep.experiment or status.grid_id, namespace=ep.namespace)
-        except Exception as err:  # noqa: BLE001 - the KFP client raises many types; none stops the report
-            status.notes.append(f"Kubeflow: no run states ({cut(str(getattr(err, 'body', '') or err), 200)})")
-        else:
-            status.kfp_runs = kfp_run_states(existing_runs(client, exp.experiment_id))
-    if args.json:
-        print(json.dumps(status.to_json(), indent=2))
-    else:
-        print(format_status(status, time.time()))
-    return 0
-
-
 def cmd_compile(args: argparse.Namespace) -> int:
     """Compile a grid to one IR YAML per dataset x setup."""
     grid = _load_grid(args)
@@ -396,18 +291,6 @@ def cmd_compile(args: argparse.Namespace) -> int:
     for p in paths:
         print(f"  {p}")
     return 0
-
-
-def endpoint(args: argparse.Namespace) -> KfpEndpoint:
-    """KfpEndpoint from --host and the auth flags."""
-    if not args.host:
-        raise UsageError("--host (or KFP_HOST) is required to talk to Kubeflow Pipelines")
-    if args.ssl_ca_cert and not Path(args.ssl_ca_cert).is_file():
-        raise UsageError(f"--ssl-ca-cert {args.ssl_ca_cert}: no such file")
-    return KfpEndpoint(host=args.host, namespace=args.namespace, existing_token=args.existing_token,
-                       cookies=args.cookies, ssl_ca_cert=args.ssl_ca_cert, experiment=args.experiment,
-                       service_account=getattr(args, "service_account", None),
-                       skip_version_check=getattr(args, "skip_version_check", False))
 
 
 def _server_notes(info: ServerInfo) -> None:
@@ -498,5 +381,5 @@ def cmd_rerun(args: argparse.Namespace) -> int:
                                                      "--setup", cell.setup, "--strategy", cell.strategy,
                                                      "--fold", str(cell.fold)])
                         + ("" if work.root == Path("intermix-work") else f" --workdir {shlex.quote(str(work.root))}"))
-    _print_summary(work.store, grid_id(grid))
+    _print_summary(work, grid_id(grid))
     return _report(report, work, not args.no_tracking)

@@ -60,45 +60,11 @@ from intermix_core.tracking.client import ensure_experiment, schema_lock
 from pipelines.grid_pipeline import grid_pipelines
 from pipelines.options import ClusterOptions
 from pipelines.rerun_pipeline import rerun_pipeline
+from pipelines.workdir import Workdir
 
-DEFAULT_WORKDIR = Path("intermix-work")
 LOCAL_PARALLELISM = 2  # loop iterations kfp 2.17.3's local runner runs at once (hard-coded there)
 KILL_AFTER = 15.0  # seconds after a second signal before the tasks still running are killed
 WATCH_EVERY = 5.0  # seconds between two readings of the running folds' epochs (the tracker sends every 5 s)
-
-
-@dataclass(frozen=True)
-class Workdir:
-    """A local work directory, and the store and MLflow it uses (by default inside it)."""
-
-    root: Path
-    store_uri: str | None = None  # a folder or s3:// root; None: <root>/store
-    tracking: str | None = None  # an MLflow tracking URI; None: sqlite <root>/mlflow.db
-
-    @property
-    def store(self) -> str:
-        """The grid store root: the given one, else <root>/store (absolute)."""
-        return self.store_uri or str((self.root / "store").resolve())
-
-    @property
-    def local_tracking(self) -> bool:
-        """True when tracking goes to the work directory's own sqlite store."""
-        return self.tracking is None
-
-    @property
-    def tracking_uri(self) -> str:
-        """The MLflow tracking URI: the given one, else the work directory's sqlite store."""
-        return self.tracking or f"sqlite:///{(self.root / 'mlflow.db').resolve()}"
-
-    @property
-    def kfp_root(self) -> Path:
-        """KFP's local pipeline root."""
-        return self.root / "kfp"
-
-    @property
-    def logs(self) -> Path:
-        """Task logs of local runs."""
-        return self.root / "logs"
 
 
 @dataclass

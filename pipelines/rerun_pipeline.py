@@ -12,7 +12,7 @@ import sys
 from kfp import compiler, dsl
 
 from intermix_core.config.grid import FoldCell, GridSpec, find_cell, grid_id, load_grid
-from intermix_core.models import model_class
+from intermix_core.models import model_spec
 from pipelines.gpu_budget import plan_gpus
 from pipelines.grid_pipeline import grid_json, pipeline_components
 from pipelines.options import ClusterOptions, configure_task, expected_train_seconds, retry_seconds
@@ -31,7 +31,7 @@ def rerun_pipeline(grid: GridSpec, cell: FoldCell, opts: ClusterOptions | None =
     device = "auto" if local else opts.device()
     gid = grid_id(grid)
     spec = grid_json(grid)
-    sample_rate = model_class(cell.config.model).sample_rate
+    sample_rate = model_spec(cell.config.model).sample_rate
     labels = {"grid-id": gid, "dataset": cell.dataset, "setup": cell.setup, "strategy": cell.strategy,
               "fold": str(cell.fold)}
     short_window = retry_seconds(opts)

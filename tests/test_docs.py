@@ -61,3 +61,35 @@ def test_the_readme_names_every_package_and_benchmark() -> None:
         assert f"`intermix_core/{package.name}/`" in section, f"README.md does not name intermix_core/{package.name}/"
     for bench in (ROOT / "benchmarks").glob("*.py"):
         assert f"`benchmarks/{bench.name}`" in section, f"README.md does not name benchmarks/{bench.name}"
+
+
+def test_the_readme_cluster_block_fits_the_chart_and_the_cli() -> None:
+    """README "## Cluster": one namespace for the chart, its Secrets and its ConfigMap (where KFP runs the pipeline
+    pods); the store it names is the chart's default bucket and prefix; every `intermix` line parses as written;
+    the rerun section of docs/cluster.md names --from-scratch (the old --restart is only mentioned as such)."""
+    import shlex
+
+    import yaml
+
+    from pipelines.cli import build_parser
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Cluster"):]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    lines = block.replace("\\\n", " ").splitlines()
+    assert "export NAMESPACE=kubeflow" in block and "create namespace" not in block
+    for line in lines:
+        if line.startswith(("kubectl", "helm")) and "svc/ml-pipeline-ui" not in line:
+            assert '-n "$NAMESPACE"' in line, line  # the chart's objects: only visible in the pipeline pods' namespace
+    values = yaml.safe_load((ROOT / "charts/intermix/values.yaml").read_text())
+    store = f"s3://{values['s3']['bucket']}/{values['pipeline']['dataPrefix']}"
+    parser = build_parser()
+    commands = [line.split("#")[0] for line in lines if line.startswith("intermix ")]
+    assert len(commands) == 4
+    for command in commands:
+        args = parser.parse_args(shlex.split(command)[1:])  # parses: no typo, no removed flag
+        if getattr(args, "store", None):
+            assert args.store == store, command
+    assert "pipeline.image.repository=\"$IMAGE_REPOSITORY\"" in block and '--repository="$IMAGE_REPOSITORY"' in block
+    rerun = (ROOT / "docs/cluster.md").read_text().split("## 7. Rerun one fold")[1].split("## 8.")[0]
+    assert "--from-scratch" in rerun and rerun.count("--restart") == 1  # "the old spelling, still accepted"

@@ -6,10 +6,12 @@ only override them; unknown keys and impossible values are rejected with the fie
 
 from __future__ import annotations
 
+import difflib
+import typing
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 
 from intermix_core.common.names import check_name
 from intermix_core.common.text import cut, short
@@ -27,7 +29,7 @@ from intermix_core.config.sections import (
     StrategyConfig,
     Strict,
 )
-from intermix_core.models import list_models, model_class
+from intermix_core.models import list_models, model_spec
 
 
 def known_model(name: str) -> str:
@@ -72,9 +74,9 @@ class ExperimentConfig(Strict):
     @classmethod
     def _layers_fit_model(cls, v: StrategyConfig, info: ValidationInfo) -> StrategyConfig:
         model = info.data.get("model")
-        if model is not None and v.mix and max(v.layers) > model_class(model).max_mix_layer:
+        if model is not None and v.mix and max(v.layers) > model_spec(model).max_mix_layer:
             raise ValueError(f"strategy.layers contains {max(v.layers)}, but {model} has mixing points "
-                             f"0..{model_class(model).max_mix_layer}")
+                             f"0..{model_spec(model).max_mix_layer}")
         return v
 
     @field_validator("input_length")
@@ -83,7 +85,7 @@ class ExperimentConfig(Strict):
         model = info.data.get("model")
         if v is None or model is None:
             return v
-        m = model_class(model)
+        m = model_spec(model)
         lo, hi = m.min_input_length, m.max_input_length
         if v < lo or (hi is not None and v > hi):
             accepted = f"{lo}..{hi}" if hi is not None else f"at least {lo}"
@@ -104,7 +106,7 @@ class ExperimentConfig(Strict):
     @property
     def crop_length(self) -> int:
         """Input length T in samples: the override, else the model's own."""
-        return self.input_length or model_class(self.model).input_length
+        return self.input_length or model_spec(self.model).input_length
 
     @property
     def setup_name(self) -> str:
@@ -175,14 +177,34 @@ class ExperimentConfig(Strict):
         return out
 
 
-def format_validation_error(err: ValidationError, source: str, max_lines: int = 20) -> str:
-    """One short line per problem: `source: field.path: message` (long keys and values cut)."""
+def _keys_at(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str]:
+    """The keys the section at `loc` (a path of field names and list indexes) of `model` accepts; [] if unknown."""
+    for part in loc:
+        if model is None or isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        kinds = [field.annotation, *typing.get_args(field.annotation)]
+        kinds += [k for a in kinds[1:] for k in typing.get_args(a)]  # list[Setup] | None and the like
+        model = next((k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)), None)
+    return list(model.model_fields) if model is not None else []
+
+
+def format_validation_error(err: ValidationError, source: str, max_lines: int = 20,
+                            model: type[BaseModel] | None = None) -> str:
+    """One short line per problem: `source: field.path: message` (long keys and values cut); with the `model`
+    validated, an unknown key close to a known one is followed by `did you mean optim.epochs?`."""
     lines = []
     for e in err.errors(include_url=False, include_input=False):
         loc = ".".join(p if isinstance(p, str) and len(p) <= 60 else short(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
+            key = e["loc"][-1] if e["loc"] else None
+            close = difflib.get_close_matches(key, _keys_at(model, e["loc"][:-1]), n=1) if isinstance(key, str) else []
+            if close:
+                msg += f"; did you mean {'.'.join(str(p) for p in (*e['loc'][:-1], close[0]))}?"
         lines.append(cut(f"{source}: {loc}: {msg}"))
     if len(lines) > max_lines:
         lines = lines[:max_lines] + [f"{source}: ... and {len(lines) - max_lines} more problems"]
@@ -196,7 +218,7 @@ def parse_config(data: dict[str, Any], source: str = "config") -> ExperimentConf
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, source)) from None
+        raise ConfigError(format_validation_error(err, source, model=ExperimentConfig)) from None
 
 
 def load_config(path: str | Path, **overrides: Any) -> ExperimentConfig:

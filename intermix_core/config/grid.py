@@ -28,7 +28,7 @@ from intermix_core.common.yamlfile import ConfigError, load_yaml
 from intermix_core.config.experiment import ExperimentConfig, format_validation_error, known_model, parse_config
 from intermix_core.config.presets import STRATEGIES
 from intermix_core.config.sections import DATASETS, MAX_SEED, OnSilent
-from intermix_core.models import model_class
+from intermix_core.models import model_spec
 from intermix_core.records import fold_label
 
 GRIDS_DIR = Path(__file__).resolve().parent.parent / "grids"  # the packaged grids: intermix_core/grids/*.yaml
@@ -283,7 +283,7 @@ def shards(grid: GridSpec, source: str = "grid") -> list[Shard]:
     for d in grid.datasets:
         for s in grid.setups:
             configs = {st: cell_config(grid, d, s.name, st, source) for st in grid.strategies_for(s.name)}
-            out.append(Shard(d, s.name, s.model, model_class(s.model).sample_rate, configs, tuple(grid.folds_for(d))))
+            out.append(Shard(d, s.name, s.model, model_spec(s.model).sample_rate, configs, tuple(grid.folds_for(d))))
     return out
 
 
@@ -361,7 +361,7 @@ def parse_grid(data: Any, source: str = "grid", name: str | None = None) -> Grid
     try:
         grid = GridSpec.model_validate(data)
     except ValidationError as err:
-        raise GridError(format_validation_error(err, source)) from None
+        raise GridError(format_validation_error(err, source, model=GridSpec)) from None
     shards(grid, source)  # validates every dataset x setup x strategy config up front
     return grid
 

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from intermix_core.common.provenance import cpu_model, git_commit, machine
 from intermix_core.config import ExperimentConfig
 from intermix_core.data import load_prepared
 from intermix_core.method.bank import (
@@ -463,5 +464,13 @@ def _result(run: FoldRun, test_error: float | None, confusion: list[list[int]] |
         classes=run.classes,
         best_val_error=best.val_error if best else None, best_epoch=best.epoch if best else None,
         train_seconds=round(elapsed, 3), samples_per_second=round(run.seen / elapsed, 2) if elapsed > 0 else None,
-        config=cfg.model_dump(mode="json"),
+        config=cfg.model_dump(mode="json"), git_commit=git_commit(), machine=machine(), device=_device_text(run.dev),
+        torch=torch.__version__,
     )
+
+
+def _device_text(dev: torch.device) -> str:
+    """What a fold trained on, for its result: 'cuda: NVIDIA H200' or 'cpu: AMD EPYC 7B13, 2 threads'."""
+    if dev.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(dev)}"
+    return f"{dev.type}: {cpu_model()}, {torch.get_num_threads()} threads"

@@ -7,6 +7,8 @@ from typing import Callable, Protocol
 import torch
 from torch import nn
 
+from intermix_core.models.specs import list_models, model_spec
+
 
 class Mix(Protocol):
     """What a model needs from a mixer: the layer to mix at, and how to mix a hidden tensor."""
@@ -19,9 +21,9 @@ class Mix(Protocol):
 class StagedModel(nn.Module):
     """A classifier written as `stages` (mixing points after each) plus a `head`.
 
-    Subclasses set `sample_rate`, `input_length` and `max_mix_layer` (M, the number of stages) and
-    build `stages` / `head`. The input is a batch of waveforms shaped (B, T) in [-1, 1]; the output is
-    logits (B, num_classes). A strategy's layer set L (config.StrategyConfig.layers) picks stages by index.
+    `register_model` sets `sample_rate`, `input_length` and `max_mix_layer` (M, the number of stages) from the
+    model's `specs.ModelSpec`; subclasses build `stages` / `head`. The input is a batch of waveforms shaped (B, T)
+    in [-1, 1]; the output is logits (B, num_classes). A strategy's layer set L (config.StrategyConfig.layers) picks stages by index.
     `min_input_length` and `max_input_length` (None: no upper bound) are the T it runs at
     (tests/unit/method/test_models.py checks both edges).
     """
@@ -65,6 +67,9 @@ def register_model(name: str) -> Callable[[type[StagedModel]], type[StagedModel]
     def wrap(cls: type[StagedModel]) -> type[StagedModel]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
+        spec = model_spec(name)  # the facts are written once, in specs.py (read there without torch)
+        cls.sample_rate, cls.input_length, cls.max_mix_layer = spec.sample_rate, spec.input_length, spec.max_mix_layer
+        cls.min_input_length, cls.max_input_length = spec.min_input_length, spec.max_input_length
         _REGISTRY[name] = cls
         return cls
 
@@ -76,11 +81,6 @@ def model_class(name: str) -> type[StagedModel]:
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; expected one of: {', '.join(list_models())}")
     return _REGISTRY[name]
-
-
-def list_models() -> list[str]:
-    """Names accepted by `create_model`, sorted."""
-    return sorted(_REGISTRY)
 
 
 def speed_up(model: StagedModel, *, channels_last: bool = False, compile_stages: bool = False,

@@ -72,11 +72,6 @@ class EnvNet(StagedModel):
     Every stage ends in ReLU (or max pooling of ReLU outputs), so hidden features are >= 0.
     """
 
-    sample_rate = 16000
-    input_length = 24014
-    min_input_length, max_input_length = 22575, 24014  # fc5's input size fixes the pooled width
-    max_mix_layer = 5
-
     def __init__(self, num_classes: int) -> None:
         stages: list[nn.Module] = [
             nn.Sequential(  # stage 1: raw-waveform filter bank

@@ -22,11 +22,6 @@ class EnvNetV2(StagedModel):
     Every stage ends in ReLU (or max pooling of ReLU outputs), so hidden features are >= 0.
     """
 
-    sample_rate = 44100
-    input_length = 66650
-    min_input_length, max_input_length = 60510, 66653  # the fc11 input size fixes the pooled width
-    max_mix_layer = 7
-
     def __init__(self, num_classes: int) -> None:
         stages: list[nn.Module] = [
             nn.Sequential(  # stage 1: raw-waveform filter bank

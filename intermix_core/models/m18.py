@@ -45,11 +45,6 @@ class M18(StagedModel):
     groups. Every stage ends in ReLU, max pooling or averaging of ReLU outputs: features are >= 0.
     """
 
-    sample_rate = 8000
-    input_length = 32000
-    min_input_length, max_input_length = 1022, None  # global average pooling: no upper bound
-    max_mix_layer = 5
-
     def __init__(self, num_classes: int) -> None:
         stages: list[nn.Module] = [
             nn.Sequential(

@@ -25,7 +25,6 @@ from intermix_core.models.envnet import DROPOUT, fc_relu_dropout
 N_MELS = 60
 N_FFT = 1024
 HOP = 512
-N_FRAMES = 41
 
 
 class LogMelDeltas(nn.Module):
@@ -76,11 +75,6 @@ class PiczakCNN(StagedModel):
     the waveform), so mixing at 1 mixes the first convolutional feature maps. Every stage ends
     in ReLU (or max pooling of ReLU outputs), so hidden features are >= 0.
     """
-
-    sample_rate = 22050
-    input_length = (N_FRAMES - 1) * HOP + N_FFT  # 21504
-    min_input_length, max_input_length = 19968, 24575  # the fc input size fixes the number of frames
-    max_mix_layer = 4
 
     def __init__(self, num_classes: int) -> None:
         stages: list[nn.Module] = [

@@ -48,11 +48,6 @@ class SoundNet5(StagedModel):
     Every stage ends in ReLU (or max pooling of ReLU outputs), so hidden features are >= 0.
     """
 
-    sample_rate = 22050
-    input_length = 88200
-    min_input_length, max_input_length = 56798, None  # conv5's window needs 2.6 s
-    max_mix_layer = 4
-
     def __init__(self, num_classes: int) -> None:
         stages: list[nn.Module] = [
             nn.Sequential(

@@ -173,6 +173,12 @@ class Comparison(BaseModel):
     diff: float | None = None  # baseline - strategy, points; > 0 means the strategy errs less
     relative: float | None = None  # 100 (e_base - e) / e_base on the paired folds' means
     published_relative: float | None = None  # the same from the paper's numbers
+    # effect size: the 95 % confidence interval of the mean paired difference (t-based, n >= 2; a single point when
+    # every fold has the same difference) and Cohen's d_z = mean / SD of the paired differences (None for SD 0)
+    ci_low: float | None = None
+    ci_high: float | None = None
+    dz: float | None = None
+    same_every_fold: bool = False  # n >= 2 folds and the same difference on each: zero variance, no t-test
     t: float | None = None
     p_t: float | None = None
     wilcoxon: float | None = None
@@ -183,6 +189,21 @@ class Comparison(BaseModel):
     family: int = 1  # comparisons in that family
     significant: bool = False
     conclusion: str = ""
+
+
+class FoldProvenance(BaseModel):
+    """Where one fold's result in the tables comes from: code, machine, device, configuration and wall time."""
+
+    dataset: str
+    setup: str
+    strategy: str
+    fold: int
+    git_commit: str | None = None
+    machine: str | None = None
+    device: str | None = None
+    torch: str | None = None
+    train_seconds: float | None = None
+    epochs: int = 0
 
 
 class Summary(BaseModel):
@@ -199,6 +220,10 @@ class Summary(BaseModel):
     # every result trained on the reference schedule and crop length (ExperimentConfig.on_paper_schedule):
     # only then is a measured-minus-paper difference meaningful
     paper_schedule: bool = True
+    # provenance of the results in the tables (one per fold), and each cell's resolved configuration
+    # ("dataset/setup/strategy" -> config; the folds of a cell share it)
+    provenance: list[FoldProvenance] = []
+    configs: dict[str, dict] = {}
 
     def cell(
         self, dataset: str, setup: str, strategy: str, epsilon: float | None = None, kind: str = "clip"
@@ -275,11 +300,13 @@ def select_results(results: Sequence[FoldResult]) -> tuple[dict[tuple[str, str, 
     return {k: last_ok.get(k, r) for k, r in last_any.items()}, notes
 
 
-def paired_test(baseline: Sequence[float], other: Sequence[float]) -> dict[str, float | None]:
-    """Paired t-test (and Wilcoxon signed-rank when >= 6 non-zero pairs) on d = baseline - other, two-sided."""
+def paired_test(baseline: Sequence[float], other: Sequence[float]) -> dict[str, float | bool | None]:
+    """Paired t-test (and Wilcoxon signed-rank when >= 6 non-zero pairs) on d = baseline - other, two-sided; the
+    effect size beside it: the 95 % confidence interval of the mean difference and Cohen's d_z."""
     d = [b - o for b, o in zip(baseline, other, strict=True)]
     n = len(d)
-    out: dict[str, float | None] = {"t": None, "p_t": None, "wilcoxon": None, "p_wilcoxon": None}
+    out: dict[str, float | bool | None] = {"t": None, "p_t": None, "wilcoxon": None, "p_wilcoxon": None,
+                                           "ci_low": None, "ci_high": None, "dz": None, "same_every_fold": False}
     if n < 2:
         return out
     m = sum(d) / n
@@ -287,6 +314,11 @@ def paired_test(baseline: Sequence[float], other: Sequence[float]) -> dict[str, 
     if sd > 1e-12 * max(1.0, abs(m)):  # identical differences on every fold: t is undefined
         out["t"] = m / (sd / math.sqrt(n))
         out["p_t"] = float(2 * stats.t.sf(abs(out["t"]), n - 1))
+        half = float(stats.t.ppf(1 - ALPHA / 2, n - 1)) * sd / math.sqrt(n)
+        out["ci_low"], out["ci_high"], out["dz"] = m - half, m + half, m / sd
+    else:  # no spread: the interval is the one difference seen, and d_z (mean / SD) has no value
+        out["ci_low"] = out["ci_high"] = m
+        out["same_every_fold"] = True
     nonzero = [x for x in d if x != 0.0]
     if len(nonzero) >= WILCOXON_MIN_N:
         w = stats.wilcoxon(nonzero, zero_method="wilcox", alternative="two-sided")
@@ -325,6 +357,18 @@ def holm_adjust(p_values: Sequence[float | None]) -> list[float | None]:
     return out
 
 
+def effect_text(comp: Comparison) -> str:
+    """The paired difference with its 95 % confidence interval and d_z: '+5.0 [−12.3, +22.3], d_z 0.81'."""
+    if comp.diff is None:
+        return "—"
+    if comp.ci_low is None or comp.ci_high is None:
+        return f"{comp.diff:+.1f} (n=1)"
+    if comp.same_every_fold:
+        return f"{comp.diff:+.1f} on every fold"
+    dz = f", d_z {comp.dz:.2f}" if comp.dz is not None else ""
+    return f"{comp.diff:+.1f} [{comp.ci_low:+.1f}, {comp.ci_high:+.1f}]{dz}"
+
+
 def _conclude(comp: Comparison, alpha: float) -> Comparison:
     """Call the comparison on its Holm-adjusted p-values and write its one-sentence conclusion."""
     cell_where = _where(comp)
@@ -342,11 +386,18 @@ def _conclude(comp: Comparison, alpha: float) -> Comparison:
     tests += [f"Wilcoxon p={comp.p_wilcoxon:.3g}" + (f", adjusted {p_w:.3g}" if comp.family > 1 else "")] \
         if comp.p_wilcoxon is not None and p_w is not None else []
     n = len(comp.folds)
-    tests_text = ", ".join([*tests, f"n={n} folds"])
+    tested = comp.ci_low is not None and not comp.same_every_fold
+    effect = [f"difference {effect_text(comp)} points (95 % CI)"] if tested else []
+    tests_text = ", ".join([*effect, *tests, f"n={n} folds"])
     if n < 2:
         text = f"{pair}: {nums}; only {n} paired fold, no test possible."
-    elif comp.p_t is None:
-        text = f"{pair}: {nums}; the same difference on every fold, test undefined ({tests_text})."
+    elif comp.same_every_fold:
+        diff = comp.diff or 0.0
+        text = (f"{pair}: {nums}; the difference is the same on all {n} folds ({diff:+.2f} points on each), so the "
+                "folds vary by nothing and a paired t-test has no p-value (its standard error is 0)"
+                + (f"; a sign test of {n} folds all one way gives two-sided p = {2 * 0.5 ** n:.3g}" if diff else "")
+                + (f", below which nothing with {n} folds can go: a consistent difference, not called"
+                   if diff and 2 * 0.5 ** n >= alpha else "; not called (no test over these folds)") + ".")
     elif both:
         verb = "has lower error than" if (comp.diff or 0) > 0 else "has higher error than"
         text = f"{name} {verb} {bname} on {cell_where}: {nums}; {tests_text}{holm}."
@@ -435,10 +486,18 @@ def aggregate(
                 new, base = index[(dataset, setup, metric, s)], index[(dataset, setup, metric, b)]
                 comparisons.append(_compare(new, base))
     comparisons = correct_and_conclude(comparisons, alpha)
+    order = {(c.dataset, c.setup, c.strategy): i for i, c in enumerate(cells)}  # the tables' order, then by fold
+    counted = sorted((r for r in chosen.values() if _is_ok(r)),
+                     key=lambda r: (order.get(r.key[:3], len(order)), r.fold))
+    provenance = [FoldProvenance(dataset=r.dataset, setup=r.setup, strategy=r.strategy, fold=r.fold,
+                                 git_commit=r.git_commit, machine=r.machine, device=r.device, torch=r.torch,
+                                 train_seconds=r.train_seconds, epochs=len(r.history)) for r in counted]
+    configs = {f"{r.dataset}/{r.setup}/{r.strategy}": r.config for r in counted if r.config}
     return Summary(
         cells=cells, fgsm=fgsm_cells, comparisons=comparisons, missing=missing, notes=notes,
         n_results=len(results), n_superseded=len(results) - len(chosen), alpha=alpha,
         paper_schedule=all(_on_paper_schedule(r) for r in chosen.values() if _is_ok(r) and r.config),
+        provenance=provenance, configs=configs,
     )
 
 

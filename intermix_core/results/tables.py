@@ -14,7 +14,9 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from intermix_core.records import FoldResult
+from intermix_core.common.text import cut, duration
+from intermix_core.common.yamlfile import dump_yaml
+from intermix_core.records import FoldResult, fold_label
 from intermix_core.results import html, plots
 from intermix_core.results import paper as pub
 from intermix_core.results.paper import display_name as _name
@@ -28,6 +30,7 @@ from intermix_core.results.statistics import (
     Summary,
     TableCell,
     best_label,
+    effect_text,
     eps_label,
     first_line,
     paper_order,
@@ -132,7 +135,9 @@ def _table3(summary: Summary) -> _Table:
 def _verdict(c: Comparison) -> str:
     if c.significant:
         return "lower error" if (c.diff or 0) > 0 else "higher error"
-    return "noise" if c.p_t is not None else "untestable"
+    if c.same_every_fold:
+        return "same difference on every fold: no t-test"
+    return "noise" if c.p_t is not None else "untestable (n<2)"
 
 
 def _fold_counts(comparisons: Sequence[Comparison]) -> str:
@@ -156,8 +161,11 @@ def comparisons_statement(summary: Summary) -> str:
     return (f"{len(comps)} paired comparison(s), each on the folds both strategies completed ({_fold_counts(comps)})."
             f" p-values are Holm-adjusted within each metric ({families} famil{'y' if families == 1 else 'ies'}: the"
             f" clean error, each FGSM epsilon and kind); a difference is called at adjusted p < {summary.alpha}"
-            f" (t-test, and Wilcoxon where >= {WILCOXON_MIN_N} non-zero pairs). Called: {called}; the other"
-            f" {len(comps) - called} are within fold-to-fold noise or untestable.{power}")
+            f" (t-test, and Wilcoxon where >= {WILCOXON_MIN_N} non-zero pairs). Beside each p-value, the effect: the"
+            f" mean paired difference with its {100 * (1 - summary.alpha):.0f} % confidence interval and Cohen's d_z."
+            f" Called: {called}; the other {len(comps) - called} are within fold-to-fold noise or cannot be tested"
+            " (a single paired fold, or a difference identical on every fold, whose zero spread leaves a t-test no"
+            f" p-value: its row says so).{power}")
 
 
 def _comparisons_table(summary: Summary, compact: bool = False) -> _Table:
@@ -169,12 +177,12 @@ def _comparisons_table(summary: Summary, compact: bool = False) -> _Table:
                  _signed(c.p_t, ".3g"), _signed(c.p_t_holm, ".3g"), _verdict(c)]
                 for c in summary.comparisons if c.metric == "test_error"]
         return _Table("Comparisons (paired across folds)", header, rows, [])
-    header = ["Dataset", "Model", "Metric", "Learning", "vs", "n", "e_base", "e", "Δ pts", "rel. %",
+    header = ["Dataset", "Model", "Metric", "Learning", "vs", "n", "e_base", "e", "Δ pts", "Δ [95% CI], d_z", "rel. %",
               "paper rel. %", "t-test p", "Holm p", "Wilcoxon p", "verdict"]
     rows = [[
         _name("dataset", c.dataset), _name("setup", c.setup), c.metric, _name("strategy", c.strategy),
         _name("strategy", c.baseline), str(len(c.folds)), _signed(c.baseline_mean, ".1f"), _signed(c.mean, ".1f"),
-        _signed(c.diff), _signed(c.relative), _signed(c.published_relative), _signed(c.p_t, ".3g"),
+        _signed(c.diff), effect_text(c), _signed(c.relative), _signed(c.published_relative), _signed(c.p_t, ".3g"),
         _signed(c.p_t_holm, ".3g"),
         _signed(c.p_wilcoxon, ".3g") if len(c.folds) >= WILCOXON_MIN_N else f"n/a (n<{WILCOXON_MIN_N})", _verdict(c),
     ] for c in summary.comparisons]
@@ -182,7 +190,9 @@ def _comparisons_table(summary: Summary, compact: bool = False) -> _Table:
     notes = [
         comparisons_statement(summary),
         "Δ pts = e_base − e and rel. % = 100 (e_base − e) / e_base on the folds both strategies completed;"
-        " > 0 means fewer errors than the baseline. paper rel. %: the same from the paper's tables."
+        " > 0 means fewer errors than the baseline. Δ [95% CI]: the t-based confidence interval of the mean paired"
+        " difference (wide with few folds); d_z = mean / SD of the paired differences (Cohen's effect size for paired"
+        " data). paper rel. %: the same from the paper's tables."
         " Metric: test_error (clean, last epoch), fgsm@ε (10-crop clip error under FGSM), fgsm_crop@ε (single crop);"
         " ε = 0 is not compared (no attack; Table 3 shows it).",
     ] + (called or ["No difference is called."])
@@ -230,8 +240,8 @@ CELL_FIELDS = ["dataset", "setup", "model", "strategy", "epsilon", "fgsm_kind", 
                "folds_ok", "folds_failed", "folds_missing", "per_fold", "best_mean", "best_se", "best_per_fold",
                "best_every", "published", "published_se", "published_is", "diff", "diff_of"]
 COMPARISON_FIELDS = ["dataset", "setup", "metric", "strategy", "baseline", "n", "folds", "baseline_mean", "mean",
-                     "diff", "relative", "published_relative", "t", "p_t", "wilcoxon", "p_wilcoxon", "p_t_holm",
-                     "p_wilcoxon_holm", "family", "significant", "conclusion"]
+                     "diff", "ci_low", "ci_high", "dz", "same_every_fold", "relative", "published_relative", "t", "p_t",
+                     "wilcoxon", "p_wilcoxon", "p_t_holm", "p_wilcoxon_holm", "family", "significant", "conclusion"]
 
 
 def _num(x: float | None) -> str:
@@ -255,9 +265,10 @@ def _cell_row(c: TableCell, delta: bool = True) -> dict[str, str]:
 
 
 def _comparison_row(c: Comparison) -> dict[str, str]:
-    nums = ("baseline_mean", "mean", "diff", "relative", "published_relative", "t", "p_t", "wilcoxon", "p_wilcoxon",
-            "p_t_holm", "p_wilcoxon_holm")
+    nums = ("baseline_mean", "mean", "diff", "ci_low", "ci_high", "dz", "relative", "published_relative", "t", "p_t",
+            "wilcoxon", "p_wilcoxon", "p_t_holm", "p_wilcoxon_holm")
     return {k: _num(getattr(c, k)) for k in nums} | {
+        "same_every_fold": str(c.same_every_fold).lower(),
         "dataset": c.dataset, "setup": c.setup, "metric": c.metric, "strategy": c.strategy, "baseline": c.baseline,
         "n": str(len(c.folds)), "folds": " ".join(map(str, c.folds)), "significant": str(c.significant).lower(),
         "family": str(c.family),
@@ -370,6 +381,9 @@ def _html_report(summary: Summary, tables: dict[str, tuple[_Table, list[str], li
         head.append(html.paragraph(SHORT_SCHEDULE_NOTE, "warn"))
     sections = ["".join(head)]
     nav = []
+    if summary.provenance:
+        sections.append(_provenance_section(summary, title))
+        nav.append(("provenance", "Provenance"))
     absent = summary.missing
     if absent:
         items = []
@@ -406,6 +420,38 @@ def _html_report(summary: Summary, tables: dict[str, tuple[_Table, list[str], li
                             f"{html.image(files[name], section, caption)}</section>")
             nav.append((anchor, section))
     return html.page(f"intermix report: {title}" if title else "intermix report", sections, nav)
+
+
+def _distinct(values: Iterable[str | None]) -> str:
+    """'a', or 'a (3 folds), b (1 fold)' when the folds differ; 'not recorded' for None."""
+    counts: dict[str, int] = {}
+    for v in values:  # read from results in a store: cut, never trusted to be short
+        key = cut(v, 120) if v else "not recorded"
+        counts[key] = counts.get(key, 0) + 1
+    if len(counts) == 1:
+        return next(iter(counts))
+    return ", ".join(f"{v} ({n} fold{'s' if n != 1 else ''})" for v, n in counts.items())
+
+
+def _provenance_section(summary: Summary, title: str | None) -> str:
+    """Where the tables come from: grid, commit(s), machine(s), device(s), torch; each fold's wall time; the configs."""
+    prov = summary.provenance
+    lines = [f"Grid: {title or 'results given as files (no grid)'}.",
+             f"Code: commit {_distinct(p.git_commit for p in prov)}.",
+             f"Machine: {_distinct(p.machine for p in prov)}.",
+             f"Device: {_distinct(p.device for p in prov)}; torch {_distinct(p.torch for p in prov)}.",
+             f"Training wall time: {duration(sum(p.train_seconds or 0.0 for p in prov))} over {len(prov)} fold(s)"
+             " (FGSM and evaluation after the last epoch not included)."]
+    rows = [[fold_label(p.dataset, p.setup, p.strategy, p.fold), str(p.epochs),
+             duration(p.train_seconds) if p.train_seconds is not None else "—",
+             (p.git_commit or "—")[:10], cut(p.device, 120) if p.device else "—"] for p in prov]
+    configs = "".join(f"<details><summary>{html.esc(label)}</summary><pre>{html.esc(dump_yaml(cfg))}</pre></details>"
+                      for label, cfg in summary.configs.items())
+    return ('<section id="provenance"><h2>Provenance</h2>' + "".join(html.paragraph(x, "meta") for x in lines)
+            + html.table("fold-provenance", "Each fold", ["fold", "epochs", "training wall time", "commit", "device"],
+                         rows, [])
+            + (f"<h3>Configuration of each cell (resolved; its folds share it)</h3>{configs}" if configs else "")
+            + "</section>")
 
 
 def format_terminal(summary: Summary) -> str:

@@ -10,10 +10,17 @@ measured for this project in `intermix_core/run/throughput.json`; `intermix esti
 - FGSM = the test fold's clips, as (2 + number of epsilons) evaluations (one gradient pass, one
   forward per epsilon and eps = 0).
 Hours = samples / full_samples_per_s + evaluated clips / eval_clips_per_s.
+
+One grid is estimated on one kind of device: `--device cpu|cuda`, else the kind whose records cover the most of
+its cells (a GPU on a tie). The shipped records hold one thread of an AMD EPYC (2026-11-30) and one NVIDIA H200
+(2026-12-04, EnvNet and EnvNet-v2 only), each with its device, date and source. With a number of GPUs (`intermix
+estimate --max-gpus N`) the wall-clock time is that of the folds placed on N devices, longest first, each fold on
+one device (the pipelines' fold loops run each fold as one task).
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 from dataclasses import dataclass, field
 from importlib import resources
@@ -88,6 +95,8 @@ class SetupEstimate:
     hours: float | None = 0.0
     devices: set[str] = field(default_factory=set)
     unmeasured: set[str] = field(default_factory=set)
+    fold_hours: list[float] = field(default_factory=list)  # each measured fold's hours (training, evaluation, FGSM)
+    device_type: str | None = None  # cpu or cuda: the kind of device the figures came from
 
 
 def _pick(records: list[dict[str, Any]], cfg: ExperimentConfig, device: str | None) -> dict[str, Any] | None:
@@ -100,8 +109,18 @@ def _pick(records: list[dict[str, Any]], cfg: ExperimentConfig, device: str | No
     return max(hits, key=lambda r: (r["device"] == "cuda", r.get("date", ""))) if hits else None
 
 
+def _device_type(grid: GridSpec, records: list[dict[str, Any]]) -> str | None:
+    """The kind of device whose records cover the most cells of `grid` (cuda on a tie); None if none covers any."""
+    cells = [c.config for c in expand(grid)]
+    covered = {kind: sum(_pick(records, cfg, kind) is not None for cfg in cells) for kind in ("cuda", "cpu")}
+    best = max(covered, key=lambda kind: covered[kind])  # cuda first: max keeps the first of equals
+    return best if covered[best] else None
+
+
 def estimate_grid(grid: GridSpec, records: list[dict[str, Any]], device: str | None = None) -> list[SetupEstimate]:
-    """Per dataset x setup of `grid`: samples, evaluated clips and hours."""
+    """Per dataset x setup of `grid`: samples, evaluated clips and hours, all on one kind of device (`device`, else
+    the kind measured for most of the grid)."""
+    device = device or _device_type(grid, records)
     out: dict[tuple[str, str], SetupEstimate] = {}
     for cell in expand(grid):
         cfg = cell.config
@@ -116,13 +135,26 @@ def estimate_grid(grid: GridSpec, records: list[dict[str, Any]], device: str | N
             est.unmeasured.add(f"{cfg.model}/{cfg.optim.precision}/{'aug' if cfg.augment.scale or cfg.augment.gain else 'plain'}")
             continue
         est.devices.add(str(rec.get("device_name") or rec["device"]))
+        est.device_type = rec["device"]
         eval_rate = rec.get("eval_clips_per_s") or rec["full_samples_per_s"] / 10
-        est.hours += (work.train_samples / rec["full_samples_per_s"] + (work.eval_clips + work.fgsm_clips) / eval_rate) / 3600
+        hours = (work.train_samples / rec["full_samples_per_s"] + (work.eval_clips + work.fgsm_clips) / eval_rate) / 3600
+        est.fold_hours.append(hours)
+        est.hours += hours
     return list(out.values())
 
 
-def format_estimate(grid_name: str, rows: list[SetupEstimate]) -> str:
-    """The estimate as a plain-text table with a total line naming the device(s) the figures came from."""
+def wall_hours(rows: list[SetupEstimate], devices: int) -> float:
+    """Hours until the measured folds of `rows` are done on `devices` devices at once: each fold on one device,
+    the longest first, each to the device free soonest."""
+    free = [0.0] * max(devices, 1)
+    for hours in sorted((h for r in rows for h in r.fold_hours), reverse=True):
+        heapq.heappush(free, heapq.heappop(free) + hours)
+    return max(free)
+
+
+def format_estimate(grid_name: str, rows: list[SetupEstimate], max_gpus: int | None = None) -> str:
+    """The estimate as a plain-text table with a total line naming the device(s) the figures came from; with
+    `max_gpus`, the wall-clock time of the measured folds on that many devices."""
     lines = [f"{'dataset':<13} {'setup':<15} {'folds':>5} {'training samples':>17} {'eval clips':>11} {'hours':>9}"]
     for r in rows:
         hours = f"{r.hours:9.1f}" if r.hours is not None else "        —"
@@ -137,8 +169,14 @@ def format_estimate(grid_name: str, rows: list[SetupEstimate]) -> str:
         lines.append(f"grid {grid_name}: device-hours unknown: no throughput measured for {', '.join(missing)}")
     else:
         where = " and ".join(devices) if devices else "no measured device"
-        lines.append(f"grid {grid_name}: {'at least ' if missing else ''}{sum(known):,.1f} device-hours on {where} "
+        unit = "GPU-hours" if all(r.device_type == "cuda" for r in rows if r.hours is not None) else "device-hours"
+        lines.append(f"grid {grid_name}: {'at least ' if missing else ''}{sum(known):,.1f} {unit} on {where} "
                      "(one device, one fold at a time)")
+        if max_gpus:
+            folds = sum(len(r.fold_hours) for r in rows)
+            lines.append(f"with --max-gpus {max_gpus}: about {wall_hours(rows, max_gpus):,.1f} h wall-clock for the "
+                         f"{folds} measured folds ({min(max_gpus, folds)} at a time, each fold on one device, the "
+                         "longest first)")
     if missing:
         lines.append(f"not measured{' (hours left out of the total)' if known else ''}: {', '.join(missing)}; "
                      "run benchmarks/bench_throughput.py --save FILE.json and pass --throughput FILE.json")

@@ -10,7 +10,6 @@ import contextlib
 import functools
 import math
 import os
-import subprocess
 import tempfile
 import threading
 import time
@@ -24,6 +23,7 @@ from mlflow.entities import Metric, Param, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 
 from intermix_core.common.names import check_name
+from intermix_core.common.provenance import git_commit
 from intermix_core.common.redact import has_credentials, redact_uris
 from intermix_core.common.text import cut, duration
 from intermix_core.config import ExperimentConfig
@@ -92,18 +92,6 @@ SYNC_ENV = "INTERMIX_MLFLOW_SYNC_SECONDS"  # overrides SYNC_EVERY; 0: synchronou
 
 class FoldSuperseded(FoldTakenOver):
     """Another attempt at the same fold took over this attempt's MLflow run: this one stops (one line)."""
-
-
-def git_commit() -> str | None:
-    """The code's commit: $INTERMIX_GIT_COMMIT (set in images), else `git rev-parse HEAD` beside this file."""
-    if os.environ.get("INTERMIX_GIT_COMMIT"):
-        return os.environ["INTERMIX_GIT_COMMIT"]
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5, check=True)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def _quote(value: str) -> str:

@@ -98,6 +98,41 @@ def test_user_mistakes_are_one_line_errors(argv, expected, capsys, tmp_path, mon
     assert not (tmp_path / "intermix-work").exists()  # nothing ran
 
 
+@pytest.mark.parametrize("argv, expected", [
+    (["stauts"], "intermix: error: argument COMMAND: invalid choice: 'stauts'; did you mean status? "
+                 "(`intermix --help`: the usage)"),
+    (["frobnicate"], "invalid choice: 'frobnicate' (choose from 'prepare', 'train',"),  # nothing close: the list
+    (["status", "--workdri", "w"], "intermix status: error: unrecognized arguments: --workdri; did you mean --workdir?"),
+    (["estimate", "--device", "gpu"], "intermix estimate: error: argument --device: invalid choice: 'gpu' "
+                                      "(choose from 'cpu', 'cuda'); did you mean cpu?"),
+    (["prepare", "--dataset", "esc5", "--source", "demo", "--out", "x"], "did you mean esc50?"),
+])
+def test_usage_errors_are_one_line_with_a_suggestion(argv: list[str], expected: str, capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert expected in err
+    assert len(err.strip().splitlines()) == 1 and "usage:" not in err, err  # no usage block
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["config", "demo", "--set", "optim.epoch=3"], "command line: optim.epoch: unknown key; did you mean optim.epochs?"),
+    (["config", "demo", "--set", "augmnt.scale=true"], "command line: augmnt: unknown key; did you mean augment?"),
+    (["config", "demo", "--set", "optim.lerning_rate=0.1"], "command line: optim.lerning_rate: unknown key\n"),
+])
+def test_an_unknown_config_key_near_a_known_one_is_named(argv: list[str], expected: str, capsys) -> None:
+    code, _, err = _run(argv, capsys)
+    assert code == 2 and expected in err, err
+
+
+def test_a_typo_in_a_grid_file_gets_the_nearest_key(tmp_path: Path, capsys) -> None:
+    grid = tmp_path / "g.yaml"
+    grid.write_text("name: g\ndatasets: [esc10]\nsetups: [{name: a, model: m18, overides: {}}]\nstrategies: [bc]\n")
+    code, _, err = _run(["show", str(grid)], capsys)
+    assert code == 2 and f"{grid}: setups.0.overides: unknown key; did you mean setups.0.overrides?" in err, err
+
+
 def test_bad_grid_file_names_file_and_field(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch):
     monkeypatch.chdir(tmp_path)
     grid = tmp_path / "grid.yaml"
@@ -411,6 +446,13 @@ def test_results_takes_the_grid_positionally_and_names_the_report(tmp_path: Path
         assert "Table 2" not in out and "the figures: in report.html" in out
         html = report.read_text()
         assert "intermix rerun " + gid + " --dataset esc10 --setup m18 --strategy speechmix --fold 1 --workdir" in html
+    # `run` and `rerun` end with the same path: the newest published report installed in the same folder
+    from pipelines.commands import _print_summary
+    from pipelines.workdir import Workdir
+
+    report.unlink()
+    _print_summary(Workdir(tmp_path / "work"), gid)
+    assert f"report: {report}" in capsys.readouterr().out and report.read_text() == html
 
 
 def _spec_file(tmp_path: Path) -> Path:
@@ -434,6 +476,30 @@ def test_estimate_never_prints_hours_it_did_not_measure(capsys: pytest.CaptureFi
     assert json.loads(out)["total_hours"] > 1000
     code, out, _ = _run(["show", "paper", "--json"], capsys)
     assert len(json.loads(out)["runs"]) == 18 and json.loads(out)["fold_trainings"] == 520
+
+
+def test_estimate_on_the_gpu_from_the_shipped_h200_records_with_the_wall_clock_time(capsys) -> None:
+    import json
+
+    from intermix_core.run.estimate import SetupEstimate, wall_hours
+
+    code, out, _ = _run(["estimate", "paper", "--device", "cuda", "--max-gpus", "8"], capsys)
+    assert code == 0
+    total = next(line for line in out.splitlines() if line.startswith("grid paper:"))
+    assert total.startswith("grid paper: at least 218.9 GPU-hours on NVIDIA H200")  # EnvNet and EnvNet-v2 only
+    assert "not measured (hours left out of the total): m18/fp32/plain, piczak_cnn/fp32/plain" in out
+    assert "with --max-gpus 8: about " in out and "h wall-clock for the 280 measured folds (8 at a time" in out
+    code, out, _ = _run(["estimate", "paper", "--device", "cuda", "--max-gpus", "8", "--json"], capsys)
+    data = json.loads(out)
+    assert data["max_gpus"] == 8 and data["total_hours"] / 8 <= data["wall_hours"] < data["total_hours"] / 8 + 2
+    code, out, _ = _run(["estimate", "paper"], capsys)  # most of the paper grid is measured on the CPU only
+    assert "device-hours on AMD EPYC, 1 thread(s)" in out and "H200" not in out
+    # folds of 5, 4, 3, 3 and 1 h on 2 devices: 5 + 3 and 4 + 3 + 1 -> 8 h; on one device their sum
+    rows = [SetupEstimate("esc10", "a", "envnet", fold_hours=[5.0, 3.0, 1.0]), SetupEstimate("esc10", "b", "m18",
+                                                                                           fold_hours=[4.0, 3.0])]
+    assert wall_hours(rows, 2) == 8.0 and wall_hours(rows, 1) == 16.0 and wall_hours(rows, 10) == 5.0
+    code, _, err = _run(["estimate", "paper", "--max-gpus", "0"], capsys)
+    assert code == 2 and "--max-gpus 0: expected a number of GPUs, at least 1" in err
 
 
 # ------------------------------------------------------------------ images checked in their registry before anything

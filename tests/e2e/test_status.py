@@ -155,14 +155,27 @@ def test_status_on_a_store_and_an_mlflow_server(tmp_path: Path, s3_server, mlflo
 
 def test_status_says_when_mlflow_is_not_there_and_never_invents_a_rate(tmp_path: Path, capsys, monkeypatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert main(["status", "demo", "--workdir", str(tmp_path / "w")]) == 0
+    store = str(tmp_path / "store")
+    open_storage(store).upload_file(_spec(tmp_path), f"{GID}/grid.json")  # what `run` leaves there first
+    assert main(["status", "demo", "--workdir", str(tmp_path / "w"), "--store", store]) == 0
     out = capsys.readouterr().out
     assert "no MLflow store at sqlite:///" in out and "8 not started" in out
     assert "time left: unknown (no fold of these cells has a measured rate yet; 8 to train)" in out
     assert not (tmp_path / "w").exists()  # status reads; it creates nothing
-    assert main(["status", "demo", "--workdir", str(tmp_path / "w"), "--tracking-uri", "http://127.0.0.1:9"]) == 0
+    assert main(["status", "demo", "--store", store, "--tracking-uri", "http://127.0.0.1:9"]) == 0
     assert "MLflow at http://127.0.0.1:9 not readable (Connection refused): states from the store only" in \
         capsys.readouterr().out
+
+
+def test_status_of_a_grid_that_never_ran_in_the_workdir_says_so(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["status", "demo", "--workdir", str(tmp_path / "w")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no list of 8 folds "not started"
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and f"grid {GID} has not run here: the work directory {tmp_path / 'w'}" in err[0], err
+    assert "`intermix run demo` starts it, or give the --workdir" in err[0]
+    assert not (tmp_path / "w").exists()  # status reads; it creates nothing
 
 
 @pytest.mark.parametrize("view, state", [

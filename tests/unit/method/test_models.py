@@ -233,3 +233,23 @@ def test_the_cudnn_autotuner_switch_is_set_either_way_per_model() -> None:
         assert torch.backends.cudnn.benchmark is False
     finally:
         torch.backends.cudnn.benchmark = before
+
+
+def test_each_model_class_carries_its_spec_and_the_specs_need_no_torch() -> None:
+    """The classes take sample rate, lengths and mixing points from models/specs.py (written once, no torch needed)."""
+    import subprocess
+    import sys
+
+    from intermix_core.models import MODEL_SPECS
+    from intermix_core.models.piczak_cnn import HOP, N_FFT
+
+    for name, spec in MODEL_SPECS.items():
+        cls = model_class(name)
+        assert (cls.sample_rate, cls.input_length, cls.min_input_length, cls.max_input_length, cls.max_mix_layer) == (
+            spec.sample_rate, spec.input_length, spec.min_input_length, spec.max_input_length, spec.max_mix_layer)
+        assert len(create_model(name, NUM_CLASSES).stages) == spec.max_mix_layer
+    assert (MODEL_SPECS["piczak_cnn"].input_length - N_FFT) / HOP + 1 == 41  # exactly 41 frames, no padding
+    code = ("import sys; from intermix_core.config.grid import load_grid, shards; "
+            "print(shards(load_grid('paper'))[0].sample_rate, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.split()[1] == "False"

@@ -509,3 +509,60 @@ def test_legends_sit_outside_the_data_and_confusion_names_every_class(tmp_path: 
     assert [t.get_text() for t in ax.get_xticklabels()] == [f"{i} {n}" for i, n in enumerate(names)]
     assert [t.get_text() for t in ax.get_yticklabels()] == [f"{i} {n}" for i, n in enumerate(names)]
     assert ax.get_title().startswith("esc10/m18/bc/fold1") and "40/40 correct" in ax.get_title()
+
+
+def test_each_comparison_carries_its_effect_size_with_a_confidence_interval() -> None:
+    s = aggregate(grid({"standard": STD, "intermix": MIX}))
+    (comp,) = [c for c in s.comparisons if c.metric == "test_error"]
+    ci = stats.ttest_rel(STD, MIX).confidence_interval(0.95)  # scipy's own interval of the mean paired difference
+    assert (comp.ci_low, comp.ci_high) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    assert comp.dz == pytest.approx(4.6 / math.sqrt(0.8))  # mean / SD of d = [5, 4, 6, 4, 4]
+    assert f"difference +4.6 [{ci.low:+.1f}, {ci.high:+.1f}], d_z {4.6 / math.sqrt(0.8):.2f} points (95 % CI)" \
+        in comp.conclusion
+
+
+@pytest.mark.parametrize("base, other, sign_p", [([50.0, 45.0], [45.0, 40.0], 0.5), ([50.0, 45.0], [50.0, 45.0], None)])
+def test_a_difference_identical_on_every_fold_is_explained(base, other, sign_p, tmp_path: Path) -> None:
+    results = grid({"standard": base, "bc": other})
+    s = aggregate(results)
+    (comp,) = s.comparisons
+    assert comp.same_every_fold and comp.p_t is None and not comp.significant
+    assert comp.ci_low == comp.ci_high == comp.diff and comp.dz is None
+    assert f"the difference is the same on all 2 folds ({comp.diff:+.2f} points on each)" in comp.conclusion
+    assert "a paired t-test has no p-value (its standard error is 0)" in comp.conclusion
+    if sign_p:
+        assert f"sign test of 2 folds all one way gives two-sided p = {sign_p}" in comp.conclusion
+    html = write_reports(s, tmp_path, results)["report.html"].read_text()
+    assert "same difference on every fold: no t-test" in html and "untestable" not in html
+
+
+def test_report_html_carries_the_provenance_of_every_fold(tmp_path: Path) -> None:
+    prov = dict(git_commit="0123456789abcdef", machine="AMD EPYC 7B13, 2 cores, Linux x86_64",
+                device="cpu: AMD EPYC 7B13, 2 threads", torch="2.11.0", train_seconds=125.0,
+                config={"dataset": "esc10", "model": "envnet_v2", "optim": {"epochs": 6}})
+    results = [fr(s, f, e, history=_history(e), **prov) for s, errs in (("standard", STD), ("intermix", MIX))
+               for f, e in enumerate(errs, start=1)]
+    results[0] = results[0].model_copy(update={"machine": None, "train_seconds": 4000.0})  # an older result
+    s = aggregate(results)
+    assert len(s.provenance) == 10 and set(s.configs) == {"esc10/envnet_v2/standard", "esc10/envnet_v2/intermix"}
+    page = write_reports(s, tmp_path, results, title="demo-0123456789")["report.html"].read_text()
+    section = page[page.index('<section id="provenance">'):page.index('<section id="table1">')]
+    assert "Grid: demo-0123456789." in section and "Code: commit 0123456789abcdef." in section
+    assert "Machine: not recorded (1 fold), AMD EPYC 7B13, 2 cores, Linux x86_64 (9 folds)." in section
+    assert "Device: cpu: AMD EPYC 7B13, 2 threads; torch 2.11.0." in section
+    assert "<td>esc10/envnet_v2/standard/fold1</td><td>6</td><td>67 min</td><td>0123456789</td>" in section
+    assert "<td>esc10/envnet_v2/intermix/fold5</td><td>6</td><td>2 min</td>" in section
+    assert "<summary>esc10/envnet_v2/intermix</summary><pre>dataset: esc10" in section
+    comparisons = page[page.index('<section id="comparisons">'):]
+    assert "Δ [95% CI], d_z" in comparisons and "t-test p" in comparisons
+
+
+def test_a_trained_fold_records_where_it_comes_from() -> None:
+    """FoldResult's provenance fields, as the training loop fills them (intermix_core/method/train.py)."""
+    from intermix_core.common.provenance import git_commit, machine
+
+    assert machine().count(",") == 2 and "cores" in machine()
+    commit = git_commit()
+    assert commit is None or re.fullmatch(r"[0-9a-f]{40}", commit)
+    r = fr("bc", 1, 10.0, git_commit=commit, machine=machine(), device="cpu: x, 1 threads", torch="2.11.0")
+    assert FoldResult.model_validate_json(r.model_dump_json()) == r
