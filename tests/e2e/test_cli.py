@@ -465,13 +465,18 @@ def _spec_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_estimate_never_prints_hours_it_did_not_measure(capsys: pytest.CaptureFixture):
+def test_estimate_never_prints_hours_it_did_not_measure(capsys: pytest.CaptureFixture, tmp_path: Path):
     import json
 
-    code, out, _ = _run(["estimate", "demo"], capsys)
+    bf16 = tmp_path / "bf16.yaml"  # no bf16 record of M18 ships: its hours are unknown
+    demo = Path(__file__).resolve().parents[2] / "intermix_core" / "grids" / "demo.yaml"
+    bf16.write_text(demo.read_text().replace("precision: auto", "precision: bf16"))
+    code, out, _ = _run(["estimate", str(bf16)], capsys)
     assert code == 0 and "0.0" not in out and "device-hours unknown: no throughput measured for m18/bf16/plain" in out
-    code, out, _ = _run(["estimate", "demo", "--json"], capsys)
+    code, out, _ = _run(["estimate", str(bf16), "--json"], capsys)
     assert json.loads(out)["total_hours"] is None
+    code, out, _ = _run(["estimate", "demo", "--json"], capsys)  # precision auto: estimated on the fp32 records
+    assert json.loads(out)["total_hours"] > 0
     code, out, _ = _run(["estimate", "paper", "--json"], capsys)
     assert json.loads(out)["total_hours"] > 1000
     code, out, _ = _run(["show", "paper", "--json"], capsys)
