@@ -14,10 +14,10 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 from intermix_core.common.names import check_name
-from intermix_core.config import parse_config
+from intermix_core.config import ExperimentConfig, parse_config
 from intermix_core.data import Manifest
 from intermix_core.method.attack import attack_fold
-from intermix_core.method.checkpoint import FoldBusy, load_checkpoint
+from intermix_core.method.checkpoint import FoldBusy, fold_lock, load_checkpoint
 from intermix_core.method.train import train_fold
 from intermix_core.records import CHECKPOINT, RESULT, FoldResult, load_result, save_result
 from intermix_core.run.sync import CheckpointPusher, patiently, pull_fold, record_failure
@@ -64,7 +64,8 @@ def train_step(
     its result.json last, so a result in the store always has its checkpoint beside it. With a store
     and `keep_checkpoint=False` the checkpoint is removed from out_dir once stored (pipelines pass the
     result on as an artifact, and the checkpoint only once, in the store). `restart` discards the
-    fold's checkpoint and result both in out_dir and in the store.
+    fold's checkpoint and result both in out_dir and in the store, holding the fold lock: a folder
+    another trainer holds is refused (FoldBusy) before anything is deleted or pulled.
     """
     cfg = parse_config(json.loads(config_json), source="config_json")
     check_name(grid_id, "grid id")
@@ -72,18 +73,33 @@ def train_step(
     out.mkdir(parents=True, exist_ok=True)
     store = _storage(checkpoint_root)
     prefix = cell_prefix(grid_id, cfg.dataset, cfg.setup_name, cfg.strategy.name, fold)
-    if restart:
-        for name in (RESULT, CHECKPOINT):
-            (out / name).unlink(missing_ok=True)
-            if store is not None and store.exists(f"{prefix}/{name}"):
-                store.delete(f"{prefix}/{name}")
+    with fold_lock(out):  # first: nothing in the folder or under the prefix is touched before the fold is ours
+        if restart:
+            for name in (RESULT, CHECKPOINT):
+                (out / name).unlink(missing_ok=True)
+                if store is not None and store.exists(f"{prefix}/{name}"):
+                    store.delete(f"{prefix}/{name}")
+        result = _train_locked(cfg, data_dir, fold, out, grid_id, tracking_uri, store, prefix, restart=restart,
+                               progress=progress, device=device, sync_seconds=sync_seconds)
+        if store is not None:
+            patiently(lambda: store.upload_file(out / RESULT, f"{prefix}/{RESULT}"),  # last: the fold's completion marker
+                      f"uploading {prefix}/{RESULT}")
+            if not keep_checkpoint:
+                (out / CHECKPOINT).unlink(missing_ok=True)
+    return result
+
+
+def _train_locked(cfg: ExperimentConfig, data_dir: str | Path, fold: int, out: Path, grid_id: str,
+                  tracking_uri: str | None, store: Storage | None, prefix: str, *, restart: bool, progress: bool,
+                  device: str | None, sync_seconds: float) -> FoldResult:
+    """train_step's training, holding the fold lock: pull, train with periodic pushes, a failed result on failure."""
     tracker = _tracker(tracking_uri)
     try:
         in_sync = pull_fold(store, prefix, out) if store is not None and not restart else True
         pusher = CheckpointPusher(store, prefix, out, sync_seconds, in_sync) if store is not None else None
         with pusher.running() if pusher else contextlib.nullcontext():
-            result = train_fold(cfg, data_dir, fold, out, tracker=tracker, grid_id=grid_id, progress=progress,
-                                device=device)
+            return train_fold(cfg, data_dir, fold, out, tracker=tracker, grid_id=grid_id, progress=progress,
+                              device=device)
     except (FoldBusy, FoldSuperseded):
         raise  # another attempt holds the fold: its outcome, not this refusal, belongs in the store
     except Exception as err:
@@ -93,12 +109,6 @@ def train_step(
     finally:
         if tracker is not None:
             tracker.close()
-    if store is not None:
-        patiently(lambda: store.upload_file(out / RESULT, f"{prefix}/{RESULT}"),  # last: the fold's completion marker
-                   f"uploading {prefix}/{RESULT}")
-        if not keep_checkpoint:
-            (out / CHECKPOINT).unlink(missing_ok=True)
-    return result
 
 
 def attack_step(

@@ -115,3 +115,55 @@ def test_an_existing_checkpoint_survives_a_failed_save(tmp_path):
         save_checkpoint(path, {"model": lambda: None})  # unpicklable: the save fails midway
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
 
+
+
+_HOLDER = """
+import fcntl, os, sys, time
+f = open(sys.argv[1], "a+")
+fcntl.flock(f, fcntl.LOCK_EX)
+f.write(f"pid {os.getpid()} on here since now")
+f.flush()
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_from_scratch_on_a_folder_another_trainer_holds_deletes_nothing(tmp_path):
+    """--from-scratch takes the fold lock before it deletes: refused, the holder's files (local and stored) all stay."""
+    cfg = tiny_cfg("standard", epochs=1)
+    out, store = tmp_path / "out", open_storage(tmp_path / "store")
+    out.mkdir()
+    prefix = cell_prefix("sync", "esc10", "piczak_cnn", "standard", 1)
+    for name in (CHECKPOINT, RESULT):
+        (out / name).write_bytes(b"the holder's " + name.encode())
+        store.upload_file(out / name, f"{prefix}/{name}")
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(out / ".fold.lock")], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        from intermix_core.method.checkpoint import FoldBusy
+
+        with pytest.raises(FoldBusy, match=rf"fold folder in use by pid {holder.pid}"):
+            _train(cfg, "/nonexistent", out, tmp_path / "store", restart=True)
+    finally:
+        holder.kill()
+        holder.wait()
+    for name in (CHECKPOINT, RESULT):
+        assert (out / name).read_bytes() == b"the holder's " + name.encode()
+        assert store.exists(f"{prefix}/{name}")
+
+
+def test_a_lock_file_linked_elsewhere_is_refused_and_its_target_untouched(tmp_path):
+    from intermix_core.method.checkpoint import FoldBusy, fold_lock
+
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / ".fold.lock").symlink_to(target)
+    with pytest.raises(FoldBusy, match=r"\.fold\.lock: a symbolic link, not the fold's lock file"):
+        with fold_lock(tmp_path / "out"):
+            pass
+    assert target.read_text() == "keep me"
+    (tmp_path / "other").mkdir()
+    with fold_lock(tmp_path / "other"), fold_lock(tmp_path / "other"):  # re-entrant in one process
+        pass
