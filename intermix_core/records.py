@@ -58,6 +58,8 @@ class FoldResult(BaseModel):
     train_seconds: float | None = None
     samples_per_second: float | None = None
     config: dict[str, Any] = Field(default_factory=dict)  # the resolved ExperimentConfig
+    # the prepared data the fold was trained on (data.Manifest.data_fingerprint); None in results from before it was kept
+    data_fingerprint: str | None = None
 
     @property
     def key(self) -> tuple[str, str, str, int]:

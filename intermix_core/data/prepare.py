@@ -114,6 +114,16 @@ class Manifest(_Model):
         """Everything besides the source files and on_silent that determines the prepared arrays."""
         return (self.format_version, self.dataset, self.sample_rate, self.resampler)
 
+    def data_fingerprint(self) -> str:
+        """Which data a fold trains on: the source clips (ids, labels, folds, file hashes) and the silent-clip choice.
+
+        The same for every sample rate of one preparation (each model of a dataset prepares at its
+        own rate), different for other clips or relabelled ones; checkpoints and results carry it,
+        so a fold trained on one preparation is never resumed, attacked or tabled with another.
+        """
+        silent = self.on_silent if (self.skipped or self.kept_silent) else "none silent"
+        return hashlib.sha256(f"{self.source_fingerprint}/{silent}".encode()).hexdigest()[:16]
+
     def serves(self, on_silent: str) -> bool:
         """True if this preparation is what `on_silent` would make (without silent clips, every choice is the same)."""
         return self.on_silent == on_silent or not (self.skipped or self.kept_silent)

@@ -103,6 +103,19 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     return state
 
 
+class DataMismatch(ValueError):
+    """A fold's checkpoint was trained on other prepared data than the data given; the message says how to go on."""
+
+
+def check_same_data(state: dict[str, Any] | None, data_fingerprint: str, where: str | Path, data_dir: str | Path) -> None:
+    """Refuse a checkpoint trained on other prepared data (other clips or labels): resuming or attacking it would mix."""
+    had = state.get("data_fingerprint") if state is not None else None
+    if had is not None and had != data_fingerprint:
+        raise DataMismatch(f"{where}: trained on other prepared data (fingerprint {had}) than {data_dir} holds "
+                           f"({data_fingerprint}); its results would mix two datasets: train it again on this data "
+                           "(--from-scratch, or another out folder or grid id), or give the data it was trained on")
+
+
 def model_from_checkpoint(state: dict[str, Any]) -> tuple[StagedModel, ExperimentConfig]:
     """Rebuild the trained model (eval mode, CPU) and its resolved config from a checkpoint."""
     cfg = ExperimentConfig.model_validate(state["config"])

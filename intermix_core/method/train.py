@@ -41,7 +41,7 @@ from intermix_core.method.bank import (
     train_inputs,
 )
 from intermix_core.method.checkpoint import (
-    CHECKPOINT_FORMAT, clean_temporaries, fold_lock, load_checkpoint, save_checkpoint,
+    CHECKPOINT_FORMAT, check_same_data, clean_temporaries, fold_lock, load_checkpoint, save_checkpoint,
 )
 from intermix_core.method.devices import resolve_device
 from intermix_core.method.evaluate import clip_error, confusion_matrix, predict_crops, to_host
@@ -135,6 +135,7 @@ class FoldRun:
     tracker: FoldTracker | None = None
     eval_clips: int | None = None
     grid_id: str = "local"
+    data_fingerprint: str | None = None  # the prepared data's (Manifest.data_fingerprint): checkpoint and result carry it
     history: list[EpochRecord] = field(default_factory=list)
     start_epoch: int = 1
     run_id: str | None = None
@@ -178,10 +179,12 @@ def train_fold(
         clean_temporaries(out)  # what a process killed while writing left (nobody else writes here: the lock)
         cfg = cfg.resolved()
         state = _checkpoint_of(cfg, fold, out)
+        data_fingerprint = load_prepared(data_dir, verify=False).manifest.data_fingerprint()  # cheap: the manifest
+        check_same_data(state, data_fingerprint, out / CHECKPOINT, data_dir)
         if state is not None and state["epoch"] >= cfg.optim.epochs and (out / RESULT).exists():
             return load_result(out / RESULT)  # finished earlier
         run = _set_up(cfg, data_dir, fold, out, dev, state, tracker, eval_clips)
-        run.grid_id = grid_id
+        run.grid_id, run.data_fingerprint = grid_id, data_fingerprint
         if tracker is not None:
             run.run_id = tracker.start_fold(cfg, fold, grid_id, resume_run_id=run.run_id)
         with stop_on_signals() as run.stop:
@@ -405,6 +408,7 @@ def _checkpoint(run: FoldRun, epoch: int, final: bool) -> None:
         "format": CHECKPOINT_FORMAT, "config": run.cfg.model_dump(mode="json"), "fold": run.fold, "epoch": epoch,
         "model": run.model.state_dict(), "history": [h.model_dump() for h in run.history],
         "run_id": run.run_id, "elapsed": run.elapsed, "seen": run.seen, "grid_id": run.grid_id,
+        "data_fingerprint": run.data_fingerprint,
     }
     if not final:  # what resuming needs; a finished fold drops it (about half the file for SGD)
         ckpt.update(optimizer=run.opt.state_dict(), mixer_rng=run.mixer.state(), data_rng=run.data_gen.get_state(),
@@ -459,5 +463,5 @@ def _result(run: FoldRun, test_error: float | None, confusion: list[list[int]] |
         classes=run.classes,
         best_val_error=best.val_error if best else None, best_epoch=best.epoch if best else None,
         train_seconds=round(elapsed, 3), samples_per_second=round(run.seen / elapsed, 2) if elapsed > 0 else None,
-        config=cfg.model_dump(mode="json"),
+        config=cfg.model_dump(mode="json"), data_fingerprint=run.data_fingerprint,
     )

@@ -167,3 +167,56 @@ def test_a_lock_file_linked_elsewhere_is_refused_and_its_target_untouched(tmp_pa
     (tmp_path / "other").mkdir()
     with fold_lock(tmp_path / "other"), fold_lock(tmp_path / "other"):  # re-entrant in one process
         pass
+
+
+def _relabelled(tiny_data: Path, tmp: Path) -> Path:
+    """The clips of tiny_data's source with fold 1's labels rotated by one clip: another preparation of 'esc10'."""
+    import csv
+
+    from intermix_core.data import prepare_dataset
+    from intermix_core.models import model_class
+    from intermix_core.testing import demo_subset
+
+    src = demo_subset(tmp / "src", per_class_per_fold=1, folds=(1, 2), seconds=2.0)
+    meta = src / "meta" / "esc50.csv"
+    rows = list(csv.reader(meta.open()))
+    header, body = rows[0], rows[1:]
+    one = [i for i, r in enumerate(body) if r[1] == "1"]
+    labels = [body[i][2:4] for i in one]
+    for i, label in zip(one, labels[1:] + labels[:1]):
+        body[i][2:4] = label
+    with meta.open("w", newline="") as f:
+        csv.writer(f).writerows([header, *body])
+    return prepare_dataset(src, "esc10", tmp / "prepared", model_class("piczak_cnn").sample_rate,
+                           progress=False) and tmp / "prepared"
+
+
+def test_a_fold_trained_on_other_prepared_data_is_never_resumed_attacked_or_tabled_with_it(tiny_data, tmp_path):
+    """Results and checkpoints carry the prepared data's fingerprint: other clips or labels stop in one line."""
+    from intermix_core.data import load_prepared
+    from intermix_core.method.checkpoint import DataMismatch
+    from intermix_core.method.train import train_fold
+    from intermix_core.run.aggregate import MixedData, aggregate_step
+    from intermix_core.run.steps import attack_step
+
+    other = _relabelled(tiny_data, tmp_path / "other")
+    first, second = (load_prepared(d, verify=False).manifest.data_fingerprint() for d in (tiny_data, other))
+    assert first != second
+    cfg = tiny_cfg("standard", epochs=1)
+    store = open_storage(tmp_path / "store")
+    prefix = cell_prefix("sync", "esc10", "piczak_cnn", "standard", 1)
+    result = _train(cfg, tiny_data, tmp_path / "out", tmp_path / "store")
+    assert result.data_fingerprint == first and load_checkpoint(tmp_path / "out" / CHECKPOINT)["data_fingerprint"] == first
+    stored = store.download_file(f"{prefix}/{RESULT}", tmp_path / "stored.json").read_bytes()
+    with pytest.raises(DataMismatch, match=rf"checkpoint\.pt: trained on other prepared data \(fingerprint {first}\)"):
+        _train(cfg, other, tmp_path / "out", tmp_path / "store")  # the same grid, its source changed
+    assert store.download_file(f"{prefix}/{RESULT}", tmp_path / "again.json").read_bytes() == stored  # kept
+    with pytest.raises(DataMismatch, match="trained on other prepared data"):
+        attack_step(tmp_path / "out", other, 1, tmp_path / "attacked", "sync")
+    assert not (tmp_path / "attacked").exists()
+    train_fold(cfg, other, 2, tmp_path / "fold2", progress=False)  # fold 2 on the other data
+    with pytest.raises(MixedData, match=r"the esc10 results were trained on 2 different preparations"):
+        aggregate_step([tmp_path / "out" / RESULT, tmp_path / "fold2" / RESULT], tmp_path / "report")
+    assert not (tmp_path / "report").exists()
+    again = _train(cfg, other, tmp_path / "out", tmp_path / "store", restart=True)  # --from-scratch: on this data
+    assert again.data_fingerprint == second
