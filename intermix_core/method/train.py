@@ -185,17 +185,30 @@ def train_fold(
             return load_result(out / RESULT)  # finished earlier
         run = _set_up(cfg, data_dir, fold, out, dev, state, tracker, eval_clips)
         run.grid_id, run.data_fingerprint = grid_id, data_fingerprint
-        if tracker is not None:
-            run.run_id = tracker.start_fold(cfg, fold, grid_id, resume_run_id=run.run_id)
+        # the handlers cover the whole fold, from the first MLflow call to the result (a pod's SIGTERM comes any time)
         with stop_on_signals() as run.stop:
+            _stop_if_asked(run)  # signalled before the fold's run exists: nothing to end in MLflow
+            if tracker is not None:
+                run.run_id = tracker.start_fold(cfg, fold, grid_id, resume_run_id=run.run_id)
             try:
+                _stop_if_asked(run)
+                run.stop.when = "after this epoch, with a checkpoint"
                 ended = _train(run, progress, stop_after_epoch, deadline)
             except FoldTakenOver:
                 raise  # the fold's run belongs to the attempt that took it over
             except BaseException as err:  # a failure, a signal, a second Ctrl-C: the run ends saying which
                 _end_run(run, err)
                 raise
-        return ended if isinstance(ended, FoldResult) else _finish(run, ended)
+            run.stop.when = "once the fold's result is written and stored (its training is over)"
+            return ended if isinstance(ended, FoldResult) else _finish(run, ended)
+
+
+def _stop_if_asked(run: FoldRun) -> None:
+    """FoldInterrupted if a signal came before the first epoch of this attempt (the checkpoint, if any, is kept)."""
+    if run.stop.signum is not None:
+        again = "resumes it from its checkpoint" if run.start_epoch > 1 else "starts it"
+        raise FoldInterrupted(run.stop.signum, f"{run.label}: stopped by {signal.Signals(run.stop.signum).name} before "
+                              f"epoch {run.start_epoch}: the same command {again}")
 
 
 class StopRequest:
@@ -203,30 +216,43 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.when = "before training starts"  # what stopping means at this point of the fold (the message says it)
 
     def __call__(self, signum: int, frame: object) -> None:
         if self.signum is None:
             self.signum = signum
             signal.signal(signum, self.previous[signum])  # a second one acts at once (Ctrl-C: KeyboardInterrupt)
-            tqdm.write(f"intermix: {signal.Signals(signum).name}: stopping after this epoch, with a checkpoint"
+            tqdm.write(f"intermix: {signal.Signals(signum).name}: stopping {self.when}"
                        + (" (Ctrl-C again stops at once)" if signum == signal.SIGINT else ""), file=sys.stderr)
 
     previous: dict[int, Any] = {}
 
 
+_ACTIVE: list[StopRequest] = []  # the StopRequest whose handlers are installed (a nested block shares it)
+
+
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[StopRequest]:
-    """Within the block, SIGINT and SIGTERM ask the training to stop after its current epoch (main thread only)."""
-    stop = StopRequest()
+    """Within the block, SIGINT and SIGTERM ask the training to stop after its current epoch (main thread only).
+
+    Re-entrant: inside another such block (the train step covers the store sync around the fold)
+    it yields the same request, so a signal anywhere in the fold is seen once, by every level.
+    """
     if threading.current_thread() is not threading.main_thread():
-        yield stop
+        yield StopRequest()
         return
+    if _ACTIVE:
+        yield _ACTIVE[-1]
+        return
+    stop = StopRequest()
     stop.previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     for sig in stop.previous:
         signal.signal(sig, stop)
+    _ACTIVE.append(stop)
     try:
         yield stop
     finally:
+        _ACTIVE.remove(stop)
         for sig, handler in stop.previous.items():
             signal.signal(sig, handler)
 

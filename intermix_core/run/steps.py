@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import tempfile
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -18,7 +19,7 @@ from intermix_core.config import ExperimentConfig, parse_config
 from intermix_core.data import Manifest
 from intermix_core.method.attack import attack_fold
 from intermix_core.method.checkpoint import FoldBusy, fold_lock, load_checkpoint
-from intermix_core.method.train import train_fold
+from intermix_core.method.train import stop_on_signals, train_fold
 from intermix_core.records import CHECKPOINT, RESULT, FoldResult, load_result, save_result
 from intermix_core.run.sync import CheckpointPusher, patiently, pull_fold, record_failure
 from intermix_core.store.layout import cell_prefix
@@ -73,7 +74,8 @@ def train_step(
     out.mkdir(parents=True, exist_ok=True)
     store = _storage(checkpoint_root)
     prefix = cell_prefix(grid_id, cfg.dataset, cfg.setup_name, cfg.strategy.name, fold)
-    with fold_lock(out):  # first: nothing in the folder or under the prefix is touched before the fold is ours
+    # SIGTERM/SIGINT are held from here to the result's upload: a signal stops the fold where it can end it cleanly
+    with stop_on_signals(), fold_lock(out):  # the lock first: nothing is touched before the fold is ours
         if restart:
             for name in (RESULT, CHECKPOINT):
                 (out / name).unlink(missing_ok=True)
@@ -81,34 +83,69 @@ def train_step(
                     store.delete(f"{prefix}/{name}")
         result = _train_locked(cfg, data_dir, fold, out, grid_id, tracking_uri, store, prefix, restart=restart,
                                progress=progress, device=device, sync_seconds=sync_seconds)
-        if store is not None:
-            patiently(lambda: store.upload_file(out / RESULT, f"{prefix}/{RESULT}"),  # last: the fold's completion marker
-                      f"uploading {prefix}/{RESULT}")
-            if not keep_checkpoint:
-                (out / CHECKPOINT).unlink(missing_ok=True)
+        if store is not None and not keep_checkpoint:
+            (out / CHECKPOINT).unlink(missing_ok=True)
     return result
 
 
 def _train_locked(cfg: ExperimentConfig, data_dir: str | Path, fold: int, out: Path, grid_id: str,
                   tracking_uri: str | None, store: Storage | None, prefix: str, *, restart: bool, progress: bool,
                   device: str | None, sync_seconds: float) -> FoldResult:
-    """train_step's training, holding the fold lock: pull, train with periodic pushes, a failed result on failure."""
+    """train_step's work, holding the fold lock: pull, train with periodic pushes, store checkpoint then result.
+
+    A fold that fails leaves a failed result in the store. One that trained but could not be stored
+    (a full or read-only store) ends its MLflow run FAILED, saying so: the run says what the store
+    holds; the same command then stores the trained fold and finishes the run.
+    """
     tracker = _tracker(tracking_uri)
+    result = None
     try:
         in_sync = pull_fold(store, prefix, out) if store is not None and not restart else True
         pusher = CheckpointPusher(store, prefix, out, sync_seconds, in_sync) if store is not None else None
         with pusher.running() if pusher else contextlib.nullcontext():
-            return train_fold(cfg, data_dir, fold, out, tracker=tracker, grid_id=grid_id, progress=progress,
-                              device=device)
+            result = train_fold(cfg, data_dir, fold, out, tracker=tracker, grid_id=grid_id, progress=progress,
+                                device=device)
+        if store is not None:
+            patiently(lambda: store.upload_file(out / RESULT, f"{prefix}/{RESULT}"),  # last: the fold's completion marker
+                      f"uploading {prefix}/{RESULT}")
+            if tracker is not None and result.status == "ok":
+                run_id = _run_id_of(out)
+                if run_id is not None:
+                    tracker.ensure_finished(run_id, result)  # a run ended FAILED by an earlier failed store write
+        return result
     except (FoldBusy, FoldSuperseded):
         raise  # another attempt holds the fold: its outcome, not this refusal, belongs in the store
     except Exception as err:
         if store is not None:
+            if result is not None and tracker is not None:
+                _store_failed(tracker, out, store.uri(prefix), err)
             record_failure(store, grid_id, cfg, fold, err)
         raise
     finally:
         if tracker is not None:
             tracker.close()
+
+
+def _run_id_of(out: Path) -> str | None:
+    """The MLflow run id the fold folder's checkpoint records (None without one)."""
+    try:
+        return load_checkpoint(out / CHECKPOINT, mmap=True).get("run_id")
+    except ValueError:
+        return None
+
+
+def _store_failed(tracker: Tracker, out: Path, where: str, err: Exception) -> None:
+    """End the run of a fold that trained but could not be stored FAILED, naming why (the store holds no result)."""
+    run_id = _run_id_of(out)
+    if run_id is None:
+        return
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    try:
+        tracker.end_fold(run_id, "FAILED", f"trained, but not stored in {where} ({type(err).__name__}: {first}); the "
+                         f"fold is kept in {out}: the same command stores it and finishes this run")
+    except Exception as tracking_err:  # noqa: BLE001 - the store's error is what the user must see
+        print(f"intermix: warning: MLflow run {run_id} could not be ended ({type(tracking_err).__name__})",
+              file=sys.stderr)
 
 
 def attack_step(

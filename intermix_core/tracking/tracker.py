@@ -489,6 +489,15 @@ class Tracker:
             raise TrackingError(f"{err}; {cell} is trained but its MLflow run {run_id} is not finished: "
                                 "run the same command again once MLflow answers to log it") from None
 
+    def ensure_finished(self, run_id: str, result: FoldResult) -> None:
+        """Finish a fold's run again if it is not FINISHED (ended FAILED when the trained fold could not be stored).
+
+        A run another attempt superseded is left alone. Nothing is logged twice (finish_fold is idempotent).
+        """
+        run = self.client.get_run(run_id)
+        if run.info.status != "FINISHED" and run.data.tags.get(SUPERSEDED) != "true":
+            self.finish_fold(run_id, result)
+
     def _finish_fold(self, run_id: str, result: FoldResult) -> None:
         if run_id in self._superseded:  # another attempt holds the run: its end is that attempt's to log
             raise FoldSuperseded(self._superseded[run_id])
@@ -512,6 +521,8 @@ class Tracker:
             self._log_confusion(run_id, result.confusion, result.classes, result.label)
         if result.status == "failed":
             self.client.set_tag(run_id, ERROR, (result.error or "failed")[:TAG_MAX])
+        elif ERROR in tags:  # what stopped an earlier attempt (a signal, a failed store write) no longer holds
+            self.client.delete_tag(run_id, ERROR)
         self.client.set_terminated(run_id, "FAILED" if result.status == "failed" else "FINISHED")
         with self._buffer_lock:
             self._active.discard(run_id)  # ended: nothing more to check or send in the background
