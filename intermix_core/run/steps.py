@@ -21,10 +21,12 @@ from intermix_core.method.attack import attack_fold
 from intermix_core.method.checkpoint import FoldBusy, fold_lock, load_checkpoint
 from intermix_core.method.train import stop_on_signals, train_fold
 from intermix_core.records import CHECKPOINT, RESULT, FoldResult, load_result, save_result
-from intermix_core.run.sync import CheckpointPusher, patiently, pull_fold, record_failure
+from intermix_core.run.sync import (
+    CheckpointPusher, patiently, pull_fold, record_failure, remove_stale_push_folders,
+)
 from intermix_core.store.layout import cell_prefix
 from intermix_core.store.prepared import cached_prepared, prepare_source, publish_prepared
-from intermix_core.store.storage import Storage, open_storage
+from intermix_core.store.storage import Storage, StorageError, open_storage
 from intermix_core.tracking.tracker import FoldSuperseded, Tracker
 
 
@@ -76,6 +78,10 @@ def train_step(
     prefix = cell_prefix(grid_id, cfg.dataset, cfg.setup_name, cfg.strategy.name, fold)
     # SIGTERM/SIGINT are held from here to the result's upload: a signal stops the fold where it can end it cleanly
     with stop_on_signals(), fold_lock(out):  # the lock first: nothing is touched before the fold is ours
+        if store is not None:  # what writers killed mid-upload left (a checkpoint-sized partial file, a snapshot)
+            with contextlib.suppress(StorageError, OSError):  # best effort: an unreachable store is dealt with below
+                store.remove_temporaries(prefix)
+            remove_stale_push_folders()
         if restart:
             for name in (RESULT, CHECKPOINT):
                 (out / name).unlink(missing_ok=True)

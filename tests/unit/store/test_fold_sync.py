@@ -220,3 +220,33 @@ def test_a_fold_trained_on_other_prepared_data_is_never_resumed_attacked_or_tabl
     assert not (tmp_path / "report").exists()
     again = _train(cfg, other, tmp_path / "out", tmp_path / "store", restart=True)  # --from-scratch: on this data
     assert again.data_fingerprint == second
+
+
+def test_leftovers_of_a_writer_killed_mid_push_are_removed_when_the_fold_starts(tiny_data, tmp_path, monkeypatch):
+    """kill -9 during a push left a partial `.checkpoint.pt.tmp-*` in the store and an `intermix-push-*` folder in
+    $TMPDIR, for ever: the next attempt at the fold removes both (a live process's folder stays)."""
+    import tempfile
+    import time
+
+    from intermix_core.run.sync import PUSH_PREFIX
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / "tmp" / f"{PUSH_PREFIX}{int(gone.stdout)}-abc"
+    live = tmp_path / "tmp" / f"{PUSH_PREFIX}{os.getppid()}-abc"
+    for folder in (dead, live):
+        folder.mkdir()
+        (folder / CHECKPOINT).write_bytes(b"x" * 1000)
+    prefix = cell_prefix("sync", "esc10", "piczak_cnn", "standard", 1)
+    partial = tmp_path / "store" / prefix / ".checkpoint.pt.tmp-0123abcd"
+    fresh = tmp_path / "store" / prefix / ".result.json.tmp-4567cdef"  # a write in progress elsewhere: young
+    for path in (partial, fresh):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"y" * 1000)
+    hour_ago = time.time() - 3600
+    os.utime(partial, (hour_ago, hour_ago))
+    _train(tiny_cfg("standard", epochs=1), tiny_data, tmp_path / "out", tmp_path / "store")
+    assert not partial.exists() and fresh.exists()
+    assert not dead.exists() and live.exists()
+    assert sorted((tmp_path / "tmp").glob(f"{PUSH_PREFIX}*")) == [live]  # the run's own snapshots went too
