@@ -24,6 +24,7 @@ from intermix_core.config import ExperimentConfig
 from intermix_core.method.checkpoint import load_checkpoint
 from intermix_core.records import CHECKPOINT, RESULT, FoldResult, load_result, save_result
 from intermix_core.store.layout import cell_prefix
+from intermix_core.store.prepared import process_exists
 from intermix_core.store.storage import Storage, StorageError
 from intermix_core.tracking.tracker import FoldSuperseded
 
@@ -53,21 +54,10 @@ def remove_stale_push_folders() -> list[Path]:
     removed = []
     for folder in Path(tempfile.gettempdir()).glob(f"{PUSH_PREFIX}*-*"):
         pid = folder.name[len(PUSH_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)) and folder.is_dir() and not folder.is_symlink():
+        if pid.isdigit() and not process_exists(int(pid)) and folder.is_dir() and not folder.is_symlink():
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    """Whether a process `pid` exists on this machine (one of another user counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class CheckpointPusher:
