@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import sys
 import tempfile
+import threading
+import time
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -25,9 +29,38 @@ from intermix_core.run.sync import (
     CheckpointPusher, patiently, pull_fold, record_failure, remove_stale_push_folders,
 )
 from intermix_core.store.layout import cell_prefix
-from intermix_core.store.prepared import cached_prepared, prepare_source, publish_prepared
+from intermix_core.store.prepared import cached_prepared, prepare_source, process_exists, publish_prepared
 from intermix_core.store.storage import Storage, StorageError, open_storage
 from intermix_core.tracking.tracker import FoldSuperseded, Tracker
+
+
+# set by the local runner (`intermix run`) to its pid: its task processes stop when it is gone (SIGTERM, kill -9)
+PARENT_ENV = "INTERMIX_PARENT_PID"
+_watching: list[int] = []
+
+
+def stop_with_parent(every: float = 2.0) -> None:
+    """If PARENT_ENV names a process, stop this one (SIGTERM to itself) once that process is gone.
+
+    A watchdog thread, not PR_SET_PDEATHSIG: the local runner starts a task through a shell, so the
+    task's own parent outlives `intermix run`. The task's stdout and stderr are pipes to the gone
+    runner: they are pointed at /dev/null first, so the task ends as stopped (its checkpoint, a
+    KILLED run), not with a BrokenPipeError recorded as its failure.
+    """
+    parent = os.environ.get(PARENT_ENV, "")
+    if not parent.isdigit() or _watching:
+        return
+    _watching.append(int(parent))
+
+    def watch() -> None:
+        while process_exists(int(parent)):
+            time.sleep(every)
+        null = os.open(os.devnull, os.O_WRONLY)
+        for fd in (1, 2):
+            os.dup2(null, fd)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="stop-with-parent", daemon=True).start()
 
 
 def _storage(root: str | None) -> Storage | None:
@@ -70,6 +103,7 @@ def train_step(
     fold's checkpoint and result both in out_dir and in the store, holding the fold lock: a folder
     another trainer holds is refused (FoldBusy) before anything is deleted or pulled.
     """
+    stop_with_parent()
     cfg = parse_config(json.loads(config_json), source="config_json")
     check_name(grid_id, "grid id")
     out = Path(out_dir)
@@ -172,6 +206,7 @@ def attack_step(
     it belongs: the fold, cell and grid that the result and its checkpoint both say (a mismatch is
     refused in one line, before anything is written).
     """
+    stop_with_parent()
     check_name(grid_id, "grid id")
     trained = Path(trained_dir)
     result = load_result(trained / RESULT)
