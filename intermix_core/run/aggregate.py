@@ -22,7 +22,7 @@ from intermix_core.results.statistics import MissingFold, Summary, aggregate, co
 from intermix_core.results.tables import install_reports, write_reports
 from intermix_core.run.status import rerun_command
 from intermix_core.store.grid_store import fetch_grid_results, save_grid_spec
-from intermix_core.store.reports import new_version, publish_reports
+from intermix_core.store.reports import next_version, publish_reports
 from intermix_core.store.storage import Storage, open_storage
 from intermix_core.tracking.summary import log_summary_to_mlflow
 from intermix_core.tracking.tracker import Tracker
@@ -56,7 +56,8 @@ def aggregate_step(
     where = ", ".join(str(p) for p in items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
     version, refused = None, []
     if store_root:
-        version = new_version()  # taken before reading: a later version has seen at least these results
+        # taken before reading: a later version has seen at least these results (ordered by a sequence, not a clock)
+        version = next_version(open_storage(store_root), grid_id)
         where = open_storage(store_root).uri(grid_id)
     with tempfile.TemporaryDirectory(prefix="intermix-results-") as tmp:
         if store_root:
