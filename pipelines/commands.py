@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mlflow.exceptions import MlflowException
+
 from components.image import ImageError
 from intermix_core.common.names import check_pipeline_value
 from intermix_core.common.redact import redact_uris
@@ -67,7 +69,8 @@ from pipelines.submit import (
 
 # beside local_commands' USER_ERRORS (exit 2) and SIGNALLED (exit 128 + the signal), one line and exit 1: MLflow
 # stayed unreachable, or another attempt at the fold took it over
-SERVICE_ERRORS = (TrackingError, FoldSuperseded)
+# or refused a request (MlflowException: e.g. a run it no longer has), printed as its first line
+SERVICE_ERRORS = (TrackingError, FoldSuperseded, MlflowException)
 
 
 def _sources(args: argparse.Namespace) -> dict[str, str]:

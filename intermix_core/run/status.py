@@ -104,6 +104,8 @@ def fold_state(view: FoldView, now: float | None = None) -> tuple[str, str | Non
         return "stopped", first_line(latest.error or "interrupted")
     if latest is not None and latest.status in ("FAILED", "KILLED"):
         return "failed", first_line(latest.error or f"MLflow run {latest.status.lower()}")
+    if latest is not None and latest.status == "FINISHED":  # MLflow says done, the store does not hold it
+        return "failed", "its MLflow run is FINISHED, but the store holds no result for it (not stored, or removed)"
     if view.checkpoint:
         return "stopped", None
     if view.runs and latest is None:
@@ -130,6 +132,7 @@ class FoldStatus:
     seconds_per_epoch: float | None = None
     samples_per_s: float | None = None
     superseded: int = 0  # earlier attempts replaced by later ones
+    checkpoint: bool = False  # the store holds a checkpoint of the fold (a rerun resumes from it)
     run_id: str | None = None
     rerun: str | None = None
     seconds_left: float | None = None
@@ -274,7 +277,7 @@ def grid_status(grid: GridSpec, store_root: str, tracking_uri: str | None = None
         state, error = fold_state(view, now)
         epochs = int(cell.config.resolved_optim().epochs or 0)
         current = next((r for r in reversed(view.runs) if not r.superseded), None)
-        f = FoldStatus(*cell.key, state=state, epochs=epochs, error=error,
+        f = FoldStatus(*cell.key, state=state, epochs=epochs, error=error, checkpoint=view.checkpoint,
                        superseded=sum(r.superseded for r in view.runs), run_id=current.run_id if current else None)
         result = view.result
         if state == "done" and result is not None:
@@ -289,7 +292,19 @@ def grid_status(grid: GridSpec, store_root: str, tracking_uri: str | None = None
             f.rerun = rerun_command(gid, *cell.key, store_root)
         folds.append(f)
     _rates_and_time_left(folds, {c.key: views[c.key].result for c in cells})
-    return GridStatus(gid, folds, tracking, [])
+    return GridStatus(gid, folds, tracking, _store_notes(store_root, gid, views))
+
+
+def _store_notes(store_root: str, gid: str, views: dict[tuple, FoldView]) -> list[str]:
+    """A line when the store holds nothing of the grid (a mistyped --store lists every fold as 'not started')."""
+    if any(v.result is not None or v.checkpoint for v in views.values()):
+        return []
+    where = open_storage(store_root).uri(gid)
+    if "://" not in store_root and not Path(store_root).expanduser().is_dir():
+        return [f"the store {store_root} does not exist: every fold reads as not started (is --store or --workdir "
+                "right?)"]
+    return [f"the store holds nothing of grid {gid} at {where}: nothing was trained or stored there yet (is --store "
+            "or --workdir right?)"]
 
 
 def _rates_and_time_left(folds: list[FoldStatus], results: dict[tuple, FoldResult | None]) -> None:
@@ -345,7 +360,8 @@ def describe_fold(f: FoldStatus, now: float) -> str:
     elif f.state == "failed":
         text = f"failed: {f.error}"
     elif f.state == "killed":
-        text = f"killed: {f.error}; rerun resumes it from its stored checkpoint"
+        text = f"killed: {f.error}; " + ("rerun resumes it from its stored checkpoint" if f.checkpoint else
+                                          "no checkpoint reached the store: rerun trains it from its first epoch")
     elif f.state == "stopped":
         text = "stopped: a checkpoint in the store, no result, nothing running (rerun resumes it)"
     else:

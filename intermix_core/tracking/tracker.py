@@ -488,6 +488,12 @@ class Tracker:
             cell = result.label
             raise TrackingError(f"{err}; {cell} is trained but its MLflow run {run_id} is not finished: "
                                 "run the same command again once MLflow answers to log it") from None
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            raise TrackingError(f"MLflow at {redact_uris(self.tracking_uri)} no longer has run {run_id} (restarted "
+                                f"with an empty database?); {result.label} is trained and kept in its folder: run the "
+                                "same command again to log it in a new run") from None
 
     def ensure_finished(self, run_id: str, result: FoldResult) -> None:
         """Finish a fold's run again if it is not FINISHED (ended FAILED when the trained fold could not be stored).

@@ -238,3 +238,17 @@ def test_synchronous_mode_sends_at_every_epoch(tmp_path: Path) -> None:
     run_id = t.start_fold(cfg, 2, "sync")
     t.log_epoch(run_id, fold_result(cfg, 2, 10.0).history[0])
     assert t.pending_epochs(run_id) == [] and _metric_steps(t, run_id) == [1] and t._thread is None
+
+
+def test_a_run_mlflow_no_longer_has_ends_the_fold_in_one_line_that_says_rerunning_recovers(tmp_path: Path) -> None:
+    """MLflow restarted with an empty database mid-fold: finishing the fold's run gave a RestException traceback."""
+    from intermix_core.tracking.client import TrackingError
+
+    t = Tracker(f"sqlite:///{tmp_path}/m.db")
+    try:
+        with pytest.raises(TrackingError, match=r"no longer has run 0123456789abcdef0123456789abcdef \(restarted with "
+                                                r"an empty database\?\); esc10/envnet_v2/bc/fold1 is trained and kept "
+                                                r"in its folder: run the same command again to log it in a new run"):
+            t.finish_fold("0123456789abcdef0123456789abcdef", fold_result(cfg_for("bc"), 1, 20.0))
+    finally:
+        t.close()
