@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from intermix_core.common.names import check_name
 from intermix_core.common.text import cut, short
@@ -92,6 +92,17 @@ class ExperimentConfig(Strict):
             raise ValueError(f"{v} samples do not fit {model}: it accepts {accepted} (its own length is "
                              f"{m.input_length})")
         return v
+
+    @model_validator(mode="after")
+    def _warmup_within_epochs(self) -> "ExperimentConfig":
+        # a warm-up longer than the run never reaches its LR; the reference's own warm-up (EnvNet-v2: 10 epochs) is
+        # let through, so a short demo of a reference schedule (and its resolved config in a checkpoint) stays valid
+        warmup, epochs = self.optim.warmup, self.resolved_optim().epochs
+        if warmup is not None and epochs is not None and warmup > epochs and \
+                warmup != reference_schedule(self.dataset, self.model)[3]:
+            raise ValueError(f"optim.warmup: {warmup} warm-up epochs, but the run has {epochs} epochs; expected at "
+                             "most the epochs")
+        return self
 
     @property
     def num_classes(self) -> int:

@@ -181,6 +181,7 @@ SCENARIOS: dict[str, Callable[[Path, pytest.MonkeyPatch], list[str]]] = {
     "yaml-duplicate-key": lambda tmp, mp: ["show", str(_write(tmp / "grid.yaml", "datasets: [esc10]\nsetups: [piczak_cnn]\n"
                                                               "strategies: [bc]\ndatasets: [esc50]\n"))],
     "audio-rate-absurd": lambda tmp, mp: _prepare(_esc_audio(tmp, _one_hertz_wav)),
+    "warmup-beyond-epochs": lambda tmp, mp: [*TRAIN, "--set", "optim.warmup=30", "--set", "optim.epochs=20"],
 }
 FORBIDDEN = {"mlflow-down-at-start": ["alice", ":pw@"]}
 
