@@ -52,30 +52,57 @@ def next_version(store: Storage, grid_id: str) -> str:
 
 
 def latest_version(store: Storage, grid_id: str) -> dict[str, Any] | None:
-    """The LATEST pointer of a grid's reports ({"version", "prefix", ...}), or None if nothing (of this grid) is there.
+    """The newest report version of a grid ({"version", "prefix", ...}), or None if nothing (of this grid) is there.
 
-    A pointer that is not this grid's (copied from another grid, sealed for another key, pointing
+    LATEST.json, unless a newer complete version is in the store: an old pointer put back (with
+    INTERMIX_STORE_KEY it is still validly signed) cannot pin the reports to an old version. A
+    pointer that is not this grid's (copied from another grid, sealed for another key, pointing
     outside this grid's versions) is named on stderr and taken as absent: the next aggregation
     replaces it instead of failing on it for ever. An unreachable store still raises.
     """
+    pointer = _pointer(store, grid_id)
+    # an old pointer put back (signed, so accepted), or a foreign or deleted one, cannot hide a newer complete version
+    newest = _newest_complete(store, grid_id)
+    if newest is not None and (pointer is None or version_order(newest) > version_order(pointer["version"])):
+        return {"version": newest, "prefix": f"{versions_prefix(grid_id)}/{newest}"}
+    return pointer
+
+
+def _pointer(store: Storage, grid_id: str) -> dict[str, Any] | None:
+    """LATEST.json as it is (None if absent or foreign): what publishing compares and moves forward."""
     key = latest_key(grid_id)
+    pointer = None
     try:
         text = read_pointer(store, key)
-        if not text:
-            return None
-        pointer = json.loads(text)
-        version = pointer.get("version") if isinstance(pointer, dict) else None
-        if not isinstance(version, str) or pointer.get("prefix") != f"{versions_prefix(grid_id)}/{version}":
-            raise ValueError(f"not a pointer to a report version of grid {grid_id}")
-        return pointer
+        if text:
+            pointer = json.loads(text)
+            version = pointer.get("version") if isinstance(pointer, dict) else None
+            if not isinstance(version, str) or pointer.get("prefix") != f"{versions_prefix(grid_id)}/{version}":
+                raise ValueError(f"not a pointer to a report version of grid {grid_id}")
     except StorageError as err:
         if err.transient:
             raise
-        reason = err.reason
+        pointer = _foreign(store, key, err.reason)
     except ValueError as err:
-        reason = str(err)
+        pointer = _foreign(store, key, str(err))
+    return pointer
+
+
+def _foreign(store: Storage, key: str, reason: str) -> None:
     print(f"intermix: warning: {store.uri(key)}: {reason}; ignored as foreign (the next aggregation replaces it)",
           file=sys.stderr)
+
+
+def _newest_complete(store: Storage, grid_id: str) -> str | None:
+    """The newest report version of the grid whose upload is complete (its manifest, signed with a store key)."""
+    base = versions_prefix(grid_id)
+    names = sorted({k[len(base) + 1:].split("/", 1)[0] for k in store.list(base)}, key=version_order, reverse=True)
+    for name in names:
+        try:
+            if store.manifest(f"{base}/{name}") is not None:
+                return name
+        except StorageError:
+            continue  # a damaged or unsigned version is not a candidate
     return None
 
 
@@ -90,13 +117,13 @@ def publish_reports(store: Storage, grid_id: str, out_dir: str | Path, version: 
     store.upload_dir(out_dir, prefix)
     mine = {"version": version, "prefix": prefix, "published": time.time()}
     for _ in range(rechecks):
-        current = latest_version(store, grid_id)
+        current = _pointer(store, grid_id)
         if current is not None and version_order(current["version"]) > version_order(version):
             return False
         if current is None or current["version"] != version:
             _point(store, grid_id, mine)
         time.sleep(settle_seconds)  # let a concurrent writer's pointer land, then look again
-        current = latest_version(store, grid_id)
+        current = _pointer(store, grid_id)
         if current is not None and current["version"] == version:
             break
     else:
