@@ -58,7 +58,7 @@ class FoldResult(BaseModel):
     train_seconds: float | None = None
     samples_per_second: float | None = None
     config: dict[str, Any] = Field(default_factory=dict)  # the resolved ExperimentConfig
-    # the prepared data the fold was trained on (data.Manifest.data_fingerprint); None in results from before it was kept
+    # the prepared data the fold was trained on (data.Manifest.data_fingerprint); None in older results
     data_fingerprint: str | None = None
 
     @property

@@ -205,11 +205,11 @@ MAX_CHANNELS = 16
 def _check_header(path: Path, rate: int, frames: int, channels: int) -> None:
     """Refuse a clip whose declared rate, length or channel count no recording of these datasets has (DataError)."""
     if not MIN_SOURCE_RATE <= rate <= MAX_SOURCE_RATE:
-        raise DataError(f"{path}: declares a sample rate of {rate} Hz; expected {MIN_SOURCE_RATE}..{MAX_SOURCE_RATE} Hz "
-                        "(not decoded)")
+        raise DataError(f"{path}: declares a sample rate of {rate} Hz; expected {MIN_SOURCE_RATE}.."
+                        f"{MAX_SOURCE_RATE} Hz (not decoded)")
     if frames / rate > MAX_CLIP_SECONDS:
-        raise DataError(f"{path}: declares {frames / rate:.0f} s of audio ({frames} frames at {rate} Hz); clips of these "
-                        f"datasets last seconds, at most {MAX_CLIP_SECONDS:.0f} s are read (not decoded)")
+        raise DataError(f"{path}: declares {frames / rate:.0f} s of audio ({frames} frames at {rate} Hz); clips of "
+                        f"these datasets last seconds, at most {MAX_CLIP_SECONDS:.0f} s are read (not decoded)")
     if not 1 <= channels <= MAX_CHANNELS:
         raise DataError(f"{path}: declares {channels} channels; expected 1..{MAX_CHANNELS} (not decoded)")
 

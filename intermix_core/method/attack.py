@@ -99,8 +99,8 @@ def attack_fold(
     fold = state["fold"]
     data = load_prepared(data_dir)
     if data.manifest.dataset != cfg.dataset or data.num_classes != cfg.num_classes:
-        raise ValueError(f"{data_dir}: {data.manifest.dataset} ({data.num_classes} classes), but {where} was trained on "
-                         f"{cfg.dataset} ({cfg.num_classes} classes); attack it on {cfg.dataset} data")
+        raise ValueError(f"{data_dir}: {data.manifest.dataset} ({data.num_classes} classes), but {where} was trained "
+                         f"on {cfg.dataset} ({cfg.num_classes} classes); attack it on {cfg.dataset} data")
     rate = model_class(cfg.model).sample_rate
     if data.sample_rate != rate:
         raise ValueError(f"{data_dir}: prepared at {data.sample_rate} Hz, but {cfg.model} expects {rate} Hz")

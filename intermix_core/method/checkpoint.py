@@ -107,8 +107,9 @@ class DataMismatch(ValueError):
     """A fold's checkpoint was trained on other prepared data than the data given; the message says how to go on."""
 
 
-def check_same_data(state: dict[str, Any] | None, data_fingerprint: str, where: str | Path, data_dir: str | Path) -> None:
-    """Refuse a checkpoint trained on other prepared data (other clips or labels): resuming or attacking it would mix."""
+def check_same_data(state: dict[str, Any] | None, data_fingerprint: str, where: str | Path,
+                    data_dir: str | Path) -> None:
+    """Refuse a checkpoint trained on other prepared data (other clips or labels): resuming or attacking it mixes."""
     had = state.get("data_fingerprint") if state is not None else None
     if had is not None and had != data_fingerprint:
         raise DataMismatch(f"{where}: trained on other prepared data (fingerprint {had}) than {data_dir} holds "

@@ -135,7 +135,7 @@ class FoldRun:
     tracker: FoldTracker | None = None
     eval_clips: int | None = None
     grid_id: str = "local"
-    data_fingerprint: str | None = None  # the prepared data's (Manifest.data_fingerprint): checkpoint and result carry it
+    data_fingerprint: str | None = None  # the prepared data's (Manifest.data_fingerprint), in checkpoint and result
     history: list[EpochRecord] = field(default_factory=list)
     start_epoch: int = 1
     run_id: str | None = None

@@ -24,14 +24,15 @@ from intermix_core.data import Manifest
 from intermix_core.method.attack import attack_fold
 from intermix_core.method.checkpoint import FoldBusy, fold_lock, load_checkpoint
 from intermix_core.method.train import stop_on_signals, train_fold
-from intermix_core.records import CHECKPOINT, RESULT, FoldResult, load_result, save_result
+from intermix_core.records import CHECKPOINT, RESULT, FoldResult, fold_label, load_result, save_result
 from intermix_core.run.sync import (
     CheckpointPusher, patiently, pull_fold, record_failure, remove_stale_push_folders,
 )
 from intermix_core.store.layout import cell_prefix
 from intermix_core.store.prepared import cached_prepared, prepare_source, process_exists, publish_prepared
 from intermix_core.store.storage import Storage, StorageError, open_storage
-from intermix_core.tracking.tracker import FoldSuperseded, Tracker
+from intermix_core.tracking.tags import SUPERSEDED
+from intermix_core.tracking.tracker import FoldSuperseded, Tracker, is_stale
 
 
 # set by the local runner (`intermix run`) to its pid: its task processes stop when it is gone (SIGTERM, kill -9)
@@ -101,7 +102,8 @@ def train_step(
     and `keep_checkpoint=False` the checkpoint is removed from out_dir once stored (pipelines pass the
     result on as an artifact, and the checkpoint only once, in the store). `restart` discards the
     fold's checkpoint and result both in out_dir and in the store, holding the fold lock: a folder
-    another trainer holds is refused (FoldBusy) before anything is deleted or pulled.
+    another trainer holds is refused (FoldBusy) before anything is deleted or pulled, and so, with
+    tracking, is a fold another attempt is training elsewhere (its MLflow run alive).
     """
     stop_with_parent()
     cfg = parse_config(json.loads(config_json), source="config_json")
@@ -117,6 +119,8 @@ def train_step(
                 store.remove_temporaries(prefix)
             remove_stale_push_folders()
         if restart:
+            if store is not None and tracking_uri:
+                _refuse_a_live_attempt(tracking_uri, grid_id, cfg, fold)  # the store's claim: another node's attempt
             for name in (RESULT, CHECKPOINT):
                 (out / name).unlink(missing_ok=True)
                 if store is not None and store.exists(f"{prefix}/{name}"):
@@ -126,6 +130,25 @@ def train_step(
         if store is not None and not keep_checkpoint:
             (out / CHECKPOINT).unlink(missing_ok=True)
     return result
+
+
+def _refuse_a_live_attempt(tracking_uri: str, grid_id: str, cfg: ExperimentConfig, fold: int) -> None:
+    """FoldBusy if another attempt at the fold is alive (RUNNING with a fresh heartbeat): its stored files are its own.
+
+    The fold lock guards a folder; the store prefix is shared by every node, and its claim is the
+    fold's current MLflow run. A killed attempt (no heartbeat for STALE_AFTER) claims nothing.
+    """
+    tracker = Tracker(tracking_uri)
+    try:
+        now = tracker.now()
+        live = [r for r in tracker.fold_runs(grid_id, cfg.dataset, cfg.setup_name, cfg.strategy.name, fold)
+                if r.info.status == "RUNNING" and r.data.tags.get(SUPERSEDED) != "true" and not is_stale(r, now)]
+    finally:
+        tracker.close()
+    if live:
+        raise FoldBusy(f"{fold_label(cfg.dataset, cfg.setup_name, cfg.strategy.name, fold)}: another attempt is "
+                       f"training it (MLflow run {live[-1].info.run_id}, RUNNING with a recent heartbeat); nothing was "
+                       "deleted: stop it first (or wait until it ends) to train it from scratch")
 
 
 def _train_locked(cfg: ExperimentConfig, data_dir: str | Path, fold: int, out: Path, grid_id: str,
@@ -146,7 +169,7 @@ def _train_locked(cfg: ExperimentConfig, data_dir: str | Path, fold: int, out: P
             result = train_fold(cfg, data_dir, fold, out, tracker=tracker, grid_id=grid_id, progress=progress,
                                 device=device)
         if store is not None:
-            patiently(lambda: store.upload_file(out / RESULT, f"{prefix}/{RESULT}"),  # last: the fold's completion marker
+            patiently(lambda: store.upload_file(out / RESULT, f"{prefix}/{RESULT}"),  # last: the completion marker
                       f"uploading {prefix}/{RESULT}")
             if tracker is not None and result.status == "ok":
                 run_id = _run_id_of(out)

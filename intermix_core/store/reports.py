@@ -39,7 +39,7 @@ KEEP_VERSIONS = 10
 
 
 def new_version(now: float | None = None, *, after: str | None = None) -> str:
-    """A unique version name ordered after `after` (the LATEST version seen): sequence, UTC time, 8 random hex digits."""
+    """A unique version name ordered after `after` (the LATEST version seen): sequence, UTC time, 8 random hex."""
     stamp = datetime.fromtimestamp(time.time() if now is None else now, tz=timezone.utc)
     seq = version_order(after)[0] + 1 if after is not None else 1
     return f"{seq:08d}-{stamp:%Y%m%dT%H%M%S.%fZ}-{uuid.uuid4().hex[:8]}"

@@ -229,7 +229,8 @@ class Tracker:
             fold_tags = {
                 **(tags or {}), PARENT_ID: parent_id, GRID: grid_id, DATASET: cfg.dataset, SETUP: cfg.setup_name,
                 STRATEGY: cfg.strategy.name, T + "model": cfg.model, FOLD: str(fold), KIND: "fold", SUPERSEDED: "false",
-                ATTEMPT_STARTED: str(int(self.now() * 1000)), ATTEMPT: self._token, HEARTBEAT: str(int(self.now() * 1000)),
+                ATTEMPT_STARTED: str(int(self.now() * 1000)), ATTEMPT: self._token,
+                HEARTBEAT: str(int(self.now() * 1000)),
             }
             for tag, value in ((T + "git_commit", git_commit()), (T + "image", os.environ.get("INTERMIX_IMAGE")),
                                (T + "kfp_run_id", os.environ.get("KFP_RUN_ID"))):

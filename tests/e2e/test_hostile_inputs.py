@@ -178,8 +178,8 @@ SCENARIOS: dict[str, Callable[[Path, pytest.MonkeyPatch], list[str]]] = {
     "weight-decay-absurd": lambda tmp, mp: [*TRAIN, "--set", "optim.weight_decay=1e300"],
     "phase-max-absurd": lambda tmp, mp: [*TRAIN, "--strategy", "intermix", "--set", "strategy.phase_max=1e308"],
     "schedule-unsorted": lambda tmp, mp: [*TRAIN, "--set", "optim.schedule=[0.9, 0.3]"],
-    "yaml-duplicate-key": lambda tmp, mp: ["show", str(_write(tmp / "grid.yaml", "datasets: [esc10]\nsetups: [piczak_cnn]\n"
-                                                              "strategies: [bc]\ndatasets: [esc50]\n"))],
+    "yaml-duplicate-key": lambda tmp, mp: ["show", str(_write(
+        tmp / "grid.yaml", "datasets: [esc10]\nsetups: [piczak_cnn]\nstrategies: [bc]\ndatasets: [esc50]\n"))],
     "audio-rate-absurd": lambda tmp, mp: _prepare(_esc_audio(tmp, _one_hertz_wav)),
     "warmup-beyond-epochs": lambda tmp, mp: [*TRAIN, "--set", "optim.warmup=30", "--set", "optim.epochs=20"],
 }

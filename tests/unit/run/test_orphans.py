@@ -19,8 +19,9 @@ from intermix_core.run.steps import PARENT_ENV
 _RUNNER = """
 import os, shlex, subprocess, sys
 os.environ[PARENT_ENV] = str(os.getpid())
-task = subprocess.Popen(["sh", "-c", f"{shlex.quote(sys.executable)} -c {shlex.quote(sys.argv[1])} {shlex.quote(sys.argv[2])}; "
-                         "echo after"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+command = " ".join(shlex.quote(w) for w in (sys.executable, "-c", sys.argv[1], sys.argv[2]))
+task = subprocess.Popen(["sh", "-c", f"{command}; echo after"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                        text=True)
 print(task.stdout.readline().strip(), flush=True)  # the task's "ready"
 task.wait()
 """

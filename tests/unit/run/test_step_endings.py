@@ -91,3 +91,26 @@ def test_a_fold_the_store_refuses_ends_its_run_failed_and_the_same_command_store
     assert run.info.status == "FINISHED" and parent.info.status == "FINISHED" and ERROR not in run.data.tags
     assert load_result(open_storage(tmp_path / "store").download_file(
         f"{cell_prefix('store-fails', *CELL, 1)}/{RESULT}", tmp_path / "r.json")) == again
+
+
+def test_from_scratch_on_another_node_leaves_a_live_attempts_stored_files(tiny_data, tmp_path):
+    """The fold lock guards one folder; the store prefix is every node's. `--from-scratch` on another node while an
+    attempt trains the fold (its MLflow run RUNNING, heartbeat fresh) deletes nothing; once that attempt ended, it
+    trains the fold again."""
+    from intermix_core.method.checkpoint import FoldBusy
+
+    cfg = tiny_cfg("standard", epochs=1)
+    store = open_storage(tmp_path / "store")
+    prefix = cell_prefix("claim", *CELL, 1)
+    (tmp_path / "theirs.json").write_text("{}")
+    store.upload_file(tmp_path / "theirs.json", f"{prefix}/{RESULT}")
+    tracker = Tracker(f"sqlite:///{tmp_path}/m.db")
+    try:
+        live = tracker.start_fold(cfg, 1, "claim")  # the attempt training on another node
+        with pytest.raises(FoldBusy, match=rf"another attempt is training it \(MLflow run {live}, RUNNING"):
+            _step(tmp_path, "claim", data=tiny_data, restart=True)
+        assert store.exists(f"{prefix}/{RESULT}")
+        tracker.end_fold(live, "KILLED", "stopped by SIGTERM")
+    finally:
+        tracker.close()
+    assert _step(tmp_path, "claim", data=tiny_data, restart=True).test_error is not None

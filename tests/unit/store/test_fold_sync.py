@@ -206,7 +206,8 @@ def test_a_fold_trained_on_other_prepared_data_is_never_resumed_attacked_or_tabl
     store = open_storage(tmp_path / "store")
     prefix = cell_prefix("sync", "esc10", "piczak_cnn", "standard", 1)
     result = _train(cfg, tiny_data, tmp_path / "out", tmp_path / "store")
-    assert result.data_fingerprint == first and load_checkpoint(tmp_path / "out" / CHECKPOINT)["data_fingerprint"] == first
+    assert result.data_fingerprint == first
+    assert load_checkpoint(tmp_path / "out" / CHECKPOINT)["data_fingerprint"] == first
     stored = store.download_file(f"{prefix}/{RESULT}", tmp_path / "stored.json").read_bytes()
     with pytest.raises(DataMismatch, match=rf"checkpoint\.pt: trained on other prepared data \(fingerprint {first}\)"):
         _train(cfg, other, tmp_path / "out", tmp_path / "store")  # the same grid, its source changed
