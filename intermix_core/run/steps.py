@@ -43,8 +43,8 @@ _watching: list[int] = []
 def stop_with_parent(every: float = 2.0) -> None:
     """If PARENT_ENV names a process, stop this one (SIGTERM to itself) once that process is gone.
 
-    A watchdog thread, not PR_SET_PDEATHSIG: the local runner starts a task through a shell, so the
-    task's own parent outlives `intermix run`. The task's stdout and stderr are pipes to the gone
+    A watchdog thread, not PR_SET_PDEATHSIG: that follows the task's direct parent, and a process
+    between them (a shell) may outlive `intermix run`. The task's stdout and stderr are pipes to the gone
     runner: they are pointed at /dev/null first, so the task ends as stopped (its checkpoint, a
     KILLED run), not with a BrokenPipeError recorded as its failure.
     """
