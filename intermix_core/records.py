@@ -64,6 +64,8 @@ class FoldResult(BaseModel):
     machine: str | None = None
     device: str | None = None
     torch: str | None = None
+    # the prepared data the fold was trained on (data.Manifest.data_fingerprint); None in older results
+    data_fingerprint: str | None = None
 
     @property
     def key(self) -> tuple[str, str, str, int]:

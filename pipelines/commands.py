@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from mlflow.exceptions import MlflowException
+
 from components.image import ImageError
 from intermix_core.common.names import check_pipeline_value
 from intermix_core.common.redact import redact_uris
@@ -54,8 +56,9 @@ from pipelines.submit import (
 )
 
 # beside USER_ERRORS (exit 2) and SIGNALLED (exit 128 + the signal), one line and exit 1: MLflow stayed
-# unreachable, or another attempt at the fold took it over
-SERVICE_ERRORS = (TrackingError, FoldSuperseded)
+# unreachable, or another attempt at the fold took it over, or MLflow refused a request (MlflowException: e.g. a run
+# it no longer has), printed as its first line
+SERVICE_ERRORS = (TrackingError, FoldSuperseded, MlflowException)
 _load_grid, _workdir = grid_from_args, workdir  # the grid a command line names; the work directory (status_command)
 
 

@@ -53,6 +53,7 @@ from intermix_core.common.text import duration
 from intermix_core.config.grid import FoldCell, GridSpec, expand, grid_id
 from intermix_core.records import RESULT, load_result
 from intermix_core.run.status import grid_status
+from intermix_core.run.steps import PARENT_ENV
 from intermix_core.store.grid_store import save_grid_spec
 from intermix_core.store.layout import cell_prefix
 from intermix_core.store.storage import Storage, open_storage
@@ -223,6 +224,7 @@ def init_local(work: Workdir, tracking: bool = True) -> None:
         Path(work.store).mkdir(parents=True, exist_ok=True)
     # two loop iterations run at once: give each task half the cores instead of letting torch oversubscribe
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // LOCAL_PARALLELISM)))
+    os.environ[PARENT_ENV] = str(os.getpid())  # the fold trainers stop (with a checkpoint) when this process is gone
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(work.kfp_root.resolve()),
                enable_caching=True, raise_on_error=True)
     if tracking:  # create the store's schema and the experiment once: two fold tasks doing it at once would race

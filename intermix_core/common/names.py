@@ -41,3 +41,13 @@ def check_pipeline_args(args: dict[str, object]) -> None:
     for name, value in args.items():
         if isinstance(value, str):
             check_pipeline_value(value, name)
+
+
+def version_order(version: str) -> tuple[int, str]:
+    """How report versions sort (store pointers, the MLflow summary run): by their sequence number, then name.
+
+    A version is `<8-digit sequence>-<UTC time>-<random>` (intermix_core.store.reports); one from
+    before the sequence counts as 0. No writer's clock decides which is newer.
+    """
+    head = version.split("-", 1)[0]
+    return (int(head), version) if head.isdigit() and len(head) == 8 else (0, version)

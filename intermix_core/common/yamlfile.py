@@ -73,6 +73,7 @@ def _check_yaml_size(root: yaml.Node, source: str) -> None:
         if isinstance(node, yaml.SequenceNode):
             total = 1 + sum(size(child, depth + 1) for child in node.value)
         elif isinstance(node, yaml.MappingNode):
+            _check_unique_keys(node, source)
             total = 1 + sum(size(k, depth + 1) + size(v, depth + 1) for k, v in node.value)
         else:
             total = 1
@@ -83,6 +84,21 @@ def _check_yaml_size(root: yaml.Node, source: str) -> None:
         return total
 
     size(root, 0)
+
+
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+def _check_unique_keys(node: yaml.MappingNode, source: str) -> None:
+    """Refuse a key written twice in one mapping (PyYAML silently keeps the last: `name:` twice, two `overrides:`)."""
+    seen: set[tuple[str, str]] = set()
+    for key, _ in node.value:
+        if not isinstance(key, yaml.ScalarNode) or key.tag == _MERGE:
+            continue  # a merge (<<: *anchor) may be overridden by the mapping's own keys: that is what it is for
+        if (key.tag, key.value) in seen:
+            raise ConfigError(f"{source}: line {key.start_mark.line + 1}: key {cut(repr(key.value), 60)} appears twice "
+                              "in one mapping (YAML would keep only the last); keep one")
+        seen.add((key.tag, key.value))
 
 
 def load_yaml(path: str | Path) -> Any:

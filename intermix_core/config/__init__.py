@@ -12,6 +12,7 @@ from intermix_core.config.experiment import (
     known_model,
     load_config,
     parse_config,
+    result_problem,
 )
 from intermix_core.config.presets import (
     PAPER_L,
@@ -36,6 +37,7 @@ from intermix_core.config.sections import (
 
 __all__ = [
     "ConfigError", "ExperimentConfig", "format_validation_error", "known_model", "load_config", "parse_config",
+    "result_problem",
     "PAPER_L", "STRATEGIES", "reference_schedule", "strategy_preset",
     "DATASETS", "EXECUTION_OPTIONS", "FOLD_CLIPS", "MAX_SEED", "ON_SILENT", "SPEED_OPTIONS", "AttackConfig",
     "AugmentConfig", "DatasetName", "OnSilent", "OptimConfig", "StrategyConfig",

@@ -7,11 +7,12 @@ only override them; unknown keys and impossible values are rejected with the fie
 from __future__ import annotations
 
 import difflib
+import math
 import typing
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from intermix_core.common.names import check_name
 from intermix_core.common.text import cut, short
@@ -30,6 +31,7 @@ from intermix_core.config.sections import (
     Strict,
 )
 from intermix_core.models import list_models, model_spec
+from intermix_core.records import FoldResult
 
 
 def known_model(name: str) -> str:
@@ -92,6 +94,17 @@ class ExperimentConfig(Strict):
             raise ValueError(f"{v} samples do not fit {model}: it accepts {accepted} (its own length is "
                              f"{m.input_length})")
         return v
+
+    @model_validator(mode="after")
+    def _warmup_within_epochs(self) -> "ExperimentConfig":
+        # a warm-up longer than the run never reaches its LR; the reference's own warm-up (EnvNet-v2: 10 epochs) is
+        # let through, so a short demo of a reference schedule (and its resolved config in a checkpoint) stays valid
+        warmup, epochs = self.optim.warmup, self.resolved_optim().epochs
+        if warmup is not None and epochs is not None and warmup > epochs and \
+                warmup != reference_schedule(self.dataset, self.model)[3]:
+            raise ValueError(f"optim.warmup: {warmup} warm-up epochs, but the run has {epochs} epochs; expected at "
+                             "most the epochs")
+        return self
 
     @property
     def num_classes(self) -> int:
@@ -227,3 +240,60 @@ def load_config(path: str | Path, **overrides: Any) -> ExperimentConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings")
     return parse_config({**data, **overrides}, source=str(path))
+
+
+def _percent_problem(what: str, value: float | None, nan_ok: bool = False) -> str | None:
+    if value is None or (nan_ok and math.isnan(value)):
+        return None
+    if not math.isfinite(value) or not 0.0 <= value <= 100.0:
+        return f"{what} {value!r} is not a percentage (expected 0..100)"
+    return None
+
+
+def result_problem(result: FoldResult) -> str | None:
+    """Why a fold result read from a file or a store cannot be published (None if it can).
+
+    Its names must be known (dataset, model) or valid (setup, strategy, grid id), its fold one of
+    its dataset's, every error a percentage, its confusion matrix the dataset's size: a crafted
+    `result.json` (`test_error: -50`, fold 999 of ESC-10) never reaches a table. A NaN test error is
+    let through: the tables report it as a failed fold.
+    """
+    try:
+        if result.dataset not in DATASETS:
+            return f"unknown dataset {short(result.dataset)}; expected one of: {', '.join(DATASETS)}"
+        known_model(result.model)
+        check_name(result.setup, "setup")
+        check_name(result.strategy, "strategy")
+        if result.grid_id is not None:
+            check_name(result.grid_id, "grid id")
+    except ValueError as err:
+        return str(err)
+    info = DATASETS[result.dataset]
+    if not 1 <= result.fold <= info["num_folds"]:
+        return f"fold {result.fold} is not a fold of {result.dataset} (1..{info['num_folds']})"
+    if not 0 <= result.seed <= MAX_SEED:
+        return f"seed {result.seed} is out of range (0..{MAX_SEED})"
+    checks = [("test_error", result.test_error, True), ("best_val_error", result.best_val_error, False)]
+    for name, values in (("fgsm", result.fgsm), ("fgsm_crop", result.fgsm_crop)):
+        checks += [(f"{name}[{eps!r}]", v, False) for eps, v in values.items()]
+        for eps in values:
+            try:
+                ok = 0.0 <= float(eps) <= 2.0
+            except ValueError:
+                ok = False
+            if not ok:
+                return f"{name} epsilon {short(eps)} is not an epsilon (expected a number in 0..2)"
+    for h in result.history:
+        checks += [(f"history epoch {h.epoch} train_error", h.train_error, False),
+                   (f"history epoch {h.epoch} val_error", h.val_error, False)]
+    for name, value, nan_ok in checks:
+        if problem := _percent_problem(name, value, nan_ok):
+            return problem
+    for name, value in (("train_seconds", result.train_seconds), ("samples_per_second", result.samples_per_second)):
+        if value is not None and (not math.isfinite(value) or value < 0):
+            return f"{name} {value!r} is not a non-negative number"
+    classes = info["num_classes"]
+    if result.confusion is not None and (len(result.confusion) != classes or any(
+            len(row) != classes or any(c < 0 for c in row) for row in result.confusion)):
+        return f"the confusion matrix is not {classes} x {classes} counts"
+    return None

@@ -6,6 +6,7 @@ field's name. The presets that fill them with the paper's values are in `intermi
 
 from __future__ import annotations
 
+import math
 import typing
 from typing import Literal
 
@@ -44,6 +45,12 @@ MAX_CROPS = 100
 MAX_BATCH = 8192
 MAX_EPOCHS = 100_000
 MAX_EPSILONS = 32
+# weight decay multiplies the weights by (1 - lr * weight_decay) each step: the paper's is 5e-4, and beyond 1 the
+# decay alone drives a step's weights negative at any usual LR (1e300 trained into a traceback)
+MAX_WEIGHT_DECAY = 1.0
+# phi ~ U[-phase_max, phase_max] enters only through cos(phi) and a rotation by phi: a half-width beyond pi covers
+# the circle again (1e308 gave non-finite phases, then a loss blamed on the LR)
+MAX_PHASE = math.pi
 
 
 class Strict(BaseModel):
@@ -67,7 +74,7 @@ class StrategyConfig(Strict):
     # the layer set L: one layer drawn per batch, uniformly; 0 is the waveform
     layers: tuple[int, ...] = (0,)
     # half-width of the phase distribution: phi_i, phi_j ~ U[-phase_max, phase_max]
-    phase_max: float = Field(default=1.5707963267948966, ge=0.0)
+    phase_max: float = Field(default=1.5707963267948966, ge=0.0, le=MAX_PHASE)
     # sqrt of a negative product in eq. 5: "zero" clamps it to 0, "signed" uses sign(ab) sqrt(|ab|)
     negative_product: Literal["zero", "signed"] = "zero"
     # the sqrt in eq. 5 is exact in the forward pass; its backward slope 1/(2 sqrt(ab)) is capped at
@@ -119,7 +126,7 @@ class OptimConfig(Strict):
     # `optim: {batch_size: 64}` trains as they were produced (docs/method.md, "Optimisation")
     batch_size: int = Field(default=32, ge=2, le=MAX_BATCH)
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
-    weight_decay: float = Field(default=5e-4, ge=0.0)
+    weight_decay: float = Field(default=5e-4, ge=0.0, le=MAX_WEIGHT_DECAY)
     nesterov: bool = True
     # "chainer": Chainer's NesterovAG, the rule of the paper's reference [6] (BC learning's main.py) and of the
     # authors' code; "pytorch": torch.optim.SGD (Nesterov), the alternative (intermix_core.method.optim)
@@ -152,6 +159,9 @@ class OptimConfig(Strict):
     def _schedule(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
         if v is not None and any(not 0.0 < s < 1.0 for s in v):
             raise ValueError(f"schedule entries are fractions of the epochs in (0, 1), got {short(list(v))}")
+        if v is not None and any(b <= a for a, b in zip(v, v[1:])):
+            raise ValueError(f"schedule entries are the fractions of the epochs where the LR steps down, in "
+                             f"increasing order; got {short(list(v))}")
         return v
 
 

@@ -114,6 +114,16 @@ class Manifest(_Model):
         """Everything besides the source files and on_silent that determines the prepared arrays."""
         return (self.format_version, self.dataset, self.sample_rate, self.resampler)
 
+    def data_fingerprint(self) -> str:
+        """Which data a fold trains on: the source clips (ids, labels, folds, file hashes) and the silent-clip choice.
+
+        The same for every sample rate of one preparation (each model of a dataset prepares at its
+        own rate), different for other clips or relabelled ones; checkpoints and results carry it,
+        so a fold trained on one preparation is never resumed, attacked or tabled with another.
+        """
+        silent = self.on_silent if (self.skipped or self.kept_silent) else "none silent"
+        return hashlib.sha256(f"{self.source_fingerprint}/{silent}".encode()).hexdigest()[:16]
+
     def serves(self, on_silent: str) -> bool:
         """True if this preparation is what `on_silent` would make (without silent clips, every choice is the same)."""
         return self.on_silent == on_silent or not (self.skipped or self.kept_silent)
@@ -326,6 +336,8 @@ def _finished(out: Path, verify: bool) -> Manifest | None:
     if manifest.digest != manifest.computed_digest():
         raise DataError(f"{path}: its contents do not match its digest (edited after preparation?); prepare the "
                         "dataset again")
+    if problem := _value_problem(manifest):  # a digest recomputed by hand proves nothing: the values are checked too
+        raise DataError(f"{path}: {problem}; prepare the dataset again")
     for ff in manifest.fold_files:
         file = out / ff.file
         if not file.is_file():
@@ -338,6 +350,26 @@ def _finished(out: Path, verify: bool) -> Manifest | None:
         if len(ends) != ff.num_clips or (ends and ends[-1] != ff.num_samples):
             raise DataError(f"{path}: clip records of fold {ff.fold} do not add up to {ff.file}")
     return manifest
+
+
+def _value_problem(manifest: Manifest) -> str | None:
+    """What in a manifest no preparation writes (a label beyond the classes, a fold beyond the dataset's), or None."""
+    info = DATASETS.get(manifest.dataset)
+    if info is None:
+        return f"unknown dataset {manifest.dataset[:40]!r}"
+    classes, folds = info["num_classes"], set(range(1, info["num_folds"] + 1))
+    if manifest.num_classes != classes or len(manifest.classes) != classes:
+        return f"{manifest.num_classes} classes ({len(manifest.classes)} names), but {manifest.dataset} has {classes}"
+    if not set(manifest.folds) <= folds or sorted(set(manifest.folds)) != list(manifest.folds):
+        return f"folds {manifest.folds[:12]} are not folds of {manifest.dataset} (1..{max(folds)}), ascending"
+    if manifest.sample_rate <= 0:
+        return f"sample rate {manifest.sample_rate}"
+    for r in manifest.clips:
+        if not 0 <= r.label < classes:
+            return f"clip {r.clip_id[:60]!r}: label {r.label} is not a class of {manifest.dataset} (0..{classes - 1})"
+        if r.fold not in manifest.folds or r.offset < 0 or r.length < 1:
+            return f"clip {r.clip_id[:60]!r}: fold {r.fold}, offset {r.offset}, length {r.length} do not fit the folds"
+    return None
 
 
 class PreparedData:

@@ -194,6 +194,26 @@ def _read_urbansound8k(root: Path) -> list[ClipInfo]:
     return _check_clips(rows, clips)
 
 
+# Bounds on what a clip's header may declare, checked before anything is decoded. Every dataset here is short
+# clips (ESC-50: 5 s, UrbanSound8K: at most 4 s) recorded at 8..192 kHz; a 200 KB WAV declaring 1 Hz asked the
+# resampler for 17.6 GB. Far wider than any real clip, far below a machine's memory.
+MIN_SOURCE_RATE, MAX_SOURCE_RATE = 1000, 384_000
+MAX_CLIP_SECONDS = 60.0
+MAX_CHANNELS = 16
+
+
+def _check_header(path: Path, rate: int, frames: int, channels: int) -> None:
+    """Refuse a clip whose declared rate, length or channel count no recording of these datasets has (DataError)."""
+    if not MIN_SOURCE_RATE <= rate <= MAX_SOURCE_RATE:
+        raise DataError(f"{path}: declares a sample rate of {rate} Hz; expected {MIN_SOURCE_RATE}.."
+                        f"{MAX_SOURCE_RATE} Hz (not decoded)")
+    if frames / rate > MAX_CLIP_SECONDS:
+        raise DataError(f"{path}: declares {frames / rate:.0f} s of audio ({frames} frames at {rate} Hz); clips of "
+                        f"these datasets last seconds, at most {MAX_CLIP_SECONDS:.0f} s are read (not decoded)")
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise DataError(f"{path}: declares {channels} channels; expected 1..{MAX_CHANNELS} (not decoded)")
+
+
 def load_audio(path: Path, sample_rate: int, trim: bool = True, silent_ok: bool = False) -> np.ndarray:
     """Decode a file to the reference input: mono mean, resampled, int16 (rounded, clipped), zeros trimmed if `trim`.
 
@@ -209,6 +229,7 @@ def load_audio(path: Path, sample_rate: int, trim: bool = True, silent_ok: bool 
     try:
         with sf.SoundFile(path) as f:
             declared, rate, fmt = f.frames, f.samplerate, f.format
+            _check_header(path, rate, declared, f.channels)  # before decoding: a header can ask for gigabytes
             data = f.read(dtype="float32", always_2d=True)  # (frames, channels), in [-1, 1)
     except (sf.LibsndfileError, RuntimeError) as e:
         raise DataError(f"{path}: not readable as audio ({e})") from e

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from intermix_core.data import load_prepared
 from intermix_core.method.bank import ClipBank, eval_batch
-from intermix_core.method.checkpoint import load_checkpoint, model_from_checkpoint
+from intermix_core.method.checkpoint import check_same_data, load_checkpoint, model_from_checkpoint
 from intermix_core.method.devices import resolve_device
 from intermix_core.method.evaluate import clip_error, crop_error, default_eval_clips
 from intermix_core.models import StagedModel, model_class, speed_up
@@ -98,10 +98,14 @@ def attack_fold(
                          f"on its own training data; give fold {state['fold']} (or none)")
     fold = state["fold"]
     data = load_prepared(data_dir)
+    if data.manifest.dataset != cfg.dataset or data.num_classes != cfg.num_classes:
+        raise ValueError(f"{data_dir}: {data.manifest.dataset} ({data.num_classes} classes), but {where} was trained "
+                         f"on {cfg.dataset} ({cfg.num_classes} classes); attack it on {cfg.dataset} data")
     rate = model_class(cfg.model).sample_rate
     if data.sample_rate != rate:
         raise ValueError(f"{data_dir}: prepared at {data.sample_rate} Hz, but {cfg.model} expects {rate} Hz")
     if fold not in data.folds:
         raise ValueError(f"fold {fold} is not in {data_dir}; folds there: {sorted(data.folds)}")
+    check_same_data(state, data.manifest.data_fingerprint(), where, data_dir)
     bank = ClipBank.from_prepared(data, [fold], dev, length=cfg.crop_length)
     return fgsm_errors(model, bank, cfg.num_crops, cfg.attack.epsilons, cfg.attack.clip)

@@ -103,6 +103,20 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     return state
 
 
+class DataMismatch(ValueError):
+    """A fold's checkpoint was trained on other prepared data than the data given; the message says how to go on."""
+
+
+def check_same_data(state: dict[str, Any] | None, data_fingerprint: str, where: str | Path,
+                    data_dir: str | Path) -> None:
+    """Refuse a checkpoint trained on other prepared data (other clips or labels): resuming or attacking it mixes."""
+    had = state.get("data_fingerprint") if state is not None else None
+    if had is not None and had != data_fingerprint:
+        raise DataMismatch(f"{where}: trained on other prepared data (fingerprint {had}) than {data_dir} holds "
+                           f"({data_fingerprint}); its results would mix two datasets: train it again on this data "
+                           "(--from-scratch, or another out folder or grid id), or give the data it was trained on")
+
+
 def model_from_checkpoint(state: dict[str, Any]) -> tuple[StagedModel, ExperimentConfig]:
     """Rebuild the trained model (eval mode, CPU) and its resolved config from a checkpoint."""
     cfg = ExperimentConfig.model_validate(state["config"])
@@ -114,24 +128,48 @@ def model_from_checkpoint(state: dict[str, Any]) -> tuple[StagedModel, Experimen
     return model.eval(), cfg
 
 
+_HELD: set[Path] = set()  # fold folders this process holds the lock of (a nested fold_lock is a no-op)
+
+
 @contextlib.contextmanager
 def fold_lock(out: Path) -> Iterator[None]:
-    """Hold an exclusive lock on a fold folder while training into it; a second trainer gets FoldBusy naming the holder."""
+    """Hold an exclusive lock on a fold folder while training into it; a second trainer gets FoldBusy naming the holder.
+
+    Re-entrant within a process (the train step takes it before it touches the folder or the store,
+    and the training inside takes it again). The lock file is opened without following a symbolic
+    link (O_NOFOLLOW) and must be a regular file of the fold folder: a `.fold.lock` linked to
+    another file is refused, never truncated.
+    """
+    key = out.resolve()
+    if key in _HELD:
+        yield
+        return
     path = out / LOCK
-    with path.open("a+") as f:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as err:
+        if path.is_symlink():
+            raise FoldBusy(f"{path}: a symbolic link, not the fold's lock file; remove it (nothing is written "
+                           "through it)") from None
+        raise
+    with os.fdopen(fd, "r+") as f:
+        if not os.path.samestat(os.fstat(fd), os.lstat(path)) or not os.path.isfile(path):
+            raise FoldBusy(f"{path}: not a regular file of the fold folder; remove it")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
-            holder = f.read().strip() or "another process"
+            holder = f.read(200).strip() or "another process"
             raise FoldBusy(f"{out}: fold folder in use by {holder}; wait for it to finish or train into another folder") from None
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
         f.flush()
+        _HELD.add(key)
         try:
             yield
         finally:
+            _HELD.discard(key)
             f.seek(0)
             f.truncate()
             fcntl.flock(f, fcntl.LOCK_UN)

@@ -42,7 +42,7 @@ from intermix_core.method.bank import (
     train_inputs,
 )
 from intermix_core.method.checkpoint import (
-    CHECKPOINT_FORMAT, clean_temporaries, fold_lock, load_checkpoint, save_checkpoint,
+    CHECKPOINT_FORMAT, check_same_data, clean_temporaries, fold_lock, load_checkpoint, save_checkpoint,
 )
 from intermix_core.method.devices import choose_precision, resolve_device
 from intermix_core.method.evaluate import clip_error, confusion_matrix, predict_crops, to_host
@@ -136,6 +136,7 @@ class FoldRun:
     tracker: FoldTracker | None = None
     eval_clips: int | None = None
     grid_id: str = "local"
+    data_fingerprint: str | None = None  # the prepared data's (Manifest.data_fingerprint), in checkpoint and result
     history: list[EpochRecord] = field(default_factory=list)
     start_epoch: int = 1
     run_id: str | None = None
@@ -180,21 +181,36 @@ def train_fold(
         clean_temporaries(out)  # what a process killed while writing left (nobody else writes here: the lock)
         cfg = cfg.resolved()
         state = _checkpoint_of(cfg, fold, out)
+        data_fingerprint = load_prepared(data_dir, verify=False).manifest.data_fingerprint()  # cheap: the manifest
+        check_same_data(state, data_fingerprint, out / CHECKPOINT, data_dir)
         if state is not None and state["epoch"] >= cfg.optim.epochs and (out / RESULT).exists():
             return load_result(out / RESULT)  # finished earlier
         run = _set_up(cfg, data_dir, fold, out, dev, state, tracker, eval_clips)
-        run.grid_id = grid_id
-        if tracker is not None:
-            run.run_id = tracker.start_fold(cfg, fold, grid_id, resume_run_id=run.run_id)
+        run.grid_id, run.data_fingerprint = grid_id, data_fingerprint
+        # the handlers cover the whole fold, from the first MLflow call to the result (a pod's SIGTERM comes any time)
         with stop_on_signals() as run.stop:
+            _stop_if_asked(run)  # signalled before the fold's run exists: nothing to end in MLflow
+            if tracker is not None:
+                run.run_id = tracker.start_fold(cfg, fold, grid_id, resume_run_id=run.run_id)
             try:
+                _stop_if_asked(run)
+                run.stop.when = "after this epoch, with a checkpoint"
                 ended = _train(run, progress, stop_after_epoch, deadline)
             except FoldTakenOver:
                 raise  # the fold's run belongs to the attempt that took it over
             except BaseException as err:  # a failure, a signal, a second Ctrl-C: the run ends saying which
                 _end_run(run, err)
                 raise
-        return ended if isinstance(ended, FoldResult) else _finish(run, ended)
+            run.stop.when = "once the fold's result is written and stored (its training is over)"
+            return ended if isinstance(ended, FoldResult) else _finish(run, ended)
+
+
+def _stop_if_asked(run: FoldRun) -> None:
+    """FoldInterrupted if a signal came before the first epoch of this attempt (the checkpoint, if any, is kept)."""
+    if run.stop.signum is not None:
+        again = "resumes it from its checkpoint" if run.start_epoch > 1 else "starts it"
+        raise FoldInterrupted(run.stop.signum, f"{run.label}: stopped by {signal.Signals(run.stop.signum).name} before "
+                              f"epoch {run.start_epoch}: the same command {again}")
 
 
 class StopRequest:
@@ -202,30 +218,43 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.when = "before training starts"  # what stopping means at this point of the fold (the message says it)
 
     def __call__(self, signum: int, frame: object) -> None:
         if self.signum is None:
             self.signum = signum
             signal.signal(signum, self.previous[signum])  # a second one acts at once (Ctrl-C: KeyboardInterrupt)
-            tqdm.write(f"intermix: {signal.Signals(signum).name}: stopping after this epoch, with a checkpoint"
+            tqdm.write(f"intermix: {signal.Signals(signum).name}: stopping {self.when}"
                        + (" (Ctrl-C again stops at once)" if signum == signal.SIGINT else ""), file=sys.stderr)
 
     previous: dict[int, Any] = {}
 
 
+_ACTIVE: list[StopRequest] = []  # the StopRequest whose handlers are installed (a nested block shares it)
+
+
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[StopRequest]:
-    """Within the block, SIGINT and SIGTERM ask the training to stop after its current epoch (main thread only)."""
-    stop = StopRequest()
+    """Within the block, SIGINT and SIGTERM ask the training to stop after its current epoch (main thread only).
+
+    Re-entrant: inside another such block (the train step covers the store sync around the fold)
+    it yields the same request, so a signal anywhere in the fold is seen once, by every level.
+    """
     if threading.current_thread() is not threading.main_thread():
-        yield stop
+        yield StopRequest()
         return
+    if _ACTIVE:
+        yield _ACTIVE[-1]
+        return
+    stop = StopRequest()
     stop.previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     for sig in stop.previous:
         signal.signal(sig, stop)
+    _ACTIVE.append(stop)
     try:
         yield stop
     finally:
+        _ACTIVE.remove(stop)
         for sig, handler in stop.previous.items():
             signal.signal(sig, handler)
 
@@ -410,6 +439,7 @@ def _checkpoint(run: FoldRun, epoch: int, final: bool) -> None:
         "format": CHECKPOINT_FORMAT, "config": run.cfg.model_dump(mode="json"), "fold": run.fold, "epoch": epoch,
         "model": run.model.state_dict(), "history": [h.model_dump() for h in run.history],
         "run_id": run.run_id, "elapsed": run.elapsed, "seen": run.seen, "grid_id": run.grid_id,
+        "data_fingerprint": run.data_fingerprint,
     }
     if not final:  # what resuming needs; a finished fold drops it (about half the file for SGD)
         ckpt.update(optimizer=run.opt.state_dict(), mixer_rng=run.mixer.state(), data_rng=run.data_gen.get_state(),
@@ -465,7 +495,7 @@ def _result(run: FoldRun, test_error: float | None, confusion: list[list[int]] |
         best_val_error=best.val_error if best else None, best_epoch=best.epoch if best else None,
         train_seconds=round(elapsed, 3), samples_per_second=round(run.seen / elapsed, 2) if elapsed > 0 else None,
         config=cfg.model_dump(mode="json"), git_commit=git_commit(), machine=machine(), device=_device_text(run.dev),
-        torch=torch.__version__,
+        torch=torch.__version__, data_fingerprint=run.data_fingerprint,
     )
 
 

@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, computed_field
 from scipy import stats
 
-from intermix_core.config import DATASETS, ExperimentConfig
+from intermix_core.config import DATASETS, ExperimentConfig, result_problem
 from intermix_core.records import FoldResult, load_result
 from intermix_core.results import paper as pub
 from intermix_core.results.paper import display_name as _name
@@ -254,10 +254,14 @@ def collect_results(paths_or_dir: str | Path | Sequence[str | Path]) -> list[Fol
     results = []
     for f, explicit in files:
         try:
-            results.append(load_result(f))
+            result = load_result(f)
         except ValueError:
             if explicit or _looks_like_result(f):
                 raise  # a fold result that does not validate is a problem, not noise
+            continue
+        if problem := result_problem(result):  # values are checked on read: nothing crafted reaches a table
+            raise ValueError(f"{f}: {problem}; not a fold result to publish")
+        results.append(result)
     return results
 
 

@@ -17,12 +17,12 @@ from typing import Any
 
 from intermix_core.common.names import check_name
 from intermix_core.config.grid import expand, grid_id, parse_grid
-from intermix_core.records import fold_label
+from intermix_core.records import FoldResult, fold_label
 from intermix_core.results.statistics import MissingFold, Summary, aggregate, collect_results
 from intermix_core.results.tables import install_reports, write_reports
 from intermix_core.run.status import rerun_command
 from intermix_core.store.grid_store import fetch_grid_results, save_grid_spec
-from intermix_core.store.reports import new_version, publish_reports
+from intermix_core.store.reports import next_version, publish_reports
 from intermix_core.store.storage import Storage, open_storage
 from intermix_core.tracking.summary import log_summary_to_mlflow
 from intermix_core.tracking.tracker import Tracker
@@ -56,7 +56,8 @@ def aggregate_step(
     where = ", ".join(str(p) for p in items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
     version, refused = None, []
     if store_root:
-        version = new_version()  # taken before reading: a later version has seen at least these results
+        # taken before reading: a later version has seen at least these results (ordered by a sequence, not a clock)
+        version = next_version(open_storage(store_root), grid_id)
         where = open_storage(store_root).uri(grid_id)
     with tempfile.TemporaryDirectory(prefix="intermix-results-") as tmp:
         if store_root:
@@ -68,6 +69,7 @@ def aggregate_step(
     if not found:  # nothing to say: no empty tables, no report version, no MLflow summary run
         raise NoResults(f"{where or 'no paths given'}: no fold results there; nothing aggregated and nothing written "
                         "(run or submit the grid first, or point at its store)")
+    _refuse_mixed_data(found, where)
     keys = [(str(d), str(s), str(st), int(f)) for d, s, st, f in (expected or [])]
     folds: dict[str, list[int]] = {}
     for d, _, _, f in keys:
@@ -113,6 +115,26 @@ def _with_tracking_states(summary: Summary, tracking_uri: str, grid_id: str) -> 
               f"{str(err).splitlines()[0] if str(err) else ''})", file=sys.stderr)
         return summary
     return summary.model_copy(update={"missing": missing})
+
+
+def _refuse_mixed_data(found: Sequence[FoldResult], where: str) -> None:
+    """Stop (one line) if a dataset's results were trained on different prepared data: one table never mixes two."""
+    latest = {r.key: r for r in found}  # collect_results reads oldest first: the newest result of a fold wins
+    by_data: dict[str, dict[str, list[str]]] = {}
+    for r in latest.values():
+        if r.data_fingerprint is not None:
+            by_data.setdefault(r.dataset, {}).setdefault(r.data_fingerprint, []).append(r.label)
+    for dataset, groups in sorted(by_data.items()):
+        if len(groups) > 1:
+            parts = "; ".join(f"{fp}: {len(labels)} fold(s), e.g. {sorted(labels)[0]}"
+                              for fp, labels in sorted(groups.items(), key=lambda g: -len(g[1])))
+            raise MixedData(f"{where}: the {dataset} results were trained on {len(groups)} different preparations of "
+                            f"the data ({parts}); nothing aggregated: train them all on one (rerun the others with "
+                            "--from-scratch, or use another grid id for the other data)")
+
+
+class MixedData(ValueError):
+    """A dataset's fold results come from different prepared data: aggregating them would mix two experiments."""
 
 
 class NoResults(ValueError):

@@ -28,7 +28,7 @@ from intermix_core.records import CHECKPOINT, RESULT, FoldResult, fold_label, lo
 from intermix_core.results.statistics import first_line
 from intermix_core.store.layout import cell_prefix
 from intermix_core.store.storage import open_storage
-from intermix_core.tracking.client import EXPERIMENT, one_attempt, reason, schema_lock
+from intermix_core.tracking.client import EXPERIMENT, one_attempt, reason, schema_lock, server_clock_offset
 from intermix_core.tracking.tags import (
     DATASET, ERROR, FOLD, GRID, HEARTBEAT, KIND, LAST_EPOCH, SETUP, STALE_AFTER, STRATEGY, SUPERSEDED,
 )
@@ -105,6 +105,8 @@ def fold_state(view: FoldView, now: float | None = None) -> tuple[str, str | Non
         return "stopped", first_line(latest.error or "interrupted")
     if latest is not None and latest.status in ("FAILED", "KILLED"):
         return "failed", first_line(latest.error or f"MLflow run {latest.status.lower()}")
+    if latest is not None and latest.status == "FINISHED":  # MLflow says done, the store does not hold it
+        return "failed", "its MLflow run is FINISHED, but the store holds no result for it (not stored, or removed)"
     if view.checkpoint:
         return "stopped", None
     if view.runs and latest is None:
@@ -132,6 +134,7 @@ class FoldStatus:
     samples_per_s: float | None = None
     loss: float | None = None  # the newest epoch's training loss (running)
     superseded: int = 0  # earlier attempts replaced by later ones
+    checkpoint: bool = False  # the store holds a checkpoint of the fold (a rerun resumes from it)
     run_id: str | None = None
     rerun: str | None = None
     seconds_left: float | None = None
@@ -240,17 +243,22 @@ def _mlflow_views(tracking_uri: str, gid: str) -> dict[tuple, list[RunView]]:
         return out
 
 
-def _tracking_views(tracking_uri: str | None, gid: str) -> tuple[dict[tuple, list[RunView]], str]:
-    """(attempts per fold, a line saying where MLflow was read or why not)."""
+def _tracking_views(tracking_uri: str | None, gid: str) -> tuple[dict[tuple, list[RunView]], str, float]:
+    """(attempts per fold, a line saying where MLflow was read or why not, the server's clock minus this machine's).
+
+    Heartbeats are on the MLflow server's clock (the trainer corrects its own): read against the
+    server's clock too, a trainer or reader whose clock is off is not called killed.
+    """
     if not tracking_uri:
-        return {}, "no MLflow given: states from the store only (running folds show as stopped or not started)"
+        return {}, "no MLflow given: states from the store only (running folds show as stopped or not started)", 0.0
     shown = redact_uris(tracking_uri)
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
-        return {}, f"no MLflow store at {shown}: states from the store only"
+        return {}, f"no MLflow store at {shown}: states from the store only", 0.0
     try:
-        return _mlflow_views(tracking_uri, gid), f"MLflow {shown}"
+        runs = _mlflow_views(tracking_uri, gid)
     except Exception as err:  # noqa: BLE001 - an unreachable MLflow leaves the store's view, said plainly
-        return {}, f"MLflow at {shown} not readable ({reason(err)}): states from the store only"
+        return {}, f"MLflow at {shown} not readable ({reason(err)}): states from the store only", 0.0
+    return runs, f"MLflow {shown}", server_clock_offset(tracking_uri, timeout=MLFLOW_TIMEOUT) or 0.0
 
 
 def _samples_per_epoch(result: FoldResult | None) -> float | None:
@@ -268,15 +276,15 @@ def grid_status(grid: GridSpec, store_root: str, tracking_uri: str | None = None
     cells = expand(grid) if cells is None else cells
     keys = [c.key for c in cells]
     views = _store_views(store_root, gid, keys, progress)
-    runs, tracking = _tracking_views(tracking_uri, gid)
+    runs, tracking, offset = _tracking_views(tracking_uri, gid)
     folds: list[FoldStatus] = []
     for cell in cells:
         view = views[cell.key]
         view.runs = runs.get(cell.key, [])
-        state, error = fold_state(view, now)
+        state, error = fold_state(view, now + offset)  # on the server's clock, as the heartbeats are
         epochs = int(cell.config.resolved_optim().epochs or 0)
         current = next((r for r in reversed(view.runs) if not r.superseded), None)
-        f = FoldStatus(*cell.key, state=state, epochs=epochs, error=error,
+        f = FoldStatus(*cell.key, state=state, epochs=epochs, error=error, checkpoint=view.checkpoint,
                        superseded=sum(r.superseded for r in view.runs), run_id=current.run_id if current else None)
         result = view.result
         if state == "done" and result is not None:
@@ -284,15 +292,27 @@ def grid_status(grid: GridSpec, store_root: str, tracking_uri: str | None = None
             f.samples_per_s = result.samples_per_second
             if result.train_seconds and result.history:
                 f.seconds_per_epoch = result.train_seconds / len(result.history)
-        elif state == "running" and current is not None:
-            f.epoch, f.heartbeat, f.seconds_per_epoch = current.epoch, current.heartbeat, current.seconds_per_epoch
-            f.loss = current.loss
-            f.started = current.started
+        elif state == "running" and current is not None:  # times back on this machine's clock, for "… ago"
+            f.epoch, f.seconds_per_epoch, f.loss = current.epoch, current.seconds_per_epoch, current.loss
+            f.heartbeat = current.heartbeat - offset if current.heartbeat else None
+            f.started = current.started - offset if current.started else None
         if state in ("failed", "stopped", "killed"):
             f.rerun = rerun_command(gid, *cell.key, store_root)
         folds.append(f)
     _rates_and_time_left(folds, {c.key: views[c.key].result for c in cells})
-    return GridStatus(gid, folds, tracking, [])
+    return GridStatus(gid, folds, tracking, _store_notes(store_root, gid, views))
+
+
+def _store_notes(store_root: str, gid: str, views: dict[tuple, FoldView]) -> list[str]:
+    """A line when the store holds nothing of the grid (a mistyped --store lists every fold as 'not started')."""
+    if any(v.result is not None or v.checkpoint for v in views.values()):
+        return []
+    where = open_storage(store_root).uri(gid)
+    if "://" not in store_root and not Path(store_root).expanduser().is_dir():
+        return [f"the store {store_root} does not exist: every fold reads as not started (is --store or --workdir "
+                "right?)"]
+    return [f"the store holds nothing of grid {gid} at {where}: nothing was trained or stored there yet (is --store "
+            "or --workdir right?)"]
 
 
 def _rates_and_time_left(folds: list[FoldStatus], results: dict[tuple, FoldResult | None]) -> None:
@@ -348,7 +368,8 @@ def describe_fold(f: FoldStatus, now: float) -> str:
     elif f.state == "failed":
         text = f"failed: {f.error}"
     elif f.state == "killed":
-        text = f"killed: {f.error}; rerun resumes it from its stored checkpoint"
+        text = f"killed: {f.error}; " + ("rerun resumes it from its stored checkpoint" if f.checkpoint else
+                                          "no checkpoint reached the store: rerun trains it from its first epoch")
     elif f.state == "stopped":
         text = "stopped: a checkpoint in the store, no result, nothing running (rerun resumes it)"
     else:

@@ -9,22 +9,59 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
+import sys
 import tempfile
+import threading
+import time
 from contextlib import AbstractContextManager
 from pathlib import Path
 
 from intermix_core.common.names import check_name
-from intermix_core.config import parse_config
+from intermix_core.config import ExperimentConfig, parse_config
 from intermix_core.data import Manifest
 from intermix_core.method.attack import attack_fold
-from intermix_core.method.checkpoint import FoldBusy, load_checkpoint
-from intermix_core.method.train import train_fold
-from intermix_core.records import CHECKPOINT, RESULT, FoldResult, load_result, save_result
-from intermix_core.run.sync import CheckpointPusher, patiently, pull_fold, record_failure
+from intermix_core.method.checkpoint import FoldBusy, fold_lock, load_checkpoint
+from intermix_core.method.train import stop_on_signals, train_fold
+from intermix_core.records import CHECKPOINT, RESULT, FoldResult, fold_label, load_result, save_result
+from intermix_core.run.sync import (
+    CheckpointPusher, patiently, pull_fold, record_failure, remove_stale_push_folders,
+)
 from intermix_core.store.layout import cell_prefix
-from intermix_core.store.prepared import cached_prepared, prepare_source, publish_prepared
-from intermix_core.store.storage import Storage, open_storage
-from intermix_core.tracking.tracker import FoldSuperseded, Tracker
+from intermix_core.store.prepared import cached_prepared, prepare_source, process_exists, publish_prepared
+from intermix_core.store.storage import Storage, StorageError, open_storage
+from intermix_core.tracking.tags import SUPERSEDED
+from intermix_core.tracking.tracker import FoldSuperseded, Tracker, is_stale
+
+
+# set by the local runner (`intermix run`) to its pid: its task processes stop when it is gone (SIGTERM, kill -9)
+PARENT_ENV = "INTERMIX_PARENT_PID"
+_watching: list[int] = []
+
+
+def stop_with_parent(every: float = 2.0) -> None:
+    """If PARENT_ENV names a process, stop this one (SIGTERM to itself) once that process is gone.
+
+    A watchdog thread, not PR_SET_PDEATHSIG: that follows the task's direct parent, and a process
+    between them (a shell) may outlive `intermix run`. The task's stdout and stderr are pipes to the gone
+    runner: they are pointed at /dev/null first, so the task ends as stopped (its checkpoint, a
+    KILLED run), not with a BrokenPipeError recorded as its failure.
+    """
+    parent = os.environ.get(PARENT_ENV, "")
+    if not parent.isdigit() or _watching:
+        return
+    _watching.append(int(parent))
+
+    def watch() -> None:
+        while process_exists(int(parent)):
+            time.sleep(every)
+        null = os.open(os.devnull, os.O_WRONLY)
+        for fd in (1, 2):
+            os.dup2(null, fd)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="stop-with-parent", daemon=True).start()
 
 
 def _storage(root: str | None) -> Storage | None:
@@ -64,41 +101,114 @@ def train_step(
     its result.json last, so a result in the store always has its checkpoint beside it. With a store
     and `keep_checkpoint=False` the checkpoint is removed from out_dir once stored (pipelines pass the
     result on as an artifact, and the checkpoint only once, in the store). `restart` discards the
-    fold's checkpoint and result both in out_dir and in the store.
+    fold's checkpoint and result both in out_dir and in the store, holding the fold lock: a folder
+    another trainer holds is refused (FoldBusy) before anything is deleted or pulled, and so, with
+    tracking, is a fold another attempt is training elsewhere (its MLflow run alive).
     """
+    stop_with_parent()
     cfg = parse_config(json.loads(config_json), source="config_json")
     check_name(grid_id, "grid id")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     store = _storage(checkpoint_root)
     prefix = cell_prefix(grid_id, cfg.dataset, cfg.setup_name, cfg.strategy.name, fold)
-    if restart:
-        for name in (RESULT, CHECKPOINT):
-            (out / name).unlink(missing_ok=True)
-            if store is not None and store.exists(f"{prefix}/{name}"):
-                store.delete(f"{prefix}/{name}")
+    # SIGTERM/SIGINT are held from here to the result's upload: a signal stops the fold where it can end it cleanly
+    with stop_on_signals(), fold_lock(out):  # the lock first: nothing is touched before the fold is ours
+        if store is not None:  # what writers killed mid-upload left (a checkpoint-sized partial file, a snapshot)
+            with contextlib.suppress(StorageError, OSError):  # best effort: an unreachable store is dealt with below
+                store.remove_temporaries(prefix)
+            remove_stale_push_folders()
+        if restart:
+            if store is not None and tracking_uri:
+                _refuse_a_live_attempt(tracking_uri, grid_id, cfg, fold)  # the store's claim: another node's attempt
+            for name in (RESULT, CHECKPOINT):
+                (out / name).unlink(missing_ok=True)
+                if store is not None and store.exists(f"{prefix}/{name}"):
+                    store.delete(f"{prefix}/{name}")
+        result = _train_locked(cfg, data_dir, fold, out, grid_id, tracking_uri, store, prefix, restart=restart,
+                               progress=progress, device=device, sync_seconds=sync_seconds)
+        if store is not None and not keep_checkpoint:
+            (out / CHECKPOINT).unlink(missing_ok=True)
+    return result
+
+
+def _refuse_a_live_attempt(tracking_uri: str, grid_id: str, cfg: ExperimentConfig, fold: int) -> None:
+    """FoldBusy if another attempt at the fold is alive (RUNNING with a fresh heartbeat): its stored files are its own.
+
+    The fold lock guards a folder; the store prefix is shared by every node, and its claim is the
+    fold's current MLflow run. A killed attempt (no heartbeat for STALE_AFTER) claims nothing.
+    """
+    tracker = Tracker(tracking_uri)
+    try:
+        now = tracker.now()
+        live = [r for r in tracker.fold_runs(grid_id, cfg.dataset, cfg.setup_name, cfg.strategy.name, fold)
+                if r.info.status == "RUNNING" and r.data.tags.get(SUPERSEDED) != "true" and not is_stale(r, now)]
+    finally:
+        tracker.close()
+    if live:
+        raise FoldBusy(f"{fold_label(cfg.dataset, cfg.setup_name, cfg.strategy.name, fold)}: another attempt is "
+                       f"training it (MLflow run {live[-1].info.run_id}, RUNNING with a recent heartbeat); nothing was "
+                       "deleted: stop it first (or wait until it ends) to train it from scratch")
+
+
+def _train_locked(cfg: ExperimentConfig, data_dir: str | Path, fold: int, out: Path, grid_id: str,
+                  tracking_uri: str | None, store: Storage | None, prefix: str, *, restart: bool, progress: bool,
+                  device: str | None, sync_seconds: float) -> FoldResult:
+    """train_step's work, holding the fold lock: pull, train with periodic pushes, store checkpoint then result.
+
+    A fold that fails leaves a failed result in the store. One that trained but could not be stored
+    (a full or read-only store) ends its MLflow run FAILED, saying so: the run says what the store
+    holds; the same command then stores the trained fold and finishes the run.
+    """
     tracker = _tracker(tracking_uri)
+    result = None
     try:
         in_sync = pull_fold(store, prefix, out) if store is not None and not restart else True
         pusher = CheckpointPusher(store, prefix, out, sync_seconds, in_sync) if store is not None else None
         with pusher.running() if pusher else contextlib.nullcontext():
             result = train_fold(cfg, data_dir, fold, out, tracker=tracker, grid_id=grid_id, progress=progress,
                                 device=device)
+        if store is not None:
+            patiently(lambda: store.upload_file(out / RESULT, f"{prefix}/{RESULT}"),  # last: the completion marker
+                      f"uploading {prefix}/{RESULT}")
+            if tracker is not None and result.status == "ok":
+                run_id = _run_id_of(out)
+                if run_id is not None:
+                    tracker.ensure_finished(run_id, result)  # a run ended FAILED by an earlier failed store write
+        return result
     except (FoldBusy, FoldSuperseded):
         raise  # another attempt holds the fold: its outcome, not this refusal, belongs in the store
     except Exception as err:
         if store is not None:
+            if result is not None and tracker is not None:
+                _store_failed(tracker, out, store.uri(prefix), err)
             record_failure(store, grid_id, cfg, fold, err)
         raise
     finally:
         if tracker is not None:
             tracker.close()
-    if store is not None:
-        patiently(lambda: store.upload_file(out / RESULT, f"{prefix}/{RESULT}"),  # last: the fold's completion marker
-                   f"uploading {prefix}/{RESULT}")
-        if not keep_checkpoint:
-            (out / CHECKPOINT).unlink(missing_ok=True)
-    return result
+
+
+def _run_id_of(out: Path) -> str | None:
+    """The MLflow run id the fold folder's checkpoint records (None without one)."""
+    try:
+        return load_checkpoint(out / CHECKPOINT, mmap=True).get("run_id")
+    except ValueError:
+        return None
+
+
+def _store_failed(tracker: Tracker, out: Path, where: str, err: Exception) -> None:
+    """End the run of a fold that trained but could not be stored FAILED, naming why (the store holds no result)."""
+    run_id = _run_id_of(out)
+    if run_id is None:
+        return
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    try:
+        tracker.end_fold(run_id, "FAILED", f"trained, but not stored in {where} ({type(err).__name__}: {first}); the "
+                         f"fold is kept in {out}: the same command stores it and finishes this run")
+    except Exception as tracking_err:  # noqa: BLE001 - the store's error is what the user must see
+        print(f"intermix: warning: MLflow run {run_id} could not be ended ({type(tracking_err).__name__})",
+              file=sys.stderr)
 
 
 def attack_step(
@@ -119,6 +229,7 @@ def attack_step(
     it belongs: the fold, cell and grid that the result and its checkpoint both say (a mismatch is
     refused in one line, before anything is written).
     """
+    stop_with_parent()
     check_name(grid_id, "grid id")
     trained = Path(trained_dir)
     result = load_result(trained / RESULT)

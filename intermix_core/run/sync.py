@@ -24,6 +24,7 @@ from intermix_core.config import ExperimentConfig
 from intermix_core.method.checkpoint import load_checkpoint
 from intermix_core.records import CHECKPOINT, RESULT, FoldResult, load_result, save_result
 from intermix_core.store.layout import cell_prefix
+from intermix_core.store.prepared import process_exists
 from intermix_core.store.storage import Storage, StorageError
 from intermix_core.tracking.tracker import FoldSuperseded
 
@@ -45,6 +46,20 @@ def patiently(fn: Callable[[], Any], what: str, patience: float | None = None) -
             delay = min(2 * delay, 30.0)
 
 
+PUSH_PREFIX = "intermix-push-"  # + "<pid>-": the snapshot folders of checkpoint pushes, in $TMPDIR
+
+
+def remove_stale_push_folders() -> list[Path]:
+    """Remove the snapshot folders of pushes whose process is gone (killed mid-push: a checkpoint-sized leftover)."""
+    removed = []
+    for folder in Path(tempfile.gettempdir()).glob(f"{PUSH_PREFIX}*-*"):
+        pid = folder.name[len(PUSH_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not process_exists(int(pid)) and folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
 class CheckpointPusher:
     """Background thread that uploads out_dir/checkpoint.pt whenever it changes (and once at stop).
 
@@ -63,7 +78,7 @@ class CheckpointPusher:
             return
         mtime = self.path.stat().st_mtime
         if mtime != self.pushed:
-            with tempfile.TemporaryDirectory(prefix="intermix-push-") as tmp:
+            with tempfile.TemporaryDirectory(prefix=f"{PUSH_PREFIX}{os.getpid()}-") as tmp:
                 snapshot = Path(tmp) / CHECKPOINT
                 shutil.copyfile(self.path, snapshot)  # one open file: stable even if renamed over
                 self.storage.upload_file(snapshot, self.key)

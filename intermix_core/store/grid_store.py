@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from intermix_core.common.names import check_name
+from intermix_core.config import result_problem
 from intermix_core.records import RESULT, FoldResult, load_result
 from intermix_core.store.layout import GRID_FILE, cell_prefix, grid_spec_key, is_fold_result
 from intermix_core.store.storage import StorageError, open_storage
@@ -66,4 +67,4 @@ def _misplaced(result: FoldResult, key: str, grid_id: str) -> str | None:
         return f"the result of {result.label}, not of the fold its key names"
     if result.grid_id is not None and result.grid_id != grid_id:
         return f"a result of grid {result.grid_id}, not of grid {grid_id}"
-    return None
+    return result_problem(result)

@@ -33,6 +33,7 @@ import logging
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -118,6 +119,19 @@ class _Lease:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew, name="prepared-lease", daemon=True)
 
+    def lapsed(self, holder: tuple[str, float], seen: dict[tuple[str, float], float]) -> bool:
+        """Whether another writer's lease is dead: its process gone (same host), or not renewed for `seconds`.
+
+        Renewal is judged by this reader's own monotonic clock between observations (`seen`: when each
+        lease record was first seen), never by the writer's wall clock: a writer whose clock is off
+        is neither cut short nor waited for longer.
+        """
+        host, _, rest = holder[0].rpartition("-")[0].rpartition("-")  # owner: <host>-<pid>-<hex>
+        if host == socket.gethostname() and rest.isdigit() and not process_exists(int(rest)):
+            return True
+        first = seen.setdefault(holder, time.monotonic())
+        return time.monotonic() - first > self.seconds
+
     def holder(self) -> tuple[str, float] | None:
         """(owner, expiry epoch) of the lease in the store, or None."""
         with contextlib.suppress(ValueError, KeyError, TypeError):
@@ -151,6 +165,17 @@ class _Lease:
                     self.store.delete(self.key)
 
 
+def process_exists(pid: int) -> bool:
+    """Whether process `pid` exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def resolve_source(source: str, scratch: str | Path) -> Path:
     """A raw dataset folder: 'demo' (the shipped subset), an s3:// URI (downloaded to scratch), or a local folder."""
     if source == "demo":
@@ -181,6 +206,8 @@ def publish_prepared(
     prefix = prepared_prefix(dataset, sample_rate, FORMAT_VERSION, source_fingerprint(source), on_silent)
     owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     lease = _Lease(store, f"{prefix}/{LEASE}", owner, lease_seconds)
+    seen: dict[tuple[str, float], float] = {}  # each lease record, and when this process first saw it
+    said: str | None = None
     while True:
         done = current_prepared(store, prefix)
         if done is not None:
@@ -191,13 +218,17 @@ def publish_prepared(
                                        f"{manifest.kept_silent[0].source}, and on_silent is 'error'")
             return store.uri(prefix), manifest
         holder = lease.holder()
-        if holder is None or holder[1] < time.time() or holder[0] == owner:
+        if holder is None or holder[0] == owner or lease.lapsed(holder, seen):
             lease.write()
             time.sleep(min(1.0, poll_seconds))  # let a racing writer's claim land, then see who holds it
             holder = lease.holder()
             if holder is not None and holder[0] == owner:
                 break
-        log.info("%s: another task is preparing it (lease %s); waiting", store.uri(prefix), holder and holder[0])
+        if holder is not None and holder[0] != said:  # say what it waits for, once per holder (not only in a log)
+            said = holder[0]
+            print(f"intermix: waiting for {store.uri(prefix)}: {said} is preparing it (its lease is taken over if "
+                  f"not renewed for {lease.seconds:.0f} s, or at once if that process is gone from this machine)",
+                  file=sys.stderr)
         time.sleep(poll_seconds)
     with lease.held(), tempfile.TemporaryDirectory(prefix="intermix-prepare-") as tmp:
         out = Path(tmp) / "prepared"

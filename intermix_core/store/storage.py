@@ -34,6 +34,7 @@ import hmac
 import json
 import os
 import shutil
+import time
 import uuid
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
@@ -55,6 +56,7 @@ except ImportError:  # S3Storage says so when opened
 SIDECAR = ".sha256"
 MANIFEST = ".intermix-manifest.json"
 _TMP_MARK = ".tmp-"
+TEMPORARY_MAX_AGE = 600.0  # seconds after which a temporary nobody writes to is a killed writer's leftover
 _CHUNK = 1 << 20
 
 
@@ -377,6 +379,23 @@ class Storage(ABC):
         raw = set(self._list_raw(prefix))
         return sorted(k for k in raw if not _internal(k) and k + SIDECAR in raw)
 
+    def _age(self, key: str) -> float | None:
+        """Seconds since the raw object `key` was last written, by the store's own clock; None if unknown."""
+        return None
+
+    def remove_temporaries(self, prefix: str, older_than: float = TEMPORARY_MAX_AGE) -> list[str]:
+        """Remove the partial files a writer killed mid-upload left under `prefix` (untouched for `older_than` s).
+
+        Call it holding the claim on `prefix` (the fold lock); a temporary still being written is
+        younger than `older_than` and stays. S3 uploads are single requests and leave none.
+        """
+        removed = []
+        for key in self._list_raw(_clean_key(prefix, allow_empty=True)):
+            if _TMP_MARK in key.rsplit("/", 1)[-1] and (age := self._age(key)) is not None and age > older_than:
+                self._delete_raw(key)
+                removed.append(key)
+        return removed
+
     def delete(self, key: str) -> None:
         """Delete an object (marker first), or every object of a directory (manifest first)."""
         key = _clean_key(key)  # never the whole root
@@ -448,6 +467,12 @@ class LocalStorage(Storage):
 
     def _has(self, key: str) -> bool:
         return (self.path / key).is_file()
+
+    def _age(self, key: str) -> float | None:
+        try:
+            return time.time() - (self.path / key).stat().st_mtime  # the same filesystem's clock wrote the mtime
+        except OSError:
+            return None
 
     def _list_raw(self, prefix: str) -> list[str]:
         base = self.path / prefix if prefix else self.path

@@ -8,6 +8,7 @@ buffering (docs/tracking.md, "During an MLflow outage").
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import fcntl
 import functools
 import os
@@ -46,6 +47,29 @@ def transient(err: BaseException) -> bool:
     if isinstance(err, MlflowException):
         return err.error_code in _TRANSIENT
     return isinstance(err, OSError) or type(err).__name__ == "OperationalError"
+
+
+def server_clock_offset(tracking_uri: str, timeout: float = 5.0) -> float | None:
+    """Seconds to add to this machine's clock to read the MLflow server's (its HTTP `Date` header); None if unknown.
+
+    Heartbeats and staleness are kept on the server's clock, so a trainer or a reader whose own clock
+    is off (20 min slow) is neither called killed nor waited for: each corrects by its own offset. A
+    local store (sqlite, a folder) is this machine's clock: 0. The header has a 1 s resolution, so an
+    offset within 2 s counts as none.
+    """
+    if not tracking_uri.startswith(("http://", "https://")):
+        return 0.0
+    import requests  # mlflow's own dependency
+
+    try:
+        before = time.time()
+        answer = requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=timeout)
+        after = time.time()
+        server = email.utils.parsedate_to_datetime(answer.headers["Date"]).timestamp() + 0.5  # truncated to the second
+    except Exception:  # noqa: BLE001 - no answer, no header: unknown (the caller keeps what it had, or 0)
+        return None
+    offset = server - (before + after) / 2
+    return offset if abs(offset) > 2.0 else 0.0
 
 
 def reason(err: BaseException) -> str:

@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
-from intermix_core.common.names import check_name
+from intermix_core.common.names import check_name, version_order
 from intermix_core.tracking.client import ensure_experiment, quiet_run_links, schema_lock
 from intermix_core.tracking.tags import GRID, KIND, SUMMARY_KIND, SUMMARY_REVISION, SUMMARY_VERSION
 
@@ -54,11 +54,11 @@ def one_summary_run(client: Any, experiment_id: str, grid_id: str, settle_second
 def mark_summary_version(client: Any, run_id: str, version: str, out_dir: str | Path) -> None:
     """Tag the summary run with the version its tables are; if an older aggregation overwrote them meanwhile, put ours back."""
     for _ in range(3):
-        if client.get_run(run_id).data.tags.get(SUMMARY_VERSION, "") > version:
+        if version_order(client.get_run(run_id).data.tags.get(SUMMARY_VERSION, "")) > version_order(version):
             return  # a newer aggregation's tables are there: never go back
         client.set_tag(run_id, SUMMARY_VERSION, version)
         time.sleep(0.2)  # an older aggregation finishing at the same moment: look again
-        if client.get_run(run_id).data.tags.get(SUMMARY_VERSION, "") >= version:
+        if version_order(client.get_run(run_id).data.tags.get(SUMMARY_VERSION, "")) >= version_order(version):
             return
         client.log_artifacts(run_id, str(out_dir))  # an older one overwrote ours: put ours back
 
@@ -88,8 +88,8 @@ def log_summary_to_mlflow(
     """Log the report files in out_dir to the grid's one summary run (created once, updated in place); return its id.
 
     Concurrent aggregations of one grid converge on one run (intermix_core.publish.one_summary_run),
-    and with `version` (intermix_core.publish.new_version) an older version never overwrites a
-    newer one: it is skipped and the run id returned.
+    and with `version` (intermix_core.store.reports.new_version, ordered by common.names.version_order)
+    an older version never overwrites a newer one: it is skipped and the run id returned.
     """
     out = Path(out_dir)
     if not (out / "table1.csv").is_file():
@@ -101,7 +101,7 @@ def log_summary_to_mlflow(
         exp_id = ensure_experiment(client, experiment)
     run = one_summary_run(client, exp_id, grid_id)
     run_id = run.info.run_id
-    if version is not None and run.data.tags.get(SUMMARY_VERSION, "") > version:
+    if version is not None and version_order(run.data.tags.get(SUMMARY_VERSION, "")) > version_order(version):
         return run_id  # a newer aggregation already logged its tables here
     revision = int(run.data.tags.get(SUMMARY_REVISION, "-1")) + 1
     client.set_tag(run_id, SUMMARY_REVISION, str(revision))

@@ -47,6 +47,7 @@ from intermix_core.tracking.client import (
     quiet_run_links,
     reason,
     schema_lock,
+    server_clock_offset,
     warn,
 )
 from intermix_core.tracking.tags import (
@@ -148,6 +149,11 @@ class Tracker:
         self._stop = threading.Event()
         self._beats: dict[str, float] = {}  # monotonic time of each active run's last heartbeat
         self._thread: threading.Thread | None = None
+        self._offset = server_clock_offset(self.tracking_uri) or 0.0  # heartbeats, attempt times: the server's clock
+
+    def now(self) -> float:
+        """Seconds since the epoch on the MLflow server's clock (this machine's, corrected by its measured offset)."""
+        return time.time() + self._offset
 
     # -- experiment, search ---------------------------------------------------------------------
     def _experiment(self, name: str) -> str:
@@ -211,7 +217,8 @@ class Tracker:
             fold_tags = {
                 **(tags or {}), PARENT_ID: parent_id, GRID: grid_id, DATASET: cfg.dataset, SETUP: cfg.setup_name,
                 STRATEGY: cfg.strategy.name, T + "model": cfg.model, FOLD: str(fold), KIND: "fold", SUPERSEDED: "false",
-                ATTEMPT_STARTED: str(int(time.time() * 1000)), ATTEMPT: self._token, HEARTBEAT: str(int(time.time() * 1000)),
+                ATTEMPT_STARTED: str(int(self.now() * 1000)), ATTEMPT: self._token,
+                HEARTBEAT: str(int(self.now() * 1000)),
             }
             for tag, value in ((T + "git_commit", git_commit()), (T + "image", os.environ.get("INTERMIX_IMAGE")),
                                (T + "kfp_run_id", os.environ.get("KFP_RUN_ID"))):
@@ -255,7 +262,7 @@ class Tracker:
         if parent_id:
             self.client.update_run(parent_id, status="RUNNING")
         self.client.update_run(run_id, status="RUNNING")
-        now = str(int(time.time() * 1000))
+        now = str(int(self.now() * 1000))
         self.client.log_batch(run_id, tags=[RunTag(SUPERSEDED, "false"), RunTag(ATTEMPT, self._token),
                                             RunTag(ATTEMPT_STARTED, now), RunTag(HEARTBEAT, now)])
         self._last_step.pop(run_id, None)
@@ -348,7 +355,9 @@ class Tracker:
         if time.monotonic() < self._next_try:
             return
         try:
-            tags = [RunTag(HEARTBEAT, str(int(time.time() * 1000)))]
+            offset = server_clock_offset(self.tracking_uri)  # measured again with every heartbeat: clocks drift
+            self._offset = self._offset if offset is None else offset
+            tags = [RunTag(HEARTBEAT, str(int(self.now() * 1000)))]
             if self._last_step.get(run_id, -1) > 0:
                 tags.append(RunTag(LAST_EPOCH, str(self._last_step[run_id])))
             with one_attempt(EPOCH_TIMEOUT):
@@ -379,7 +388,7 @@ class Tracker:
         """
         if record.epoch <= max(self._last_logged_step(run_id), self._pending_top.get(run_id, -1)):
             return
-        now = int(time.time() * 1000)  # kept with the metric: a resend is then identical, and MLflow keeps one copy
+        now = int(self.now() * 1000)  # kept with the metric: a resend is then identical, and MLflow keeps one copy
         metrics = [Metric(k, float(v), now, record.epoch) for k in EPOCH_METRICS if (v := getattr(record, k)) is not None]
         with self._buffer_lock:
             if run_id in self._superseded:
@@ -476,6 +485,21 @@ class Tracker:
             cell = result.label
             raise TrackingError(f"{err}; {cell} is trained but its MLflow run {run_id} is not finished: "
                                 "run the same command again once MLflow answers to log it") from None
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            raise TrackingError(f"MLflow at {redact_uris(self.tracking_uri)} no longer has run {run_id} (restarted "
+                                f"with an empty database?); {result.label} is trained and kept in its folder: run the "
+                                "same command again to log it in a new run") from None
+
+    def ensure_finished(self, run_id: str, result: FoldResult) -> None:
+        """Finish a fold's run again if it is not FINISHED (ended FAILED when the trained fold could not be stored).
+
+        A run another attempt superseded is left alone. Nothing is logged twice (finish_fold is idempotent).
+        """
+        run = self.client.get_run(run_id)
+        if run.info.status != "FINISHED" and run.data.tags.get(SUPERSEDED) != "true":
+            self.finish_fold(run_id, result)
 
     def _finish_fold(self, run_id: str, result: FoldResult) -> None:
         if run_id in self._superseded:  # another attempt holds the run: its end is that attempt's to log
@@ -500,6 +524,8 @@ class Tracker:
             self._log_confusion(run_id, result.confusion, result.classes, result.label)
         if result.status == "failed":
             self.client.set_tag(run_id, ERROR, (result.error or "failed")[:TAG_MAX])
+        elif ERROR in tags:  # what stopped an earlier attempt (a signal, a failed store write) no longer holds
+            self.client.delete_tag(run_id, ERROR)
         self.client.set_terminated(run_id, "FAILED" if result.status == "failed" else "FINISHED")
         with self._buffer_lock:
             self._active.discard(run_id)  # ended: nothing more to check or send in the background
@@ -514,7 +540,7 @@ class Tracker:
             print(f"View run {run.info.run_name} at: {redact_uris(url)}", flush=True)
 
     def _log_metrics(self, run_id: str, values: dict[str, float], step: int = 0, timestamp: int | None = None) -> None:
-        ts = timestamp or int(time.time() * 1000)
+        ts = timestamp or int(self.now() * 1000)
         metrics = [Metric(k, float(v), ts, step) for k, v in values.items()]
         for i in range(0, len(metrics), 1000):
             self.client.log_batch(run_id, metrics=metrics[i : i + 1000], synchronous=True)
@@ -538,7 +564,7 @@ class Tracker:
         parent = self.find_parent(grid_id, dataset, setup, strategy)
         if parent is None:
             return {}
-        seen_at = int(time.time() * 1000)  # a slower, staler update must not win over a newer one
+        seen_at = int(self.now() * 1000)  # a slower, staler update must not win over a newer one
         runs = self.fold_runs(grid_id, dataset, setup, strategy)
         current: dict[str, Run] = {}
         for run in runs:  # oldest first: the newest per fold wins
@@ -548,7 +574,7 @@ class Tracker:
         self._log_metrics(parent.info.run_id, stats, timestamp=seen_at)
         folds = sorted(current, key=int)
         self.client.set_tag(parent.info.run_id, T + "folds", ",".join(folds))
-        status = parent_status(runs)
+        status = parent_status(runs, self.now())
         if status != "RUNNING":
             self.client.set_terminated(parent.info.run_id, status)
         elif parent.info.status != "RUNNING":
@@ -564,7 +590,7 @@ class Tracker:
             tags = run.data.tags
             if tags.get(SUPERSEDED) != "true" and tags.get(FOLD, "").isdigit():
                 newest[(tags.get(DATASET, ""), tags.get(SETUP, ""), tags.get(STRATEGY, ""), int(tags[FOLD]))] = run
-        return [FoldState.of(key, run) for key, run in sorted(newest.items())]
+        return [FoldState.of(key, run, self.now()) for key, run in sorted(newest.items())]
 
 
 def _heartbeat_seconds(run: Run) -> float:
@@ -611,10 +637,12 @@ class FoldState:
     error: str | None  # the first line of why it failed or stopped
 
     @classmethod
-    def of(cls, key: tuple[str, str, str, int], run: Run) -> "FoldState":
-        """The state of fold `key` from its run."""
-        return cls(*key, run_id=run.info.run_id, status=run.info.status, stale=is_stale(run),
-                   heartbeat=_heartbeat_seconds(run), epoch=_last_epoch(run), error=run.data.tags.get(ERROR))
+    def of(cls, key: tuple[str, str, str, int], run: Run, now: float | None = None) -> "FoldState":
+        """The state of fold `key` from its run; `now` on the clock its heartbeats are on (Tracker.now)."""
+        now = time.time() if now is None else now
+        return cls(*key, run_id=run.info.run_id, status=run.info.status, stale=is_stale(run, now),
+                   heartbeat=_heartbeat_seconds(run) - now + time.time(),  # kept on this machine's clock
+                   epoch=_last_epoch(run), error=run.data.tags.get(ERROR))
 
     def describe(self, now: float | None = None) -> str:
         """A few words: 'running (heartbeat 40 s ago)', 'killed? RUNNING with no heartbeat for 3 h', 'failed: ...'."""

@@ -175,8 +175,26 @@ SCENARIOS: dict[str, Callable[[Path, pytest.MonkeyPatch], list[str]]] = {
                                                            'strategies: [bc]\nsources: {esc10: "demo\\nx"}\n'))],
     "source-placeholder": lambda tmp, mp: ["run", "demo", "--no-tracking", "--source",
                                            "esc10={{$.inputs.parameters['store_root']}}"],
+    "weight-decay-absurd": lambda tmp, mp: [*TRAIN, "--set", "optim.weight_decay=1e300"],
+    "phase-max-absurd": lambda tmp, mp: [*TRAIN, "--strategy", "intermix", "--set", "strategy.phase_max=1e308"],
+    "schedule-unsorted": lambda tmp, mp: [*TRAIN, "--set", "optim.schedule=[0.9, 0.3]"],
+    "yaml-duplicate-key": lambda tmp, mp: ["show", str(_write(
+        tmp / "grid.yaml", "datasets: [esc10]\nsetups: [piczak_cnn]\nstrategies: [bc]\ndatasets: [esc50]\n"))],
+    "audio-rate-absurd": lambda tmp, mp: _prepare(_esc_audio(tmp, _one_hertz_wav)),
+    "warmup-beyond-epochs": lambda tmp, mp: [*TRAIN, "--set", "optim.warmup=30", "--set", "optim.epochs=20"],
 }
 FORBIDDEN = {"mlflow-down-at-start": ["alice", ":pw@"]}
+
+
+def _one_hertz_wav(path: Path) -> None:
+    """A 200 KB WAV whose header declares 1 Hz (its resample asked for 17.6 GB), under the clip's name."""
+    import wave
+
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(1)
+        w.writeframes(bytes(200_000))
 
 
 def _esc_csv(tmp: Path, edit: Callable[[list[str]], list[str]], encoding: str = "utf-8") -> Path:

@@ -458,3 +458,28 @@ def test_an_edited_manifest_is_refused_in_a_line(prepared: tuple[Path, Manifest]
                                         r"preparation\?\); prepare the dataset again"):
         load_prepared(copy)
     load_prepared(prepared[0])  # the original still loads
+
+
+@pytest.mark.parametrize("edit, words", [
+    ("label", "label 99 is not a class of esc10 (0..9)"),
+    ("fold", "9] are not folds of esc10 (1..5), ascending"),
+    ("classes", "50 classes (10 names), but esc10 has 10"),
+])
+def test_a_manifest_with_a_recomputed_digest_is_checked_value_by_value(prepared: tuple[Path, Manifest], tmp_path: Path,
+                                                                       edit: str, words: str) -> None:
+    """The digest is unkeyed: someone who edits manifest.json can recompute it. A label of 99 then gave tracebacks
+    deep in training; the values themselves are checked, in a line."""
+    import shutil
+
+    copy = Path(shutil.copytree(prepared[0], tmp_path / "copy"))
+    manifest = Manifest.model_validate_json((copy / "manifest.json").read_text())
+    if edit == "label":
+        clips = [manifest.clips[0].model_copy(update={"label": 99}), *manifest.clips[1:]]
+        manifest = manifest.model_copy(update={"clips": clips})
+    elif edit == "fold":
+        manifest = manifest.model_copy(update={"folds": [*manifest.folds, 9]})
+    else:
+        manifest = manifest.model_copy(update={"num_classes": 50})
+    (copy / "manifest.json").write_text(manifest.sealed().model_dump_json())  # the digest recomputed
+    with pytest.raises(DataError, match=r"manifest\.json: .*" + re.escape(words) + r".*; prepare the dataset again"):
+        load_prepared(copy)

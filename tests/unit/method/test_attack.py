@@ -139,3 +139,17 @@ def test_an_attack_writes_only_under_its_own_fold_and_at_its_own_rate(tiny_data,
     prepare_dataset(src, "esc10", tmp_path / "p8k", 8000, progress=False)
     with pytest.raises(ValueError, match="p8k: prepared at 8000 Hz, but piczak_cnn expects 22050 Hz"):
         attack_fold(load_checkpoint(tmp_path / "f1" / "checkpoint.pt"), tmp_path / "p8k", device="cpu")
+
+
+def test_an_attack_on_another_dataset_is_refused_in_a_line(tiny_data, tmp_path):
+    """An ESC-10 checkpoint attacked on ESC-50 data at the right rate: an IndexError traceback, now one line."""
+    from intermix_core.data import prepare_dataset
+    from intermix_core.method.train import train_fold
+    from intermix_core.testing import demo_subset
+
+    train_fold(tiny_cfg("standard", epochs=1), tiny_data, 1, tmp_path / "f1", progress=False)
+    src = demo_subset(tmp_path / "src", per_class_per_fold=1, folds=(1, 2), seconds=2.0)
+    prepare_dataset(src, "esc50", tmp_path / "esc50", 22050, progress=False)
+    with pytest.raises(ValueError, match=r"esc50: esc50 \(50 classes\), but .*checkpoint\.pt was trained on esc10 "
+                                         r"\(10 classes\); attack it on esc10 data"):
+        attack_fold(tmp_path / "f1" / "checkpoint.pt", tmp_path / "esc50", device="cpu")

@@ -151,3 +151,47 @@ def test_racing_creators_converge_on_one_summary_run(tmp_path: Path, monkeypatch
     final = log_summary_to_mlflow(out, tracking_uri=uri, grid_id=GID)
     active = client.search_runs([exp], f"tags.`intermix.grid_id` = '{GID}'")
     assert [r.info.run_id for r in active] == [final] and final in used
+
+
+def test_a_clock_days_ahead_does_not_pin_latest_and_a_foreign_latest_is_replaced(tmp_path: Path, capsys):
+    """Versions are ordered by a sequence taken from LATEST before reading, not by the writer's clock: an
+    aggregation on a machine 2 days ahead is overtaken by the next one. A LATEST.json copied from another grid (it
+    blocked every later `results` of this grid) is named, ignored and replaced."""
+    from intermix_core.store.reports import next_version
+
+    store = open_storage(tmp_path / "store")
+    ahead = new_version(time.time() + 2 * 86400, after=None)  # the first aggregation, on a machine 2 days ahead
+    assert publish_reports(store, GID, _report(tmp_path / "ahead", "ahead"), ahead, settle_seconds=0)
+    later = next_version(store, GID)  # the next aggregation, on a correct clock, after the first was published
+    assert publish_reports(store, GID, _report(tmp_path / "later", "later"), later, settle_seconds=0)
+    assert latest_version(store, GID)["version"] == later
+    assert not publish_reports(store, GID, _report(tmp_path / "late", "late"), ahead, settle_seconds=0)  # a replay
+
+    other = open_storage(tmp_path / "other")
+    publish_reports(other, "grid-other", _report(tmp_path / "o", "other"), new_version(), settle_seconds=0)
+    foreign = (tmp_path / "other" / "grid-other" / "reports" / "LATEST.json").read_bytes()
+    (tmp_path / "store" / GID / "reports" / "LATEST.json").write_bytes(foreign)  # copied from another grid
+    assert latest_version(store, GID)["version"] == later  # the newest complete version, not the foreign pointer
+    assert "LATEST.json: sealed for 'grid-other/reports/LATEST.json'" in capsys.readouterr().err
+    version = next_version(store, GID)
+    assert publish_reports(store, GID, _report(tmp_path / "again", "again"), version, settle_seconds=0)
+    assert latest_version(store, GID)["version"] == version
+
+
+def test_an_old_signed_latest_put_back_does_not_hide_the_newest_version(tmp_path: Path, monkeypatch):
+    """With INTERMIX_STORE_KEY, an older LATEST.json (signed, so valid) restored by someone without the key pinned the
+    reports to an old version: the newest complete version (signed manifest) is read instead."""
+    from intermix_core.store.reports import next_version
+    from intermix_core.store.storage import SIGNING_KEY_ENV
+
+    monkeypatch.setenv(SIGNING_KEY_ENV, "the-store-secret")
+    store = open_storage(tmp_path / "store")
+    first = next_version(store, GID)
+    publish_reports(store, GID, _report(tmp_path / "1", "first"), first, settle_seconds=0)
+    latest = tmp_path / "store" / GID / "reports" / "LATEST.json"
+    old = latest.read_bytes()
+    second = next_version(store, GID)
+    publish_reports(store, GID, _report(tmp_path / "2", "second"), second, settle_seconds=0)
+    latest.write_bytes(old)  # replayed
+    assert latest_version(store, GID)["version"] == second
+    assert fetch_latest_reports(store, GID, tmp_path / "got") == second

@@ -28,6 +28,7 @@ from intermix_core.store.prepared import (
     source_fingerprint,
 )
 from intermix_core.store.storage import open_storage
+from intermix_core.testing import demo_subset
 
 from together import at_once
 
@@ -193,3 +194,39 @@ def test_a_tampered_cache_entry_is_downloaded_again(s3_env: str, tmp_path: Path,
         assert {p.name: p.read_bytes() for p in data.iterdir()} == original  # the store's files again
         assert not (data / "fold1.npy").is_symlink()
         load_prepared(data)
+
+
+def test_a_lease_left_by_a_dead_or_silent_writer_is_taken_over_saying_what_it_waits_for(tmp_path: Path, capsys):
+    """kill -9 during preprocessing left a LEASE: the next run waited 640 s, silent, its bar at 100 %. A lease of a
+    process gone from this machine is taken over at once; one from elsewhere that is not renewed, after the lease
+    time by the reader's own clock (its expiry says 2 days ahead, as from a clock that is wrong), with a line."""
+    import socket
+    import subprocess
+    import sys
+
+    from intermix_core.store.layout import write_pointer
+    from intermix_core.store.prepared import prepared_prefix, source_fingerprint
+
+    store_root = str(tmp_path / "store")
+    src = demo_subset(tmp_path / "src", per_class_per_fold=1, folds=(1,), seconds=1.0)
+    prefix = prepared_prefix("esc10", RATE, FORMAT_VERSION, source_fingerprint(str(src)), "keep")
+    gone = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    lease = f"{prefix}/LEASE"
+    write_pointer(open_storage(store_root), lease, json.dumps({"owner": f"{socket.gethostname()}-{gone}-dead0000",
+                                                               "expires": time.time() + 2 * 86400}))
+    start = time.monotonic()
+    publish_prepared(str(src), "esc10", RATE, store_root, lease_seconds=60, poll_seconds=0.2)
+    assert time.monotonic() - start < 30 and "waiting for" not in capsys.readouterr().err
+
+    src2 = demo_subset(tmp_path / "src2", per_class_per_fold=1, folds=(2,), seconds=1.0)
+    prefix2 = prepared_prefix("esc10", RATE, FORMAT_VERSION, source_fingerprint(str(src2)), "keep")
+    write_pointer(open_storage(store_root), f"{prefix2}/LEASE",
+                  json.dumps({"owner": "other-node-7-silent00", "expires": time.time() + 2 * 86400}))
+    start = time.monotonic()
+    publish_prepared(str(src2), "esc10", RATE, store_root, lease_seconds=2, poll_seconds=0.2)
+    waited = time.monotonic() - start
+    err = capsys.readouterr().err
+    assert 2 <= waited < 30
+    assert "intermix: waiting for " in err and "other-node-7-silent00 is preparing it" in err
+    assert err.count("waiting for") == 1

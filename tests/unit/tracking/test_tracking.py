@@ -238,3 +238,62 @@ def test_synchronous_mode_sends_at_every_epoch(tmp_path: Path) -> None:
     run_id = t.start_fold(cfg, 2, "sync")
     t.log_epoch(run_id, fold_result(cfg, 2, 10.0).history[0])
     assert t.pending_epochs(run_id) == [] and _metric_steps(t, run_id) == [1] and t._thread is None
+
+
+def test_a_run_mlflow_no_longer_has_ends_the_fold_in_one_line_that_says_rerunning_recovers(tmp_path: Path) -> None:
+    """MLflow restarted with an empty database mid-fold: finishing the fold's run gave a RestException traceback."""
+    from intermix_core.tracking.client import TrackingError
+
+    t = Tracker(f"sqlite:///{tmp_path}/m.db")
+    try:
+        with pytest.raises(TrackingError, match=r"no longer has run 0123456789abcdef0123456789abcdef \(restarted with "
+                                                r"an empty database\?\); esc10/envnet_v2/bc/fold1 is trained and kept "
+                                                r"in its folder: run the same command again to log it in a new run"):
+            t.finish_fold("0123456789abcdef0123456789abcdef", fold_result(cfg_for("bc"), 1, 20.0))
+    finally:
+        t.close()
+
+
+_SLOW_TRAINER = """
+import sys, time
+real = time.time
+time.time = lambda: real() - 1200  # this machine's clock is 20 min slow (the whole process sees it, MLflow too)
+from intermix_core.tracking.tracker import Tracker
+sys.path.insert(0, sys.argv[3])
+from fake_results import cfg_for
+t = Tracker(sys.argv[1])
+run_id = t.start_fold(cfg_for("bc"), 1, sys.argv[2])
+t.heartbeat(run_id)
+print(run_id)
+"""
+
+
+def test_a_trainer_whose_clock_is_20_min_slow_is_running_not_killed(mlflow_tracking: MlflowServer, tmp_path: Path):
+    """Heartbeats were the writer's wall clock: `status` on a correct clock called a live trainer whose clock is 20
+    min slow "killed ... (the process is gone)" and offered a rerun. Both sides now use the MLflow server's clock."""
+    import os
+    import subprocess
+    import sys
+
+    from intermix_core.config.grid import grid_id, parse_grid
+    from intermix_core.run.status import format_status, grid_status
+    from intermix_core.tracking.client import server_clock_offset
+
+    assert server_clock_offset(mlflow_tracking.url) == 0.0  # this machine and the server agree
+    grid = parse_grid({"datasets": ["esc10"], "setups": ["envnet_v2"], "strategies": ["bc"], "folds": [1]}, source="t")
+    gid = grid_id(grid)
+    support = str(Path(__file__).resolve().parents[2] / "support")
+    proc = subprocess.run([sys.executable, "-c", _SLOW_TRAINER, mlflow_tracking.url, gid, support], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])},
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    status = grid_status(grid, str(tmp_path / "store"), mlflow_tracking.url)
+    (fold,) = status.folds
+    assert fold.state == "running", format_status(status)
+    assert fold.heartbeat is not None and abs(time.time() - fold.heartbeat) < 120  # "last heartbeat 3 s ago"
+    t = Tracker(mlflow_tracking.url)
+    try:
+        (state,) = t.fold_states(gid)
+        assert not state.stale and state.describe().startswith("running")
+    finally:
+        t.close()
