@@ -213,9 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed of the run (default: 0); each fold derives its own from it")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. optim.epochs=2 (repeatable)")
     p.add_argument("--data", help="prepared dataset folder (from `intermix prepare`); required unless --print-config")
-    p.add_argument("--fold", type=int, help="test fold (the others train); required unless --print-config")
-    p.add_argument("--out", help="output folder: checkpoint.pt, result.json (resumes from a checkpoint there); "
-                   "required unless --print-config")
+    p.add_argument("--fold", type=int, nargs="+", help="test fold (the others train); several: one pack, trained as one "
+                   "fused model, each fold in OUT/fold<N>/; required unless --print-config")
+    p.add_argument("--out", help="output folder: checkpoint.pt, result.json (resumes from a checkpoint there; with "
+                   "several folds, one folder per fold in it); required unless --print-config")
     _from_scratch_arg(p)
     p.add_argument("--print-config", "--cfg", action="store_true",
                    help="print the resolved configuration as YAML and exit without training (Hydra's --cfg job)")
