@@ -298,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the figures shipped in the package)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="estimate for this device type: use only its "
                    "measurements (default: a GPU's where there is one)")
+    p.add_argument("--pack", type=int, default=1, metavar="K", help="folds of a cell trained as one pack (default 1): "
+                   "the hours count packs, from records of bench_throughput.py --pack K")
     _json_arg(p)
     p.set_defaults(func="cmd_estimate")
 

@@ -143,14 +143,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg.model_dump_json(), args.data, args.fold, args.out, args.grid_id, args.tracking_uri, args.store,
         restart=args.from_scratch, progress=True, device=args.device,
     )
-    failed = 0
+    code = 0  # a fold that failed alone: 2 for what the user can fix (a diverged loss), as `--fold N` exits, else 1
     for fold, outcome in outcomes.items():
         if isinstance(outcome, FoldResult):
             print(f"{outcome.label}: test error {outcome.test_error:.2f}% -> {Path(args.out) / f'fold{fold}'}")
         else:
-            failed += 1
+            code = max(code, 2 if isinstance(outcome, ValueError) else 1)
             print(f"intermix: error: {outcome}", file=sys.stderr)
-    return 1 if failed else 0
+    return code
 
 
 def cmd_attack(args: argparse.Namespace) -> int:

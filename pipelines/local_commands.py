@@ -107,12 +107,15 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_estimate(args: argparse.Namespace) -> int:
     """Print a grid's training samples and device-hours from measured throughput."""
     grid = _load_grid(args)
-    rows = estimate_grid(grid, load_throughput(args.throughput), args.device)
+    if args.pack < 1:
+        raise UsageError(f"--pack {args.pack}: expected a number of folds >= 1")
+    rows = estimate_grid(grid, load_throughput(args.throughput), args.device, args.pack)
     if args.json:
         known = [r.hours for r in rows if r.hours is not None]
         print(json.dumps({"grid_id": grid_id(grid), "total_hours": sum(known) if known else None,
                           "unmeasured": sorted({m for r in rows for m in r.unmeasured}),
-                          "setups": [dataclasses.asdict(r) | {"devices": sorted(r.devices), "unmeasured": sorted(r.unmeasured)}
+                          "setups": [dataclasses.asdict(r) | {"devices": sorted(r.devices), "unmeasured": sorted(r.unmeasured),
+                                                 "pack_unmeasured": sorted(r.pack_unmeasured)}
                                      for r in rows]}, indent=2))
         return 0
     print(format_estimate(grid.name, rows))

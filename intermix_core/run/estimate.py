@@ -10,6 +10,11 @@ measured for this project in `intermix_core/run/throughput.json`; `intermix esti
 - FGSM = the test fold's clips, as (2 + number of epsilons) evaluations (one gradient pass, one
   forward per epsilon and eps = 0).
 Hours = samples / full_samples_per_s + evaluated clips / eval_clips_per_s.
+
+With `pack` K > 1 (K folds of a cell trained as one pack, `intermix_core.method.pack`), the rate is
+a `bench_throughput.py --pack K` record's, the aggregate samples/s of the K folds: the folds' samples
+over it count packs, not folds. A model without a record for that pack size falls back to its
+one-fold figure (folds one at a time), and the estimate says so.
 """
 
 from __future__ import annotations
@@ -88,18 +93,24 @@ class SetupEstimate:
     hours: float | None = 0.0
     devices: set[str] = field(default_factory=set)
     unmeasured: set[str] = field(default_factory=set)
+    pack_unmeasured: set[str] = field(default_factory=set)  # packs asked for but not measured: one-fold figures used
 
 
-def _pick(records: list[dict[str, Any]], cfg: ExperimentConfig, device: str | None) -> dict[str, Any] | None:
-    """The measurement for cfg's model, precision and augmentation (a GPU one first unless `device` says)."""
+def _pick(records: list[dict[str, Any]], cfg: ExperimentConfig, device: str | None, pack: int = 1
+          ) -> dict[str, Any] | None:
+    """The measurement for cfg's model, precision, augmentation and pack size (a GPU one first unless `device` says)."""
     augment = cfg.augment.scale or cfg.augment.gain
     hits = [r for r in records if r["model"] == cfg.model and r["precision"] == cfg.optim.precision
-            and bool(r["augment"]) == augment and (device is None or r["device"] == device)]
+            and bool(r["augment"]) == augment and (device is None or r["device"] == device)
+            and int(r.get("pack", 1)) == pack]
     return max(hits, key=lambda r: (r["device"] == "cuda", r.get("date", ""))) if hits else None
 
 
-def estimate_grid(grid: GridSpec, records: list[dict[str, Any]], device: str | None = None) -> list[SetupEstimate]:
-    """Per dataset x setup of `grid`: samples, evaluated clips and hours."""
+def estimate_grid(grid: GridSpec, records: list[dict[str, Any]], device: str | None = None, pack: int = 1
+                  ) -> list[SetupEstimate]:
+    """Per dataset x setup of `grid`: samples, evaluated clips and hours (folds trained in packs of `pack`)."""
+    if pack < 1:
+        raise ValueError(f"pack: expected a number of folds >= 1, got {pack}")
     out: dict[tuple[str, str], SetupEstimate] = {}
     for cell in expand(grid):
         cfg = cell.config
@@ -108,7 +119,10 @@ def estimate_grid(grid: GridSpec, records: list[dict[str, Any]], device: str | N
         est.folds += 1
         est.train_samples += work.train_samples
         est.eval_clips += work.eval_clips + work.fgsm_clips
-        rec = _pick(records, cfg, device)
+        rec = _pick(records, cfg, device, pack) if pack > 1 else None
+        if pack > 1 and rec is None:
+            est.pack_unmeasured.add(cfg.model)
+        rec = rec or _pick(records, cfg, device)
         if rec is None or est.hours is None:
             est.hours = None
             est.unmeasured.add(f"{cfg.model}/{cfg.optim.precision}/{'aug' if cfg.augment.scale or cfg.augment.gain else 'plain'}")
@@ -137,6 +151,10 @@ def format_estimate(grid_name: str, rows: list[SetupEstimate]) -> str:
         where = " and ".join(devices) if devices else "no measured device"
         lines.append(f"grid {grid_name}: {'at least ' if missing else ''}{sum(known):,.1f} device-hours on {where} "
                      "(one device, one fold at a time)")
+    unpacked = sorted({m for r in rows for m in r.pack_unmeasured})
+    if unpacked:
+        lines.append(f"packs not measured for {', '.join(unpacked)}: their folds' one-at-a-time figures are used "
+                     "(benchmarks/bench_throughput.py --pack K measures them)")
     if missing:
         lines.append(f"not measured{' (hours left out of the total)' if known else ''}: {', '.join(missing)}; "
                      "run benchmarks/bench_throughput.py --save FILE.json and pass --throughput FILE.json")

@@ -30,6 +30,12 @@ from host_reads import HostReads
 from tiny import tiny_cfg
 
 K, BATCH, STEPS = 2, 2, 5
+HEAVY = {"envnet", "envnet_v2"}  # float64 convolutions over their long inputs take minutes on 2 loaded CPU cores
+
+
+def _models() -> list:
+    """Registered model names, the heavy ones marked slow (the fast lane skips them; the full suite runs them)."""
+    return [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in list_models()]
 
 
 @contextlib.contextmanager
@@ -127,14 +133,14 @@ def _assert_same(alone, packed, tol: float) -> None:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("strategy", ["standard", "intermix"])
-@pytest.mark.parametrize("model", list_models())
+@pytest.mark.parametrize("model", _models())
 def test_a_pack_in_float64_is_its_folds_trained_alone(model, strategy):
     """The CPU's kernels ('auto': a lone fold's convolution and dense calls, fold by fold): the same numbers."""
     alone, packed = _separate_and_packed(model, strategy, STEPS, torch.float64)
     _assert_same(alone, packed, 1e-10)
 
 
-@pytest.mark.parametrize("model", list_models())
+@pytest.mark.parametrize("model", _models())
 def test_grouped_kernels_in_float64_are_the_folds_trained_alone(model):
     """The GPU's kernels (grouped convolutions, batched dense layers) round differently from a lone fold's: about 1e-17
     after a step. InterMix amplifies any rounding difference (its square root's slope near ReLU zeros): a 1e-16
@@ -145,7 +151,7 @@ def test_grouped_kernels_in_float64_are_the_folds_trained_alone(model):
 
 
 @pytest.mark.parametrize("update_rule", ["chainer", "pytorch"])
-@pytest.mark.parametrize("model", list_models())
+@pytest.mark.parametrize("model", _models())
 def test_grouped_kernels_in_float32_give_each_fold_its_gradients(model, update_rule):
     """Float32, grouped kernels, InterMix: one step's gradients of every fold within 1e-4 relative, and both update
     rules' one fused call over all folds' parameters equals each fold's own update."""
