@@ -285,7 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="prepared dataset folder at the setup's sample rate (intermix prepare)")
     p.add_argument("--out", default="study", help="output folder: fold results, reports/, study.json (default: ./study)")
     p.add_argument("--budget", type=float, default=540.0, help="seconds; workers stop after the epoch that passes it")
-    p.add_argument("--concurrency", type=int, default=4, help="folds trained at once (worker processes)")
+    p.add_argument("--concurrency", type=int, default=4, help="folds (or packs) trained at once (worker processes)")
+    p.add_argument("--pack", type=int, default=1, metavar="K", help="folds of one cell each worker trains as one "
+                   "fused model (intermix_core.method.pack; default 1: one fold per worker)")
     _device_arg(p, "auto")
     p.add_argument("--throughput", metavar="FILE", help="bench_throughput.py --save records for the time estimate")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value of every cell, e.g. "

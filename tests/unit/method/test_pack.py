@@ -135,17 +135,23 @@ def _assert_same(alone, packed, tol: float) -> None:  # noqa: ANN001
 @pytest.mark.parametrize("strategy", ["standard", "intermix"])
 @pytest.mark.parametrize("model", _models())
 def test_a_pack_in_float64_is_its_folds_trained_alone(model, strategy):
-    """The CPU's kernels ('auto': a lone fold's convolution and dense calls, fold by fold): the same numbers."""
-    alone, packed = _separate_and_packed(model, strategy, STEPS, torch.float64)
-    _assert_same(alone, packed, 1e-10)
+    """The CPU's kernels ('auto': a lone fold's convolution and dense calls, fold by fold): the same numbers.
+
+    EnvNet-v2 runs it in float32, held to 0 (bitwise) instead of 1e-10: its float64 convolutions take CPUs' slow
+    path, over ten minutes per case on 2 loaded cores; the fold-by-fold kernels are the lone fold's in any precision.
+    """
+    dtype, tol = (torch.float32, 0.0) if model == "envnet_v2" else (torch.float64, 1e-10)
+    alone, packed = _separate_and_packed(model, strategy, STEPS, dtype)
+    _assert_same(alone, packed, tol)
 
 
-@pytest.mark.parametrize("model", _models())
+@pytest.mark.parametrize("model", [m for m in _models() if getattr(m, "values", [m])[0] != "envnet_v2"])
 def test_grouped_kernels_in_float64_are_the_folds_trained_alone(model):
     """The GPU's kernels (grouped convolutions, batched dense layers) round differently from a lone fold's: about 1e-17
     after a step. InterMix amplifies any rounding difference (its square root's slope near ReLU zeros): a 1e-16
     relative change of one weight of a fold trained alone moved M18 by 1e-6 in five steps (EnvNet's grouped kernels:
-    2e-9), so the grouped kernels are held to 1e-10 over one InterMix step (Standard: 1.4e-13 after five)."""
+    2e-9), so the grouped kernels are held to 1e-10 over one InterMix step (Standard: 1.4e-13 after five).
+    EnvNet-v2's grouped kernels are checked in float32 (below): in float64 a CPU takes minutes per step."""
     alone, packed = _separate_and_packed(model, "intermix", 1, torch.float64, kernels="grouped")
     _assert_same(alone, packed, 1e-10)
 
