@@ -16,7 +16,8 @@ trainings (tests/unit/method/test_pack.py: float64, 5 steps, every model, within
   state, so K separate updates), run as one fused call (Chainer's NesterovAG: 4 `torch._foreach`
   passes over all folds' tensors at once; PyTorch's rule: its fused SGD kernel over all of them);
   each fold's own optimizer object shares the per-parameter state, for its checkpoint;
-- its own data generator (epoch order, crops, scale and gain), its own `Mixer` (partners, r,
+- its own training clips (indices into one bank of every fold's clips, which the pack shares) and
+  its own data generator (epoch order, crops, scale and gain), its own `Mixer` (partners, r,
   phases, the mixing layer: each fold mixes at its own layer, applied on its slice at that stage
   boundary), its own dropout generator (the global generator state a lone fold would have after
   building its model; masks drawn exactly as `nn.Dropout` draws them on a CPU);
@@ -51,7 +52,8 @@ from tqdm import tqdm
 
 from intermix_core.config import ExperimentConfig, OptimConfig
 from intermix_core.method import train as lone
-from intermix_core.method.bank import TrainInputs, apply_gain, draw_crops, epoch_order, train_inputs
+from intermix_core.data import load_prepared
+from intermix_core.method.bank import ClipBank, TrainInputs, apply_gain, draw_crops, epoch_order, train_inputs
 from intermix_core.method.checkpoint import clean_temporaries, fold_lock
 from intermix_core.method.devices import resolve_device
 from intermix_core.method.evaluate import to_host
@@ -399,6 +401,8 @@ def train_pack(
             runs.append(run)
         if runs:
             check_packable(runs[0].model)
+        if len(runs) > 1:
+            _share_training_clips(runs, data_dir, dev)
         if tracker is not None:
             for run in runs:
                 run.run_id = tracker.start_fold(cfg, run.fold, grid_id, resume_run_id=run.run_id)
@@ -406,6 +410,25 @@ def train_pack(
             group = [run for run in runs if run.start_epoch == start]
             outcomes.update(_train_group(group, progress, stop_after_epoch, deadline))
     return {fold: outcomes[fold] for fold in folds}
+
+
+def _share_training_clips(runs: Sequence[FoldRun], data_dir: str | Path, dev: torch.device) -> None:
+    """One bank of every fold's clips for the whole pack (not one per fold: K times the clips on the device); each
+    fold keeps the indices of its training clips in it. Crops are windows of a clip and its padding, so a fold's
+    crops from the shared bank are the ones its own bank gives."""
+    cfg = runs[0].cfg
+    data = load_prepared(data_dir, verify=False)  # checked by the folds' own set-up
+    folds = sorted(data.folds)
+    scale_max = cfg.augment.scale_max if cfg.augment.scale else 1.0
+    shared = ClipBank.from_prepared(data, folds, dev, length=cfg.crop_length, scale_max=scale_max)
+    sizes = [len(data.labels(f)) for f in folds]
+    starts = dict(zip(folds, [sum(sizes[:i]) for i in range(len(folds))]))
+    for run in runs:
+        index = torch.cat([torch.arange(starts[f], starts[f] + n, device=dev)
+                           for f, n in zip(folds, sizes) if f != run.fold])
+        if not torch.equal(shared.labels[index], run.train_bank.labels):
+            raise RuntimeError(f"{run.label}: the shared bank does not hold its training clips in their order")
+        run.train_bank, run.train_index = shared, index
 
 
 def pack_label(runs: Sequence[FoldRun]) -> str:
@@ -505,12 +528,14 @@ def _train_pack_epoch(live: Sequence[FoldRun], pack_opt: torch.optim.Optimizer, 
     rows, steps = [], []
     for run in live:
         run.model.train()
+        n = len(run.train_index) if run.train_index is not None else len(run.train_bank)
         if run.pairs is not None:  # the authors' protocol: N/2 pairs per epoch, bs pairs (2 bs rows) per step
-            rows.append(run.pairs.draw(len(run.train_bank) // 2, run.data_gen))
+            local = run.pairs.draw(n // 2, run.data_gen)
             steps.append(2 * optim.batch_size)
         else:
-            rows.append(epoch_order(len(run.train_bank), run.data_gen, run.dev))
+            local = epoch_order(n, run.data_gen, run.dev)
             steps.append(optim.batch_size)
+        rows.append(local if run.train_index is None else run.train_index[local])  # the fold's clips in the bank
     loss_sums = [torch.zeros((), device=run.dev) for run in live]
     wrongs = [torch.zeros((), device=run.dev, dtype=torch.int64) for run in live]
     seen = [0] * len(live)

@@ -146,6 +146,8 @@ class FoldRun:
     # a fold of a pack draws its dropout masks from its own generator (intermix_core.method.pack); alone, None:
     # the global generator of the device
     dropout_gen: torch.Generator | None = None
+    # a fold of a pack: its training clips' indices in `train_bank`, one bank the pack shares; alone, None (all of it)
+    train_index: torch.Tensor | None = None
 
     @property
     def label(self) -> str:

@@ -316,3 +316,27 @@ def test_a_pack_epoch_reads_the_device_once(tiny_data, tmp_path, monkeypatch, st
     with HostReads() as mode:
         records = pack_module._train_pack_epoch(live, pack_opt, 1)
     assert mode.seen == [] and reads == [(2, 2)] and [r.fold for r, _ in records] == [1, 2]
+
+
+def test_a_pack_shares_one_bank_and_each_fold_crops_what_its_own_bank_gives(tiny_data, tmp_path):
+    """The folds of a pack read one bank of every fold's clips (not K copies); a fold's training crops from it, with
+    scale and gain, are bitwise those of its own bank, on the same draws."""
+    import intermix_core.method.pack as pack_module
+    import intermix_core.method.train as train_module
+    from intermix_core.method.bank import draw_crops, train_inputs
+
+    cfg = tiny_cfg("intermix", augment={"scale": True, "gain": True}).resolved()
+    runs = [train_module._set_up(cfg, tiny_data, f, tmp_path / str(f), torch.device("cpu"), None, None, None)
+            for f in (1, 2)]
+    own = [run.train_bank for run in runs]
+    pack_module._share_training_clips(runs, tiny_data, torch.device("cpu"))
+    assert runs[0].train_bank is runs[1].train_bank and len(runs[0].train_bank) == len(own[0]) + len(own[1])
+    for run, bank in zip(runs, own):
+        assert run.train_index is not None and len(run.train_index) == len(bank)
+        local = torch.arange(len(bank)).flip(0)
+        gen_a = torch.Generator().manual_seed(5)
+        gen_b = torch.Generator().manual_seed(5)
+        a = train_inputs(bank, draw_crops(bank, local, cfg.augment, gen_a))
+        b = train_inputs(run.train_bank, draw_crops(run.train_bank, run.train_index[local], cfg.augment, gen_b))
+        assert torch.equal(a.crops, b.crops) and torch.equal(a.gains, b.gains)
+        assert torch.equal(bank.labels[local], run.train_bank.labels[run.train_index[local]])
