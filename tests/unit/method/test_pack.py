@@ -340,3 +340,17 @@ def test_a_pack_shares_one_bank_and_each_fold_crops_what_its_own_bank_gives(tiny
         b = train_inputs(run.train_bank, draw_crops(run.train_bank, run.train_index[local], cfg.augment, gen_b))
         assert torch.equal(a.crops, b.crops) and torch.equal(a.gains, b.gains)
         assert torch.equal(bank.labels[local], run.train_bank.labels[run.train_index[local]])
+
+
+def test_folds_resumed_at_different_epochs_train_as_successive_packs(tiny_data, tmp_path):
+    """A pack re-formed from folds at different epochs (fold 1 stopped after epoch 1 alone, fold 2 new): each start
+    epoch is a pack of its own, here two packs of one, so each fold ends bitwise as trained alone without a stop."""
+    cfg = tiny_cfg("intermix", augment={"scale": True, "gain": True})
+    outs = [tmp_path / "pack" / f"fold{f}" for f in (1, 2)]
+    train_fold(cfg, tiny_data, 1, outs[0], progress=False, stop_after_epoch=1)
+    packed = train_pack(cfg, tiny_data, [1, 2], outs, progress=False)
+    for fold in (1, 2):
+        alone = train_fold(cfg, tiny_data, fold, tmp_path / f"alone{fold}", progress=False)
+        result = packed[fold]
+        assert isinstance(result, FoldResult) and result.history == alone.history
+        assert result.test_error == alone.test_error
