@@ -4,18 +4,22 @@ A GPU step of one small model leaves most of the GPU idle; K folds of one cell (
 and schedule) fill it when their layers run as one: the K folds' convolutions as one grouped
 convolution (the fold axis inside the channels, HFTA's layout: Wang et al., MLSys 2021), their
 BatchNorms as one BatchNorm over K x C channels (each channel still normalised by its own fold's
-batch), their dense layers as one batched matrix product, the K updates as one optimizer call.
+batch), the K updates as one optimizer call. Dense layers run fold by fold: each reads its own
+weights once, where one batched product would first copy every fold's weights into one tensor
+(and its gradient back out), two more passes over the largest weights for no fewer bytes read.
 
 Each fold keeps everything a lone training has, so a pack is numerically the same as K separate
 trainings (tests/unit/method/test_pack.py: float64, 5 steps, every model, within 1e-10):
 
 - its own model (`nn.Module`, the source of truth): the fused forward concatenates the folds'
-  weights per step (autograd splits the gradients back), BatchNorm running statistics are copied
-  back to each fold's buffers, so checkpoints, evaluation and FGSM see ordinary per-fold models;
+  convolution and BatchNorm weights per step (autograd splits the gradients back), BatchNorm
+  running statistics are copied back to each fold's buffers, so checkpoints, evaluation and FGSM
+  see ordinary per-fold models;
 - its own optimizer state: one optimizer holds every fold's parameters in one group (per-tensor
-  state, so K separate updates), run as one fused call (Chainer's NesterovAG: 4 `torch._foreach`
-  passes over all folds' tensors at once; PyTorch's rule: its fused SGD kernel over all of them);
-  each fold's own optimizer object shares the per-parameter state, for its checkpoint;
+  state, so K separate updates), run as one fused call (Chainer's NesterovAG: its five
+  `torch._foreach` passes, weight decay included, each over all folds' tensors at once; PyTorch's
+  rule: its fused SGD kernel over all of them); each fold's own optimizer object shares the
+  per-parameter state, for its checkpoint;
 - its own training clips (indices into one bank of every fold's clips, which the pack shares) and
   its own data generator (epoch order, crops, scale and gain), its own `Mixer` (partners, r,
   phases, the mixing layer: each fold mixes at its own layer, applied on its slice at that stage
@@ -124,8 +128,8 @@ KERNELS = ("auto", "grouped", "per_fold")
 class PackContext:
     """What a fused forward needs besides the weights: each fold's dropout generator, and how to run weighted layers.
 
-    `per_fold`: the folds' convolutions and dense layers run one call per fold (the kernels a lone
-    fold runs: bitwise its numbers), else as one grouped convolution / one batched product.
+    `per_fold`: the folds' convolutions run one call per fold (the kernels a lone fold runs: bitwise
+    its numbers), else as one grouped convolution.
     """
 
     dropout_gens: Sequence[torch.Generator]
@@ -170,14 +174,10 @@ def _batch_norm(ms: Sequence[nn.Module], h: Packed, ctx: PackContext) -> Packed:
 
 
 def _linear(ms: Sequence[nn.Module], h: Packed, ctx: PackContext) -> Packed:
-    """K dense layers as one batched matrix product over the fold layout (K, B, in) -> (K, B, out)."""
+    """K dense layers over the fold layout (K, B, in) -> (K, B, out), fold by fold (the weights are read in place)."""
     x = h.fold()
-    if len(ms) == 1 or ctx.per_fold:
-        return Packed(torch.stack([F.linear(x[k], m.weight, m.bias) for k, m in enumerate(ms)]),  # type: ignore[arg-type]
-                      "fold", h.k)
-    w = torch.stack([m.weight for m in ms])  # type: ignore[misc]  (K, out, in)
-    b = torch.stack([m.bias for m in ms]).unsqueeze(1)  # type: ignore[misc]  (K, 1, out)
-    return Packed(torch.baddbmm(b, x, w.transpose(1, 2)), "fold", h.k)
+    return Packed(torch.stack([F.linear(x[k], m.weight, m.bias) for k, m in enumerate(ms)]),  # type: ignore[arg-type]
+                  "fold", h.k)
 
 
 def _dropout(ms: Sequence[nn.Module], h: Packed, ctx: PackContext) -> Packed:
@@ -262,7 +262,7 @@ def check_packable(model: nn.Module) -> None:
 
 
 def per_fold_kernels(kernels: str, device: torch.device) -> bool:
-    """Whether a pack runs its weighted layers fold by fold: 'per_fold', or 'auto' off a GPU (where grouping gains
+    """Whether a pack runs its convolutions fold by fold: 'per_fold', or 'auto' off a GPU (where grouping gains
     little and a lone fold's kernels keep the pack bitwise equal to its folds trained alone); 'grouped' never."""
     if kernels not in KERNELS:
         raise ValueError(f"pack kernels must be one of {', '.join(KERNELS)}, got {kernels!r}")

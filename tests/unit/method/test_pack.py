@@ -147,12 +147,12 @@ def test_a_pack_in_float64_is_its_folds_trained_alone(model, strategy):
 
 @pytest.mark.parametrize("model", [m for m in _models() if getattr(m, "values", [m])[0] != "envnet_v2"])
 def test_grouped_kernels_in_float64_are_the_folds_trained_alone(model):
-    """The GPU's kernels (grouped convolutions, batched dense layers) round differently from a lone fold's: about 1e-17
-    after a step. InterMix amplifies any rounding difference (its square root's slope near ReLU zeros): a 1e-16
-    relative change of one weight of a fold trained alone moved M18 by 1e-6 in five steps (EnvNet's grouped kernels:
-    2e-9), so the grouped kernels are held to 1e-10 over one InterMix step (Standard: 1.4e-13 after five).
-    EnvNet-v2's grouped kernels are checked in float32 (below): in float64 a CPU takes minutes per step."""
-    alone, packed = _separate_and_packed(model, "intermix", 1, torch.float64, kernels="grouped")
+    """The GPU's kernels (one grouped convolution for all folds) over five InterMix steps, float64, within 1e-10 (on a
+    CPU in fact bitwise). InterMix amplifies any rounding difference (its square root's slope near ReLU zeros): a
+    1e-16 relative change of one weight of a fold trained alone moved M18 by 1e-6 in five steps, and a batched dense
+    product (1e-17 per step) moved EnvNet by 2e-9: why dense layers run fold by fold. EnvNet-v2's grouped kernels are
+    checked in float32 (below): in float64 a CPU takes minutes per step."""
+    alone, packed = _separate_and_packed(model, "intermix", STEPS, torch.float64, kernels="grouped")
     _assert_same(alone, packed, 1e-10)
 
 
