@@ -42,6 +42,7 @@ import math
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -401,6 +402,9 @@ def train_pack(
             runs.append(run)
         if runs:
             check_packable(runs[0].model)
+            if cfg.optim.compile and len(runs) > 1:
+                warnings.warn("optim.compile: a pack runs its fused layers eagerly (the compiled stages are the lone "
+                              "fold's); the folds train as set, uncompiled", stacklevel=2)
         if len(runs) > 1:
             _share_training_clips(runs, data_dir, dev)
         if tracker is not None:

@@ -159,11 +159,13 @@ def test_grouped_kernels_in_float64_are_the_folds_trained_alone(model):
 @pytest.mark.parametrize("update_rule", ["chainer", "pytorch"])
 @pytest.mark.parametrize("model", _models())
 def test_grouped_kernels_in_float32_give_each_fold_its_gradients(model, update_rule):
-    """Float32, grouped kernels, InterMix: one step's gradients of every fold within 1e-4 relative, and both update
-    rules' one fused call over all folds' parameters equals each fold's own update."""
+    """Float32, grouped kernels, Standard: one step's gradients of every fold within 1e-4 relative, and both update
+    rules' one fused call over all folds' parameters equals each fold's own update. (InterMix is checked in float64
+    above: in float32 its gradient is ill-conditioned at this level; a 1e-7 relative change of EnvNet's first weights
+    moves a lone fold's gradient by 1.7e-3, more than the pack's grouped convolutions do, 7e-4.)"""
     with default_dtype(torch.float32):
         batches = _batches(model, 1, torch.float32)
-        cfg, folds = _folds(model, "intermix", update_rule)
+        cfg, folds = _folds(model, "standard", update_rule)
         grads_alone, params_alone = [], []
         for (net, opt, mixer, rng), data in zip(folds, batches):
             net.train()
@@ -171,7 +173,7 @@ def test_grouped_kernels_in_float32_give_each_fold_its_gradients(model, update_r
             training_step(net, opt, mixer, *data[0])
             grads_alone.append([p.grad.clone() for p in net.parameters()])
             params_alone.append([p.detach().clone() for p in net.parameters()])  # after the update
-        cfg, folds = _folds(model, "intermix", update_rule)
+        cfg, folds = _folds(model, "standard", update_rule)
         nets, opts = [f[0] for f in folds], [f[1] for f in folds]
         gens = []
         for f in folds:
