@@ -2,7 +2,7 @@
 
 Usage:
     python benchmarks/bench_throughput.py [--models envnet_v2 ...] [--precisions fp32 bf16] [--batch 32]
-                                          [--repeats 5] [--threads 1] [--save FILE.json] [--burst N]
+                                          [--repeats 5] [--threads 1] [--save FILE.json] [--burst N] [--pack K]
 
 For each model it measures, on the same device in one run:
 - data path alone: samples/s of the device-resident path (`intermix_core.method.bank`: draw + crop + scale +
@@ -12,14 +12,17 @@ For each model it measures, on the same device in one run:
 - model step alone: Standard training steps on a batch already on the device;
 - full step: data path + InterMix training step (the mixer's draw, levels and phase shift included),
   and the data path's share of it;
-- the 10-crop evaluation: clips/s through `train.predict_crops`.
+- the 10-crop evaluation: clips/s through `train.predict_crops`;
+- with `--pack K` (K > 1): the full step of K folds trained as one pack (`intermix_core.method.pack`: K models,
+  one fused forward and update, each fold its own data draws and mixer), as aggregate samples/s of all K folds,
+  in a record of its own with `"pack": K` beside the one-fold record (`"pack": 1`).
 Rounds interleave the variants so the machine's drift hits them alike; figures are medians. Each round times
 `--burst` calls back to back with the device synchronized only before and after (8 on a GPU by default: a training
 loop never waits for a step, so the host launches the next step while the device runs this one; a wait after every
 call would add each step's launch time to it).
-`--save` writes one JSON record per (model, precision, augment) with at least: model, device,
-precision, augment, data_samples_per_s, step_samples_per_s, full_samples_per_s (what
-`intermix estimate --throughput` reads).
+`--save` writes one JSON record per (model, precision, augment, pack) with at least: model, device,
+precision, augment, pack, data_samples_per_s, step_samples_per_s, full_samples_per_s (what
+`intermix estimate --throughput` reads; for a pack, full_samples_per_s is the aggregate of its folds).
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ from intermix_core.method.bc_reference import make_train_batch  # noqa: E402
 from intermix_core.method.devices import default_burst, resolve_device, time_per_call  # noqa: E402
 from intermix_core.method.mixing import Mixer  # noqa: E402
 from intermix_core.method.optim import make_optimizer  # noqa: E402
+from intermix_core.method.pack import dropout_generator, make_pack_optimizer, pack_step  # noqa: E402
+from intermix_core.method.bank import train_inputs  # noqa: E402
 from intermix_core.method.train import predict_crops, training_step  # noqa: E402
 from intermix_core.models import create_model, list_models, model_class  # noqa: E402
 
@@ -69,7 +74,7 @@ def device_name(device: torch.device) -> str:
 
 
 def bench_model(
-    name: str, device: torch.device, precisions: list[str], batch: int, repeats: int, burst: int = 1,
+    name: str, device: torch.device, precisions: list[str], batch: int, repeats: int, burst: int = 1, pack: int = 1,
 ) -> list[dict[str, object]]:
     """All measurements of one model, one record per (precision, augment)."""
     cls = model_class(name)
@@ -126,6 +131,21 @@ def bench_model(
             "full_old_plain": lambda: training_step(model, opt, intermix, old_path(False), y, precision),
             "full_old_aug": lambda: training_step(model, opt, intermix, old_path(True), y, precision),
         }
+        if pack > 1:  # K folds as one pack: K models and mixers, one fused step (each fold draws its own batch)
+            models = [create_model(name, NUM_CLASSES).to(device).train() for _ in range(pack)]
+            pack_opt = make_pack_optimizer([make_optimizer(m.parameters(), cfg, 1e-4) for m in models], cfg, 1e-4)
+            mixers = [Mixer(STRATEGIES["intermix"], NUM_CLASSES, cls.sample_rate, k) for k in range(pack)]
+            gens = [dropout_generator(device) for _ in range(pack)]
+
+            def pack_full(augment: bool) -> object:
+                xs = []
+                for _ in range(pack):
+                    idx = torch.randint(BANK_CLIPS, (batch,), generator=gen, device=device)
+                    xs.append(train_inputs(bank, draw_crops(bank, idx, augs[augment], gen)))
+                return pack_step(models, pack_opt, mixers, xs, [y] * pack, gens, precision)
+
+            variants["pack_plain"] = lambda: pack_full(False)
+            variants["pack_aug"] = lambda: pack_full(True)
         for fn in variants.values():  # warm-up (allocator, cuDNN's algorithm choice, lazy inits, compilation)
             time_per_call(fn, device)
         times: dict[str, list[float]] = {k: [] for k in variants}
@@ -151,9 +171,13 @@ def bench_model(
                 "old_full_samples_per_s": batch / med[f"full_old_{tag}"],
                 "data_share_of_full": med[f"data_new_{tag}"] / med[f"full_{tag}"],
                 "eval_clips_per_s": len(test_bank) / t_eval,
-                "peak_gpu_memory_gib": peak,
+                "peak_gpu_memory_gib": peak, "pack": 1,
                 "torch": torch.__version__, "date": dt.date.today().isoformat(),
             })
+            if pack > 1:
+                records.append({**records[-1], "pack": pack, "full_samples_per_s": pack * batch / med[f"pack_{tag}"],
+                                "one_fold_full_samples_per_s": batch / med[f"full_{tag}"],
+                                "old_full_samples_per_s": None, "data_share_of_full": None})
     return records
 
 
@@ -167,6 +191,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--device", default=None, help="auto (default), cpu, cuda")
     ap.add_argument("--save", type=Path, help="write the records to this JSON file")
+    ap.add_argument("--pack", type=int, default=1, help="also time K folds trained as one pack (aggregate samples/s)")
     ap.add_argument("--burst", type=int, help="calls timed back to back per round, one device sync at each end "
                     "(default: 8 on a GPU, as a training loop runs; 1 on a CPU)")
     args = ap.parse_args()
@@ -182,9 +207,16 @@ def main() -> None:
             f"{'eval clips/s':>13}")
     print(head)
     records = []
+    if args.pack < 1:
+        ap.error(f"--pack {args.pack}: expected a number of folds >= 1")
     for name in args.models:
-        for r in bench_model(name, device, precisions, args.batch, args.repeats, burst):
+        for r in bench_model(name, device, precisions, args.batch, args.repeats, burst, args.pack):
             records.append(r)
+            if r["pack"] > 1:
+                print(f"{r['model']:<11} {r['precision']:<5} {'yes' if r['augment'] else 'no':<4} pack of {r['pack']}: "
+                      f"{r['full_samples_per_s']:,.1f} samples/s in all, one fold alone {r['one_fold_full_samples_per_s']:,.1f}"
+                      f" ({r['full_samples_per_s'] / r['one_fold_full_samples_per_s']:.2f}x)", flush=True)
+                continue
             best = max(r["data_samples_per_s"], r["data_compiled_samples_per_s"] or 0.0)
             compiled = f"{r['data_compiled_samples_per_s']:>11,.0f}" if r["data_compiled_samples_per_s"] else f"{'-':>11}"
             print(f"{r['model']:<11} {r['precision']:<5} {'yes' if r['augment'] else 'no':<4} "

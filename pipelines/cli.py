@@ -250,9 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed of the run (default: 0); each fold derives its own from it")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. optim.epochs=2 (repeatable)")
     p.add_argument("--data", help="prepared dataset folder (from `intermix prepare`); required unless --print-config")
-    p.add_argument("--fold", type=int, help="test fold (the others train); required unless --print-config")
-    p.add_argument("--out", help="output folder: checkpoint.pt, result.json (resumes from a checkpoint there); "
-                   "required unless --print-config")
+    p.add_argument("--fold", type=int, nargs="+", help="test fold (the others train); several: one pack, trained as one "
+                   "fused model, each fold in OUT/fold<N>/; required unless --print-config")
+    p.add_argument("--out", help="output folder: checkpoint.pt, result.json (resumes from a checkpoint there; with "
+                   "several folds, one folder per fold in it); required unless --print-config")
     _from_scratch_arg(p)
     p.add_argument("--print-config", "--cfg", action="store_true",
                    help="print the resolved configuration as YAML and exit without training (Hydra's --cfg job)")
@@ -321,7 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="prepared dataset folder at the setup's sample rate (intermix prepare)")
     p.add_argument("--out", default="study", help="output folder: fold results, reports/, study.json (default: ./study)")
     p.add_argument("--budget", type=float, default=540.0, help="seconds; workers stop after the epoch that passes it")
-    p.add_argument("--concurrency", type=int, default=4, help="folds trained at once (worker processes)")
+    p.add_argument("--concurrency", type=int, default=4, help="folds (or packs) trained at once (worker processes)")
+    p.add_argument("--pack", type=int, default=1, metavar="K", help="folds of one cell each worker trains as one "
+                   "fused model (intermix_core.method.pack; default 1: one fold per worker)")
     _device_arg(p, "auto")
     p.add_argument("--throughput", metavar="FILE", help="bench_throughput.py --save records for the time estimate")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value of every cell, e.g. "
@@ -336,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "measurements (default: the type measured for most of the grid's cells, a GPU on a tie)")
     p.add_argument("--max-gpus", type=int, metavar="N", help="also the wall-clock time with N devices at once, "
                    "one fold each (as `submit --max-gpus N` runs the grid)")
+    p.add_argument("--pack", type=int, default=1, metavar="K", help="folds of a cell trained as one pack (default 1): "
+                   "the hours count packs, from records of bench_throughput.py --pack K")
     _json_arg(p)
     p.set_defaults(func="cmd_estimate")
 

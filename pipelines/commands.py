@@ -29,11 +29,11 @@ from intermix_core.config.grid import (
     setup_of_model,
 )
 from intermix_core.method.devices import choose_precision, resolve_device
-from intermix_core.records import CHECKPOINT, RESULT, load_result
+from intermix_core.records import CHECKPOINT, RESULT, FoldResult, load_result
 from intermix_core.results.statistics import Summary
 from intermix_core.results.tables import REPORT_HTML, format_terminal, install_reports
 from intermix_core.run.aggregate import aggregate_step, describe_absent
-from intermix_core.run.steps import attack_checkpoint_step, attack_step, train_step
+from intermix_core.run.steps import attack_checkpoint_step, attack_step, train_pack_step, train_step
 from intermix_core.store.reports import fetch_latest_reports
 from intermix_core.store.storage import open_storage
 from intermix_core.tracking.client import TrackingError
@@ -98,13 +98,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     missing = [flag for flag, v in (("--data", args.data), ("--fold", args.fold), ("--out", args.out)) if v is None]
     if missing:
         raise UsageError(f"train: give {', '.join(missing)} (or --print-config to only print the configuration)")
-    _check_fold(cfg.dataset, args.fold)
-    result = train_step(
+    for fold in args.fold:
+        _check_fold(cfg.dataset, fold)
+    if len(set(args.fold)) != len(args.fold):
+        raise UsageError(f"--fold {' '.join(map(str, args.fold))}: a fold is named twice")
+    if len(args.fold) == 1:
+        result = train_step(
+            cfg.model_dump_json(), args.data, args.fold[0], args.out, args.grid_id, args.tracking_uri, args.store,
+            restart=args.from_scratch, progress=True, device=args.device,
+        )
+        print(f"{result.label}: test error {result.test_error:.2f}% -> {args.out}")
+        return 0
+    outcomes = train_pack_step(
         cfg.model_dump_json(), args.data, args.fold, args.out, args.grid_id, args.tracking_uri, args.store,
         restart=args.from_scratch, progress=True, device=args.device,
     )
-    print(f"{result.label}: test error {result.test_error:.2f}% -> {args.out}")
-    return 0
+    code = 0  # a fold that failed alone: 2 for what the user can fix (a diverged loss), as `--fold N` exits, else 1
+    for fold, outcome in outcomes.items():
+        if isinstance(outcome, FoldResult):
+            print(f"{outcome.label}: test error {outcome.test_error:.2f}% -> {Path(args.out) / f'fold{fold}'}")
+        else:
+            code = max(code, 2 if isinstance(outcome, ValueError) else 1)
+            print(f"intermix: error: {outcome}", file=sys.stderr)
+    return code
 
 
 def cmd_attack(args: argparse.Namespace) -> int:

@@ -42,14 +42,19 @@ def cmd_study(args: argparse.Namespace) -> int:
     """Train one dataset x setup's folds concurrently on one device inside a time budget."""
     if args.concurrency < 1 or args.budget <= 0:
         raise UsageError("--concurrency must be >= 1 and --budget > 0 seconds")
+    if args.pack < 1:
+        raise UsageError(f"--pack {args.pack}: expected a number of folds >= 1")
     grid = load_grid_args(args)
     rate = None
     if args.throughput:
         shard = shards(grid)[0]
         cfg = next(iter(shard.configs.values()))
         hits = [r for r in load_throughput(args.throughput) if r["model"] == cfg.model
-                and r["precision"] == ("fp32" if cfg.optim.precision == "auto" else cfg.optim.precision) and r["device"] == ("cpu" if args.device == "cpu" else r["device"])]
-        rate = max((r["full_samples_per_s"] for r in hits), default=None)
+                and r["precision"] == ("fp32" if cfg.optim.precision == "auto" else cfg.optim.precision)
+                and r["device"] == ("cpu" if args.device == "cpu" else r["device"])]
+        packed = [r for r in hits if int(r.get("pack", 1)) == args.pack]  # a pack's rate (all its folds), if measured
+        rate = max((r["full_samples_per_s"] for r in packed or [r for r in hits if int(r.get("pack", 1)) == 1]),
+                   default=None)
     report = run_study(grid, Path(args.data), args.out, budget_seconds=args.budget, concurrency=args.concurrency,
-                       device=args.device, samples_per_s=rate)
+                       device=args.device, samples_per_s=rate, pack=args.pack)
     return 0 if report.finished == len(report.folds) else 1

@@ -74,14 +74,17 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     grid = load_grid_args(args)
     if args.max_gpus is not None and args.max_gpus < 1:
         raise UsageError(f"--max-gpus {args.max_gpus}: expected a number of GPUs, at least 1")
-    rows = estimate_grid(grid, load_throughput(args.throughput), args.device)
+    if args.pack < 1:
+        raise UsageError(f"--pack {args.pack}: expected a number of folds >= 1")
+    rows = estimate_grid(grid, load_throughput(args.throughput), args.device, args.pack)
     if args.json:
         known = [r.hours for r in rows if r.hours is not None]
         wall = wall_hours(rows, args.max_gpus) if args.max_gpus and known else None
         print(json.dumps({"grid_id": grid_id(grid), "total_hours": sum(known) if known else None,
                           "max_gpus": args.max_gpus, "wall_hours": wall,
                           "unmeasured": sorted({m for r in rows for m in r.unmeasured}),
-                          "setups": [dataclasses.asdict(r) | {"devices": sorted(r.devices), "unmeasured": sorted(r.unmeasured)}
+                          "setups": [dataclasses.asdict(r) | {"devices": sorted(r.devices), "unmeasured": sorted(r.unmeasured),
+                                                              "pack_unmeasured": sorted(r.pack_unmeasured)}
                                      for r in rows]}, indent=2))
         return 0
     print(format_estimate(grid.name, rows, args.max_gpus))

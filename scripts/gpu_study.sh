@@ -8,8 +8,11 @@
 #      (cuDNN's autotuner, channels-last) side by side and the study runs with the fastest one, if it beats the
 #      plain step by 3 % (tune.json; the study's `--set optim.KEY=VALUE`, recorded in study.json);
 #   1. study: the packaged gpu-study grid (EnvNet, ESC-10, 4 strategies x 5 folds, the reference schedule) with
-#      CONCURRENCY folds at once, stopping at BUDGET seconds (study/: fold results, reports/, study.json);
-#   2. throughput: benchmarks/bench_throughput.py (data path, step, full step, 10-crop test; fp32 and bf16);
+#      CONCURRENCY workers at once, each a pack of PACK folds of one cell trained as one fused model
+#      (intermix_core/method/pack.py; PACK=1: one fold per worker, as before packs), stopping at BUDGET seconds
+#      (study/: fold results, reports/, study.json);
+#   2. throughput: benchmarks/bench_throughput.py (data path, step, full step, 10-crop test; fp32 and bf16; and the
+#      aggregate of a pack of PACK folds);
 #   3. mixing: benchmarks/bench_mixing.py (each strategy's step against Standard's);
 #   4. options: benchmarks/bench_options.py (bf16, channels-last, cuDNN's autotuner against the plain step);
 #   5. profile: benchmarks/bench_profile.py (the kernels a step spends its device time in, and how busy the device is);
@@ -17,7 +20,8 @@
 # Everything lands in OUT (default: $OUT if set, else ./gpu-study-out): study/, throughput.json, <stage>.log,
 # gpu-study.log. The study's steps (prepare, study, estimate) need PyTorch and pydantic/soundfile only: no MLflow,
 # boto3 or kfp (pipelines/local_commands.py). Settings through the environment:
-#   ESC10=.esc10 BUDGET=330 CONCURRENCY=4 BENCH_MODELS="envnet envnet_v2" PYTHON=python3 STAGE_SLACK=45 DEVICE=cuda
+#   ESC10=.esc10 BUDGET=330 CONCURRENCY=4 PACK=5 BENCH_MODELS="envnet envnet_v2" PYTHON=python3 STAGE_SLACK=45
+#   DEVICE=cuda
 #   GRID=gpu-study MODEL=envnet BENCHMARKS=1 STUDY_DIR=$OUT/study LOGS=$OUT PREPARED=/tmp/intermix-esc10-$MODEL
 #   TUNE=1 TUNE_VARIANTS="cudnn_benchmark channels_last channels_last+cudnn_benchmark" TUNE_REPEATS=5
 # With STUDY_DIR outside OUT, OUT gets the study's study.json, table1.md, report.html and summary.json (not its
@@ -33,6 +37,7 @@ ESC10=${ESC10:-.esc10}
 BUDGET=${BUDGET:-330}
 CONCURRENCY=${CONCURRENCY:-4}   # on an H200 ten EnvNet workers trained 1.4x one process's samples/s (README,
                                 # Measured): fewer workers lose little and finish folds sooner inside a budget
+PACK=${PACK:-5}                 # folds of a cell per worker, as one fused model: 4 packs of 5 = the 20 folds at once
 DEVICE=${DEVICE:-cuda}
 GRID=${GRID:-gpu-study}        # a grid of one dataset x setup (a file or a packaged grid)
 MODEL=${MODEL:-envnet}        # the model whose sample rate the data is prepared at
@@ -79,7 +84,7 @@ for item in json.load(open(sys.argv[1]))["pick"][sys.argv[2]]["set"]:
   echo "== study options: ${SETS[*]:-as the grid sets them}" | tee -a "$log"
 fi
 stage study $((BUDGET + STAGE_SLACK)) "$PYTHON" -m pipelines.cli study "$GRID" --data "$PREPARED" \
-    --out "$STUDY_DIR" --budget "$BUDGET" --concurrency "$CONCURRENCY" --device "$DEVICE" "${SETS[@]}"
+    --out "$STUDY_DIR" --budget "$BUDGET" --concurrency "$CONCURRENCY" --pack "$PACK" --device "$DEVICE" "${SETS[@]}"
 if [ "$STUDY_DIR" != "$DEST/study" ]; then  # the study's small outputs beside the log (not its checkpoints)
   for f in study.json reports/table1.md reports/report.html reports/summary.json; do
     if [ -f "$STUDY_DIR/$f" ]; then cp "$STUDY_DIR/$f" "$DEST/$(basename "$f")"; fi
@@ -87,12 +92,13 @@ if [ "$STUDY_DIR" != "$DEST/study" ]; then  # the study's small outputs beside t
 fi
 [ "$BENCHMARKS" = 1 ] || exit 0
 stage throughput 90 "$PYTHON" benchmarks/bench_throughput.py --device "$DEVICE" --models $BENCH_MODELS --repeats 5 \
-    --save "$DEST/throughput.json"
+    --pack "$PACK" --save "$DEST/throughput.json"
 stage mixing 60 "$PYTHON" benchmarks/bench_mixing.py --device "$DEVICE" --models $BENCH_MODELS m18 soundnet5 --repeats 10
 # every variant but the compiled ones (no gain on the H200, 2026-12-04, and a long warm-up each), a process each
 stage options 90 "$PYTHON" benchmarks/bench_options.py --device "$DEVICE" --models envnet_v2 --repeats 5 --no-compile \
     --save "$DEST/options.json"
 stage profile 60 "$PYTHON" benchmarks/bench_profile.py --device "$DEVICE" --models $BENCH_MODELS --steps 10
 if [ -f "$DEST/throughput.json" ]; then
-  stage estimate 20 "$PYTHON" -m pipelines.cli estimate paper --throughput "$DEST/throughput.json" --device "$DEVICE"
+  stage estimate 20 "$PYTHON" -m pipelines.cli estimate paper --throughput "$DEST/throughput.json" --device "$DEVICE" \
+      --pack "$PACK"
 fi

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -80,3 +82,31 @@ def test_bench_precision_times_both_precisions_under_each_cpu_setting() -> None:
     for cells in rows.values():
         fp32, bf16, ratio = float(cells[-4]), float(cells[-3]), float(cells[-2].rstrip("x"))
         assert fp32 > 0 and bf16 > 0 and abs(bf16 / fp32 - ratio) < 0.01 + 0.01 * ratio
+@pytest.mark.slow
+def test_bench_throughput_times_a_pack_and_estimate_counts_packs(tmp_path: Path) -> None:
+    """`--pack 2`: a record per pack beside the one-fold record, printed side by side; `intermix estimate --pack 2`
+    reads its aggregate rate, and falls back to the one-fold figure (saying so) for a pack size not measured."""
+    saved = tmp_path / "throughput.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_throughput.py"), "--models", "piczak_cnn",
+                           "--batch", "4", "--repeats", "1", "--threads", "1", "--device", "cpu", "--pack", "2",
+                           "--save", str(saved)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = json.loads(saved.read_text())
+    assert sorted((r["augment"], r["pack"]) for r in records) == [(False, 1), (False, 2), (True, 1), (True, 2)]
+    for r in records:
+        if r["pack"] == 2:
+            alone = next(o for o in records if o["pack"] == 1 and o["augment"] == r["augment"])
+            assert r["one_fold_full_samples_per_s"] == alone["full_samples_per_s"] and r["full_samples_per_s"] > 0
+    assert len(re.findall(r"^piczak_cnn +fp32 +(yes|no) +pack of 2: [\d,.]+ samples/s in all, one fold alone [\d,.]+ "
+                          r"\([\d.]+x\)$", proc.stdout, re.M)) == 2
+    from intermix_core.config.grid import load_grid
+    from intermix_core.run.estimate import estimate_grid
+
+    grid = load_grid("paper")
+    piczak = [r for r in estimate_grid(grid, records, "cpu", pack=1) if r.setup.startswith("piczak")]
+    packed = [r for r in estimate_grid(grid, records, "cpu", pack=2) if r.setup.startswith("piczak")]
+    assert piczak and all(a.hours is not None and b.hours is not None for a, b in zip(piczak, packed))
+    assert all(a.train_samples == b.train_samples and a.hours != b.hours for a, b in zip(piczak, packed))
+    assert not any(r.pack_unmeasured for r in packed)
+    others = [r for r in estimate_grid(grid, records, "cpu", pack=3) if r.setup.startswith("piczak")]
+    assert all(r.pack_unmeasured == {"piczak_cnn"} for r in others)  # no record for packs of 3: one-fold figures

@@ -19,6 +19,7 @@ from intermix_core.config import StrategyConfig
 from intermix_core.method.audio import a_weighted_level_db
 from intermix_core.method.bank import apply_gain
 from intermix_core.method.fused import fused
+from intermix_core.models import at_least_float32
 
 # the authors' utils.mixup_sound measures hidden-feature levels with the 44.1 kHz A-weighting path
 HIDDEN_GAIN_RATE = 44100
@@ -180,9 +181,9 @@ class MixBatch:
         return sound_mix_ratio(self.r, g, g[self.partner])
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
-        """Mix h (B, ...) with its partners h[partner] at this batch's layer, in float32 (also under bf16 autocast)."""
+        """Mix h (B, ...) with its partners h[partner] at this batch's layer, in float32 (also under bf16 autocast; float64 stays float64)."""
         s = self.strategy
-        h = h.float()
+        h = at_least_float32(h)
         w = self.weight(h)
         h_j = h[self.partner]
         if not s.interference:

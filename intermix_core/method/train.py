@@ -48,7 +48,7 @@ from intermix_core.method.devices import choose_precision, resolve_device
 from intermix_core.method.evaluate import clip_error, confusion_matrix, predict_crops, to_host
 from intermix_core.method.mixing import Mixer
 from intermix_core.method.optim import learning_rate, make_optimizer
-from intermix_core.models import StagedModel, create_model, model_class, speed_up
+from intermix_core.models import StagedModel, at_least_float32, create_model, model_class, speed_up
 from intermix_core.records import CHECKPOINT, RESULT, EpochRecord, FoldResult, fold_label, load_result, save_result
 
 # the clock of the checkpoint cadence (monotonic seconds); tests replace it to step time by hand
@@ -87,7 +87,8 @@ class TrainingDiverged(ValueError):
 
 def kl_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Eq. 6: mean over the batch of KL(target || softmax(logits))."""
-    return F.kl_div(F.log_softmax(logits.float(), dim=1), targets, reduction="batchmean")
+    logp = F.log_softmax(at_least_float32(logits), dim=1)
+    return F.kl_div(logp, targets.to(logp.dtype), reduction="batchmean")
 
 
 def training_step(
@@ -145,6 +146,11 @@ class FoldRun:
     last_checkpoint: float = 0.0  # clock() when the last checkpoint was written (or training began)
     stop: StopRequest = field(default_factory=lambda: StopRequest())  # a signal asking to stop after this epoch
     precision: str = "fp32"  # optim.precision as it runs here: `auto` chosen for the device (choose_precision)
+    # a fold of a pack draws its dropout masks from its own generator (intermix_core.method.pack); alone, None:
+    # the global generator of the device
+    dropout_gen: torch.Generator | None = None
+    # a fold of a pack: its training clips' indices in `train_bank`, one bank the pack shares; alone, None (all of it)
+    train_index: torch.Tensor | None = None
 
     @property
     def label(self) -> str:
@@ -405,11 +411,16 @@ def _train_epoch(run: FoldRun, epoch: int) -> EpochRecord:
     loss_total, wrong_total = to_host(torch.stack([loss_sum, wrong.to(loss_sum.dtype)]))  # the epoch's one host sync
     train_loss = loss_total / max(n_seen, 1)
     if not math.isfinite(train_loss):
-        raise TrainingDiverged(f"{run.label}: the training loss became {train_loss} in epoch {epoch} (lr {lr:g}); "
-                               "the fold is failed (try a lower optim.lr)")
+        raise diverged(run, train_loss, epoch, lr)
     run.elapsed += time.perf_counter() - t0
     run.seen += n_seen
     return EpochRecord(epoch=epoch, lr=lr, train_loss=train_loss, train_error=100.0 * round(wrong_total) / max(n_seen, 1))
+
+
+def diverged(run: FoldRun, train_loss: float, epoch: int, lr: float) -> TrainingDiverged:
+    """The error that fails a fold whose epoch loss is not finite, naming the fold, epoch and learning rate."""
+    return TrainingDiverged(f"{run.label}: the training loss became {train_loss} in epoch {epoch} (lr {lr:g}); "
+                            "the fold is failed (try a lower optim.lr)")
 
 
 def _evaluate(run: FoldRun, record: EpochRecord) -> torch.Tensor:
@@ -442,10 +453,12 @@ def _checkpoint(run: FoldRun, epoch: int, final: bool) -> None:
         "data_fingerprint": run.data_fingerprint,
     }
     if not final:  # what resuming needs; a finished fold drops it (about half the file for SGD)
+        own = run.dropout_gen  # a pack's fold: its generator's state is what the global one holds for a lone fold
         ckpt.update(optimizer=run.opt.state_dict(), mixer_rng=run.mixer.state(), data_rng=run.data_gen.get_state(),
-                    data_rng_device=run.dev.type, torch_rng=torch.get_rng_state())
+                    data_rng_device=run.dev.type,
+                    torch_rng=own.get_state() if own is not None and run.dev.type == "cpu" else torch.get_rng_state())
         if run.dev.type == "cuda":
-            ckpt["cuda_rng"] = torch.cuda.get_rng_state(run.dev)
+            ckpt["cuda_rng"] = own.get_state() if own is not None else torch.cuda.get_rng_state(run.dev)
     save_checkpoint(run.out / CHECKPOINT, ckpt)
     run.last_checkpoint = clock()
     if run.tracker is not None and run.run_id is not None:

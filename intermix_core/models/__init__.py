@@ -10,7 +10,7 @@ from typing import Any
 
 from intermix_core.models.specs import MODEL_SPECS, ModelSpec, list_models, model_spec
 
-_HEAVY = ("Mix", "StagedModel", "create_model", "model_class", "register_model", "speed_up")
+_HEAVY = ("Mix", "StagedModel", "at_least_float32", "create_model", "model_class", "register_model", "speed_up")
 
 __all__ = ["MODEL_SPECS", "ModelSpec", "list_models", "model_spec", *_HEAVY]
 

@@ -10,6 +10,11 @@ from torch import nn
 from intermix_core.models.specs import list_models, model_spec
 
 
+def at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    """`t` in float32 if it is a narrower float (bf16/fp16 under autocast), else unchanged (float64 stays float64)."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 class Mix(Protocol):
     """What a model needs from a mixer: the layer to mix at, and how to mix a hidden tensor."""
 

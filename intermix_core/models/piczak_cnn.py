@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torchaudio import transforms
 
-from intermix_core.models.base import StagedModel, register_model
+from intermix_core.models.base import StagedModel, at_least_float32, register_model
 
 # LeCun-normal fc layers (Chainer default): He-normal ones on top of the max-pooled, un-normalised
 # conv features gave initial logits with a standard deviation of about 6 and diverging training
@@ -49,13 +49,18 @@ class LogMelDeltas(nn.Module):
         # network; a non-affine batch norm standardizes each channel with running dataset statistics.
         self.norm = nn.BatchNorm2d(2, affine=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Compute standardized log-mel + delta channels from waveforms."""
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Log-mel + delta channels (B, 2, 60, 41) of waveforms (B, T), each example on its own (no batch statistics)."""
         with torch.autocast(device_type=x.device.type, enabled=False):
             # (B, 1, T): the channel axis keeps AmplitudeToDB's top_db clipping per example, not per batch.
-            x = x.float().unsqueeze(1)
+            x = at_least_float32(x).unsqueeze(1)
             logmel = self.to_db(self.melspec(x))  # (B, 1, 60, 41)
-            feats = torch.cat([logmel, self.deltas(logmel)], dim=1)  # (B, 2, 60, 41)
+            return torch.cat([logmel, self.deltas(logmel)], dim=1)  # (B, 2, 60, 41)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Compute standardized log-mel + delta channels from waveforms."""
+        feats = self.features(x)
+        with torch.autocast(device_type=x.device.type, enabled=False):
             return self.norm(feats)
 
 

@@ -16,6 +16,10 @@ its cells (a GPU on a tie). The shipped records hold one thread of an AMD EPYC (
 (2026-12-04, EnvNet and EnvNet-v2 only), each with its device, date and source. With a number of GPUs (`intermix
 estimate --max-gpus N`) the wall-clock time is that of the folds placed on N devices, longest first, each fold on
 one device (the pipelines' fold loops run each fold as one task).
+With `pack` K > 1 (K folds of a cell trained as one pack, `intermix_core.method.pack`), the rate is
+a `bench_throughput.py --pack K` record's, the aggregate samples/s of the K folds: the folds' samples
+over it count packs, not folds. A model without a record for that pack size falls back to its
+one-fold figure (folds one at a time), and the estimate says so.
 """
 
 from __future__ import annotations
@@ -97,15 +101,18 @@ class SetupEstimate:
     unmeasured: set[str] = field(default_factory=set)
     fold_hours: list[float] = field(default_factory=list)  # each measured fold's hours (training, evaluation, FGSM)
     device_type: str | None = None  # cpu or cuda: the kind of device the figures came from
+    pack_unmeasured: set[str] = field(default_factory=set)  # packs asked for but not measured: one-fold figures used
 
 
-def _pick(records: list[dict[str, Any]], cfg: ExperimentConfig, device: str | None) -> dict[str, Any] | None:
-    """The measurement for cfg's model, precision and augmentation (a GPU one first unless `device` says)."""
+def _pick(records: list[dict[str, Any]], cfg: ExperimentConfig, device: str | None, pack: int = 1
+          ) -> dict[str, Any] | None:
+    """The measurement for cfg's model, precision, augmentation and pack size (a GPU one first unless `device` says)."""
     augment = cfg.augment.scale or cfg.augment.gain
     # `auto` runs fp32 on a GPU and on most CPUs (bf16 only on CPUs with native bfloat16): estimated as fp32
     precision = "fp32" if cfg.optim.precision == "auto" else cfg.optim.precision
     hits = [r for r in records if r["model"] == cfg.model and r["precision"] == precision
-            and bool(r["augment"]) == augment and (device is None or r["device"] == device)]
+            and bool(r["augment"]) == augment and (device is None or r["device"] == device)
+            and int(r.get("pack", 1)) == pack]
     return max(hits, key=lambda r: (r["device"] == "cuda", r.get("date", ""))) if hits else None
 
 
@@ -117,9 +124,12 @@ def _device_type(grid: GridSpec, records: list[dict[str, Any]]) -> str | None:
     return best if covered[best] else None
 
 
-def estimate_grid(grid: GridSpec, records: list[dict[str, Any]], device: str | None = None) -> list[SetupEstimate]:
-    """Per dataset x setup of `grid`: samples, evaluated clips and hours, all on one kind of device (`device`, else
-    the kind measured for most of the grid)."""
+def estimate_grid(grid: GridSpec, records: list[dict[str, Any]], device: str | None = None, pack: int = 1
+                  ) -> list[SetupEstimate]:
+    """Per dataset x setup of `grid`: samples, evaluated clips and hours (folds trained in packs of `pack`), all on one
+    kind of device (`device`, else the kind measured for most of the grid)."""
+    if pack < 1:
+        raise ValueError(f"pack: expected a number of folds >= 1, got {pack}")
     device = device or _device_type(grid, records)
     out: dict[tuple[str, str], SetupEstimate] = {}
     for cell in expand(grid):
@@ -129,7 +139,10 @@ def estimate_grid(grid: GridSpec, records: list[dict[str, Any]], device: str | N
         est.folds += 1
         est.train_samples += work.train_samples
         est.eval_clips += work.eval_clips + work.fgsm_clips
-        rec = _pick(records, cfg, device)
+        rec = _pick(records, cfg, device, pack) if pack > 1 else None
+        if pack > 1 and rec is None:
+            est.pack_unmeasured.add(cfg.model)
+        rec = rec or _pick(records, cfg, device)
         if rec is None or est.hours is None:
             est.hours = None
             est.unmeasured.add(f"{cfg.model}/{cfg.optim.precision}/{'aug' if cfg.augment.scale or cfg.augment.gain else 'plain'}")
@@ -177,6 +190,10 @@ def format_estimate(grid_name: str, rows: list[SetupEstimate], max_gpus: int | N
             lines.append(f"with --max-gpus {max_gpus}: about {wall_hours(rows, max_gpus):,.1f} h wall-clock for the "
                          f"{folds} measured folds ({min(max_gpus, folds)} at a time, each fold on one device, the "
                          "longest first)")
+    unpacked = sorted({m for r in rows for m in r.pack_unmeasured})
+    if unpacked:
+        lines.append(f"packs not measured for {', '.join(unpacked)}: their folds' one-at-a-time figures are used "
+                     "(benchmarks/bench_throughput.py --pack K measures them)")
     if missing:
         lines.append(f"not measured{' (hours left out of the total)' if known else ''}: {', '.join(missing)}; "
                      "run benchmarks/bench_throughput.py --save FILE.json and pass --throughput FILE.json")

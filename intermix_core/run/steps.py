@@ -23,6 +23,7 @@ from intermix_core.config import ExperimentConfig, parse_config
 from intermix_core.data import Manifest
 from intermix_core.method.attack import attack_fold
 from intermix_core.method.checkpoint import FoldBusy, fold_lock, load_checkpoint
+from intermix_core.method.pack import train_pack
 from intermix_core.method.train import stop_on_signals, train_fold
 from intermix_core.records import CHECKPOINT, RESULT, FoldResult, fold_label, load_result, save_result
 from intermix_core.run.sync import (
@@ -209,6 +210,70 @@ def _store_failed(tracker: Tracker, out: Path, where: str, err: Exception) -> No
     except Exception as tracking_err:  # noqa: BLE001 - the store's error is what the user must see
         print(f"intermix: warning: MLflow run {run_id} could not be ended ({type(tracking_err).__name__})",
               file=sys.stderr)
+
+
+def train_pack_step(
+    config_json: str,
+    data_dir: str | Path,
+    folds: list[int],
+    out_dir: str | Path,
+    grid_id: str = "local",
+    tracking_uri: str | None = None,
+    checkpoint_root: str | None = None,
+    *,
+    restart: bool = False,
+    progress: bool = False,
+    device: str | None = None,
+    sync_seconds: float = 60.0,
+    keep_checkpoint: bool = True,
+) -> dict[int, FoldResult | Exception]:
+    """Train `folds` of one cell as one pack (`intermix_core.method.pack`), fold f in out_dir/fold<f>, each fold synced,
+    tracked and persisted as `train_step` does one; per fold its result or the error that ended it alone.
+
+    A fold that fails alone (a non-finite loss) leaves its failed result in the store and the others
+    go on; an error that stops the pack leaves one for every fold.
+    """
+    cfg = parse_config(json.loads(config_json), source="config_json")
+    check_name(grid_id, "grid id")
+    outs = {f: Path(out_dir) / f"fold{f}" for f in folds}
+    store = _storage(checkpoint_root)
+    prefixes = {f: cell_prefix(grid_id, cfg.dataset, cfg.setup_name, cfg.strategy.name, f) for f in folds}
+    for f, out in outs.items():
+        out.mkdir(parents=True, exist_ok=True)
+        if restart:
+            for name in (RESULT, CHECKPOINT):
+                (out / name).unlink(missing_ok=True)
+                if store is not None and store.exists(f"{prefixes[f]}/{name}"):
+                    store.delete(f"{prefixes[f]}/{name}")
+    tracker = _tracker(tracking_uri)
+    try:
+        with contextlib.ExitStack() as pushing:
+            if store is not None:
+                for f, out in outs.items():
+                    in_sync = pull_fold(store, prefixes[f], out) if not restart else True
+                    pushing.enter_context(CheckpointPusher(store, prefixes[f], out, sync_seconds, in_sync).running())
+            outcomes = train_pack(cfg, data_dir, folds, [outs[f] for f in folds], tracker=tracker, grid_id=grid_id,
+                                  progress=progress, device=device)
+    except (FoldBusy, FoldSuperseded):
+        raise  # another attempt holds a fold: its outcome, not this refusal, belongs in the store
+    except Exception as err:
+        if store is not None:
+            for f in folds:
+                record_failure(store, grid_id, cfg, f, err)
+        raise
+    finally:
+        if tracker is not None:
+            tracker.close()
+    if store is not None:
+        for f, outcome in outcomes.items():
+            if isinstance(outcome, FoldResult):
+                patiently(lambda f=f: store.upload_file(outs[f] / RESULT, f"{prefixes[f]}/{RESULT}"),
+                          f"uploading {prefixes[f]}/{RESULT}")
+                if not keep_checkpoint:
+                    (outs[f] / CHECKPOINT).unlink(missing_ok=True)
+            elif not isinstance(outcome, FoldSuperseded):
+                record_failure(store, grid_id, cfg, f, outcome)
+    return outcomes
 
 
 def attack_step(

@@ -575,3 +575,34 @@ def test_shell_completion_offers_subcommands_grids_flags_and_choices(tmp_path: P
     assert _complete("intermix train --device c", tmp_path) == ["cpu", "cuda", "cuda:0"]
     assert _complete("intermix run --on-silent ", tmp_path) == ["keep", "skip", "error"]
     assert "--from-scratch" in _complete("intermix rerun --f", tmp_path)
+
+
+def test_train_several_folds_as_a_pack_writes_one_folder_per_fold(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """`train --fold 1 2 --out DIR`: DIR/fold1 and DIR/fold2, each what `--fold N --out DIR/foldN` holds; attack works
+    on a fold's folder; a fold named twice is refused in one line."""
+    from intermix_core.method.checkpoint import load_checkpoint
+    from intermix_core.records import load_result
+    from intermix_core.testing import demo_subset
+
+    src = demo_subset(tmp_path / "src", per_class_per_fold=1, folds=(1, 2), seconds=2.0)
+    data, out = tmp_path / "prep", tmp_path / "pack"
+    code, _, err = _run(["prepare", "--dataset", "esc10", "--source", str(src), "--model", "piczak_cnn",
+                         "--out", str(data)], capsys)
+    assert code == 0, err
+    flags = ["train", "--dataset", "esc10", "--model", "piczak_cnn", "--strategy", "bc", "--set", "optim.epochs=1",
+             "--set", "optim.batch_size=4", "--set", "num_crops=2", "--set", "attack.epsilons=[0.01]",
+             "--data", str(data)]
+    code, stdout, err = _run([*flags, "--fold", "1", "1", "--out", str(out)], capsys)
+    assert code == 2 and "--fold 1 1: a fold is named twice" in err and not out.exists()
+    code, stdout, err = _run([*flags, "--fold", "1", "2", "--out", str(out)], capsys)
+    assert code == 0, err
+    lines = stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["esc10/piczak_cnn/bc/fold1", "esc10/piczak_cnn/bc/fold2"]
+    assert sorted(p.name for p in out.iterdir()) == ["fold1", "fold2"]
+    for fold in (1, 2):
+        assert sorted(p.name for p in (out / f"fold{fold}").iterdir() if not p.name.startswith(".")) == [
+            "checkpoint.pt", "result.json"]  # and the fold lock, as `--fold N` leaves it
+        assert load_result(out / f"fold{fold}" / "result.json").fold == fold
+        assert load_checkpoint(out / f"fold{fold}" / "checkpoint.pt")["fold"] == fold
+    code, stdout, err = _run(["attack", "--trained", str(out / "fold2"), "--data", str(data)], capsys)
+    assert code == 0 and stdout.startswith("esc10/piczak_cnn/bc/fold2:") and "0.01" in stdout, err

@@ -39,10 +39,11 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def train(prepared: Path, out: Path, url: str, grid: str, *sets: str) -> subprocess.Popen:
-    """`intermix train` of PiczakCNN fold 1 as a process of its own (metrics synced every 0.3 s)."""
+def train(prepared: Path, out: Path, url: str, grid: str, *sets: str, folds: tuple[int, ...] = (1,)) -> subprocess.Popen:
+    """`intermix train` of PiczakCNN fold 1 (or a pack of `folds`) as a process of its own (metrics synced every 0.3 s)."""
     argv = [sys.executable, "-m", "pipelines.cli", "train", "--dataset", "esc10", "--model", "piczak_cnn",
-            "--strategy", "bc", "--data", str(prepared), "--fold", "1", "--out", str(out), "--tracking-uri", url,
+            "--strategy", "bc", "--data", str(prepared), "--fold", *map(str, folds), "--out", str(out),
+            "--tracking-uri", url,
             "--grid-id", grid, "--device", "cpu", "--set", "optim.batch_size=16", "--set", "num_crops=1",
             *[a for s in sets for a in ("--set", s)]]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "INTERMIX_MLFLOW_SYNC_SECONDS": "0.3"}
@@ -111,6 +112,43 @@ def test_a_signal_stops_after_the_epoch_with_a_checkpoint_and_ends_the_run_kille
     assert run.info.status == "FINISHED" and parent(client, grid).info.status == "FINISHED"
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss"))
     assert steps == list(range(1, 41))
+
+
+def test_a_signal_checkpoints_every_fold_of_a_pack_and_the_same_command_resumes_them(
+        prepared: Path, tmp_path: Path, mlflow_tracking: MlflowServer) -> None:
+    grid, client = "end-pack", MlflowClient(mlflow_tracking.url)
+    sets = ("optim.epochs=40", "optim.eval_every=40")
+    proc = train(prepared, tmp_path / "out", mlflow_tracking.url, grid, *sets, folds=(1, 2))
+    try:
+        deadline = time.monotonic() + 300
+        while True:  # both folds' runs have an epoch in MLflow
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
+            exp = client.get_experiment_by_name("intermix")
+            runs = client.search_runs([exp.experiment_id], f"tags.`intermix.grid_id` = '{grid}' and "
+                                      "tags.`intermix.kind` = 'fold'") if exp else []
+            if len(runs) == 2 and all(client.get_metric_history(r.info.run_id, "train_loss") for r in runs):
+                break
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    last = [line for line in err.splitlines() if line.startswith("intermix:")][-1]
+    assert last.startswith("intermix: esc10/piczak_cnn/bc/folds 1,2: stopped by SIGTERM after epoch ")
+    assert "with every fold's checkpoint: the same command resumes them" in last and "Traceback" not in err
+    epoch = int(last.split("after epoch ")[1].split(",")[0])
+    for fold in (1, 2):
+        state = load_checkpoint(tmp_path / "out" / f"fold{fold}" / "checkpoint.pt")
+        assert state["epoch"] == epoch and state["fold"] == fold and "optimizer" in state  # resumable
+    assert all(client.get_run(r.info.run_id).info.status == "KILLED" for r in runs)
+    again = train(prepared, tmp_path / "out", mlflow_tracking.url, grid, *sets, folds=(1, 2))
+    assert again.wait(timeout=900) == 0, again.stderr.read()[-2000:]
+    for r in runs:  # the same runs, resumed and finished
+        assert client.get_run(r.info.run_id).info.status == "FINISHED"
+        steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, "train_loss"))
+        assert steps == list(range(1, 41))
 
 
 def test_a_killed_fold_is_recognised_by_its_stale_heartbeat(prepared: Path, tmp_path: Path,

@@ -152,6 +152,7 @@ SCENARIOS: dict[str, Callable[[Path, pytest.MonkeyPatch], list[str]]] = {
     "lr-nan": lambda tmp, mp: [*TRAIN, "--set", "optim.lr=.nan"],
     "unknown-model": lambda tmp, mp: [*TRAIN, "--model", "resnet50"],
     "bad-fold": lambda tmp, mp: ["train", "--dataset", "esc10", "--data", ".", "--fold", "9", "--out", "out"],
+    "pack-size-zero": lambda tmp, mp: ["estimate", "paper", "--pack", "0"],
     "no-preparation": lambda tmp, mp: ["train", "--dataset", "esc10", "--model", "piczak_cnn", "--data",
                                        str((tmp / "empty").resolve()), "--fold", "1", "--out", str(tmp / "out")],
     "csv-not-utf8-esc": lambda tmp, mp: _prepare(_esc_csv(tmp, lambda ls: ls[:2] + [ls[2].replace("dog", "caf\xe9")] + ls[3:],

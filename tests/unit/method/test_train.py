@@ -6,13 +6,11 @@ Runs on the ESC-10 demo clips shipped in the package (intermix_core.testing), so
 import multiprocessing
 import os
 import pickle
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from intermix_core.config import parse_config
 from intermix_core.data import prepare_dataset
@@ -23,6 +21,7 @@ from intermix_core.data import load_prepared
 from intermix_core.records import load_result
 from intermix_core.testing import demo_subset
 
+from host_reads import HostReads as _HostReads
 from tiny import tiny_cfg
 
 
@@ -292,33 +291,6 @@ def test_resume_equals_uninterrupted_with_the_time_cadence(tiny_data, tmp_path, 
     a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")["model"]
     b = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-
-
-class _HostReads(TorchDispatchMode):
-    """Counts the operators that make a device wait for the host: .item()/float()/int()/bool() on a tensor
-    (aten._local_scalar_dense) and the data-dependent shapes (nonzero, masked_select, unique)."""
-
-    SYNCING = {"_local_scalar_dense", "nonzero", "masked_select", "_unique2", "unique_dim", "unique_consecutive"}
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
-        name = func.overloadpacket.__name__
-        if name in self.SYNCING and not self._layer_draw():
-            self.seen.append(name)
-        return func(*args, **(kwargs or {}))
-
-    @staticmethod
-    def _layer_draw() -> bool:
-        """The mixer's layer comes from its CPU generator (Mixer.draw_layer): a host read that never waits for a GPU."""
-        frame = sys._getframe()
-        while frame is not None:
-            if frame.f_code.co_name == "draw_layer" and frame.f_code.co_filename.endswith("mixing.py"):
-                return True
-            frame = frame.f_back
-        return False
 
 
 @pytest.mark.parametrize("strategy", ["standard", "bc", "intermix", "intermix_official"])

@@ -113,3 +113,20 @@ def test_study_set_reaches_every_cell_and_study_json(prepared, tmp_path, capsys)
     assert "--set 'optim.cudnn_benchmark': expected KEY=VALUE" in capsys.readouterr().err
     assert main(["study", str(grid_file), "--data", str(prepared), "--set", "optim.cudnn=true"]) == 2
     assert "optim.cudnn: unknown key" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_study_trains_packs_of_a_cells_folds(prepared, tmp_path, monkeypatch, capsys):
+    """`pack=2`: one worker per cell trains its two folds as one pack, then each fold's FGSM; every fold finishes in
+    its own folder, and study.json says the pack size."""
+    monkeypatch.setenv("INTERMIX_WORKER_THREADS", "1")
+    out = tmp_path / "study"
+    report = run_study(parse_grid(GRID), prepared, out, budget_seconds=600, concurrency=2, device="cpu", pack=2)
+    printed = capsys.readouterr().out
+    assert "2 packs of up to 2 folds at a time" in printed
+    assert printed.count("  started esc10/piczak_cnn/") == 2 and "fold1, esc10/piczak_cnn/" in printed
+    assert report.finished == 4 and all(f.status == "finished" and f.epochs_done == 3 for f in report.folds)
+    assert json.loads((out / "study.json").read_text())["pack"] == 2
+    for f in report.folds:
+        result = json.loads((out / f.label / "result.json").read_text())
+        assert result["fgsm"] and f.label.endswith(f"fold{result['fold']}")
