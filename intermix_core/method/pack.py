@@ -556,7 +556,7 @@ def _train_pack_epoch(live: Sequence[FoldRun], pack_opt: torch.optim.Optimizer, 
             ys = [run.train_bank.labels[idx] for run, (_, idx) in zip(runs, group)]
             losses, logits, targets = pack_step([run.model for run in runs], pack_opt, [run.mixer for run in runs],
                                                 xs, ys, [run.dropout_gen for run in runs],  # type: ignore[misc]
-                                                optim.precision)
+                                                runs[0].precision)  # optim.precision as it runs here (`auto` chosen)
             for j, (k, idx) in enumerate(group):
                 loss_sums[k] += losses[j] * len(idx)
                 wrongs[k] += (logits[j].argmax(1) != targets[j].argmax(1)).sum()
