@@ -59,7 +59,7 @@ from intermix_core.config import ExperimentConfig, OptimConfig
 from intermix_core.method import train as lone
 from intermix_core.data import load_prepared
 from intermix_core.method.bank import ClipBank, TrainInputs, apply_gain, draw_crops, epoch_order, train_inputs
-from intermix_core.method.checkpoint import clean_temporaries, fold_lock
+from intermix_core.method.checkpoint import check_same_data, clean_temporaries, fold_lock
 from intermix_core.method.devices import resolve_device
 from intermix_core.method.evaluate import to_host
 from intermix_core.method.mixing import MixBatch, Mixer
@@ -72,7 +72,7 @@ from intermix_core.models.envnet import SwapAxes, WaveToImage
 from intermix_core.models.m18 import GlobalAvgPool1d
 from intermix_core.models.piczak_cnn import LogMelDeltas
 from intermix_core.models.soundnet5 import ConvOutputHead
-from intermix_core.records import RESULT, EpochRecord, FoldResult, load_result
+from intermix_core.records import CHECKPOINT, RESULT, EpochRecord, FoldResult, load_result
 
 
 # --- activations of K folds: two layouts ---------------------------------------------------------
@@ -385,6 +385,7 @@ def train_pack(
     dev = resolve_device(device)
     cfg = cfg.resolved()
     outcomes: dict[int, FoldResult | Exception] = {}
+    data_fingerprint = load_prepared(data_dir, verify=False).manifest.data_fingerprint()  # cheap: the manifest
     with contextlib.ExitStack() as held:
         runs: list[FoldRun] = []
         for fold, out_dir in zip(folds, out_dirs):
@@ -393,11 +394,12 @@ def train_pack(
             held.enter_context(fold_lock(out))
             clean_temporaries(out)
             state = lone._checkpoint_of(cfg, fold, out)
+            check_same_data(state, data_fingerprint, out / CHECKPOINT, data_dir)  # as a lone fold: never mix two
             if state is not None and state["epoch"] >= cfg.optim.epochs and (out / RESULT).exists():  # type: ignore[operator]
                 outcomes[fold] = load_result(out / RESULT)  # finished earlier
                 continue
             run = lone._set_up(cfg, data_dir, fold, out, dev, state, tracker, eval_clips)
-            run.grid_id = grid_id
+            run.grid_id, run.data_fingerprint = grid_id, data_fingerprint
             run.dropout_gen = dropout_generator(dev)  # the global state a lone fold would go on from (seeded or resumed)
             runs.append(run)
         if runs:
