@@ -43,10 +43,18 @@ class TrackingError(RuntimeError):
 
 
 def transient(err: BaseException) -> bool:
-    """True for failures that may pass: connection problems, timeouts, 5xx and 429 answers, a locked sqlite."""
+    """True for failures that may pass: connection problems, timeouts, 5xx and 429 answers, a locked sqlite, a race."""
     if isinstance(err, MlflowException):
-        return err.error_code in _TRANSIENT
+        return err.error_code in _TRANSIENT or insert_race(err)
     return isinstance(err, OSError) or type(err).__name__ == "OperationalError"
+
+
+def insert_race(err: BaseException) -> bool:
+    """Two writers set the same new tag at once (two folds of a cell finishing together update their parent): MLflow's
+    SQL store reads, then inserts, so the second insert breaks the table's unique key; once retried, it updates."""
+    text = str(err)
+    return isinstance(err, MlflowException) and ("UNIQUE constraint failed" in text  # sqlite
+                                                 or "duplicate key value violates unique constraint" in text)  # PostgreSQL
 
 
 def server_clock_offset(tracking_uri: str, timeout: float = 5.0) -> float | None:
@@ -133,6 +141,9 @@ class PatientClient:
                 if not transient(err):
                     raise
                 left = deadline - time.monotonic()
+                if insert_race(err) and left > 0:  # not an outage: again at once, without a warning
+                    time.sleep(min(0.2, left))
+                    continue
                 if left <= 0:
                     raise TrackingError(f"MLflow at {redact_uris(self._uri)} did not answer for {self._patience:.0f} s "
                                         f"({reason(err)})") from None

@@ -297,3 +297,32 @@ def test_a_trainer_whose_clock_is_20_min_slow_is_running_not_killed(mlflow_track
         assert not state.stale and state.describe().startswith("running")
     finally:
         t.close()
+
+
+def test_two_folds_setting_their_parents_new_tag_at_once_is_retried_not_failed(tmp_path: Path, capsys) -> None:
+    """MLflow's SQL store reads, then inserts a tag: two folds of a cell finishing together both insert the parent's
+    `intermix.folds`, and the second breaks the unique key (seen in a demo run on sqlite). The patient client retries
+    that at once and silently; a real sqlite store answers the retry as an update. The race itself is forced here
+    by a double that raises MLflow's own exception once (named so: two processes cannot be made to collide on cue)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from intermix_core.tracking.client import PatientClient, insert_race, transient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.create_run(client.create_experiment("race")).info.run_id
+    collided = MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: tags.key, tags.run_uuid",
+                               error_code="BAD_REQUEST")
+    assert insert_race(collided) and transient(collided)
+    assert not insert_race(MlflowException("Changing param values is not allowed", error_code="INVALID_PARAMETER_VALUE"))
+    calls = []
+
+    def set_tag_after_a_collision(*args: object) -> None:  # double: the first call loses the race
+        calls.append(args)
+        if len(calls) == 1:
+            raise collided
+        client.set_tag(*args)
+
+    PatientClient(client, "sqlite:///race", patience=10).call(set_tag_after_a_collision, run, "intermix.folds", "1,2")
+    assert len(calls) == 2 and client.get_run(run).data.tags["intermix.folds"] == "1,2"
+    assert "unreachable" not in capsys.readouterr().err
