@@ -225,7 +225,7 @@ def test_a_second_trainer_of_the_same_fold_folder_is_refused_naming_the_holder(t
 def test_real_training_beats_chance(tmp_path):
     """Folds 2-3 of the demo set (80 real clips) train, fold 1 (40 clips) tests: error clearly below chance (90%).
 
-    The demo grid's setting (M18 on 2 s crops, bf16 forward, 20 epochs). 70% error is 12 of 40 clips right;
+    The demo grid's earlier setting (M18 on 2 s crops, bf16 forward, 20 epochs). 70% error is 12 of 40 clips right;
     a chance-level classifier gets that many with probability below 1e-4.
     """
     src = demo_subset(tmp_path / "src")
