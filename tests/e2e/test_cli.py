@@ -414,7 +414,7 @@ def test_config_prints_the_resolved_cell_as_yaml_that_reads_back(capsys: pytest.
     cell = next(c for c in expand(load_grid("demo")) if c.strategy == "intermix")
     assert parse_config(data) == parse_config({**cell.config.resolved().model_dump(mode="json"),
                                                "optim": {**cell.config.resolved().optim.model_dump(mode="json"), "lr": 0.05}})
-    assert data["optim"]["epochs"] == 40 and data["input_length"] == 16000  # every default explicit
+    assert data["optim"]["epochs"] == 36 and data["input_length"] == 12000  # every default explicit
     code, out, _ = _run(["config", "demo"], capsys)
     assert code == 0 and out.count("---\n") == 3  # four cells, one document each
     code, out, _ = _run(["train", "--dataset", "esc10", "--model", "m18", "--strategy", "bc", "--set", "optim.epochs=2",
