@@ -49,6 +49,18 @@ def clean_temporaries(folder: Path) -> list[str]:
     return removed
 
 
+def interruption(err: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt (a signal) behind `err`, if one is in its chain (torch turns one into a RuntimeError)."""
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """torch.save through a private temporary file and rename: a checkpoint is whole or absent, never half-written.
 
@@ -61,6 +73,9 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
             torch.save(state, f)
         os.replace(tmp, path)
     except (OSError, RuntimeError) as err:
+        stopped = interruption(err)
+        if stopped is not None:  # a Ctrl-C while torch wrote: its writer reports it as a RuntimeError
+            raise stopped from None
         cause: BaseException | None = err
         while cause is not None and not isinstance(cause, OSError):
             cause = cause.__cause__ or cause.__context__

@@ -42,7 +42,7 @@ from intermix_core.method.bank import (
     train_inputs,
 )
 from intermix_core.method.checkpoint import (
-    CHECKPOINT_FORMAT, check_same_data, clean_temporaries, fold_lock, load_checkpoint, save_checkpoint,
+    CHECKPOINT_FORMAT, check_same_data, clean_temporaries, fold_lock, interruption, load_checkpoint, save_checkpoint,
 )
 from intermix_core.method.devices import choose_precision, resolve_device
 from intermix_core.method.evaluate import clip_error, confusion_matrix, predict_crops, to_host
@@ -269,7 +269,7 @@ def _end_run(run: FoldRun, err: BaseException) -> None:
     """Tell tracking that the fold's run ended without finishing: KILLED (a signal, Ctrl-C) or FAILED (an error)."""
     if run.tracker is None or run.run_id is None:
         return
-    killed = isinstance(err, KeyboardInterrupt)
+    killed = interruption(err) is not None  # a signal, also one a library reported as its own error
     reason = str(err) if isinstance(err, FoldInterrupted) else "interrupted" if killed else f"{type(err).__name__}: {err}"
     try:
         run.tracker.end_fold(run.run_id, "KILLED" if killed else "FAILED", reason)

@@ -77,6 +77,14 @@ def fold_runs(work: Path, with_epoch: bool = False) -> dict[str, str]:
             if not with_epoch or ("train_loss" in r.data.metrics and r.data.tags.get("intermix.kind") == "fold")}
 
 
+def run_errors(work: Path) -> dict[str, str]:
+    """Each ended MLflow run's `intermix.error` tag (why it ended): what a failed assertion shows."""
+    client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("intermix")
+    return {r.data.tags.get("mlflow.runName", r.info.run_id): r.data.tags.get("intermix.error", "")
+            for r in (client.search_runs([exp.experiment_id]) if exp else [])}
+
+
 def survivors(work: Path) -> list[str]:
     """Processes (other than this one) whose command line names the work directory: the run's tasks."""
     found = []
@@ -140,4 +148,4 @@ def test_a_second_ctrl_c_stops_at_once_and_leaves_nothing_running(tmp_path: Path
     assert "stopping the running tasks now" in err
     assert survivors(work) == []
     runs = fold_runs(work)
-    assert runs and "FAILED" not in runs.values() and "RUNNING" not in runs.values(), runs
+    assert runs and "FAILED" not in runs.values() and "RUNNING" not in runs.values(), (runs, run_errors(work))

@@ -331,3 +331,39 @@ def test_temporaries_a_killed_save_left_are_removed_when_the_fold_starts(tiny_da
     train_fold(tiny_cfg("standard", epochs=1), tiny_data, 1, out, progress=False)
     names = sorted(p.name for p in out.iterdir())
     assert not set(leftovers) & set(names) and "notes.txt" in names and "checkpoint.pt" in names
+
+
+def test_a_ctrl_c_while_a_checkpoint_is_written_stays_a_ctrl_c(tmp_path, monkeypatch):
+    """torch's writer turns a KeyboardInterrupt raised in a file write into a RuntimeError: save_checkpoint gives the
+    KeyboardInterrupt back (a second Ctrl-C is a stop, its run KILLED, not FAILED), the old checkpoint unchanged."""
+    import io
+
+    import torch
+
+    from intermix_core.method.checkpoint import interruption, save_checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"epoch": 1})
+    before = path.read_bytes()
+    real_open = Path.open
+
+    class Interrupted(io.FileIO):
+        writes = 0
+
+        def write(self, b):  # the third write: a signal arrives while torch writes the archive
+            Interrupted.writes += 1
+            if Interrupted.writes == 3:
+                raise KeyboardInterrupt
+            return super().write(b)
+
+    def opening(self, mode="r", *args, **kwargs):
+        return Interrupted(str(self), "wb") if mode == "wb" else real_open(self, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", opening)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"epoch": 2, "w": torch.zeros(100_000)})
+    monkeypatch.undo()
+    assert Interrupted.writes >= 3 and path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [path.name]
+    wrapped = RuntimeError("[enforce fail at inline_container.cc] unexpected pos")
+    wrapped.__context__ = KeyboardInterrupt()
+    assert interruption(wrapped) is wrapped.__context__ and interruption(ValueError("x")) is None
