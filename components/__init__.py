@@ -2,8 +2,9 @@
 
 The functions are turned into components per image set (`component_set`), so that a compiled
 pipeline names its images by their inputs or digest (components/image.py). The module attributes
-`preprocess`, `train_fold`, `fgsm_attack`, `aggregate` are the components with the version-only
-images, for the local runner.
+`preprocess`, `train_fold`, `fgsm_attack`, `train_pack`, `fgsm_pack`, `aggregate` are the components with
+the version-only images, for the local runner (`train_pack` / `fgsm_pack`: several folds of a cell as one
+fold pack, intermix_core.method.packing).
 
 Each component function imports what it uses inside its body: KFP lightweight components ship the
 function's source to the container and run it there, so module-level imports of these files are
@@ -25,12 +26,14 @@ from components.image import IMAGE_CPU, IMAGE_GPU
 
 
 class ComponentSet(NamedTuple):
-    """The four components built on one pair of images."""
+    """The components built on one pair of images."""
 
     preprocess: Any
     train_fold: Any
     fgsm_attack: Any
     aggregate: Any
+    train_pack: Any
+    fgsm_pack: Any
 
 
 @functools.cache
@@ -45,9 +48,12 @@ def component_set(cpu_image: str = IMAGE_CPU, gpu_image: str = IMAGE_GPU) -> Com
         train_fold=make(_train.train_fold, gpu_image),
         fgsm_attack=make(_attack.fgsm_attack, gpu_image),
         aggregate=make(_aggregate.aggregate, cpu_image),
+        train_pack=make(_train.train_pack, gpu_image),
+        fgsm_pack=make(_attack.fgsm_pack, gpu_image),
     )
 
 
-preprocess, train_fold, fgsm_attack, aggregate = component_set()
+preprocess, train_fold, fgsm_attack, aggregate, train_pack, fgsm_pack = component_set()
 
-__all__ = ["ComponentSet", "aggregate", "component_set", "fgsm_attack", "preprocess", "train_fold"]
+__all__ = ["ComponentSet", "aggregate", "component_set", "fgsm_attack", "fgsm_pack", "preprocess", "train_fold",
+           "train_pack"]

@@ -24,3 +24,26 @@ def fgsm_attack(
                         device=device)
     print(f"FGSM {r.label}: {r.fgsm}")
     result.metadata.update({"cell": r.label, "grid_id": grid_id, "test_error": r.test_error, "fgsm": r.fgsm})
+
+
+
+def fgsm_pack(
+    folds: str,
+    grid_id: str,
+    tracking_uri: str,
+    store_root: str,
+    data_uri: str,
+    trained: Input[Model],
+    result: Output[Artifact],
+    device: str = "auto",
+):
+    """FGSM of each trained fold of a pack into result/fold<f> (intermix_core.run.steps.attack_pack_task)."""
+    import os
+
+    from intermix_core.run.steps import attack_pack_task, prepared_data
+
+    cache_gb = float(os.environ.get("INTERMIX_DATA_CACHE_MAX_GB") or 0)
+    with prepared_data(data_uri, os.environ.get("INTERMIX_DATA_CACHE") or None, int(cache_gb * 2**30) or None) as data:
+        attack_pack_task(trained.path, data, folds, result.path, grid_id, tracking_uri or None, store_root or None,
+                         device=device)
+    result.metadata.update({"folds": folds, "grid_id": grid_id})

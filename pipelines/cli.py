@@ -179,8 +179,12 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
                    "still be retried, e.g. 72h (default: from each task's expected duration)")
     g.add_argument("--max-gpus", type=int, help="GPUs the whole grid may use at once, split into fold-loop "
                    "parallelism (default: 8; 0: no bound; the chart's GPU quota takes the same number)")
-    g.add_argument("--parallelism", type=int, help="at most this many folds at once per strategy loop, on top of "
-                   "--max-gpus (default: 0, no such cap)")
+    g.add_argument("--parallelism", type=int, help="at most this many tasks (folds or packs) at once per strategy loop, "
+                   "on top of --max-gpus (default: 0, no such cap)")
+    g.add_argument("--pack", type=int, metavar="K", help="folds of a cell each GPU task trains as one fold pack (default "
+                   "0: as many as fit in one GPU's memory, --gpu-memory-gib; 1 on CPU tasks)")
+    g.add_argument("--gpu-memory-gib", type=float, metavar="GIB", help="memory of one GPU, sizing the default packs "
+                   "(default: 80, an H100; 16 for a T4, 24 for an A10)")
     g.add_argument("--cpu-limit", help="CPU limit of train/FGSM tasks, e.g. 8")
     g.add_argument("--memory-limit", help="memory request and limit of train/FGSM tasks, e.g. 32Gi")
     g.add_argument("--image-repository", help="repository of the intermix images (default: ghcr.io/intermix-project/intermix)")
@@ -348,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     _grid_args(p)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value of every cell, e.g. "
                    "optim.precision=fp32 (repeatable; part of the grid id)")
+    p.add_argument("--pack", type=int, default=1, metavar="K", help="folds of a cell each task trains as one fold pack "
+                   "(intermix_core.method.pack; default 1: on a CPU one fold keeps the cores busy; not part of the grid id)")
     _source_args(p)
     _local_args(p)
     p.set_defaults(func="cmd_run")

@@ -213,11 +213,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"grid {gid}: {len(expand(grid))} fold trainings, work directory {work.root.resolve()}", file=sys.stderr)
     print(f"each fold's state, in another terminal: {_local_command('status', gid, work)}", file=sys.stderr)
     _precision_lines(grid)
+    if args.pack < 1:
+        raise UsageError(f"--pack {args.pack}: expected a number of folds >= 1")
     report = run_grid_local(grid, work, sources, tracking=not args.no_tracking, progress=not args.no_progress,
-                            verbose=args.verbose)
+                            verbose=args.verbose, opts=ClusterOptions(pack=args.pack))
     if report.stopped:
-        return _stopped(report.stopped, _local_command("run", gid, work, grid_arg=args.grid_pos or args.grid,
-                                                       sets=args.set))
+        resume = _local_command("run", gid, work, grid_arg=args.grid_pos or args.grid, sets=args.set)
+        return _stopped(report.stopped, resume + (f" --pack {args.pack}" if args.pack != 1 else ""))
     _print_summary(work, gid)
     return _report(report, work, not args.no_tracking)
 
@@ -282,7 +284,8 @@ def cluster_options(args: argparse.Namespace) -> ClusterOptions:
             raise UsageError(f"--secret-env {item!r}: expected SECRET:KEY[,KEY...]")
         secret_env[name] = keys.split(",")
     plain = {key: getattr(args, key) for key in
-             ("gpu_type", "gpus", "retries", "retry_max_duration", "max_gpus", "parallelism", "image_repository",
+             ("gpu_type", "gpus", "retries", "retry_max_duration", "max_gpus", "parallelism", "pack", "gpu_memory_gib",
+              "image_repository",
               "image_tag", "cuda_version")}
     return base.merged(
         secret_env=secret_env, node_selector=pairs(args.node_selector, "--node-selector"),

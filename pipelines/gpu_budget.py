@@ -4,8 +4,9 @@ All runs of a grid start together and each has one fold loop per strategy (the p
 78 loops, 520 folds), so only a bound over the whole grid keeps its GPU pods within the GPUs it may
 use. `ClusterOptions.max_gpus` is that bound; the Helm chart renders the namespace's GPU
 ResourceQuota from the same value (`pipeline.gpu.max`). `plan_gpus` turns it into the compiled
-structure, counting GPU tasks (today one per running fold; a task that trains several folds would
-count once):
+structure, counting GPU tasks: one per running fold, or per running fold pack (several folds of a
+cell in one task, `ClusterOptions.pack`; on GPUs by default all of a cell's folds that fit, so the
+paper grid's 520 folds become 78 packs, one per loop):
 
 * at least as many GPU slots (max_gpus // gpus) as loops: the loops run side by side and the slots
   are split over them as KFP ParallelFor parallelism, each loop at least one fold, the rest to the
@@ -54,7 +55,7 @@ class GpuPlan:
 
     slots: int | None  # GPU tasks the budget allows at once (max_gpus // gpus); None: no budget
     parallelism: dict[LoopKey, int]  # the loop's ParallelFor parallelism; 0: no limit
-    in_flight: int  # GPU tasks the compiled grid can start at once (one per running fold: train, then FGSM)
+    in_flight: int  # GPU tasks the compiled grid can start at once (one per running fold or pack: train, then FGSM)
     longest_attempt_s: float  # the longest expected training attempt of the grid
     queue_seconds: float  # how long a started GPU task may wait for a GPU, at most; 0: never
     sequential: frozenset[RunKey] = frozenset()  # runs whose loops run one after another
@@ -87,7 +88,7 @@ class GpuPlan:
 
 def _split(keys: list[LoopKey], work: dict[LoopKey, tuple[int, float]], cap: dict[LoopKey, int],
            slots: int) -> dict[LoopKey, int]:
-    """Spread `slots` (>= len(keys)) over side-by-side loops: one each, the rest to the most training per running fold."""
+    """Spread `slots` (>= len(keys)) over side-by-side loops: one each, the rest to the most training per running task."""
     parallelism = {k: 1 for k in keys}
     spare = slots - len(keys)
     heap = [(-work[k][0] * work[k][1], k) for k in keys if cap[k] > 1]
@@ -102,14 +103,15 @@ def _split(keys: list[LoopKey], work: dict[LoopKey, tuple[int, float]], cap: dic
     return parallelism
 
 
-def plan_gpus(grid: GridSpec, opts: ClusterOptions) -> GpuPlan:
-    """The GPU plan of `grid` under `opts` (max_gpus, gpus, parallelism, the expected attempt durations)."""
-    loops: dict[LoopKey, tuple[int, float]] = {}  # key -> (folds, expected seconds of one training attempt)
+def plan_gpus(grid: GridSpec, opts: ClusterOptions, local: bool = False) -> GpuPlan:
+    """The GPU plan of `grid` under `opts` (max_gpus, gpus, parallelism, pack sizes, the expected attempt durations)."""
+    loops: dict[LoopKey, tuple[int, float]] = {}  # key -> (tasks: folds or packs, expected seconds of one attempt)
     runs: dict[RunKey, list[LoopKey]] = {}
     for shard in shards(grid):
         for strategy, cfg in shard.configs.items():
             key = (shard.dataset, shard.setup, strategy)
-            loops[key] = (len(shard.folds), expected_train_seconds(cfg, opts))
+            packs = opts.packs(cfg, shard.folds, local)
+            loops[key] = (len(packs), expected_train_seconds(cfg, opts, max(len(p) for p in packs)))
             runs.setdefault(key[:2], []).append(key)
     cap = {k: min(folds, opts.parallelism or folds) for k, (folds, _) in loops.items()}
     slots = opts.gpu_slots()

@@ -8,6 +8,10 @@ Inside a shard run:
         for each strategy (static, named "folds <dataset>/<setup>/<strategy>"; side by side, or one
         after another where the GPU budget is narrower than the loops, pipelines/gpu_budget.py):
             ParallelFor fold: train "train <dataset>/<setup>/<strategy>" -> FGSM "fgsm <...>"
+            or, with fold packs (several folds per GPU task, ClusterOptions.pack; on GPU tasks by
+            default as many of the cell's folds as fit in one GPU's memory, intermix_core.method.packing):
+            ParallelFor pack ("packs <...>", items '1 2 3'): train_pack -> fgsm_pack, each fold in
+            its own subfolder, its own MLflow run and its own store prefix as a lone fold's
 
 The paper grid becomes 18 runs of at most 4 x 10 folds, submitted under one KFP experiment;
 each run's aggregation reads every result of the grid from the store, so the last one to
@@ -26,6 +30,7 @@ from kfp import compiler, dsl
 from components import ComponentSet, component_set
 from components.image import resolve_images
 from intermix_core.config.grid import GridSpec, Shard, grid_id, load_grid, shards
+from intermix_core.method.packing import pack_item
 from pipelines.gpu_budget import plan_gpus
 from pipelines.options import ClusterOptions, configure_task, expected_train_seconds, retry_seconds
 
@@ -63,7 +68,7 @@ def shard_pipeline(grid: GridSpec, shard: Shard, opts: ClusterOptions | None = N
     default_source = grid.sources.get(shard.dataset, "")
     base_labels = {"grid-id": gid, "dataset": shard.dataset, "setup": shard.setup}
     short_window = retry_seconds(opts)
-    plan = plan_gpus(grid, opts)  # the grid's GPU budget as loop parallelism, and the wait it implies
+    plan = plan_gpus(grid, opts, local)  # the grid's GPU budget as loop parallelism, and the wait it implies
     gpu_short_window = retry_seconds(opts, queue_seconds=plan.queue_seconds)
     pname = pipeline_name(gid, shard)
 
@@ -76,21 +81,29 @@ def shard_pipeline(grid: GridSpec, shard: Shard, opts: ClusterOptions | None = N
         for strategy, cfg in shard.configs.items():
             name = f"{shard.label}/{strategy}"
             labels = {**base_labels, "strategy": strategy}
-            window = retry_seconds(opts, expected_train_seconds(cfg, opts), plan.queue_seconds)
+            packs = opts.packs(cfg, shard.folds, local)
+            k = max(len(p) for p in packs)
+            window = retry_seconds(opts, expected_train_seconds(cfg, opts, k), plan.queue_seconds)
             parallelism = plan.loop(shard.dataset, shard.setup, strategy)
-            with dsl.ParallelFor(list(shard.folds), parallelism=parallelism, name=f"folds {name}") as fold:
-                train = comps.train_fold(
-                    config_json=cfg.model_dump_json(), fold=fold, grid_id=gid, tracking_uri=tracking_uri,
-                    store_root=store_root, data_uri=data_uri, device=device,
-                )
+            if k == 1:  # one fold per task
+                loop = dsl.ParallelFor(list(shard.folds), parallelism=parallelism, name=f"folds {name}")
+            else:  # fold packs: the loop item is a pack's folds, '1 2 3' (intermix_core.method.packing)
+                loop = dsl.ParallelFor([pack_item(p) for p in packs], parallelism=parallelism, name=f"packs {name}")
+            with loop as item:
+                common = {"grid_id": gid, "tracking_uri": tracking_uri, "store_root": store_root, "data_uri": data_uri,
+                          "device": device}
+                if k == 1:
+                    train = comps.train_fold(config_json=cfg.model_dump_json(), fold=item, **common)
+                else:
+                    train = comps.train_pack(config_json=cfg.model_dump_json(), folds=item, **common)
                 configure_task(train.set_display_name(f"train {name}"), opts, kind="train", cache=True,
                                labels=labels, retry_window_s=window, local=local)
                 if one_after_another and before is not None:
                     train.after(before)  # compiled as this loop's dependency on the previous loop
-                attack = comps.fgsm_attack(
-                    fold=fold, grid_id=gid, tracking_uri=tracking_uri, store_root=store_root, data_uri=data_uri,
-                    trained=train.outputs["trained"], device=device,
-                )
+                if k == 1:
+                    attack = comps.fgsm_attack(fold=item, trained=train.outputs["trained"], **common)
+                else:
+                    attack = comps.fgsm_pack(folds=item, trained=train.outputs["trained"], **common)
                 configure_task(attack.set_display_name(f"fgsm {name}"), opts, kind="fgsm", cache=True,
                                labels=labels, retry_window_s=gpu_short_window, local=local)
             before = attack

@@ -20,6 +20,7 @@ from components.image import IMAGE_REPOSITORY
 from intermix_core.common.yamlfile import load_yaml
 from intermix_core.config import FOLD_CLIPS, ConfigError, format_validation_error
 from intermix_core.method.devices import CUDA_BUILDS, DEFAULT_CUDA
+from intermix_core.method.packing import auto_pack, split_folds
 from intermix_core.run.estimate import fold_work
 
 _LABEL_VALUE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -135,7 +136,11 @@ class ClusterOptions(BaseModel):
     # fan-out: GPUs the whole grid may use at once (0: no bound), split into fold-loop parallelism by
     # pipelines/gpu_budget.py; the chart's GPU ResourceQuota takes the same number
     max_gpus: int = Field(default=DEFAULT_MAX_GPUS, ge=0)
-    parallelism: int = Field(default=0, ge=0)  # at most this many folds at once per strategy loop; 0: no such cap
+    parallelism: int = Field(default=0, ge=0)  # at most this many tasks (folds or packs) at once per loop; 0: no cap
+    # fold packs: folds of a cell one train task trains as one fused model (intermix_core.method.packing);
+    # 0: as many as fit in gpu_memory_gib on GPU tasks (all of a cell's folds where they fit), 1 on CPU tasks
+    pack: int = Field(default=0, ge=0)
+    gpu_memory_gib: float = Field(default=80.0, gt=0)  # memory of one GPU of gpu_type (H100: 80; A10: 24; T4: 16)
     # a node-level dataset cache: a PVC (e.g. the chart's hostPath volume) mounted at DATA_CACHE
     data_cache_pvc: str | None = None
     data_cache_max_gb: float = Field(default=0, ge=0)  # 0: no eviction
@@ -189,6 +194,19 @@ class ClusterOptions(BaseModel):
         if v is not None and not _DURATION.match(v):
             raise ValueError(f"{v!r} is not a duration; expected a number and a unit s, m, h, d or w (e.g. 60s, 72h)")
         return v
+
+    def pack_size(self, cfg: object, folds: int) -> int:
+        """Folds per train task for a loop of `folds` folds of `cfg`: `pack` if set, else sized to the GPUs' memory, 1 on CPUs."""
+        if self.pack:
+            return min(self.pack, folds)
+        if not self.gpus:
+            return 1
+        return auto_pack(cfg, folds, self.gpu_memory_gib)  # type: ignore[arg-type]  # a pack trains on one GPU
+
+    def packs(self, cfg: object, folds: tuple[int, ...] | list[int], local: bool = False) -> list[list[int]]:
+        """A fold loop's packs: `folds` split into as few as `pack_size` allows (evenly); locally `pack` or 1 fold each."""
+        k = (self.pack or 1) if local else self.pack_size(cfg, len(folds))
+        return split_folds(folds, min(k, max(1, len(folds))))
 
     def device(self) -> str:
         """The device the GPU components are told to use: 'cuda' when tasks get GPUs, else 'cpu'."""
@@ -246,8 +264,9 @@ def _seconds(duration: str) -> int:
     return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
 
 
-def expected_train_seconds(cfg: object, opts: ClusterOptions) -> float:
-    """A pessimistic estimate of one fold's training time: epochs x train clips / throughput (+10% evaluation)."""
+def expected_train_seconds(cfg: object, opts: ClusterOptions, pack: int = 1) -> float:
+    """A pessimistic estimate of one task's training time: epochs x train clips / throughput (+10% evaluation),
+    times the folds of its pack (as if they trained one after another: a pack is faster, never slower)."""
     model, dataset = cfg.model, cfg.dataset  # type: ignore[attr-defined]
     folds = range(1, len(FOLD_CLIPS[dataset]) + 1)
     samples = max(fold_work(cfg, f).train_samples for f in folds)  # the largest training set of the dataset
@@ -256,7 +275,7 @@ def expected_train_seconds(cfg: object, opts: ClusterOptions) -> float:
     else:
         per_core = CPU_SAMPLES_PER_S_PER_CORE.get(model, min(CPU_SAMPLES_PER_S_PER_CORE.values()))
         rate = per_core * opts.resources["train"].threads()
-    return 1.1 * samples / rate * opts.duration_scale
+    return 1.1 * samples / rate * opts.duration_scale * pack
 
 
 def retry_seconds(opts: ClusterOptions, attempt_seconds: float = 0.0, queue_seconds: float = 0.0) -> int:

@@ -24,6 +24,7 @@ from intermix_core.data import Manifest
 from intermix_core.method.attack import attack_fold
 from intermix_core.method.checkpoint import FoldBusy, fold_lock, load_checkpoint
 from intermix_core.method.pack import train_pack
+from intermix_core.method.packing import parse_pack_item
 from intermix_core.method.train import stop_on_signals, train_fold
 from intermix_core.records import CHECKPOINT, RESULT, FoldResult, fold_label, load_result, save_result
 from intermix_core.run.sync import (
@@ -233,6 +234,7 @@ def train_pack_step(
     A fold that fails alone (a non-finite loss) leaves its failed result in the store and the others
     go on; an error that stops the pack leaves one for every fold.
     """
+    stop_with_parent()
     cfg = parse_config(json.loads(config_json), source="config_json")
     check_name(grid_id, "grid id")
     outs = {f: Path(out_dir) / f"fold{f}" for f in folds}
@@ -274,6 +276,43 @@ def train_pack_step(
             elif not isinstance(outcome, FoldSuperseded):
                 record_failure(store, grid_id, cfg, f, outcome)
     return outcomes
+
+
+def train_pack_task(config_json: str, data_dir: str | Path, folds: str, out_dir: str | Path, grid_id: str,
+                    tracking_uri: str | None, checkpoint_root: str | None, *, restart: bool = False,
+                    device: str | None = None) -> str:
+    """The pipeline's pack task: `train_pack_step` on the loop item's folds ('1 2 3'), a line per fold; the folds
+    that failed alone, space separated (their FGSM task fails after the others'). RuntimeError when none trained."""
+    outcomes = train_pack_step(config_json, data_dir, parse_pack_item(folds), out_dir, grid_id, tracking_uri,
+                               checkpoint_root, restart=restart, keep_checkpoint=checkpoint_root is None, device=device)
+    failed = {}
+    for fold, outcome in outcomes.items():
+        if isinstance(outcome, Exception):
+            failed[fold] = f"{type(outcome).__name__}: {(str(outcome).splitlines() or [''])[0]}"
+            print(f"fold {fold} failed: {failed[fold]}", flush=True)
+        else:
+            print(f"trained {outcome.label}: test error {outcome.test_error}", flush=True)
+    if len(failed) == len(outcomes):
+        raise RuntimeError(f"every fold of the pack {folds} failed: " + "; ".join(f"fold {f}: {m}" for f, m in failed.items()))
+    return " ".join(str(f) for f in failed)
+
+
+def attack_pack_task(trained_dir: str | Path, data_dir: str | Path, folds: str, out_dir: str | Path, grid_id: str,
+                     tracking_uri: str | None, checkpoint_root: str | None, *, device: str | None = None) -> None:
+    """The pipeline's pack FGSM task: `attack_step` on each fold of the loop item that trained (trained_dir/fold<f>)
+    into out_dir/fold<f>; then RuntimeError naming the folds whose training failed (their FGSM cannot run)."""
+    not_trained = []
+    for fold in parse_pack_item(folds):
+        where = Path(trained_dir) / f"fold{fold}"
+        if not (where / RESULT).exists() or load_result(where / RESULT).status != "ok":
+            not_trained.append(str(fold))
+            continue
+        r = attack_step(where, data_dir, fold, Path(out_dir) / f"fold{fold}", grid_id, tracking_uri, checkpoint_root,
+                        device=device)
+        print(f"FGSM {r.label}: {r.fgsm}", flush=True)
+    if not_trained:
+        raise RuntimeError(f"fold(s) {' '.join(not_trained)} of the pack {folds} failed training (their MLflow runs and "
+                           "the store say why); `intermix rerun` trains one again alone")
 
 
 def attack_step(

@@ -438,6 +438,11 @@ def test_cluster_options_load_into_the_pipeline_model() -> None:
     options = options_module.ClusterOptions.model_validate(yaml.safe_load(data["cluster-options.yaml"]))
     assert options.gpus == 1 and options.max_gpus == 4 and options.cuda_version == "12.8"
     assert [t.key for t in options.gpu_tolerations()] == ["nvidia.com/gpu", "dedicated"]
+    assert options.pack == 0 and options.gpu_memory_gib == 80  # fold packs sized to an 80 GiB GPU
+    data = next(d for d in _render(*RENDERS["gpu"], "--set", "pipeline.gpu.memoryGib=24", "--set",
+                                   "pipeline.gpu.foldsPerTask=2") if d["kind"] == "ConfigMap")["data"]
+    options = options_module.ClusterOptions.model_validate(yaml.safe_load(data["cluster-options.yaml"]))
+    assert options.pack == 2 and options.gpu_memory_gib == 24
 
 
 # ---------------------------------------------------------------- chart: cluster hardening (issue 10)
@@ -628,7 +633,9 @@ def test_the_quota_and_the_compiled_fan_out_come_from_one_number(gpus: int, tmp_
         limits += [t["iteratorPolicy"]["parallelismLimit"] for c in spec["components"].values() if "dag" in c
                    for t in c["dag"]["tasks"].values() if "parameterIterator" in t]
     loops = sum(len(sh.configs) for sh in shards(load_grid("paper")))  # one fold loop per strategy of each shard
-    assert len(limits) == loops == 78 and sum(limits) == max(gpus, loops) and min(limits) >= 1
+    # GPU tasks: one per fold pack (by default a cell's folds all fit in an 80 GiB GPU: one per loop)
+    tasks = sum(len(options.packs(cfg, sh.folds)) for sh in shards(load_grid("paper")) for cfg in sh.configs.values())
+    assert len(limits) == loops == 78 and sum(limits) == max(min(gpus, tasks), loops) and min(limits) >= 1
 
 
 def test_gpu_tasks_rely_on_the_gpu_resource_and_tolerate_its_taint(tmp_path: Path) -> None:
@@ -645,7 +652,7 @@ def test_gpu_tasks_rely_on_the_gpu_resource_and_tolerate_its_taint(tmp_path: Pat
         path = compile_grid(load_grid("demo"), tmp_path / render, options)[0]
         platform = list(yaml.safe_load_all(path.read_text()))[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
         for name, executor in platform.items():
-            gpu = name.startswith(("exec-train-fold", "exec-fgsm-attack"))
+            gpu = name.startswith(("exec-train-fold", "exec-fgsm-attack", "exec-train-pack", "exec-fgsm-pack"))
             assert "nodeSelector" not in executor, name
             tolerations = executor.get("tolerations", [])
             assert ({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tolerations) == gpu, name

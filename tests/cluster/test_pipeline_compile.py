@@ -12,6 +12,7 @@ import yaml
 
 from intermix_core import __version__
 from intermix_core.config.grid import find_cell, grid_id, load_grid, shards
+from pipelines.gpu_budget import plan_gpus
 from pipelines.grid_pipeline import compile_grid
 from pipelines.options import (
     MAX_RETRY_WINDOW_S,
@@ -89,9 +90,19 @@ def _executed_tasks(spec: dict[str, Any]) -> int:
     return count(spec["root"])
 
 
+ONE_FOLD = ClusterOptions(pack=1)  # one fold per GPU task (the default packs a cell's folds: see the packs tests)
+
+
 @pytest.fixture(scope="module")
 def paper(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    return compile_grid(load_grid("paper"), tmp_path_factory.mktemp("paper"))
+    """The paper grid compiled with one fold per task."""
+    return compile_grid(load_grid("paper"), tmp_path_factory.mktemp("paper"), ONE_FOLD)
+
+
+@pytest.fixture(scope="module")
+def paper_packs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """The paper grid compiled with the default options: fold packs sized to an 80 GiB GPU."""
+    return compile_grid(load_grid("paper"), tmp_path_factory.mktemp("paper_packs"))
 
 
 def _shard_file(paper: list[Path], suffix: str) -> Path:
@@ -117,6 +128,47 @@ def test_paper_grid_compiles_to_bounded_runs(paper: list[Path]):
     # 520 folds x (train + FGSM) + one preprocess and one aggregate per run
     assert sum(executed) == 520 * 2 + 18 * 2
     assert max(executed) == 6 * 10 * 2 + 2  # UrbanSound8K, EnvNet-v2 + aug: 4 strategies and 2 ablations x 10 folds
+
+
+def test_by_default_a_gpu_task_trains_every_fold_of_its_cell_as_one_pack(paper_packs: list[Path]):
+    """80 GiB GPUs (the default gpu_memory_gib) hold every cell's folds: 78 loops of one pack each, train_pack ->
+    fgsm_pack, a pack's retry window covering its folds one after another, the run within the size bounds."""
+    assert len(paper_packs) == 18
+    sizes = [p.stat().st_size for p in paper_packs]
+    assert max(sizes) < MAX_RUN_YAML_BYTES and sum(sizes) < MAX_GRID_YAML_BYTES, sizes
+    executed = [_executed_tasks(_docs(p)[0]) for p in paper_packs]
+    assert sum(executed) == 78 * 2 + 18 * 2  # a pack per strategy loop (train + FGSM) + preprocess and aggregate
+    spec, _ = _docs(_shard_file(paper_packs, "-urbansound8k-envnet-v2.yaml"))
+    tasks = _by_name(spec)
+    loops = {n: t for n, t in tasks.items() if "parameterIterator" in t}
+    assert set(loops) == {f"packs urbansound8k/envnet_v2/{s}" for s in ("standard", "bc", "speechmix", "intermix")}
+    assert all(yaml.safe_load(t["parameterIterator"]["items"]["raw"]) == ["1 2 3 4 5 6 7 8 9 10"] for t in loops.values())
+    train = tasks["train urbansound8k/envnet_v2/intermix"]
+    assert train["componentRef"]["name"].startswith("comp-train-pack")
+    assert tasks["fgsm urbansound8k/envnet_v2/intermix"]["componentRef"]["name"].startswith("comp-fgsm-pack")
+    cfg = next(sh for sh in shards(load_grid("paper")) if sh.label == "urbansound8k/envnet_v2").configs["intermix"]
+    window = int(train["retryPolicy"]["backoffMaxDuration"].rstrip("s"))
+    assert window >= 3 * expected_train_seconds(cfg, ClusterOptions(), 10) > 3 * 10 * expected_train_seconds(cfg, ONE_FOLD) - 1
+
+
+def test_packs_are_sized_to_the_gpus_memory_and_split_evenly(tmp_path: Path):
+    """A 24 GiB GPU holds fewer EnvNet-v2 folds than a cell has: its loops split the folds evenly (10 -> 5 packs of 2 on
+    UrbanSound8K), the plan counts packs, and `pack: 1` or a CPU task trains one fold per task."""
+    grid = load_grid("paper")
+    cfg = next(sh for sh in shards(grid) if sh.label == "urbansound8k/envnet_v2").configs["standard"]
+    small = ClusterOptions(gpu_memory_gib=24)
+    packs = small.packs(cfg, tuple(range(1, 11)))
+    assert 1 < len(packs) < 10 and sorted(f for p in packs for f in p) == list(range(1, 11))
+    assert max(map(len, packs)) - min(map(len, packs)) <= 1 and all(len(p) <= small.pack_size(cfg, 10) for p in packs)
+    assert ClusterOptions(gpus=0).packs(cfg, (1, 2, 3)) == [[1], [2], [3]]
+    assert ClusterOptions(pack=4).packs(cfg, tuple(range(1, 11))) == [[1, 2, 3, 4], [5, 6, 7], [8, 9, 10]]
+    assert ClusterOptions(pack=4).packs(cfg, (1, 2, 3), local=True) == [[1, 2, 3]]
+    assert ClusterOptions().packs(cfg, (1, 2, 3), local=True) == [[1], [2], [3]]  # locally: one fold unless --pack
+    path = next(p for p in compile_grid(grid, tmp_path, small) if p.name.endswith("-urbansound8k-envnet-v2.yaml"))
+    loops = [t for t in _tasks(_docs(path)[0]).values() if "parameterIterator" in t]
+    assert {len(yaml.safe_load(t["parameterIterator"]["items"]["raw"])) for t in loops} == {len(packs)}
+    plan = plan_gpus(grid, ClusterOptions(gpu_memory_gib=24, max_gpus=0))
+    assert plan.in_flight < plan_gpus(grid, ClusterOptions(pack=1, max_gpus=0)).in_flight == 520
 
 
 def test_folds_are_parallel_for_loops_not_copies(paper: list[Path]):
@@ -160,7 +212,7 @@ def test_gpu_retry_and_caching(paper: list[Path]):
 def test_backoff_max_duration_covers_each_cells_retries(paper: list[Path]):
     """Argo measures backoffMaxDuration from the first attempt's start and then refuses retries (and
     uses it as the retry pod's deadline): it must cover every attempt of the cell's training."""
-    opts = ClusterOptions()
+    opts = ONE_FOLD
     grid = load_grid("paper")
     windows: dict[tuple[str, str, str], int] = {}
     for shard in shards(grid):
@@ -314,7 +366,7 @@ def test_node_selector_tolerations_and_pod_metadata_only_where_configured(tmp_pa
     taint = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     for name, e in platform["deploymentSpec"]["executors"].items():
         assert "nodeSelector" not in e, name
-        assert e.get("tolerations") == (taint if re.match(r"exec-(train-fold|fgsm-attack)", name) else None), name
+        assert e.get("tolerations") == (taint if re.match(r"exec-(train-fold|fgsm-attack|train-pack|fgsm-pack)", name) else None), name
     _, platform = _docs(compile_grid(grid, tmp_path / "bare", ClusterOptions(gpu_taint_toleration=False))[0])
     assert not any("tolerations" in e for e in platform["deploymentSpec"]["executors"].values())
     opts = ClusterOptions(node_selector={"cloud.google.com/gke-accelerator": "nvidia-tesla-a100"},
@@ -323,7 +375,7 @@ def test_node_selector_tolerations_and_pod_metadata_only_where_configured(tmp_pa
                           pod_labels={"team": "audio"}, pod_annotations={"example.org/cost-center": "42"})
     spec, platform = _docs(compile_grid(grid, tmp_path / "gpu", opts)[0])
     executors = platform["deploymentSpec"]["executors"]
-    gpu_execs = {k: v for k, v in executors.items() if re.match(r"exec-(train-fold|fgsm-attack)", k)}
+    gpu_execs = {k: v for k, v in executors.items() if re.match(r"exec-(train-fold|fgsm-attack|train-pack|fgsm-pack)", k)}
     assert len(gpu_execs) == 8  # 4 strategies x (train, FGSM)
     for cfg in gpu_execs.values():
         assert cfg["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-tesla-a100"}
@@ -496,13 +548,13 @@ def test_a_gpu_budget_above_the_loop_count_bounds_the_whole_grid(tmp_path: Path)
     """max_gpus is split over the grid's 78 loops: together they never start more GPU tasks than it allows, each
     loop runs at least one and at most all of its folds, and the longest loops get the most."""
     grid = load_grid("paper")
-    limits = _loop_limits(compile_grid(grid, tmp_path, ClusterOptions(max_gpus=144)))
+    limits = _loop_limits(compile_grid(grid, tmp_path, ClusterOptions(max_gpus=144, pack=1)))
     assert len(limits) == sum(len(sh.configs) for sh in shards(grid)) == 78 and sum(limits.values()) == 144
     folds = {f"folds {sh.label}/{s}": len(sh.folds) for sh in shards(grid) for s in sh.configs}
     assert all(1 <= limits[name] <= folds[name] for name in limits)
     assert limits["folds urbansound8k/envnet_v2/intermix"] > limits["folds esc10/m18/intermix"] == 1
     # two GPUs per task: half the slots
-    limits = _loop_limits(compile_grid(grid, tmp_path / "two", ClusterOptions(max_gpus=288, gpus=2)))
+    limits = _loop_limits(compile_grid(grid, tmp_path / "two", ClusterOptions(max_gpus=288, gpus=2, pack=1)))
     assert sum(limits.values()) == 144
 
 
@@ -510,7 +562,7 @@ def test_retry_windows_include_the_wait_for_a_gpu(paper: list[Path]) -> None:
     """Below the run count (the default 8 GPUs for 18 runs, each chaining its loops) the quota holds pods back while
     their attempts run (Argo stamps StartedAt before the pod exists): every GPU task's window covers that wait on each
     attempt."""
-    opts = ClusterOptions()
+    opts = ONE_FOLD
     grid = load_grid("paper")
     attempts = {(sh.label, s): expected_train_seconds(cfg, opts) for sh in shards(grid) for s, cfg in sh.configs.items()}
     runs, slots = len(shards(grid)), opts.max_gpus  # one running fold per run, 8 at a time
@@ -571,7 +623,10 @@ def test_submit_names_the_gpu_bound_of_the_compiled_paper_grid() -> None:
     grid = load_grid("paper")
     line = plan_gpus(grid, ClusterOptions()).bounds()
     assert line.startswith("GPU tasks at once: up to 18 (one per run at least: 18 runs") and "the other 10 back" in line
-    assert plan_gpus(grid, ClusterOptions(max_gpus=144)).bounds().startswith("GPU tasks at once: at most 144, bounded")
+    assert plan_gpus(grid, ClusterOptions(max_gpus=144, pack=1)).bounds().startswith("GPU tasks at once: at most 144, "
+                                                                                      "bounded")
+    # fold packs (the default): one task per loop, 78 for the whole grid, below a budget of 144
+    assert plan_gpus(grid, ClusterOptions(max_gpus=144)).bounds().startswith("GPU tasks at once: at most 78, bounded")
 
 
 def _gpu_tasks_at_once(paths: list[Path]) -> int:

@@ -185,7 +185,7 @@ def test_submit_to_kfp_api_test_double(capsys: pytest.CaptureFixture, registry: 
         names = {t["taskInfo"]["name"] for c in spec["components"].values() if "dag" in c for t in c["dag"]["tasks"].values()}
         assert "train esc10/m18/intermix" in names
         platform = run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-        assert platform["exec-train-fold"]["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+        assert platform["exec-train-pack"]["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
         assert all(r.headers.get("authorization") == "Bearer secret-token" for r in api.requests)
         assert api.runs and next(iter(api.runs)) in out
 
@@ -339,10 +339,10 @@ def test_submit_takes_store_tracking_and_placement_from_cluster_options(tmp_path
     assert run["runtime_config"]["parameters"]["store_root"] == "s3://intermix/intermix"
     assert run["runtime_config"]["parameters"]["tracking_uri"] == "http://intermix-mlflow.kf.svc:5000"
     executors = run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert executors["exec-fgsm-attack"]["nodeSelector"]["labels"] == {"pool": "gpu"}
-    assert executors["exec-fgsm-attack"]["tolerations"][0]["effect"] == "NoSchedule"
+    assert executors["exec-fgsm-pack"]["nodeSelector"]["labels"] == {"pool": "gpu"}
+    assert executors["exec-fgsm-pack"]["tolerations"][0]["effect"] == "NoSchedule"
     spec = run["pipeline_spec"]["pipeline_spec"]
-    env = spec["deploymentSpec"]["executors"]["exec-train-fold"]["container"]["env"]
+    env = spec["deploymentSpec"]["executors"]["exec-train-pack"]["container"]["env"]
     assert {"name": "INTERMIX_STORAGE_ROOT", "value": "s3://intermix/intermix"} in env
     retries = {t["retryPolicy"]["maxRetryCount"] for c in spec["components"].values() if "dag" in c
                for t in c["dag"]["tasks"].values() if "retryPolicy" in t}

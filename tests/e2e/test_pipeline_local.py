@@ -176,3 +176,32 @@ def test_steps_on_an_s3_store_with_an_mlflow_server(tmp_path: Path, s3_server, m
     assert len(folds) == 1 and folds[0].data.metrics["fgsm_error_eps_0.01"] == attacked.fgsm["0.01"]
     assert folds[0].data.metrics["fgsm_crop_error_eps_0.01"] == attacked.fgsm_crop["0.01"]
     assert any(r.data.tags.get("intermix.kind") == "summary" for r in runs)
+
+
+def test_a_grid_of_fold_packs_runs_each_fold_as_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """`pack` 2 on three folds: KFP's local runner trains packs '1 2' and '3' (train_pack -> fgsm_pack); each fold
+    ends as a lone one would: its result with FGSM in the store, its own FINISHED MLflow run, its aggregated value;
+    a one-fold rerun afterwards (a pack of one) finds the fold a pack trained."""
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    grid = parse_grid({**TINY, "strategies": ["standard"], "folds": [1, 2, 3]}, source="tiny grid")
+    gid = grid_id(grid)
+    work = Workdir(tmp_path / "work")
+    run = run_grid_local(grid, work, progress=False, opts=ClusterOptions(retries=0, pack=2))
+    assert run.ok, run.outcomes
+    log = run.logs[-1].read_text()
+    assert "train-pack" in log and "train-fold" not in log and "fgsm-pack" in log
+    assert _executed(run.logs[-1]) == sorted([f"esc10/piczak_cnn/standard/fold{f}" for f in (1, 2, 3)] * 2)
+    for fold in (1, 2, 3):
+        result = load_result(Path(work.store) / cell_prefix(gid, "esc10", "piczak_cnn", "standard", fold) / RESULT)
+        assert result.status == "ok" and result.fold == fold and result.fgsm, fold
+    assert set(_summary(work, gid).cell("esc10", "piczak_cnn", "standard").values) == {1, 2, 3}
+    client = MlflowClient(tracking_uri=work.tracking_uri)
+    exp = client.get_experiment_by_name("intermix")
+    folds = {r.data.tags["mlflow.runName"]: r.info.status for r in client.search_runs([exp.experiment_id])
+             if r.data.tags.get("intermix.kind") == "fold"}
+    assert folds == {f"esc10/piczak_cnn/standard/fold{f}": "FINISHED" for f in (1, 2, 3)}, folds
+    again = rerun_fold_local(grid, find_cell(grid, "esc10", "piczak_cnn", "standard", 2), work, progress=False,
+                             opts=ClusterOptions(retries=0))
+    assert again.ok, again.outcomes

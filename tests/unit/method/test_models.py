@@ -253,3 +253,27 @@ def test_each_model_class_carries_its_spec_and_the_specs_need_no_torch() -> None
             "print(shards(load_grid('paper'))[0].sample_rate, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
     assert out.split()[1] == "False"
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_the_specs_size_of_each_model_is_the_built_models(name: str) -> None:
+    """params_millions and activation_mib (what sizes fold packs to a GPU, intermix_core.method.packing) are the built
+    model's own: its parameters (50 classes) and its layers' float32 outputs for one input in training, within 3 %."""
+    from intermix_core.models.specs import model_spec
+
+    spec = model_spec(name)
+    model = create_model(name, 50).train()
+    total = [0]
+
+    def hook(module: torch.nn.Module, args: object, out: object) -> None:
+        if isinstance(out, torch.Tensor):
+            total[0] += out.numel() * 4
+
+    for m in model.modules():
+        if not list(m.children()):
+            m.register_forward_hook(hook)
+    with torch.no_grad():
+        model(torch.randn(2, spec.input_length) * 0.1)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    assert params == pytest.approx(spec.params_millions, rel=0.03)
+    assert total[0] / 2 / 2**20 == pytest.approx(spec.activation_mib, rel=0.03, abs=0.05)
