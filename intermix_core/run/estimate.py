@@ -33,6 +33,7 @@ from typing import Any
 
 from intermix_core.config import FOLD_CLIPS, ExperimentConfig
 from intermix_core.config.grid import GridSpec, expand
+from intermix_core.method.packing import split_folds
 
 THROUGHPUT_FILE = "throughput.json"
 _REQUIRED = ("model", "device", "precision", "augment", "data_samples_per_s", "step_samples_per_s", "full_samples_per_s")
@@ -100,6 +101,7 @@ class SetupEstimate:
     devices: set[str] = field(default_factory=set)
     unmeasured: set[str] = field(default_factory=set)
     fold_hours: list[float] = field(default_factory=list)  # each measured fold's hours (training, evaluation, FGSM)
+    task_hours: list[float] = field(default_factory=list)  # each device task's hours: a fold's, or a pack's folds' sum
     device_type: str | None = None  # cpu or cuda: the kind of device the figures came from
     pack_unmeasured: set[str] = field(default_factory=set)  # packs asked for but not measured: one-fold figures used
 
@@ -132,6 +134,7 @@ def estimate_grid(grid: GridSpec, records: list[dict[str, Any]], device: str | N
         raise ValueError(f"pack: expected a number of folds >= 1, got {pack}")
     device = device or _device_type(grid, records)
     out: dict[tuple[str, str], SetupEstimate] = {}
+    cells: dict[tuple[str, str, str], list[float]] = {}  # each cell's measured folds' hours, in fold order
     for cell in expand(grid):
         cfg = cell.config
         est = out.setdefault((cell.dataset, cell.setup), SetupEstimate(cell.dataset, cell.setup, cfg.model))
@@ -152,15 +155,18 @@ def estimate_grid(grid: GridSpec, records: list[dict[str, Any]], device: str | N
         eval_rate = rec.get("eval_clips_per_s") or rec["full_samples_per_s"] / 10
         hours = (work.train_samples / rec["full_samples_per_s"] + (work.eval_clips + work.fgsm_clips) / eval_rate) / 3600
         est.fold_hours.append(hours)
+        cells.setdefault((cell.dataset, cell.setup, cell.strategy), []).append(hours)
         est.hours += hours
+    for (dataset, setup, _), hours in cells.items():  # a pack holds one device for all its folds
+        out[(dataset, setup)].task_hours += [sum(hours[i] for i in p) for p in split_folds(range(len(hours)), pack)]
     return list(out.values())
 
 
 def wall_hours(rows: list[SetupEstimate], devices: int) -> float:
-    """Hours until the measured folds of `rows` are done on `devices` devices at once: each fold on one device,
-    the longest first, each to the device free soonest."""
+    """Hours until the measured folds of `rows` are done on `devices` devices at once: each task (a fold, or a pack
+    of folds) on one device, the longest first, each to the device free soonest."""
     free = [0.0] * max(devices, 1)
-    for hours in sorted((h for r in rows for h in r.fold_hours), reverse=True):
+    for hours in sorted((h for r in rows for h in r.task_hours), reverse=True):
         heapq.heappush(free, heapq.heappop(free) + hours)
     return max(free)
 
@@ -186,9 +192,10 @@ def format_estimate(grid_name: str, rows: list[SetupEstimate], max_gpus: int | N
         lines.append(f"grid {grid_name}: {'at least ' if missing else ''}{sum(known):,.1f} {unit} on {where} "
                      "(one device, one fold at a time)")
         if max_gpus:
-            folds = sum(len(r.fold_hours) for r in rows)
+            folds, tasks = sum(len(r.fold_hours) for r in rows), sum(len(r.task_hours) for r in rows)
+            what = "each fold" if tasks == folds else f"in {tasks} packs, each pack"
             lines.append(f"with --max-gpus {max_gpus}: about {wall_hours(rows, max_gpus):,.1f} h wall-clock for the "
-                         f"{folds} measured folds ({min(max_gpus, folds)} at a time, each fold on one device, the "
+                         f"{folds} measured folds ({what} on one device, {min(max_gpus, tasks)} at a time, the "
                          "longest first)")
     unpacked = sorted({m for r in rows for m in r.pack_unmeasured})
     if unpacked:

@@ -493,16 +493,23 @@ def test_estimate_on_the_gpu_from_the_shipped_h200_records_with_the_wall_clock_t
     total = next(line for line in out.splitlines() if line.startswith("grid paper:"))
     assert total.startswith("grid paper: at least 244.7 GPU-hours on NVIDIA H200")  # EnvNet and EnvNet-v2 only
     assert "not measured (hours left out of the total): m18/fp32/plain, piczak_cnn/fp32/plain" in out
-    assert "with --max-gpus 8: about " in out and "h wall-clock for the 280 measured folds (8 at a time" in out
+    assert "with --max-gpus 8: about " in out and "h wall-clock for the 280 measured folds (each fold on one device, 8 " \
+        "at a time" in out
     code, out, _ = _run(["estimate", "paper", "--device", "cuda", "--max-gpus", "8", "--json"], capsys)
     data = json.loads(out)
     assert data["max_gpus"] == 8 and data["total_hours"] / 8 <= data["wall_hours"] < data["total_hours"] / 8 + 2
     code, out, _ = _run(["estimate", "paper"], capsys)  # most of the paper grid is measured on the CPU only
     assert "device-hours on AMD EPYC, 1 thread(s)" in out and "H200" not in out
     # folds of 5, 4, 3, 3 and 1 h on 2 devices: 5 + 3 and 4 + 3 + 1 -> 8 h; on one device their sum
-    rows = [SetupEstimate("esc10", "a", "envnet", fold_hours=[5.0, 3.0, 1.0]), SetupEstimate("esc10", "b", "m18",
-                                                                                           fold_hours=[4.0, 3.0])]
+    rows = [SetupEstimate("esc10", "a", "envnet", task_hours=[5.0, 3.0, 1.0]), SetupEstimate("esc10", "b", "m18",
+                                                                                           task_hours=[4.0, 3.0])]
     assert wall_hours(rows, 2) == 8.0 and wall_hours(rows, 1) == 16.0 and wall_hours(rows, 10) == 5.0
+    # packs of 5 folds: each holds one device for its folds' hours, 56 packs of the 280 folds, 8 at a time
+    code, out, _ = _run(["estimate", "paper", "--device", "cuda", "--max-gpus", "8", "--pack", "5", "--json"], capsys)
+    packed = json.loads(out)
+    assert packed["wall_hours"] >= max(packed["total_hours"] / 8, data["wall_hours"])  # whole packs: never shorter
+    code, out, _ = _run(["estimate", "paper", "--device", "cuda", "--max-gpus", "8", "--pack", "5"], capsys)
+    assert "for the 280 measured folds (in 56 packs, each pack on one device, 8 at a time" in out
     code, _, err = _run(["estimate", "paper", "--max-gpus", "0"], capsys)
     assert code == 2 and "--max-gpus 0: expected a number of GPUs, at least 1" in err
 
