@@ -4,7 +4,8 @@ The functions are turned into components per image set (`component_set`), so tha
 pipeline names its images by their inputs or digest (components/image.py). The module attributes
 `preprocess`, `train_fold`, `fgsm_attack`, `train_pack`, `fgsm_pack`, `aggregate` are the components with
 the version-only images, for the local runner (`train_pack` / `fgsm_pack`: several folds of a cell as one
-fold pack, intermix_core.method.packing).
+fold pack, intermix_core.method.packing; `lane_gate`: a run waiting for the run before it in its lane,
+pipelines/gpu_budget.py).
 
 Each component function imports what it uses inside its body: KFP lightweight components ship the
 function's source to the container and run it there, so module-level imports of these files are
@@ -20,6 +21,7 @@ from kfp import dsl
 
 from components import aggregate as _aggregate
 from components import attack as _attack
+from components import lane as _lane
 from components import preprocess as _preprocess
 from components import train as _train
 from components.image import IMAGE_CPU, IMAGE_GPU
@@ -34,6 +36,7 @@ class ComponentSet(NamedTuple):
     aggregate: Any
     train_pack: Any
     fgsm_pack: Any
+    lane_gate: Any
 
 
 @functools.cache
@@ -50,10 +53,11 @@ def component_set(cpu_image: str = IMAGE_CPU, gpu_image: str = IMAGE_GPU) -> Com
         aggregate=make(_aggregate.aggregate, cpu_image),
         train_pack=make(_train.train_pack, gpu_image),
         fgsm_pack=make(_attack.fgsm_pack, gpu_image),
+        lane_gate=make(_lane.lane_gate, cpu_image),
     )
 
 
-preprocess, train_fold, fgsm_attack, aggregate, train_pack, fgsm_pack = component_set()
+preprocess, train_fold, fgsm_attack, aggregate, train_pack, fgsm_pack, lane_gate = component_set()
 
-__all__ = ["ComponentSet", "aggregate", "component_set", "fgsm_attack", "fgsm_pack", "preprocess", "train_fold",
-           "train_pack"]
+__all__ = ["ComponentSet", "aggregate", "component_set", "fgsm_attack", "fgsm_pack", "lane_gate", "preprocess",
+           "train_fold", "train_pack"]

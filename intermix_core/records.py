@@ -66,6 +66,9 @@ class FoldResult(BaseModel):
     torch: str | None = None
     # the prepared data the fold was trained on (data.Manifest.data_fingerprint); None in older results
     data_fingerprint: str | None = None
+    # SHA-256 of the final checkpoint the result came from, which the store holds beside it: a reader refuses a
+    # result whose checkpoint there is another (an older result put back, intermix_core.store.grid_store)
+    checkpoint_sha256: str | None = None
 
     @property
     def key(self) -> tuple[str, str, str, int]:

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from intermix_core.config.grid import GridSpec, shards
 from pipelines.options import ClusterOptions, expected_train_seconds
@@ -59,6 +59,10 @@ class GpuPlan:
     longest_attempt_s: float  # the longest expected training attempt of the grid
     queue_seconds: float  # how long a started GPU task may wait for a GPU, at most; 0: never
     sequential: frozenset[RunKey] = frozenset()  # runs whose loops run one after another
+    # fewer slots than runs: each run's predecessor in its lane (None: a lane's first run), and how long its gate
+    # waits for that predecessor at most; empty otherwise
+    lanes: dict[RunKey, RunKey | None] = field(default_factory=dict)
+    lane_wait_s: dict[RunKey, float] = field(default_factory=dict)
 
     def bounds(self) -> str:
         """One line for `submit`: how many GPU tasks the compiled grid can run at once, and what bounds them."""
@@ -66,6 +70,11 @@ class GpuPlan:
         if self.slots is None:
             return (f"GPU tasks at once: up to {self.in_flight} ({loops} fold loops, no GPU budget: max_gpus 0); "
                     "only a namespace quota or the cluster's GPUs bound them")
+        if self.lanes:
+            return (f"GPU tasks at once: at most {self.in_flight}, bounded by the compiled grid ({runs} runs in "
+                    f"{self.in_flight} lanes: a run starts its GPU tasks when the run before it in its lane has ended, "
+                    f"and runs its loops one after another) for a GPU budget of {self.slots} task(s); a GPU quota is "
+                    "a second bound")
         how = (f"{len(self.sequential)} of {runs} runs run their loops one after another" if self.sequential
                else f"the budget split over {loops} loops side by side")
         if self.in_flight <= self.slots:
@@ -148,5 +157,24 @@ def plan_gpus(grid: GridSpec, opts: ClusterOptions, local: bool = False) -> GpuP
                 parallelism.update({k: min(width[r], cap[k]) for k in keys})
                 in_flight += max(min(width[r], cap[k]) for k in keys)
     longest = max((attempt for _, attempt in loops.values()), default=0.0)
+    if slots is not None and slots < len(runs) and not local:  # one GPU task per run is still too many: lanes
+        lanes, waits = _lanes(runs, loops, slots, opts.retries)
+        return GpuPlan(slots, parallelism, min(in_flight, slots), longest, 0.0, frozenset(sequential), lanes, waits)
     queue = 0.0 if slots is None or in_flight <= slots else math.ceil((in_flight - slots) / slots) * longest
     return GpuPlan(slots, parallelism, in_flight, longest, queue, frozenset(sequential))
+
+
+def _lanes(runs: dict[RunKey, list[LoopKey]], loops: dict[LoopKey, tuple[int, float]], slots: int, retries: int
+           ) -> tuple[dict[RunKey, RunKey | None], dict[RunKey, float]]:
+    """Runs (in file order) dealt to `slots` lanes, each to the lane that ends soonest; each run's predecessor in its
+    lane, and how long its gate may wait: the expected time of every run before it in the lane, all attempts, x 2."""
+    ends = [(0.0, lane) for lane in range(slots)]
+    last: list[RunKey | None] = [None] * slots
+    lanes: dict[RunKey, RunKey | None] = {}
+    waits: dict[RunKey, float] = {}
+    for run, keys in runs.items():  # a run's loops, one after another, one task at a time
+        busy, lane = heapq.heappop(ends)
+        lanes[run], waits[run] = last[lane], 2 * busy
+        last[lane] = run
+        heapq.heappush(ends, (busy + (retries + 1) * sum(loops[k][0] * loops[k][1] for k in keys), lane))
+    return lanes, waits

@@ -108,18 +108,27 @@ def shard_pipeline(grid: GridSpec, shard: Shard, opts: ClusterOptions | None = N
                                labels=labels, retry_window_s=gpu_short_window, local=local)
             before = attack
 
-    @dsl.pipeline(name=pname, description=f"intermix grid {gid}: {shard.label}, every strategy x fold")
-    def run_shard(store_root: str, tracking_uri: str = "", source: str = default_source):
-        agg = comps.aggregate(grid_json=spec, store_root=store_root, tracking_uri=tracking_uri)
+    lane_wait = plan.lane_wait_s.get((shard.dataset, shard.setup))
+
+    def body(store_root: str, tracking_uri: str, source: str, lane_done: str = "", lane_after: str = "") -> None:
+        agg = comps.aggregate(grid_json=spec, store_root=store_root, tracking_uri=tracking_uri,
+                              **({"lane_done": lane_done} if lane_wait is not None else {}))
         configure_task(agg.set_display_name(f"aggregate {gid}"), opts, kind="aggregate", cache=False,
                        labels=base_labels, retry_window_s=short_window, local=local)
 
         def cells() -> dsl.PipelineTask:
+            gate = None
+            if lane_wait is not None:  # a GPU budget below the run count: wait for the run before this one
+                gate = comps.lane_gate(store_root=store_root, after=lane_after, max_wait_s=int(lane_wait))
+                configure_task(gate.set_display_name("wait for the lane"), opts, kind="aggregate", cache=False,
+                               labels=base_labels, retry_window_s=retry_seconds(opts, lane_wait), local=local)
             # never cached: it re-fingerprints the raw data (cheap) and finds the prepared copy in the store
             prep = comps.preprocess(source=source, dataset=shard.dataset, sample_rate=shard.sample_rate,
                                     store_root=store_root, on_silent=grid.on_silent)
             configure_task(prep.set_display_name(f"preprocess {shard.dataset}@{shard.sample_rate}"), opts,
                            kind="preprocess", cache=False, labels=base_labels, retry_window_s=short_window, local=local)
+            if gate is not None:
+                prep.after(gate)
             loops = folds(data_uri=prep.outputs["Output"], store_root=store_root, tracking_uri=tracking_uri)
             return loops.set_display_name(f"folds {shard.label}")
 
@@ -128,6 +137,17 @@ def shard_pipeline(grid: GridSpec, shard: Shard, opts: ClusterOptions | None = N
                 cells()
         else:
             agg.after(cells())
+
+    description = f"intermix grid {gid}: {shard.label}, every strategy x fold"
+    if lane_wait is None:
+        @dsl.pipeline(name=pname, description=description)
+        def run_shard(store_root: str, tracking_uri: str = "", source: str = default_source):
+            body(store_root, tracking_uri, source)
+    else:  # lane_done: the marker its end writes; lane_after: the one it waits for (intermix submit sets both)
+        @dsl.pipeline(name=pname, description=description)
+        def run_shard(store_root: str, tracking_uri: str = "", source: str = default_source, lane_done: str = "",
+                      lane_after: str = ""):
+            body(store_root, tracking_uri, source, lane_done, lane_after)
 
     return run_shard
 

@@ -20,6 +20,7 @@ import ssl
 import tempfile
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,8 @@ from pydantic import BaseModel, ConfigDict
 
 from intermix_core.common.names import check_pipeline_args
 from intermix_core.config.grid import FoldCell, GridSpec, grid_id
+from intermix_core.store.layout import lane_marker_key
+from pipelines.gpu_budget import plan_gpus
 from pipelines.grid_pipeline import grid_pipelines
 from pipelines.options import ClusterOptions
 from pipelines.registry import check_images, compiled_images
@@ -340,20 +343,38 @@ def _create(client: Any, endpoint: KfpEndpoint, experiment_id: str, path: Path, 
     return run.run_id
 
 
+def _lane_marker(run: Any) -> str:
+    """The lane marker an existing run writes when it ends (its `lane_done` argument; '' if it has none)."""
+    params = getattr(getattr(run, "runtime_config", None), "parameters", None) or {}
+    value = params.get("lane_done", "") if isinstance(params, dict) else ""
+    return value if isinstance(value, str) else ""
+
+
 def _submit(client: Any, endpoint: KfpEndpoint, experiment: str,
             jobs: list[tuple[str, str, Path, dict[str, Any]]], keep: set[str],
-            enable_caching: bool | None) -> list[SubmittedRun]:
-    """Create the runs of `jobs` (label, run name, package, arguments) that are not already there in a `keep` state."""
+            enable_caching: bool | None, lanes: dict[str, tuple[str, str | None]] | None = None) -> list[SubmittedRun]:
+    """Create the runs of `jobs` (label, run name, package, arguments) that are not already there in a `keep` state.
+
+    `lanes` (label -> (the marker its end writes, the label of the run before it in its lane)): each created run gets
+    `lane_done`, a marker of this submission, and `lane_after`, the marker of the run before it: the one this
+    submission creates, or the kept run's own (pipelines/gpu_budget.py).
+    """
     for _, _, _, args in jobs:  # what reaches the pipelines' parameters: no newline, no KFP placeholder
         check_pipeline_args(args)
     exp_id = _experiment_id(client, endpoint, experiment)
     there = existing_runs(client, exp_id)
     done: list[SubmittedRun] = []
+    markers: dict[str, str] = {}
     for i, (label, name, path, args) in enumerate(jobs):
         old = there.get(name)
         if old is not None and _state(old) in keep:
+            markers[label] = _lane_marker(old)
             done.append(SubmittedRun(label, old.run_id, name, "existing", _state(old)))
             continue
+        if lanes and label in lanes:
+            mine, before = lanes[label]
+            markers[label] = mine
+            args = {**args, "lane_done": mine, "lane_after": markers.get(before, "") if before else ""}
         try:
             run_id = _create(client, endpoint, exp_id, path, name, args, enable_caching)
         except Exception as err:  # the API client raises many types; all end the submission the same way
@@ -386,7 +407,11 @@ def submit_grid(
         if on_server:
             on_server(info)
         client = client or kfp_client(endpoint)
-        return _submit(client, endpoint, endpoint.experiment or gid, jobs, KEEP_STATES, enable_caching)
+        plan = plan_gpus(grid, opts or ClusterOptions())
+        token = uuid.uuid4().hex[:12]  # this submission's: a lane marker of an earlier one never opens a gate
+        lanes = {f"{ds}/{setup}": (lane_marker_key(gid, ds, setup, token), f"{before[0]}/{before[1]}" if before else None)
+                 for (ds, setup), before in plan.lanes.items()}
+        return _submit(client, endpoint, endpoint.experiment or gid, jobs, KEEP_STATES, enable_caching, lanes)
 
 
 def submit_rerun(

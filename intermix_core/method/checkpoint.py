@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import re
 import socket
@@ -88,6 +89,15 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 _REQUIRED = {"format": int, "config": dict, "fold": int, "epoch": int, "model": dict, "history": list}
+
+
+def checkpoint_digest(path: str | Path) -> str:
+    """Hex SHA-256 of a checkpoint file (what the store's completion marker of it records)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:

@@ -42,7 +42,8 @@ from intermix_core.method.bank import (
     train_inputs,
 )
 from intermix_core.method.checkpoint import (
-    CHECKPOINT_FORMAT, check_same_data, clean_temporaries, fold_lock, interruption, load_checkpoint, save_checkpoint,
+    CHECKPOINT_FORMAT, check_same_data, checkpoint_digest, clean_temporaries, fold_lock, interruption, load_checkpoint,
+    save_checkpoint,
 )
 from intermix_core.method.devices import choose_precision, resolve_device
 from intermix_core.method.evaluate import clip_error, confusion_matrix, predict_crops, to_host
@@ -471,6 +472,8 @@ def _finish(run: FoldRun, crop_probs: torch.Tensor | None) -> FoldResult:
         crop_probs = predict_crops(run.model, run.test_bank, run.cfg.num_crops, run.eval_clips, run.precision)
     labels = run.test_bank.labels
     result = _result(run, clip_error(crop_probs, labels), confusion_matrix(crop_probs, labels, run.cfg.num_classes))
+    if (run.out / CHECKPOINT).exists():  # bound to the final checkpoint the store keeps beside it
+        result = result.model_copy(update={"checkpoint_sha256": checkpoint_digest(run.out / CHECKPOINT)})
     if run.tracker is not None and run.run_id is not None:
         run.tracker.finish_fold(run.run_id, result)  # before result.json: a fold is done only once tracking knows it
     save_result(result, run.out / RESULT)

@@ -393,3 +393,38 @@ def prepare_shared_step(source: str, dataset: str, sample_rate: int, store_root:
 def prepared_data(data_uri: str, cache_dir: str | None = None, max_cache_bytes: int | None = None) -> AbstractContextManager[Path]:
     """Context manager: a local folder with the prepared dataset at data_uri (via the node's cache_dir when given)."""
     return cached_prepared(data_uri, cache_dir, max_cache_bytes)
+
+
+def lane_done_step(store_root: str, key: str) -> None:
+    """Mark a shard run as ended (its lane's next run may start, pipelines/gpu_budget.py): one sealed object."""
+    open_storage(store_root).put_sealed(key, json.dumps({"ended": time.time()}))
+
+
+def lane_wait_step(store_root: str, key: str, max_wait_s: float, poll_s: float = 60.0) -> bool:
+    """Wait until the run before this one in its lane has ended (`key` is there); True then, False after max_wait_s.
+
+    The gate of a run whose GPU tasks must wait for another run (a GPU budget below the grid's run
+    count). After max_wait_s it lets the run start anyway, saying so: a lost marker (a run deleted
+    before its exit handler ran) costs the budget for a while, never the grid.
+    """
+    if not key:
+        return True
+    store = open_storage(store_root)
+    start = time.monotonic()
+    said = start
+    while True:
+        try:
+            if store.get_sealed(key) is not None:
+                print(f"the run before this one in its lane has ended ({store.uri(key)}): starting", flush=True)
+                return True
+        except StorageError as err:  # unreachable for a while, or a damaged marker: waiting is the safe side
+            print(f"warning: {err}", flush=True)
+        waited = time.monotonic() - start
+        if waited >= max_wait_s:
+            print(f"warning: waited {waited / 3600:.1f} h for {store.uri(key)} (the run before this one in its "
+                  "lane); starting anyway, so more GPU tasks than max_gpus may run for a while", flush=True)
+            return False
+        if time.monotonic() - said >= 600:
+            print(f"waiting for the run before this one in its lane to end ({waited / 60:.0f} min so far)", flush=True)
+            said = time.monotonic()
+        time.sleep(min(poll_s, max(0.0, max_wait_s - waited)))

@@ -9,9 +9,9 @@ from typing import Any
 
 from intermix_core.common.names import check_name
 from intermix_core.config import result_problem
-from intermix_core.records import RESULT, FoldResult, load_result
+from intermix_core.records import CHECKPOINT, RESULT, FoldResult, load_result
 from intermix_core.store.layout import GRID_FILE, cell_prefix, grid_spec_key, is_fold_result
-from intermix_core.store.storage import StorageError, open_storage
+from intermix_core.store.storage import Storage, StorageError, open_storage
 
 
 def save_grid_spec(store_root: str, grid_id: str, spec: dict[str, Any]) -> None:
@@ -49,7 +49,8 @@ def fetch_grid_results(store_root: str, grid_id: str, dest: str | Path) -> tuple
         path = Path(dest) / key
         try:
             store.download_file(key, path)
-            problem = _misplaced(load_result(path), key, grid_id)
+            result = load_result(path)
+            problem = _misplaced(result, key, grid_id) or _not_of_its_checkpoint(store, result, key)
         except (StorageError, ValueError) as err:
             problem = err.reason if isinstance(err, StorageError) else str(err)
         if problem:
@@ -58,6 +59,23 @@ def fetch_grid_results(store_root: str, grid_id: str, dest: str | Path) -> tuple
         else:
             files.append(path)
     return files, refused
+
+
+def _not_of_its_checkpoint(store: Storage, result: FoldResult, key: str) -> str | None:
+    """Why `result` is not the one of the checkpoint stored beside it (None if it is, or if either says nothing).
+
+    A result records the digest of the final checkpoint it came from, and the fold's writer stores
+    that checkpoint first, its result last. A result whose stored checkpoint is another one is an
+    older result put back (with INTERMIX_STORE_KEY its old marker is still validly signed: a rollback)
+    or a checkpoint replaced after it; either way not this fold's current outcome.
+    """
+    if result.checkpoint_sha256 is None:
+        return None  # written before results recorded it
+    stored = store.checksum(key.rsplit("/", 1)[0] + f"/{CHECKPOINT}")
+    if stored is None or stored == result.checkpoint_sha256:
+        return None
+    return (f"written for the checkpoint {result.checkpoint_sha256[:12]}, but the checkpoint stored beside it is "
+            f"{stored[:12]} (an older result put back, or the fold trained again since): rerun the fold")
 
 
 def _misplaced(result: FoldResult, key: str, grid_id: str) -> str | None:

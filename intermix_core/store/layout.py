@@ -5,6 +5,7 @@
     <root>/<grid_id>/reports/LATEST.json                        {"version", "prefix"}: the newest complete report
     <root>/<grid_id>/reports/versions/<version>/                one aggregation's reports, never rewritten
     <root>/<grid_id>/reports/*                                  a browsing copy of the newest version; it may lag
+    <root>/<grid_id>/lanes/<dataset>-<setup>-<token>.done        a submitted run ended (its lane's next run starts)
     <root>/prepared/<dataset>/<rate>hz/v<format>/<fingerprint>[-skip]/
         CURRENT -> "<writer id>", <writer id>/ (fold*.npy, manifest.json), LEASE while one writer prepares
 
@@ -24,6 +25,7 @@ REPORTS = "reports"
 VERSIONS = "versions"
 LATEST = "LATEST.json"
 PREPARED = "prepared"
+LANES = "lanes"
 CURRENT = "CURRENT"
 LEASE = "LEASE"
 
@@ -51,6 +53,11 @@ def latest_key(grid_id: str) -> str:
 def versions_prefix(grid_id: str) -> str:
     """'<grid_id>/reports/versions'."""
     return f"{grid_id}/{REPORTS}/{VERSIONS}"
+
+
+def lane_marker_key(grid_id: str, dataset: str, setup: str, token: str) -> str:
+    """'<grid_id>/lanes/<dataset>-<setup>-<token>.done': written when one submission's run of a shard ends."""
+    return f"{grid_id}/{LANES}/{dataset}-{setup}-{token}.done"
 
 
 def is_fold_result(key: str) -> bool:

@@ -125,9 +125,10 @@ def test_paper_grid_compiles_to_bounded_runs(paper: list[Path]):
         dags = sum("dag" in c for c in spec["components"].values())
         assert 2 * n + iterations + len(loops) + dags + 2 < MAX_ARGO_NODES_PER_RUN
         assert n <= MAX_TASKS_PER_RUN
-    # 520 folds x (train + FGSM) + one preprocess and one aggregate per run
-    assert sum(executed) == 520 * 2 + 18 * 2
-    assert max(executed) == 6 * 10 * 2 + 2  # UrbanSound8K, EnvNet-v2 + aug: 4 strategies and 2 ablations x 10 folds
+    # 520 folds x (train + FGSM) + one lane gate (the default budget, 8, is below the 18 runs), one preprocess and
+    # one aggregate per run
+    assert sum(executed) == 520 * 2 + 18 * 3
+    assert max(executed) == 6 * 10 * 2 + 3  # UrbanSound8K, EnvNet-v2 + aug: 4 strategies and 2 ablations x 10 folds
 
 
 def test_by_default_a_gpu_task_trains_every_fold_of_its_cell_as_one_pack(paper_packs: list[Path]):
@@ -137,7 +138,7 @@ def test_by_default_a_gpu_task_trains_every_fold_of_its_cell_as_one_pack(paper_p
     sizes = [p.stat().st_size for p in paper_packs]
     assert max(sizes) < MAX_RUN_YAML_BYTES and sum(sizes) < MAX_GRID_YAML_BYTES, sizes
     executed = [_executed_tasks(_docs(p)[0]) for p in paper_packs]
-    assert sum(executed) == 78 * 2 + 18 * 2  # a pack per strategy loop (train + FGSM) + preprocess and aggregate
+    assert sum(executed) == 78 * 2 + 18 * 3  # a pack per strategy loop (train + FGSM) + lane gate, preprocess, aggregate
     spec, _ = _docs(_shard_file(paper_packs, "-urbansound8k-envnet-v2.yaml"))
     tasks = _by_name(spec)
     loops = {n: t for n, t in tasks.items() if "parameterIterator" in t}
@@ -247,7 +248,7 @@ def test_retry_max_duration_overrides_every_task(tmp_path: Path):
 def test_every_task_has_requests_limits_scratch_and_threads(paper: list[Path]):
     spec, platform = _docs(_shard_file(paper, "-urbansound8k-envnet-v2.yaml"))
     defaults = ClusterOptions().resources
-    kinds = {"preprocess": "preprocess", "train": "train", "fgsm": "fgsm", "aggregate": "aggregate"}
+    kinds = {"preprocess": "preprocess", "train": "train", "fgsm": "fgsm", "aggregate": "aggregate", "wait": "aggregate"}
     seen = set()
     for task, container in _container_tasks(spec):
         kind = kinds[task["taskInfo"]["name"].split(" ", 1)[0]]
@@ -261,7 +262,7 @@ def test_every_task_has_requests_limits_scratch_and_threads(paper: list[Path]):
         assert env["TMPDIR"] == "/scratch"
         mounts = _platform_of(spec, platform, task)["emptyDirMounts"]
         assert mounts == [{"mountPath": "/scratch", "sizeLimit": want.scratch, "volumeName": "scratch"}]
-    assert seen == set(kinds)
+    assert seen == set(kinds.values())  # the lane gate ("wait for the lane") is sized as an aggregation
 
 
 def test_no_task_takes_a_prepared_dataset_artifact(paper: list[Path]):
@@ -558,30 +559,38 @@ def test_a_gpu_budget_above_the_loop_count_bounds_the_whole_grid(tmp_path: Path)
     assert sum(limits.values()) == 144
 
 
-def test_retry_windows_include_the_wait_for_a_gpu(paper: list[Path]) -> None:
-    """Below the run count (the default 8 GPUs for 18 runs, each chaining its loops) the quota holds pods back while
-    their attempts run (Argo stamps StartedAt before the pod exists): every GPU task's window covers that wait on each
-    attempt."""
+def test_below_the_run_count_runs_wait_in_lanes_and_gpu_tasks_wait_for_no_gpu(paper: list[Path]) -> None:
+    """At the default budget (8) for 18 runs, each run waits for the run before it in its lane (a CPU gate task before
+    its preprocessing), so no GPU task waits for a GPU: every GPU task's window covers its attempts alone, and each
+    gate waits at most for the runs before it in its lane."""
+    from pipelines.gpu_budget import plan_gpus
+
     opts = ONE_FOLD
     grid = load_grid("paper")
+    plan = plan_gpus(grid, opts)
+    assert plan.queue_seconds == 0 and plan.in_flight == opts.max_gpus == 8
     attempts = {(sh.label, s): expected_train_seconds(cfg, opts) for sh in shards(grid) for s, cfg in sh.configs.items()}
-    runs, slots = len(shards(grid)), opts.max_gpus  # one running fold per run, 8 at a time
-    wait = math.ceil((runs - slots) / slots) * max(attempts.values())
-    assert wait > 86400  # more than a day: two rounds of the longest EnvNet-v2 fold
     for path in paper:
         spec, _ = _docs(path)
+        tasks = _by_name(spec)
+        gate = tasks["wait for the lane"]
+        label = next(sh.label for sh in shards(grid) if path.name.endswith(f"-{sh.dataset}-{sh.setup.replace('_', '-')}.yaml"))
+        wait = plan.lane_wait_s[tuple(label.split("/"))]
+        assert gate["inputs"]["parameters"]["max_wait_s"]["runtimeValue"]["constant"] == int(wait)
+        assert gate["inputs"]["parameters"]["after"]["componentInputParameter"].endswith("lane_after")
+        prep = next(t for n, t in tasks.items() if n.startswith("preprocess "))
+        assert prep["dependentTasks"] == ["lane-gate"]
+        aggregate = next(t for n, t in tasks.items() if n.startswith("aggregate "))
+        assert aggregate["inputs"]["parameters"]["lane_done"]["componentInputParameter"].endswith("lane_done")
         for task, _ in _container_tasks(spec):
             name = task["taskInfo"]["name"]
             seconds = int(task["retryPolicy"]["backoffMaxDuration"].rstrip("s"))
-            kind, label = name.split(" ", 1)
+            kind, rest = name.split(" ", 1)
             if kind == "train":
-                dataset_setup, strategy = label.rsplit("/", 1)
-                need = (opts.retries + 1) * (attempts[(dataset_setup, strategy)] + wait)
-                assert seconds >= min(need, MAX_RETRY_WINDOW_S), name
-            elif kind == "fgsm":
-                assert seconds >= (opts.retries + 1) * wait, name
-            else:  # CPU tasks wait for no GPU
-                assert seconds == MIN_RETRY_WINDOW_S, name
+                dataset_setup, strategy = rest.rsplit("/", 1)
+                assert seconds >= min((opts.retries + 1) * 2 * attempts[(dataset_setup, strategy)], MAX_RETRY_WINDOW_S)
+            elif kind == "fgsm" or name.startswith(("preprocess", "aggregate")):
+                assert seconds == MIN_RETRY_WINDOW_S, name  # no wait for a GPU counted: none is waited for
 
 
 def test_without_a_budget_the_per_loop_cap_or_nothing_applies(tmp_path: Path) -> None:
@@ -616,13 +625,13 @@ def test_a_spot_gpu_pool_selector_and_toleration_reach_only_the_gpu_tasks(tmp_pa
 
 
 def test_submit_names_the_gpu_bound_of_the_compiled_paper_grid() -> None:
-    """At the default budget (8) the paper grid's 18 runs start up to 18 GPU tasks: the line says so and names the
-    quota as the only bound for the other 10; at 144 the compiled grid bounds it."""
+    """At the default budget (8) the paper grid's 18 runs run in 8 lanes and at 144 its loops split the budget: either
+    way the line names the compiled grid as the bound."""
     from pipelines.gpu_budget import plan_gpus
 
     grid = load_grid("paper")
     line = plan_gpus(grid, ClusterOptions()).bounds()
-    assert line.startswith("GPU tasks at once: up to 18 (one per run at least: 18 runs") and "the other 10 back" in line
+    assert line.startswith("GPU tasks at once: at most 8, bounded by the compiled grid (18 runs in 8 lanes")
     assert plan_gpus(grid, ClusterOptions(max_gpus=144, pack=1)).bounds().startswith("GPU tasks at once: at most 144, "
                                                                                       "bounded")
     # fold packs (the default): one task per loop, 78 for the whole grid, below a budget of 144
@@ -668,10 +677,19 @@ def test_the_compiled_paper_grid_starts_at_most_max_gpus_gpu_tasks_without_a_quo
     assert plan_gpus(grid, ClusterOptions(max_gpus=max_gpus)).in_flight == at_once  # what submit prints
 
 
-def test_below_the_run_count_one_gpu_task_per_run_is_the_floor(paper: list[Path]) -> None:
-    """At the default budget (8) every run chains its loops (one fold at a time): 18 GPU tasks at once, not 78; the
-    quota holds the other 10 back (runs that wait for each other are not built)."""
-    assert _gpu_tasks_at_once(paper) == 18
+def test_below_the_run_count_the_lanes_start_at_most_max_gpus_runs(paper: list[Path]) -> None:
+    """At the default budget (8) every run chains its loops (one GPU task at a time: 18 from the YAML alone), and the
+    18 runs are dealt to 8 lanes, each run after the one before it in its lane: 8 GPU tasks at once, quota or not."""
+    from pipelines.gpu_budget import plan_gpus
+
+    assert _gpu_tasks_at_once(paper) == 18  # each run's own structure: one task at a time
     spec, _ = _docs(_shard_file(paper, "-esc10-envnet-v2-aug.yaml"))
     loops = [t for t in _tasks(spec).values() if "parameterIterator" in t]
     assert sum(1 for t in loops if not t.get("dependentTasks")) == 1  # one chain: the first loop waits for none
+    grid = load_grid("paper")
+    lanes = plan_gpus(grid, ClusterOptions()).lanes
+    runs = [(sh.dataset, sh.setup) for sh in shards(grid)]
+    assert list(lanes) == runs and sum(1 for before in lanes.values() if before is None) == 8
+    assert all(runs.index(before) < runs.index(run) for run, before in lanes.items() if before)
+    assert len({before for before in lanes.values() if before}) == 10  # 8 chains: each run opens one gate at most
+    assert not plan_gpus(grid, ClusterOptions(max_gpus=18)).lanes  # from the run count up: no lanes

@@ -157,6 +157,43 @@ def test_show_prints_grid_id_and_runs(capsys: pytest.CaptureFixture):
     assert "520 fold trainings" in out and out.count("  run ") == 18
 
 
+def test_a_gpu_budget_below_the_run_count_chains_the_runs_in_lanes(capsys: pytest.CaptureFixture,
+                                                                  registry: RegistryDouble):
+    """--max-gpus 4 for the paper grid's 18 runs: 4 lanes. Each run gets the marker its end writes (lane_done, of this
+    submission) and the marker it waits for (lane_after: the run before it in its lane, created before it); a
+    resubmission keeps a run still RUNNING and the run after it waits for that run's own marker."""
+    from intermix_core.config.grid import grid_id, load_grid
+
+    gid = grid_id(load_grid("paper"))
+    with kfp_api_double(tag_name="2.17.0") as api:
+        args = ["submit", "paper", "--host", api.url, *_images(registry), "--store", "s3://bucket/grids",
+                "--max-gpus", "4", *[w for d in ("esc10", "esc50", "urbansound8k") for w in ("--source", f"{d}=s3://raw/{d}")]]
+        code, out, err = _run(args, capsys)
+        assert code == 0, err
+        assert "GPU tasks at once: at most 4, bounded by the compiled grid (18 runs in 4 lanes" in out
+        order = [r["display_name"].split(" ", 1)[1] for r in api.created_runs()]
+        params = {r["display_name"].split(" ", 1)[1]: r["runtime_config"]["parameters"] for r in api.created_runs()}
+        assert len(params) == 18 and len({p["lane_done"] for p in params.values()}) == 18
+        assert all(p["lane_done"].startswith(f"{gid}/lanes/") and p["lane_done"].endswith(".done") for p in params.values())
+        heads = [label for label, p in params.items() if not p["lane_after"]]
+        assert len(heads) == 4
+        after = {label: next(b for b, q in params.items() if q["lane_done"] == p["lane_after"])
+                 for label, p in params.items() if p["lane_after"]}
+        assert all(order.index(before) < order.index(label) for label, before in after.items())
+        assert len(set(after.values())) == 14  # each marker opens one gate: 4 chains
+
+        kept = heads[0]
+        follower = next(label for label, before in after.items() if before == kept)
+        for label in params:
+            api.set_state(f"{gid} {label}", "RUNNING" if label == kept else "FAILED")
+        code, out, err = _run(args, capsys)
+        assert code == 0, err
+        again = {r["display_name"].split(" ", 1)[1]: r["runtime_config"]["parameters"] for r in api.created_runs()[18:]}
+        assert len(again) == 17 and kept not in again
+        assert again[follower]["lane_after"] == params[kept]["lane_done"]  # the kept run's own marker
+        assert not {p["lane_done"] for p in again.values()} & {p["lane_done"] for p in params.values()}
+
+
 def test_submit_to_kfp_api_test_double(capsys: pytest.CaptureFixture, registry: RegistryDouble):
     with kfp_api_double(multi_user=True, tag_name="2.17.0") as api:
         code, out, err = _run([

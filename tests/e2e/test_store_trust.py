@@ -121,3 +121,42 @@ def test_concurrent_aggregations_publish_only_complete_files(storage: Storage, t
     files = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     assert files["learning_curves.png"].startswith(b"\x89PNG") and json.loads(files["summary.json"])
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".shared-out.staging-")]  # staging cleaned up
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "store-key"])
+def test_an_older_result_put_back_beside_a_newer_checkpoint_is_left_out(storage: Storage, tmp_path: Path, signed: bool,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A result records its final checkpoint's digest. Someone without the key keeps an old result.json and its
+    (validly signed) marker, the fold is trained again, and they put the old pair back: the stored checkpoint is the
+    new one, so the old result is named and left out; the results that match their checkpoints all count."""
+    from intermix_core.method.checkpoint import checkpoint_digest
+
+    if signed:
+        monkeypatch.setenv(SIGNING_KEY_ENV, "the-store-secret")
+    gid = "grid-r"
+    _publish_results(storage, gid, tmp_path, {"standard": STD, "intermix": MIX})
+    prefix = cell_prefix(gid, "esc10", "envnet_v2", "intermix", 3)
+
+    def train_again(weights: bytes, error: float) -> None:  # what train_step stores: the checkpoint first, the result last
+        ckpt = tmp_path / "checkpoint.pt"
+        ckpt.write_bytes(weights)
+        storage.upload_file(ckpt, f"{prefix}/checkpoint.pt")
+        path = tmp_path / "again.json"
+        path.write_text((tmp_path / f"{gid}-intermix-3.json").read_text())
+        r = json.loads(path.read_text())
+        r.update(test_error=error, checkpoint_sha256=checkpoint_digest(ckpt), fgsm={"0.0": error}, fgsm_crop={"0.0": error})
+        path.write_text(json.dumps(r))
+        storage.upload_file(path, f"{prefix}/{RESULT}")
+
+    train_again(b"first weights", 40.0)
+    old = {suffix: raw_get(storage, f"{prefix}/{RESULT}{suffix}") for suffix in ("", SIDECAR)}
+    summary = aggregate_step([], tmp_path / "out1", EXPECTED, grid_id=gid, store_root=storage.uri(""))
+    assert summary.cell("esc10", "envnet_v2", "intermix").values[3] == pytest.approx(40.0)  # its own checkpoint: counted
+    train_again(b"second weights", 12.0)
+    for suffix, data in old.items():
+        raw_put(storage, f"{prefix}/{RESULT}{suffix}", data)
+    summary = aggregate_step([], tmp_path / "out2", EXPECTED, grid_id=gid, store_root=storage.uri(""))
+    cell = summary.cell("esc10", "envnet_v2", "intermix")
+    assert sorted(cell.values) == [1, 2, 4, 5]
+    notes = " ".join(summary.notes)
+    assert "intermix/fold3/result.json" in notes and "an older result put back" in notes and "left out" in notes
