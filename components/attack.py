@@ -14,17 +14,13 @@ def fgsm_attack(
     device: str = "auto",
 ):
     """FGSM error per epsilon of a trained fold (intermix_core.run.steps.attack_step); device as in train_fold."""
-    import os
+    from intermix_core.run.steps import attack_step, task_data
 
-    from intermix_core.run.steps import attack_step, prepared_data
-
-    cache_gb = float(os.environ.get("INTERMIX_DATA_CACHE_MAX_GB") or 0)
-    with prepared_data(data_uri, os.environ.get("INTERMIX_DATA_CACHE") or None, int(cache_gb * 2**30) or None) as data:
+    with task_data(data_uri) as data:
         r = attack_step(trained.path, data, fold, result.path, grid_id, tracking_uri or None, store_root or None,
                         device=device)
     print(f"FGSM {r.label}: {r.fgsm}")
     result.metadata.update({"cell": r.label, "grid_id": grid_id, "test_error": r.test_error, "fgsm": r.fgsm})
-
 
 
 def fgsm_pack(
@@ -38,12 +34,9 @@ def fgsm_pack(
     device: str = "auto",
 ):
     """FGSM of each trained fold of a pack into result/fold<f> (intermix_core.run.steps.attack_pack_task)."""
-    import os
+    from intermix_core.run.steps import attack_pack_task, task_data
 
-    from intermix_core.run.steps import attack_pack_task, prepared_data
-
-    cache_gb = float(os.environ.get("INTERMIX_DATA_CACHE_MAX_GB") or 0)
-    with prepared_data(data_uri, os.environ.get("INTERMIX_DATA_CACHE") or None, int(cache_gb * 2**30) or None) as data:
+    with task_data(data_uri) as data:
         attack_pack_task(trained.path, data, folds, result.path, grid_id, tracking_uri or None, store_root or None,
                          device=device)
     result.metadata.update({"folds": folds, "grid_id": grid_id})

@@ -23,23 +23,16 @@ def train_fold(
     device: str = "auto",
 ):
     """Train one fold of one grid cell (intermix_core.run.steps.train_step); empty strings mean 'not set'."""
-    import os
+    from intermix_core.run.steps import task_data, train_step, warn_old_driver
 
-    from intermix_core.method.devices import cuda_driver_note
-    from intermix_core.run.steps import prepared_data, train_step
-
-    note = cuda_driver_note() if device != "cpu" else None
-    if note:
-        print(f"warning: {note}", flush=True)
-    cache_gb = float(os.environ.get("INTERMIX_DATA_CACHE_MAX_GB") or 0)
-    with prepared_data(data_uri, os.environ.get("INTERMIX_DATA_CACHE") or None, int(cache_gb * 2**30) or None) as data:
+    warn_old_driver(device)
+    with task_data(data_uri) as data:
         result = train_step(
             config_json, data, fold, trained.path, grid_id, tracking_uri or None, store_root or None,
             restart=restart, keep_checkpoint=not store_root, device=device,
         )
     print(f"trained {result.label}: test error {result.test_error}")
     trained.metadata.update({"cell": result.label, "grid_id": grid_id, "test_error": result.test_error})
-
 
 
 def train_pack(
@@ -54,16 +47,10 @@ def train_pack(
     device: str = "auto",
 ):
     """Train a pack of folds ('1 2 3') of one cell into trained/fold<f> (intermix_core.run.steps.train_pack_task)."""
-    import os
+    from intermix_core.run.steps import task_data, train_pack_task, warn_old_driver
 
-    from intermix_core.method.devices import cuda_driver_note
-    from intermix_core.run.steps import prepared_data, train_pack_task
-
-    note = cuda_driver_note() if device != "cpu" else None
-    if note:
-        print(f"warning: {note}", flush=True)
-    cache_gb = float(os.environ.get("INTERMIX_DATA_CACHE_MAX_GB") or 0)
-    with prepared_data(data_uri, os.environ.get("INTERMIX_DATA_CACHE") or None, int(cache_gb * 2**30) or None) as data:
+    warn_old_driver(device)
+    with task_data(data_uri) as data:
         failed = train_pack_task(config_json, data, folds, trained.path, grid_id, tracking_uri or None,
                                  store_root or None, restart=restart, device=device)
     trained.metadata.update({"folds": folds, "grid_id": grid_id, "failed": failed})

@@ -23,6 +23,7 @@ from intermix_core.config import ExperimentConfig, parse_config
 from intermix_core.data import Manifest
 from intermix_core.method.attack import attack_fold
 from intermix_core.method.checkpoint import FoldBusy, fold_lock, load_checkpoint
+from intermix_core.method.devices import cuda_driver_note
 from intermix_core.method.pack import train_pack
 from intermix_core.method.packing import parse_pack_item
 from intermix_core.method.train import stop_on_signals, train_fold
@@ -393,6 +394,20 @@ def prepare_shared_step(source: str, dataset: str, sample_rate: int, store_root:
 def prepared_data(data_uri: str, cache_dir: str | None = None, max_cache_bytes: int | None = None) -> AbstractContextManager[Path]:
     """Context manager: a local folder with the prepared dataset at data_uri (via the node's cache_dir when given)."""
     return cached_prepared(data_uri, cache_dir, max_cache_bytes)
+
+
+def warn_old_driver(device: str) -> None:
+    """A GPU task's first line when the node's NVIDIA driver supports an older CUDA than the image's torch."""
+    note = cuda_driver_note() if device != "cpu" else None
+    if note:
+        print(f"warning: {note}", flush=True)
+
+
+def task_data(data_uri: str) -> AbstractContextManager[Path]:
+    """`prepared_data` for a pipeline task: the node's cache from INTERMIX_DATA_CACHE (and _MAX_GB), set by the
+    pipeline where a cache volume is mounted (pipelines/options.py)."""
+    max_gb = float(os.environ.get("INTERMIX_DATA_CACHE_MAX_GB") or 0)
+    return prepared_data(data_uri, os.environ.get("INTERMIX_DATA_CACHE") or None, int(max_gb * 2**30) or None)
 
 
 def lane_done_step(store_root: str, key: str) -> None:
