@@ -24,6 +24,8 @@ import pytest
 from components import component_set
 from components.image import resolve_images
 from intermix_core.config.grid import expand, grid_id, parse_grid
+from intermix_core.store.layout import latest_key, read_pointer
+from intermix_core.store.storage import open_storage
 
 pytestmark = [pytest.mark.images, pytest.mark.slow]  # -m "not slow" leaves it out too
 ROOT = Path(__file__).resolve().parents[2]
@@ -138,7 +140,7 @@ def test_every_component_runs_in_the_cpu_image(images: dict[str, str], docker_ap
     (data_uri,) = (store / "prepared" / "esc10" / "22050hz").glob("v*/*")
     result = json.loads((store / gid / "esc10" / "piczak_cnn" / "standard" / "fold1" / "result.json").read_text())
     assert result["status"] == "ok" and "0.01" in result["fgsm"]
-    latest = json.loads((store / gid / "reports" / "LATEST.json").read_text())
+    latest = json.loads(read_pointer(open_storage(str(store)), latest_key(gid)))  # a sealed pointer
     assert (store / latest["prefix"] / "table1.md").is_file()
     # written by the image's non-root user
     assert (store / gid / "esc10").stat().st_uid == UID and data_uri.stat().st_uid == UID
@@ -156,7 +158,8 @@ def test_every_component_runs_in_the_cpu_image(images: dict[str, str], docker_ap
 def test_cuda_image_starts_and_runs_the_cpu_only_paths(images: dict[str, str], docker_api: str, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch):
     """The train/FGSM image, without a GPU: it starts as uid 10001, its torch is the flavour its tag names, and
-    preprocess and aggregate run in it through KFP's DockerRunner (read-only root, no network)."""
+    preprocess, a one-epoch training on the CPU and aggregate run in it through KFP's DockerRunner (read-only root,
+    no network)."""
     from kfp import dsl, local
 
     run = ["podman", "run", "--rm", "--read-only", "--network", "none", images["cuda"]]
@@ -177,13 +180,17 @@ def test_cuda_image_starts_and_runs_the_cpu_only_paths(images: dict[str, str], d
     comps = component_set(images["cuda"], images["cuda"])
     grid = parse_grid(TINY, source="image smoke grid")
 
+    (cell,) = expand(grid)
+
     @dsl.pipeline(name="cuda-image-cpu-paths")
     def cpu_paths(store_root: str):
         prep = comps.preprocess(source="demo", dataset="esc10", sample_rate=22050, store_root=store_root)
-        comps.aggregate(grid_json=grid.model_dump_json(), store_root=store_root, tracking_uri="").after(prep)
+        train = comps.train_fold(config_json=cell.config.model_dump_json(), fold=1, grid_id=grid_id(grid),
+                                 tracking_uri="", store_root=store_root, data_uri=prep.outputs["Output"], device="cpu")
+        comps.aggregate(grid_json=grid.model_dump_json(), store_root=store_root, tracking_uri="").after(train)
 
     cpu_paths(store_root=str(store))
     (data_uri,) = (store / "prepared" / "esc10" / "22050hz").glob("v*/*")
     assert data_uri.stat().st_uid == UID
-    latest = json.loads((store / grid_id(grid) / "reports" / "LATEST.json").read_text())
-    assert (store / latest["prefix"] / "summary.json").is_file()  # an (empty) report: no fold has run
+    latest = json.loads(read_pointer(open_storage(str(store)), latest_key(grid_id(grid))))  # a sealed pointer
+    assert (store / latest["prefix"] / "summary.json").is_file()  # the report of the one fold trained on the CPU
