@@ -207,6 +207,11 @@ def test_a_pack_of_one_fold_writes_exactly_what_train_fold_writes(tiny_data, tmp
     ckpt_p, result_p = _files(tmp_path / "pack" / "fold1")
     for key in ("train_seconds", "samples_per_second"):
         result_a.pop(key), result_p.pop(key)
+    # each result names its own final checkpoint, whose bytes hold its wall time (elapsed): equal digests are not due
+    from intermix_core.method.checkpoint import checkpoint_digest
+
+    for out, result in ((tmp_path / "alone", result_a), (tmp_path / "pack" / "fold1", result_p)):
+        assert result.pop("checkpoint_sha256") == checkpoint_digest(out / "checkpoint.pt")
     assert result_p == result_a
     assert ckpt_p.keys() == ckpt_a.keys() and ckpt_p["epoch"] == 3
     for name, value in ckpt_a["model"].items():
