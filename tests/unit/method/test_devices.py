@@ -82,15 +82,17 @@ def test_the_train_component_starts_its_log_with_the_note(monkeypatch, capsys, t
     test double here: this machine has none), before anything else can fail."""
     from kfp.dsl import Model
 
-    from components.train import train_fold
+    from components.train import train_fold, train_pack
     from intermix_core.method import devices
+    from intermix_core.run import steps
 
     note = devices.cuda_driver_note("13.0", "535.104.05", (12, 2))
-    monkeypatch.setattr(devices, "cuda_driver_note", lambda: note)
-    with pytest.raises(Exception):  # noqa: B017 - no dataset there: the task fails after its first line
-        train_fold(config_json="{}", fold=1, grid_id="g", tracking_uri="", store_root="",
-                   data_uri=str(tmp_path / "none"), trained=Model(uri=str(tmp_path / "m")), device="cuda")
-    assert capsys.readouterr().out.splitlines()[0] == f"warning: {note}"
+    monkeypatch.setattr(steps, "cuda_driver_note", lambda: note)  # what the components' first step asks
+    for component, where in ((train_fold, {"fold": 1}), (train_pack, {"folds": "1 2"})):
+        with pytest.raises(Exception):  # noqa: B017 - no dataset there: the task fails after its first line
+            component(config_json="{}", grid_id="g", tracking_uri="", store_root="", data_uri=str(tmp_path / "none"),
+                      trained=Model(uri=str(tmp_path / "m")), device="cuda", **where)
+        assert capsys.readouterr().out.splitlines()[0] == f"warning: {note}"
 
 
 def test_time_per_call_runs_the_burst_back_to_back_and_divides(monkeypatch):
