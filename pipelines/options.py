@@ -206,7 +206,7 @@ class ClusterOptions(BaseModel):
     def packs(self, cfg: object, folds: tuple[int, ...] | list[int], local: bool = False) -> list[list[int]]:
         """A fold loop's packs: `folds` split into as few as `pack_size` allows (evenly); locally `pack` or 1 fold each."""
         k = (self.pack or 1) if local else self.pack_size(cfg, len(folds))
-        return split_folds(folds, min(k, max(1, len(folds))))
+        return split_folds(folds, k)
 
     def device(self) -> str:
         """The device the GPU components are told to use: 'cuda' when tasks get GPUs, else 'cpu'."""
