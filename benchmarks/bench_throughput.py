@@ -31,7 +31,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import statistics
 import sys
 from collections.abc import Callable
@@ -45,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from intermix_core.config import STRATEGIES, AugmentConfig, parse_config  # noqa: E402
 from intermix_core.method.bank import ClipBank, draw_crops, train_batch  # noqa: E402
 from intermix_core.method.bc_reference import make_train_batch  # noqa: E402
-from intermix_core.method.devices import default_burst, resolve_device, time_per_call  # noqa: E402
+from intermix_core.method.devices import default_burst, device_name, resolve_device, time_per_call  # noqa: E402
 from intermix_core.method.mixing import Mixer  # noqa: E402
 from intermix_core.method.optim import make_optimizer  # noqa: E402
 from intermix_core.method.pack import dropout_generator, make_pack_optimizer, pack_step  # noqa: E402
@@ -56,21 +55,6 @@ from intermix_core.models import create_model, list_models, model_class  # noqa:
 CLIP_SECONDS = 5.0  # an ESC-50 clip
 BANK_CLIPS = 256
 NUM_CLASSES = 50
-
-
-def device_name(device: torch.device) -> str:
-    """'NVIDIA H200' or the CPU's model and thread count."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} thread(s)"
 
 
 def bench_model(

@@ -13,7 +13,9 @@
 #      (study/: fold results, reports/, study.json);
 #   2. throughput: benchmarks/bench_throughput.py (data path, step, full step, 10-crop test; fp32 and bf16; and the
 #      aggregate of a pack of PACK folds);
-#   3. mixing: benchmarks/bench_mixing.py (each strategy's step against Standard's);
+#   3. update: benchmarks/bench_update.py (Chainer's NesterovAG: the foreach passes against the compiled kernel chain
+#      the GPU uses by default, for one fold and for a pack of PACK);
+#   3b. mixing: benchmarks/bench_mixing.py (each strategy's step against Standard's);
 #   4. options: benchmarks/bench_options.py (bf16, channels-last, cuDNN's autotuner against the plain step);
 #   5. profile: benchmarks/bench_profile.py (the kernels a step spends its device time in, and how busy the device is);
 #   6. estimate: `intermix estimate paper` from the throughput just measured.
@@ -27,7 +29,7 @@
 # With STUDY_DIR outside OUT, OUT gets the study's study.json, table1.md, report.html and summary.json (not its
 # checkpoints): what a lent machine sends back is a few small files.
 # Time: about 20 s of set-up and preparation, up to 90 s of tuning, the study's BUDGET plus at most STAGE_SLACK
-# (the finishing folds' FGSM and the reports), then 2 to 3 minutes of benchmarks (BENCHMARKS=0 leaves them out).
+# (the finishing folds' FGSM and the reports), then 3 to 5 minutes of benchmarks (BENCHMARKS=0 leaves them out).
 # One call on an H200 took 465 s with BUDGET=320 before the tuning stage existed; a 10-minute call limit then
 # leaves room for it with the default BUDGET, or take BENCHMARKS=0 for a longer study.
 set -euo pipefail
@@ -93,6 +95,8 @@ fi
 [ "$BENCHMARKS" = 1 ] || exit 0
 stage throughput 90 "$PYTHON" benchmarks/bench_throughput.py --device "$DEVICE" --models $BENCH_MODELS --repeats 5 \
     --pack "$PACK" --save "$DEST/throughput.json"
+stage update 120 "$PYTHON" benchmarks/bench_update.py --device "$DEVICE" --models $BENCH_MODELS --packs 1 "$PACK" \
+    --repeats 5 --save "$DEST/update.json"
 stage mixing 60 "$PYTHON" benchmarks/bench_mixing.py --device "$DEVICE" --models $BENCH_MODELS m18 soundnet5 --repeats 10
 # every variant but the compiled ones (no gain on the H200, 2026-12-04, and a long warm-up each), a process each
 stage options 90 "$PYTHON" benchmarks/bench_options.py --device "$DEVICE" --models envnet_v2 --repeats 5 --no-compile \

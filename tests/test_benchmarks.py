@@ -110,3 +110,22 @@ def test_bench_throughput_times_a_pack_and_estimate_counts_packs(tmp_path: Path)
     assert not any(r.pack_unmeasured for r in packed)
     others = [r for r in estimate_grid(grid, records, "cpu", pack=3) if r.setup.startswith("piczak")]
     assert all(r.pack_unmeasured == {"piczak_cnn"} for r in others)  # no record for packs of 3: one-fold figures
+
+
+@pytest.mark.slow  # compiles the update (seconds to tens of seconds on a CPU)
+def test_bench_update_times_both_forms_of_the_update_for_a_pack(tmp_path: Path) -> None:
+    saved = tmp_path / "update.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_update.py"), "--models", "m18",
+                           "--packs", "1", "2", "--repeats", "2", "--threads", "1", "--device", "cpu",
+                           "--save", str(saved)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = json.loads(saved.read_text())
+    assert [(r["model"], r["pack"]) for r in records] == [("m18", 1), ("m18", 2)]
+    one, two = records
+    assert two["parameters"] == 2 * one["parameters"] and two["tensors"] == 2 * one["tensors"]
+    for r in records:
+        assert not r["compile_failed"] and r["first_step_max_diff"] < 1e-5  # the two forms agree
+        assert r["speedup"] == pytest.approx(r["foreach_ms"] / r["compiled_ms"])
+        assert r["compiled_gb_per_s"] == pytest.approx(5 * r["parameters"] * 4 / r["compiled_ms"] / 1e6)
+        line = re.search(rf"^m18\s+pack {r['pack']}\s.*: ([\d.]+)x; first compiled call", proc.stdout, re.M)
+        assert line and float(line.group(1)) == pytest.approx(r["speedup"], abs=0.006)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 import re
 import subprocess
 import time
@@ -148,6 +149,22 @@ def synchronize(device: torch.device) -> None:
     """Wait for the work queued on `device` (a no-op on the CPU, whose operators return when done)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def device_name(device: torch.device) -> str:
+    """'NVIDIA H200', or the CPU's model and torch's thread count: the machine a benchmark figure comes from."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    imitated = os.environ.get("ATEN_CPU_CAPABILITY")  # the plain-AVX2 imitation of a user's CPU (README, Measured)
+    return f"{cpu}, {torch.get_num_threads()} thread(s)" + (f", ATEN_CPU_CAPABILITY={imitated}" if imitated else "")
 
 
 def default_burst(device: torch.device) -> int:

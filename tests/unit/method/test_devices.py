@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from intermix_core.config.grid import expand, load_grid
-from intermix_core.method.devices import DeviceError, choose_precision, native_bf16, resolve_device
+from intermix_core.method.devices import DeviceError, choose_precision, device_name, native_bf16, resolve_device
 from pipelines.cli import main
 
 
@@ -152,3 +152,12 @@ def test_this_machine_under_the_avx2_imitation_picks_fp32() -> None:
 def test_the_demo_grid_leaves_its_precision_to_the_machine() -> None:
     """The demo trains every cell at precision `auto`: float32 under the AVX2 imitation (above), bf16 only natively."""
     assert {c.config.optim.precision for c in expand(load_grid("demo"))} == {"auto"}
+
+
+def test_a_cpu_figure_names_its_cpu_threads_and_an_imitated_capability(monkeypatch):
+    """A benchmark record says which machine it comes from, including the plain-AVX2 imitation of a user's CPU."""
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    plain = device_name(torch.device("cpu"))
+    assert plain.endswith(f", {torch.get_num_threads()} thread(s)") and "ATEN" not in plain
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    assert device_name(torch.device("cpu")) == plain + ", ATEN_CPU_CAPABILITY=avx2"

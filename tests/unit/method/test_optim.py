@@ -84,3 +84,81 @@ def test_chainer_state_round_trips_through_a_checkpoint(tmp_path):
         x.grad = torch.full((3,), 0.5)
         o.step()
     assert torch.equal(p, q)
+
+
+def _shaped_params(dtype=torch.float64):
+    """Tensors shaped like a small model's: a conv weight, a BatchNorm's two vectors, a dense weight and bias."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(16, 1, 1, 9), (16,), (16,), (40, 33), (40,)]
+    return [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=dtype)) for s in shapes]
+
+
+def _train(monkeypatch, compile_mode, lrs, dtype=torch.float64):
+    """Chainer's rule over `lrs` (one step each, a fixed gradient sequence) with INTERMIX_COMPILE=compile_mode."""
+    monkeypatch.setenv("INTERMIX_COMPILE", compile_mode)
+    params = _shaped_params(dtype)
+    opt = ChainerNesterovAG(params, lr=lrs[0], momentum=0.9, weight_decay=5e-4)
+    gen = torch.Generator().manual_seed(1)
+    for lr in lrs:
+        for group in opt.param_groups:
+            group["lr"] = lr
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen, dtype=dtype)
+        opt.step()
+    return opt, params
+
+
+@pytest.mark.slow  # the first torch.compile of a process takes tens of seconds on a CPU
+def test_compiled_update_equals_the_foreach_passes_and_compiles_once_across_lr_decays(monkeypatch):
+    """One compiled kernel chain (the GPU's default) gives the foreach passes' numbers, and an LR decay is a value."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    lrs = [0.01, 0.1, 0.1, 0.01, 0.001]  # warm-up, then two decays: three learning rates
+    compiled_opt, compiled = _train(monkeypatch, "1", lrs)
+    assert not compiled_opt._fused_update.failed and compiled_opt._fused_update.compiled is not None
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])  # no recompilation per learning rate
+    eager_opt, eager = _train(monkeypatch, "0", lrs)
+    assert eager_opt._fused_update.compiled is None
+    for a, b in zip(compiled, eager):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-15)
+        torch.testing.assert_close(compiled_opt.state[a]["v"], eager_opt.state[b]["v"], rtol=1e-12, atol=1e-15)
+
+
+def test_the_foreach_passes_run_on_the_cpu_by_default_and_after_a_failed_compile(monkeypatch):
+    """auto: eager on a CPU (no compile); a compiler failure warns once and the step still happens, eagerly."""
+    monkeypatch.delenv("INTERMIX_COMPILE", raising=False)
+    opt, params = _train(monkeypatch, "auto", [0.1])
+    assert opt._fused_update.compiled is None
+    _, want = _train(monkeypatch, "0", [0.1, 0.1])
+
+    def broken_compile(fn, **kwargs):
+        def fail(*args):
+            raise RuntimeError("no C++ compiler (stand-in)")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with pytest.warns(UserWarning, match="torch.compile failed.*running it eagerly"):
+        opt, got = _train(monkeypatch, "1", [0.1, 0.1])
+    assert opt._fused_update.failed
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)  # the failed first call changed nothing: exactly the eager sequence
+
+
+@pytest.mark.slow
+def test_each_optimizer_has_its_own_compiled_layouts(monkeypatch):
+    """Dynamo keeps compiled graphs per code object, up to a limit: two optimizers must not share that budget."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    torch._dynamo.reset()
+    counters.clear()
+    monkeypatch.setenv("INTERMIX_COMPILE", "1")
+    for n in (3, 5):  # two layouts, one optimizer each
+        p = torch.nn.Parameter(torch.ones(n, dtype=torch.float64))
+        opt = ChainerNesterovAG([p], lr=0.1, weight_decay=5e-4)
+        p.grad = torch.ones(n, dtype=torch.float64)
+        opt.step()
+        assert p.detach().tolist() == pytest.approx([1.0 - 2.71 * 0.1 * (1.0 + 5e-4)] * n, rel=1e-12)
+    assert counters["stats"]["unique_graphs"] == 2, dict(counters["stats"])  # the second compiled too
