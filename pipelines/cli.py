@@ -19,6 +19,7 @@ from intermix_core.common.redact import redact_uris
 from intermix_core.common.text import cut
 from intermix_core.config import DATASETS, ON_SILENT, STRATEGIES
 from intermix_core.config.grid import packaged_grids
+from pipelines.workdir import DEFAULT_WORKDIR
 
 try:  # shell completion is optional (pip install 'intermix[completion]'); without it the CLI is the same
     import argcomplete
@@ -154,7 +155,7 @@ def _on_silent_arg(p: argparse.ArgumentParser, default: str | None) -> None:
 
 
 def _local_args(p: argparse.ArgumentParser, servers: bool = True) -> None:
-    p.add_argument("--workdir", default=_env("INTERMIX_WORKDIR", "intermix-work"),
+    p.add_argument("--workdir", default=_env("INTERMIX_WORKDIR", DEFAULT_WORKDIR),
                    help="local work directory: store, MLflow, KFP outputs, logs (default: ./intermix-work, env INTERMIX_WORKDIR)")
     if servers:  # rerun has them from _kfp_args, with the same local meaning
         p.add_argument("--store", help="grid store: a folder or s3://bucket/prefix (default: <workdir>/store; S3 endpoint "
@@ -286,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--grid", help="the same as GRID")
         p.add_argument("--grid-id", help="the same as GRID, for a grid id (kept for older scripts)")
         p.add_argument("--store", help="grid store root: a folder or s3:// (default: <workdir>/store)")
-        p.add_argument("--workdir", default=_env("INTERMIX_WORKDIR", "intermix-work"), help="local work directory (default: ./intermix-work)")
+        p.add_argument("--workdir", default=_env("INTERMIX_WORKDIR", DEFAULT_WORKDIR), help="local work directory (default: ./intermix-work)")
         p.add_argument("--out", help="report folder (default: <workdir>/reports/<grid id>)")
         p.add_argument("--tracking-uri", default=_env("MLFLOW_TRACKING_URI"),
                        help="also log the summary to this MLflow (default: MLFLOW_TRACKING_URI)")
@@ -300,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="each fold of a grid: done, running (epoch, heartbeat, samples/s), failed (why), "
                        "stopped, superseded or not started; the time left; rerun commands")
     _grid_args(p, ids=True, name=False)
-    p.add_argument("--workdir", default=_env("INTERMIX_WORKDIR", "intermix-work"),
+    p.add_argument("--workdir", default=_env("INTERMIX_WORKDIR", DEFAULT_WORKDIR),
                    help="local work directory whose store and MLflow are read (default: ./intermix-work, env INTERMIX_WORKDIR)")
     p.add_argument("--store", help="grid store root: a folder or s3://bucket/prefix (default: <workdir>/store)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite in <workdir>)")

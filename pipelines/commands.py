@@ -228,13 +228,7 @@ def _local_command(verb: str, gid: str, work: Workdir, grid_arg: str | None = No
     """`intermix VERB GRID` for this work directory (and store and tracking URI, when not its own)."""
     words = ["intermix", verb, grid_arg or gid]
     words += [w for s in sets or [] for w in ("--set", s)]
-    if work.root != Path("intermix-work"):
-        words += ["--workdir", str(work.root)]
-    if work.store_uri:
-        words += ["--store", work.store_uri]
-    if work.tracking:
-        words += ["--tracking-uri", redact_uris(work.tracking)]
-    return " ".join(shlex.quote(w) for w in words)
+    return shlex.join(words + work.arguments())
 
 
 def _precision_lines(grid: GridSpec) -> None:
@@ -401,7 +395,6 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     if report.stopped:  # resuming: the same rerun without --from-scratch (its checkpoint is the newest state)
         return _stopped(report.stopped, shlex.join(["intermix", "rerun", grid_id(grid), "--dataset", cell.dataset,
                                                      "--setup", cell.setup, "--strategy", cell.strategy,
-                                                     "--fold", str(cell.fold)])
-                        + ("" if work.root == Path("intermix-work") else f" --workdir {shlex.quote(str(work.root))}"))
+                                                     "--fold", str(cell.fold), *work.arguments()]))
     _print_summary(work, grid_id(grid))
     return _report(report, work, not args.no_tracking)

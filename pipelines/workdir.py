@@ -6,6 +6,10 @@ Light (no kfp, MLflow or torch), so that `intermix status` finds the store witho
 from dataclasses import dataclass
 from pathlib import Path
 
+from intermix_core.common.redact import redact_uris
+
+DEFAULT_WORKDIR = "intermix-work"  # relative to where the command runs; INTERMIX_WORKDIR or --workdir change it
+
 
 @dataclass(frozen=True)
 class Workdir:
@@ -14,6 +18,16 @@ class Workdir:
     root: Path
     store_uri: str | None = None  # a folder or s3:// root; None: <root>/store
     tracking: str | None = None  # an MLflow tracking URI; None: sqlite <root>/mlflow.db
+
+    def arguments(self) -> list[str]:
+        """The options that name this work directory, its store and MLflow to another `intermix` command
+        (none for the defaults; the tracking URI without its credentials)."""
+        words = [] if self.root == Path(DEFAULT_WORKDIR) else ["--workdir", str(self.root)]
+        if self.store_uri:
+            words += ["--store", self.store_uri]
+        if self.tracking:
+            words += ["--tracking-uri", redact_uris(self.tracking)]
+        return words
 
     @property
     def store(self) -> str:

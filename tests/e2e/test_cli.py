@@ -650,3 +650,18 @@ def test_train_several_folds_as_a_pack_writes_one_folder_per_fold(tmp_path: Path
         assert load_checkpoint(out / f"fold{fold}" / "checkpoint.pt")["fold"] == fold
     code, stdout, err = _run(["attack", "--trained", str(out / "fold2"), "--data", str(data)], capsys)
     assert code == 0 and stdout.startswith("esc10/piczak_cnn/bc/fold2:") and "0.01" in stdout, err
+
+
+def test_a_printed_command_names_the_work_directory_store_and_mlflow_it_came_from() -> None:
+    """What `run` and `rerun` print to resume or watch: the defaults stay implicit, the rest is named, no password."""
+    from pipelines.commands import _local_command
+    from pipelines.workdir import DEFAULT_WORKDIR, Workdir
+
+    assert Workdir(Path(DEFAULT_WORKDIR)).arguments() == []
+    work = Workdir(Path("/tmp/my work"), store_uri="s3://bucket/grids", tracking="http://ann:secret@mlflow:5000")
+    assert work.arguments() == ["--workdir", "/tmp/my work", "--store", "s3://bucket/grids",
+                                "--tracking-uri", "http://***@mlflow:5000"]
+    assert _local_command("status", "g1", work) == ("intermix status g1 --workdir '/tmp/my work' --store "
+                                                   "s3://bucket/grids --tracking-uri 'http://***@mlflow:5000'")
+    assert _local_command("run", "g1", Workdir(Path(DEFAULT_WORKDIR)), grid_arg="demo", sets=["optim.epochs=2"]) == (
+        "intermix run demo --set optim.epochs=2")
