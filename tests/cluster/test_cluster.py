@@ -143,6 +143,16 @@ def test_dockerfile_has_cpu_and_cuda_targets_running_as_non_root() -> None:
         assert user not in ("root", "0"), f"target {target} runs as {users[0]}"
 
 
+def test_every_path_the_runtime_writes_is_under_tmp() -> None:
+    """HOME, matplotlib's and torch.compile's caches: under /tmp, the one writable path of a read-only root
+    filesystem, and named without a user lookup (a pod may run under a UID that has no passwd entry)."""
+    stages = _dockerfile_stages()
+    env = " ".join(args for kw, args in stages["runtime"] if kw == "ENV")
+    for name in ("HOME", "MPLCONFIGDIR", "TORCHINDUCTOR_CACHE_DIR"):
+        match = re.search(rf"\b{name}=(\S+)", env)
+        assert match and match.group(1).startswith("/tmp"), f"{name} is not set under /tmp in the runtime stage"
+
+
 def _arg_default(stage: list[tuple[str, str]], name: str) -> str | None:
     for keyword, args in stage:
         if keyword == "ARG" and args.split("=", 1)[0] == name:
