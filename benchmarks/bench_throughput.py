@@ -15,7 +15,9 @@ For each model it measures, on the same device in one run:
 - the 10-crop evaluation: clips/s through `train.predict_crops`;
 - with `--pack K` (K > 1): the full step of K folds trained as one pack (`intermix_core.method.pack`: K models,
   one fused forward and update, each fold its own data draws and mixer), as aggregate samples/s of all K folds,
-  in a record of its own with `"pack": K` beside the one-fold record (`"pack": 1`).
+  in a record of its own with `"pack": K` beside the one-fold record (`"pack": 1`); with scale + gain also
+  with the convolution layout the device's default does not use (`pack_kernels`: grouped on a GPU, one
+  call per fold on a CPU; `other_kernels_samples_per_s`), so a GPU run shows which layout is faster.
 Rounds interleave the variants so the machine's drift hits them alike; figures are medians. Each round times
 `--burst` calls back to back with the device synchronized only before and after (8 on a GPU by default: a training
 loop never waits for a step, so the host launches the next step while the device runs this one; a wait after every
@@ -47,7 +49,7 @@ from intermix_core.method.bc_reference import make_train_batch  # noqa: E402
 from intermix_core.method.devices import default_burst, device_name, resolve_device, time_per_call  # noqa: E402
 from intermix_core.method.mixing import Mixer  # noqa: E402
 from intermix_core.method.optim import make_optimizer  # noqa: E402
-from intermix_core.method.pack import dropout_generator, make_pack_optimizer, pack_step  # noqa: E402
+from intermix_core.method.pack import dropout_generator, make_pack_optimizer, pack_step, per_fold_kernels  # noqa: E402
 from intermix_core.method.bank import train_inputs  # noqa: E402
 from intermix_core.method.train import predict_crops, training_step  # noqa: E402
 from intermix_core.models import create_model, list_models, model_class  # noqa: E402
@@ -121,15 +123,19 @@ def bench_model(
             mixers = [Mixer(STRATEGIES["intermix"], NUM_CLASSES, cls.sample_rate, k) for k in range(pack)]
             gens = [dropout_generator(device) for _ in range(pack)]
 
-            def pack_full(augment: bool) -> object:
+            def pack_full(augment: bool, kernels: str = "auto") -> object:
                 xs = []
                 for _ in range(pack):
                     idx = torch.randint(BANK_CLIPS, (batch,), generator=gen, device=device)
                     xs.append(train_inputs(bank, draw_crops(bank, idx, augs[augment], gen)))
-                return pack_step(models, pack_opt, mixers, xs, [y] * pack, gens, precision)
+                return pack_step(models, pack_opt, mixers, xs, [y] * pack, gens, precision, kernels)
 
             variants["pack_plain"] = lambda: pack_full(False)
             variants["pack_aug"] = lambda: pack_full(True)
+            # the convolution layout `auto` does not pick here, with scale and gain: whether grouped convolutions
+            # beat one per fold on this device is a measurement, not an assumption (pack.per_fold_kernels)
+            other = "grouped" if per_fold_kernels("auto", device) else "per_fold"
+            variants["pack_other_aug"] = lambda: pack_full(True, other)
         for fn in variants.values():  # warm-up (allocator, cuDNN's algorithm choice, lazy inits, compilation)
             time_per_call(fn, device)
         times: dict[str, list[float]] = {k: [] for k in variants}
@@ -161,7 +167,9 @@ def bench_model(
             if pack > 1:
                 records.append({**records[-1], "pack": pack, "full_samples_per_s": pack * batch / med[f"pack_{tag}"],
                                 "one_fold_full_samples_per_s": batch / med[f"full_{tag}"],
-                                "old_full_samples_per_s": None, "data_share_of_full": None})
+                                "old_full_samples_per_s": None, "data_share_of_full": None,
+                                "pack_kernels": "per_fold" if per_fold_kernels("auto", device) else "grouped",
+                                "other_kernels_samples_per_s": pack * batch / med["pack_other_aug"] if augment else None})
     return records
 
 
@@ -197,9 +205,13 @@ def main() -> None:
         for r in bench_model(name, device, precisions, args.batch, args.repeats, burst, args.pack):
             records.append(r)
             if r["pack"] > 1:
+                other = ("" if r["other_kernels_samples_per_s"] is None else
+                         f"; with {'grouped' if r['pack_kernels'] == 'per_fold' else 'per_fold'} convolutions "
+                         f"{r['other_kernels_samples_per_s']:,.1f}")
                 print(f"{r['model']:<11} {r['precision']:<5} {'yes' if r['augment'] else 'no':<4} pack of {r['pack']}: "
                       f"{r['full_samples_per_s']:,.1f} samples/s in all, one fold alone {r['one_fold_full_samples_per_s']:,.1f}"
-                      f" ({r['full_samples_per_s'] / r['one_fold_full_samples_per_s']:.2f}x)", flush=True)
+                      f" ({r['full_samples_per_s'] / r['one_fold_full_samples_per_s']:.2f}x; {r['pack_kernels']} "
+                      f"convolutions{other})", flush=True)
                 continue
             best = max(r["data_samples_per_s"], r["data_compiled_samples_per_s"] or 0.0)
             compiled = f"{r['data_compiled_samples_per_s']:>11,.0f}" if r["data_compiled_samples_per_s"] else f"{'-':>11}"
