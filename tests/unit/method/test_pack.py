@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -249,6 +250,33 @@ def test_a_diverging_fold_fails_alone_and_the_others_finish(tiny_data, tmp_path)
     assert not (outs[1] / RESULT).exists() and load_checkpoint(outs[1] / CHECKPOINT)["epoch"] == 1
     assert isinstance(outcome[1], FoldResult) and outcome[1].test_error is not None and (outs[0] / RESULT).exists()
     assert tracker.ended == [("run-2", "FAILED")] and tracker.finished == ["run-1"]
+
+
+@pytest.mark.slow  # compiles the update on a CPU (tens of seconds)
+def test_the_compiled_update_trains_a_pack_as_the_foreach_passes_also_when_a_fold_leaves_it(tiny_data, tmp_path,
+                                                                                              monkeypatch):
+    """The GPU's default (Chainer's update as one compiled kernel chain), here on a CPU: the same training as the
+    foreach passes to float rounding, and a fold that diverges leaves the pack (a new layout: compiled anew)."""
+    cfg = tiny_cfg("intermix")
+    results = {}
+    for mode in ("0", "1"):
+        monkeypatch.setenv("INTERMIX_COMPILE", mode)
+        outs = [tmp_path / mode / f"fold{f}" for f in (1, 2)]
+        train_pack(cfg, tiny_data, [1, 2], outs, progress=False, stop_after_epoch=1)
+        state = load_checkpoint(outs[1] / CHECKPOINT)
+        state["model"]["head.bias"][0] = float("inf")
+        save_checkpoint(outs[1] / CHECKPOINT, state)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            results[mode] = train_pack(cfg, tiny_data, [1, 2], outs, progress=False)
+        failed = [str(w.message) for w in caught if "torch.compile failed" in str(w.message)]
+        assert not failed, failed  # the update compiled (a failure would have run the foreach passes)
+    for outcome in results.values():
+        assert isinstance(outcome[2], TrainingDiverged) and isinstance(outcome[1], FoldResult)
+    eager, compiled = results["0"][1], results["1"][1]
+    assert len(eager.history) == len(compiled.history) == cfg.optim.epochs
+    for a, b in zip(eager.history, compiled.history):
+        assert b.train_loss == pytest.approx(a.train_loss, rel=1e-4)
 
 
 class _Calls:
