@@ -151,14 +151,17 @@ def test_each_optimizer_has_its_own_compiled_layouts(monkeypatch):
     """Dynamo keeps compiled graphs per code object, up to a limit: two optimizers must not share that budget."""
     from torch._dynamo.utils import counters
 
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
     torch._dynamo.reset()
     counters.clear()
     monkeypatch.setenv("INTERMIX_COMPILE", "1")
-    for n in (3, 5):  # two layouts, one optimizer each
-        p = torch.nn.Parameter(torch.ones(n, dtype=torch.float64))
-        opt = ChainerNesterovAG([p], lr=0.1, weight_decay=5e-4)
-        p.grad = torch.ones(n, dtype=torch.float64)
-        opt.step()
-        assert p.detach().tolist() == pytest.approx([1.0 - 2.71 * 0.1 * (1.0 + 5e-4)] * n, rel=1e-12)
+    limit = torch._dynamo.config.recompile_limit
+    # Dynamo's own patcher: monkeypatch.setattr on its config module leaves the name undefined after the test
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for n in (3, 5):  # two layouts, one optimizer each
+            p = torch.nn.Parameter(torch.ones(n, dtype=torch.float64))
+            opt = ChainerNesterovAG([p], lr=0.1, weight_decay=5e-4)
+            p.grad = torch.ones(n, dtype=torch.float64)
+            opt.step()
+            assert p.detach().tolist() == pytest.approx([1.0 - 2.71 * 0.1 * (1.0 + 5e-4)] * n, rel=1e-12)
     assert counters["stats"]["unique_graphs"] == 2, dict(counters["stats"])  # the second compiled too
+    assert torch._dynamo.config.recompile_limit == limit  # restored for the tests after this one
