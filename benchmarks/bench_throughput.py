@@ -17,7 +17,7 @@ For each model it measures, on the same device in one run:
   one fused forward and update, each fold its own data draws and mixer), as aggregate samples/s of all K folds,
   in a record of its own with `"pack": K` beside the one-fold record (`"pack": 1`); with scale + gain also
   with the convolution layout the device's default does not use (`pack_kernels`: grouped on a GPU, one
-  call per fold on a CPU; `other_kernels_samples_per_s`), so a GPU run shows which layout is faster.
+  call per fold on a CPU; `other_kernels` and `other_kernels_samples_per_s`), so a GPU run shows which is faster.
 Rounds interleave the variants so the machine's drift hits them alike; figures are medians. Each round times
 `--burst` calls back to back with the device synchronized only before and after (8 on a GPU by default: a training
 loop never waits for a step, so the host launches the next step while the device runs this one; a wait after every
@@ -134,8 +134,8 @@ def bench_model(
             variants["pack_aug"] = lambda: pack_full(True)
             # the convolution layout `auto` does not pick here, with scale and gain: whether grouped convolutions
             # beat one per fold on this device is a measurement, not an assumption (pack.per_fold_kernels)
-            other = "grouped" if per_fold_kernels("auto", device) else "per_fold"
-            variants["pack_other_aug"] = lambda: pack_full(True, other)
+            layouts = ("per_fold", "grouped") if per_fold_kernels("auto", device) else ("grouped", "per_fold")
+            variants["pack_other_aug"] = lambda: pack_full(True, layouts[1])
         for fn in variants.values():  # warm-up (allocator, cuDNN's algorithm choice, lazy inits, compilation)
             time_per_call(fn, device)
         times: dict[str, list[float]] = {k: [] for k in variants}
@@ -168,7 +168,7 @@ def bench_model(
                 records.append({**records[-1], "pack": pack, "full_samples_per_s": pack * batch / med[f"pack_{tag}"],
                                 "one_fold_full_samples_per_s": batch / med[f"full_{tag}"],
                                 "old_full_samples_per_s": None, "data_share_of_full": None,
-                                "pack_kernels": "per_fold" if per_fold_kernels("auto", device) else "grouped",
+                                "pack_kernels": layouts[0], "other_kernels": layouts[1],
                                 "other_kernels_samples_per_s": pack * batch / med["pack_other_aug"] if augment else None})
     return records
 
@@ -206,7 +206,7 @@ def main() -> None:
             records.append(r)
             if r["pack"] > 1:
                 other = ("" if r["other_kernels_samples_per_s"] is None else
-                         f"; with {'grouped' if r['pack_kernels'] == 'per_fold' else 'per_fold'} convolutions "
+                         f"; with {r['other_kernels']} convolutions "
                          f"{r['other_kernels_samples_per_s']:,.1f}")
                 print(f"{r['model']:<11} {r['precision']:<5} {'yes' if r['augment'] else 'no':<4} pack of {r['pack']}: "
                       f"{r['full_samples_per_s']:,.1f} samples/s in all, one fold alone {r['one_fold_full_samples_per_s']:,.1f}"

@@ -40,6 +40,12 @@ def wants_compile(device: torch.device) -> bool:
     return mode == "1" or (mode == "auto" and device.type == "cuda")
 
 
+def _warn_failed(fn: Callable[..., Any], err: Exception) -> None:
+    """The one warning of a compile that failed: `fn` runs eagerly from now on (reported at its caller's caller)."""
+    warnings.warn(f"{fn.__qualname__}: torch.compile failed ({type(err).__name__}: {str(err)[:200]}); "
+                  f"running it eagerly (set {ENV}=0 to skip compiling)", stacklevel=3)
+
+
 def fused(fn: F) -> F:
     """`fn`, compiled on first use where INTERMIX_COMPILE allows (the device of the first argument that has one)."""
     state: dict[str, Any] = {"compiled": None, "failed": False}
@@ -55,8 +61,7 @@ def fused(fn: F) -> F:
             return state["compiled"](*args, **kwargs)
         except Exception as err:  # noqa: BLE001 - any compiler failure: the eager function is always right
             state["failed"] = True
-            warnings.warn(f"{fn.__qualname__}: torch.compile failed ({type(err).__name__}: {str(err)[:200]}); "
-                          f"running it eagerly (set {ENV}=0 to skip compiling)", stacklevel=2)
+            _warn_failed(fn, err)
             return fn(*args, **kwargs)
 
     call.eager = fn  # type: ignore[attr-defined]
@@ -96,7 +101,6 @@ class CompiledUpdate:
             self.compiled(*args)
         except Exception as err:  # noqa: BLE001 - any compiler failure: the caller's eager path is always right
             self.failed = True
-            warnings.warn(f"{self.fn.__qualname__}: torch.compile failed ({type(err).__name__}: {str(err)[:200]}); "
-                          f"running it eagerly (set {ENV}=0 to skip compiling)", stacklevel=2)
+            _warn_failed(self.fn, err)
             return False
         return True
